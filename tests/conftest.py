@@ -1,0 +1,3 @@
+"""Shared pytest set-up; fixtures live in tests/fixtures_*.py and are registered here."""
+
+pytest_plugins = []
