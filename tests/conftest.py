@@ -1,3 +1,3 @@
 """Shared pytest set-up; fixtures live in tests/fixtures_*.py and are registered here."""
 
-pytest_plugins = []
+pytest_plugins = ["tests.fixtures_notebooks"]
