@@ -1,0 +1,232 @@
+"""Typed run configs: defaults, YAML in/out, dotted overrides, validation with one-line errors.
+
+A run config has four sections. Every key is listed here with its meaning; `RunConfig()` is the
+short small-data recipe (Fashion-MNIST, ViT_C tiny, AdamW).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from analysis.errors import ConfigError, one_of
+
+OPTIMIZERS = ("adamw", "sgd")
+DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagefolder")
+AUGMENTS = ("none", "crop_flip", "autoaugment", "randaugment")
+PRECISIONS = ("auto", "bf16", "fp32")
+PROGRESS = ("auto", "bar", "lines", "none")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "vit_c_fmnist_tiny"  # a name from analysis.models.PRESETS
+    stem: str | None = None  # override the preset's stem (analysis.models.STEMS); None keeps it
+    local_mlp: bool | None = None  # LocalViT depthwise-conv MLP; None keeps the preset's choice
+    fused_attn: bool = True  # scaled_dot_product_attention; False = explicit path (attention readable)
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion_mnist"  # one of DATASETS
+    root: str | None = None  # dataset folder; None = the dataset's default location
+    train_per_class: int | None = None  # keep the first N training images of each class (None: all)
+    test_per_class: int | None = None  # keep the first N test images of each class (None: all)
+    augment: str = "crop_flip"  # one of AUGMENTS; auto/randaugment go through timm's transforms
+    crop_padding: int = 2  # zero padding for the random crop (crop_flip)
+    hflip: bool = True  # random horizontal flips (crop_flip)
+    img_size: int | None = None  # imagefolder only: input size; None takes the model's
+    workers: int = 4  # DataLoader workers (imagefolder and per-image augmentations)
+    in_memory: bool = True  # small datasets: uint8 tensors on the device, batched augmentation
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # one of OPTIMIZERS
+    lr: float = 8e-3  # peak lr for a batch of ref_batch; the run uses lr * batch_size / ref_batch
+    ref_batch: int = 2048  # the batch size lr is stated for (the paper states lrs for 2048)
+    weight_decay: float = 0.05  # not applied to norms, biases, position embedding, class token
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = False  # SGD: Nesterov momentum
+    beta1: float = 0.9  # AdamW betas
+    beta2: float = 0.999
+    warmup_epochs: float = 1.0  # linear warmup from 0, then half-period cosine to 0, per iteration
+    clip_grad: float | None = None  # clip the global gradient norm to this value (None: off)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5  # schedule length
+    batch_size: int = 128
+    eval_batch_size: int = 500
+    seed: int = 0  # model init, data order, augmentation: a run is a function of its config
+    label_smoothing: float = 0.0
+    mixup: float = 0.0  # mixup alpha (0: off)
+    cutmix: float = 0.0  # CutMix alpha (0: off)
+    ema_decay: float | None = None  # EMA of weights evaluated alongside (e.g. 0.9999); None: off
+    precision: str = "auto"  # one of PRECISIONS; auto = bf16 where it measures faster, else fp32
+    channels_last: bool = False  # channels_last memory format for the stem's convs
+    device: str = "auto"  # one of DEVICES
+    checkpoint_minutes: float = 10.0  # also checkpoint mid-epoch this often (0: epoch ends only)
+    progress: str = "auto"  # one of PROGRESS; auto = a bar on a terminal, log lines in batch jobs
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        """Return the config as nested plain dicts."""
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def flat(self) -> dict[str, Any]:
+        """Return {"section.key": value} for every key."""
+        return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
+
+    def effective_lr(self) -> float:
+        """Peak lr for this run's batch size (linear scaling from ref_batch)."""
+        return self.optim.lr * self.train.batch_size / self.optim.ref_batch
+
+    def replace(self, overrides: dict[str, Any]) -> "RunConfig":
+        """Return a copy with dotted-key overrides applied and validated."""
+        d = self.to_dict()
+        for key, value in overrides.items():
+            section, _, name = key.partition(".")
+            if section not in d or not name:
+                raise one_of("config key", key, [f"{s}.<key>" for s in d])
+            if name not in d[section]:
+                raise one_of(f"key in section {section!r}", name, list(d[section]))
+            d[section][name] = value
+        return from_dict(d)
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig}
+
+
+def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
+    """Check one value against its field's type; strings from the CLI are parsed as YAML scalars."""
+    where = f"{section}.{f.name}"
+    if isinstance(value, str) and f.type not in ("str", "str | None"):
+        value = yaml.safe_load(value) if value.strip() else None
+    kind = f.type.replace(" | None", "")
+    if value is None:
+        if "None" in f.type:
+            return None
+        raise ConfigError(f"{where} must not be empty (expected {kind})")
+    ok = {
+        "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+    }[kind]
+    if not ok:
+        raise ConfigError(f"{where} must be {kind}, got {value!r}")
+    return float(value) if kind == "float" else value
+
+
+def from_dict(d: dict) -> RunConfig:
+    """Build and validate a RunConfig from nested dicts; missing keys take their defaults."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"a run config must be a mapping of sections {list(_SECTIONS)}, got {type(d).__name__}")
+    for section in d:
+        if section not in _SECTIONS:
+            raise one_of("config section", section, list(_SECTIONS))
+    built = {}
+    for section, cls in _SECTIONS.items():
+        given = d.get(section) or {}
+        if not isinstance(given, dict):
+            raise ConfigError(f"config section {section!r} must be a mapping, got {given!r}")
+        known = {f.name: f for f in fields(cls)}
+        for key in given:
+            if key not in known:
+                raise one_of(f"key in section {section!r}", key, list(known))
+        built[section] = cls(**{k: _coerce(section, known[k], v) for k, v in given.items()})
+    cfg = RunConfig(**built)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Raise ConfigError naming the first bad value and what is allowed."""
+    choices = [
+        ("data.name", cfg.data.name, DATASETS),
+        ("data.augment", cfg.data.augment, AUGMENTS),
+        ("optim.name", cfg.optim.name, OPTIMIZERS),
+        ("train.precision", cfg.train.precision, PRECISIONS),
+        ("train.progress", cfg.train.progress, PROGRESS),
+        ("train.device", cfg.train.device, DEVICES),
+    ]
+    for what, value, allowed in choices:
+        if value not in allowed:
+            raise one_of(what, value, allowed)
+    positive = {
+        "optim.lr": cfg.optim.lr,
+        "optim.ref_batch": cfg.optim.ref_batch,
+        "train.epochs": cfg.train.epochs,
+        "train.batch_size": cfg.train.batch_size,
+        "train.eval_batch_size": cfg.train.eval_batch_size,
+    }
+    for what, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{what} must be > 0, got {value}")
+    non_negative = {
+        "optim.weight_decay": cfg.optim.weight_decay,
+        "optim.warmup_epochs": cfg.optim.warmup_epochs,
+        "train.mixup": cfg.train.mixup,
+        "train.cutmix": cfg.train.cutmix,
+        "train.checkpoint_minutes": cfg.train.checkpoint_minutes,
+        "data.crop_padding": cfg.data.crop_padding,
+        "data.workers": cfg.data.workers,
+    }
+    for what, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{what} must be >= 0, got {value}")
+    for what, value in {"train.label_smoothing": cfg.train.label_smoothing, "optim.momentum": cfg.optim.momentum,
+                        "optim.beta1": cfg.optim.beta1, "optim.beta2": cfg.optim.beta2}.items():
+        if not 0 <= value < 1:
+            raise ConfigError(f"{what} must be in [0, 1), got {value}")
+    if cfg.train.ema_decay is not None and not 0 < cfg.train.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay must be in (0, 1) or null, got {cfg.train.ema_decay}")
+    if cfg.optim.clip_grad is not None and cfg.optim.clip_grad <= 0:
+        raise ConfigError(f"optim.clip_grad must be > 0 or null, got {cfg.optim.clip_grad}")
+    for what, value in {"data.train_per_class": cfg.data.train_per_class,
+                        "data.test_per_class": cfg.data.test_per_class}.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"{what} must be >= 1 or null, got {value}")
+    if (cfg.train.mixup or cfg.train.cutmix) and cfg.train.batch_size % 2:
+        raise ConfigError(f"mixup/CutMix need an even train.batch_size, got {cfg.train.batch_size}")
+
+
+def load(path: str | Path) -> RunConfig:
+    """Read a run config from YAML (safe loading)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return from_dict(d)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Parse CLI overrides of the form section.key=value (values as YAML scalars)."""
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or "." not in key:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. optim.lr=1e-3")
+        out[key.strip()] = value
+    return out

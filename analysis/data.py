@@ -1,0 +1,291 @@
+"""Datasets: Fashion-MNIST (IDX), CIFAR-10/100 (python pickles), ImageFolder trees (timm).
+
+Small datasets take a fast path: uint8 tensors kept on the training device, batches drawn and
+augmented on that device (random crop with padding, horizontal flip) with no per-sample Python.
+Every random draw comes from a generator seeded by (seed, epoch, batch), so a run resumed at
+any batch sees exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from analysis.errors import ConfigError
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# Per-channel mean/std on [0, 1] pixels.
+STATS = {
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+@dataclass
+class ArrayData:
+    """A dataset held as arrays: images uint8 (N, C, H, W), labels int64 (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def default_root(name: str) -> str:
+    """Return the folder searched when data.root is not set (env STEMLAB_DATA overrides)."""
+    base = os.environ.get("STEMLAB_DATA")
+    if name == "fashion_mnist":
+        return os.path.join(base, "fashion-mnist") if base else FASHION_MNIST_DIR
+    return os.path.join(base or "data", name)
+
+
+def _missing(name: str, root: str, hint: str) -> ConfigError:
+    return ConfigError(f"{name} not found in {root}: {hint}")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (optionally gzipped) into a numpy array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] != b"\x00\x00" or raw[2] != 0x08:
+        raise ConfigError(f"{path}: not an unsigned-byte IDX file")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def load_fashion_mnist(root: str, train: bool) -> ArrayData:
+    """Fashion-MNIST from its four IDX files (.gz or plain)."""
+    prefix = "train" if train else "t10k"
+    folder = Path(root)
+    paths = []
+    for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+        found = [folder / f"{prefix}-{kind}{ext}" for ext in (".gz", "")]
+        found = [p for p in found if p.is_file()]
+        if not found:
+            raise _missing("Fashion-MNIST", root, "install it with `apt-get install dataset-fashion-mnist` "
+                           "(or `make data`), or set data.root / STEMLAB_DATA to a folder with its IDX files")
+        paths.append(found[0])
+    images = torch.from_numpy(_read_idx(paths[0]).copy()).unsqueeze(1)
+    labels = torch.from_numpy(_read_idx(paths[1]).astype(np.int64))
+    mean, std = STATS["fashion_mnist"]
+    return ArrayData(images, labels, FASHION_MNIST_CLASSES, mean, std)
+
+
+def load_cifar(root: str, train: bool, name: str) -> ArrayData:
+    """CIFAR-10/100 from the python-pickle folder (cifar-10-batches-py / cifar-100-python)."""
+    folder = Path(root)
+    sub = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[name]
+    if (folder / sub).is_dir():
+        folder = folder / sub
+    if name == "cifar10":
+        files = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+        label_key, meta, names_key = b"labels", "batches.meta", b"label_names"
+    else:
+        files = ["train"] if train else ["test"]
+        label_key, meta, names_key = b"fine_labels", "meta", b"fine_label_names"
+    if not all((folder / f).is_file() for f in files):
+        raise _missing(name, root, f"unpack the python version of {name} ({sub}) there, "
+                       "or set data.root / STEMLAB_DATA")
+    images, labels = [], []
+    for f in files:
+        with open(folder / f, "rb") as fh:
+            batch = pickle.load(fh, encoding="bytes")
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.extend(batch[label_key])
+    classes = CIFAR10_CLASSES
+    if (folder / meta).is_file():
+        with open(folder / meta, "rb") as fh:
+            classes = tuple(c.decode() for c in pickle.load(fh, encoding="bytes")[names_key])
+    mean, std = STATS[name]
+    return ArrayData(torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64),
+                     classes, mean, std)
+
+
+def first_per_class(data: ArrayData, n: int | None) -> ArrayData:
+    """Keep the first n examples of each class, in dataset order (deterministic)."""
+    if n is None:
+        return data
+    labels = data.labels
+    keep = torch.zeros(len(labels), dtype=torch.bool)
+    for c in labels.unique():
+        keep[torch.nonzero(labels == c).flatten()[:n]] = True
+    return ArrayData(data.images[keep], labels[keep], data.classes, data.mean, data.std)
+
+
+def load_arrays(name: str, root: str | None, train: bool, per_class: int | None = None) -> ArrayData:
+    """Load a small dataset as arrays; raise ConfigError naming the searched path when missing."""
+    root = root or default_root(name)
+    if name == "fashion_mnist":
+        data = load_fashion_mnist(root, train)
+    elif name in ("cifar10", "cifar100"):
+        data = load_cifar(root, train, name)
+    else:
+        raise ConfigError(f"{name} has no array form; allowed: fashion_mnist, cifar10, cifar100")
+    return first_per_class(data, per_class)
+
+
+def batch_seed(seed: int, epoch: int, index: int) -> int:
+    """Seed of the generator for one batch (stable across processes and resumes)."""
+    return (seed * 1_000_003 + epoch * 10_007 + index) % (2**63 - 1)
+
+
+class DeviceLoader:
+    """Batches of a uint8 dataset held on `device`, augmented on the device.
+
+    Iterating yields (images float normalised (B, C, H, W), labels (B,)). Training order and
+    augmentation for epoch e depend only on (seed, e); `batches(epoch, start)` resumes mid-epoch.
+    """
+
+    def __init__(self, data: ArrayData, batch_size: int, device: torch.device, train: bool, seed: int = 0,
+                 crop_padding: int = 0, hflip: bool = False, drop_last: bool = True):
+        self.images = data.images.to(device)
+        self.labels = data.labels.to(device)
+        self.batch_size = batch_size
+        self.device = device
+        self.train = train
+        self.seed = seed
+        self.pad = crop_padding if train else 0
+        self.hflip = hflip and train
+        self.drop_last = drop_last and train
+        shape = (1, -1, 1, 1)
+        self.mean = torch.tensor(data.mean, device=device).view(shape) * 255
+        self.std = torch.tensor(data.std, device=device).view(shape) * 255
+        if self.pad:
+            self.padded = torch.nn.functional.pad(self.images, (self.pad,) * 4)
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _generator(self, epoch: int, index: int) -> torch.Generator:
+        g = torch.Generator(device=self.device)
+        g.manual_seed(batch_seed(self.seed, epoch, index))
+        return g
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """Sample order of one epoch (a permutation for training, identity for eval)."""
+        n = len(self.labels)
+        if not self.train:
+            return torch.arange(n, device=self.device)
+        return torch.randperm(n, generator=self._generator(epoch, -1), device=self.device)
+
+    def augment(self, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Random crop (from the padded copy) and flip for the images at idx; returns uint8."""
+        if not self.pad:
+            x = self.images[idx]
+        else:
+            b, (h, w) = len(idx), self.images.shape[-2:]
+            dy = torch.randint(0, 2 * self.pad + 1, (b, 1), generator=g, device=self.device)
+            dx = torch.randint(0, 2 * self.pad + 1, (b, 1), generator=g, device=self.device)
+            rows = (dy + torch.arange(h, device=self.device))[:, None, :, None]
+            cols = (dx + torch.arange(w, device=self.device))[:, None, None, :]
+            chans = torch.arange(self.images.shape[1], device=self.device)[None, :, None, None]
+            x = self.padded[idx[:, None, None, None], chans, rows, cols]
+        if self.hflip:
+            flip = torch.rand(len(idx), generator=g, device=self.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return x
+
+    def batches(self, epoch: int = 0, start: int = 0):
+        """Yield batches of the epoch from batch index `start` on."""
+        order = self.order(epoch)
+        for i in range(start, len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            if self.train:
+                x = self.augment(idx, self._generator(epoch, i))
+            else:
+                x = self.images[idx]
+            yield (x.float() - self.mean) / self.std, self.labels[idx]
+
+    def __iter__(self):
+        return self.batches(0, 0)
+
+
+class ArrayImageDataset(torch.utils.data.Dataset):
+    """An ArrayData as a per-image dataset of PIL images, for timm's per-sample transforms."""
+
+    def __init__(self, data: ArrayData, transform=None):
+        self.data = data
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        arr = self.data.images[i].numpy()
+        img = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
+        return (self.transform(img) if self.transform else img), int(self.data.labels[i])
+
+
+def timm_transform(train: bool, img_size: int, mean, std, augment: str, crop_pct: float = 0.875):
+    """timm's train/eval transform; autoaugment/randaugment pick timm's policies."""
+    from timm.data import create_transform
+
+    policy = {"autoaugment": "original", "randaugment": "rand-m9-mstd0.5-inc1"}.get(augment)
+    kwargs = dict(input_size=img_size, is_training=train, mean=mean, std=std, interpolation="bicubic")
+    if train:
+        kwargs.update(auto_augment=policy, hflip=0.5, re_prob=0.0)
+        if augment == "none":
+            kwargs.update(no_aug=True)
+    else:
+        kwargs.update(crop_pct=crop_pct)
+    return create_transform(**kwargs)
+
+
+def small_image_transform(train: bool, data: ArrayData, augment: str, pad: int, hflip: bool):
+    """Per-image transform for small arrays on the loader path (keeps the native size)."""
+    from torchvision import transforms as T
+    from timm.data.auto_augment import auto_augment_transform, rand_augment_transform
+
+    ops = []
+    if train and augment != "none":
+        ops.append(T.RandomCrop(data.images.shape[-1], padding=pad))
+        if hflip:
+            ops.append(T.RandomHorizontalFlip())
+        hparams = {"img_mean": tuple(round(255 * m) for m in data.mean)}
+        if augment == "autoaugment":
+            ops.append(auto_augment_transform("original", hparams))
+        elif augment == "randaugment":
+            ops.append(rand_augment_transform("rand-m9-mstd0.5-inc1", hparams))
+    ops += [T.ToTensor(), T.Normalize(data.mean, data.std)]
+    return T.Compose(ops)
+
+
+def imagefolder(root: str, train: bool, img_size: int, augment: str):
+    """An ImageNet-style folder (root/train/<class>/*.jpg, root/val/<class>/*.jpg) through timm."""
+    from timm.data import create_dataset
+    from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    split = "train" if train else "val"
+    if not (Path(root) / split).is_dir():
+        raise _missing("ImageFolder split", root, f"expected {root}/{split}/<class>/<image> (set data.root)")
+    ds = create_dataset("", root=root, split=split, is_training=train)
+    ds.transform = timm_transform(train, img_size, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, augment)
+    return ds
+
+
+def loader(ds, batch_size: int, train: bool, workers: int, seed: int, epoch: int = 0):
+    """A DataLoader over a per-image dataset, shuffled by (seed, epoch) when training."""
+    g = torch.Generator()
+    g.manual_seed(batch_seed(seed, epoch, -1))
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train,
+                                       num_workers=workers, generator=g, persistent_workers=False,
+                                       pin_memory=torch.cuda.is_available())

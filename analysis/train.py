@@ -1,0 +1,482 @@
+"""The training engine: one run from one RunConfig into one run directory.
+
+    result = train(cfg, "runs/vit_c")   # resumes from runs/vit_c/checkpoint.pt if present
+
+Recipe (the paper's, sections 5-6): AdamW or SGD, no weight decay on norms, biases, position
+embedding and class token; linear warmup then half-period cosine, stepped per iteration; lr stated
+for a reference batch and scaled linearly; label smoothing, mixup/CutMix (timm); EMA (timm).
+A non-finite loss ends the run as "diverged" (error 100%) instead of crashing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from analysis import data as D
+from analysis import rundir
+from analysis.config import RunConfig
+from analysis.errors import ConfigError
+
+CHECK_EVERY = 25  # steps between host checks for a non-finite loss
+
+
+class Stopped(Exception):
+    """Raised inside the loop after a requested stop has been checkpointed (preemption)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is cuda but no CUDA device is visible; allowed here: auto, cpu")
+    return torch.device(name)
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 matmuls (AMX or AVX512-BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("amx_bf16", "avx512_bf16"))
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Half-period cosine over the run times a linear warmup ramp (pycls schedule)."""
+    factor = 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+    if step < warmup:
+        factor *= (step + 1) / warmup
+    return factor
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    """timm's optimizer factory, which leaves norms, biases and model.no_weight_decay() undecayed."""
+    from timm.optim import create_optimizer_v2
+
+    o = cfg.optim
+    if o.name == "adamw":
+        return create_optimizer_v2(model, "adamw", lr=cfg.effective_lr(), weight_decay=o.weight_decay,
+                                   betas=(o.beta1, o.beta2), foreach=True)
+    name = "sgd" if o.nesterov else "momentum"  # timm: "sgd" is Nesterov, "momentum" is plain
+    return create_optimizer_v2(model, name, lr=cfg.effective_lr(), weight_decay=o.weight_decay,
+                               momentum=o.momentum, foreach=True)
+
+
+def data_shape(cfg: RunConfig) -> dict:
+    """in_chans, num_classes and img_size implied by the dataset (imagefolder: the model's)."""
+    name = cfg.data.name
+    if name == "fashion_mnist":
+        return {"in_chans": 1, "num_classes": 10, "img_size": 28}
+    if name in ("cifar10", "cifar100"):
+        return {"in_chans": 3, "num_classes": 10 if name == "cifar10" else 100, "img_size": 32}
+    return {}
+
+
+def build_model(cfg: RunConfig) -> torch.nn.Module:
+    """The model for a run config, shaped for its dataset."""
+    from analysis.models import create_model
+
+    m = cfg.model
+    kwargs = data_shape(cfg)
+    if cfg.data.name == "imagefolder" and cfg.data.img_size:
+        kwargs["img_size"] = cfg.data.img_size
+    return create_model(m.preset, stem=m.stem, local_mlp=m.local_mlp, fused_attn=m.fused_attn, **kwargs)
+
+
+@dataclass
+class Data:
+    """Train/test batch sources for a run."""
+
+    train_batches: callable  # (epoch, start) -> iterator of (x, y)
+    steps_per_epoch: int
+    test_batches: callable  # () -> iterator of (x, y)
+    num_train: int
+    num_test: int
+    extra: dict = field(default_factory=dict)
+
+
+def build_data(cfg: RunConfig, device: torch.device, img_size: int) -> Data:
+    """In-memory device batches for small datasets, DataLoaders otherwise."""
+    d, t = cfg.data, cfg.train
+    if d.name == "imagefolder":
+        root = d.root or D.default_root("imagefolder")
+        train_ds = D.imagefolder(root, True, img_size, d.augment)
+        test_ds = D.imagefolder(root, False, img_size, "none")
+        return _loader_data(train_ds, test_ds, cfg)
+    train = D.load_arrays(d.name, d.root, True, d.train_per_class)
+    test = D.load_arrays(d.name, d.root, False, d.test_per_class)
+    if d.in_memory and d.augment in ("none", "crop_flip"):
+        aug = d.augment == "crop_flip"
+        tr = D.DeviceLoader(train, t.batch_size, device, True, t.seed, d.crop_padding if aug else 0, d.hflip and aug)
+        te = D.DeviceLoader(test, t.eval_batch_size, device, False)
+        return Data(tr.batches, len(tr), te.__iter__, len(train), len(test))
+    train_ds = D.ArrayImageDataset(train, D.small_image_transform(True, train, d.augment, d.crop_padding, d.hflip))
+    test_ds = D.ArrayImageDataset(test, D.small_image_transform(False, test, "none", 0, False))
+    return _loader_data(train_ds, test_ds, cfg)
+
+
+def _loader_data(train_ds, test_ds, cfg: RunConfig) -> Data:
+    t, w = cfg.train, cfg.data.workers
+
+    def train_batches(epoch: int, start: int):
+        it = iter(D.loader(train_ds, t.batch_size, True, w, t.seed, epoch))
+        for i, batch in enumerate(it):
+            if i >= start:
+                yield batch
+
+    def test_batches():
+        return iter(D.loader(test_ds, t.eval_batch_size, False, w, t.seed))
+
+    return Data(train_batches, len(train_ds) // t.batch_size, test_batches, len(train_ds), len(test_ds))
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches, device: torch.device, dtype: torch.dtype | None) -> dict:
+    """Top-1/top-5 error (%) and mean loss over all batches; counts stay on the device."""
+    model.eval()
+    top1 = torch.zeros((), device=device)
+    top5 = torch.zeros((), device=device)
+    loss = torch.zeros((), device=device)
+    n = 0
+    for x, y in batches:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device, dtype):
+            out = model(x)
+        out = out.float()
+        loss += F.cross_entropy(out, y, reduction="sum")
+        k = min(5, out.shape[1])
+        hits = out.topk(k, dim=1).indices == y[:, None]
+        top1 += hits[:, 0].sum()
+        top5 += hits.any(dim=1).sum()
+        n += len(y)
+    return {"top1_err": 100.0 * (1 - top1.item() / n), "top5_err": 100.0 * (1 - top5.item() / n),
+            "loss": loss.item() / n}
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _cache_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache"))
+    return Path(base) / "stemlab" / "precision.json"
+
+
+def choose_precision(cfg: RunConfig, model: torch.nn.Module, device: torch.device, sample) -> str:
+    """Resolve train.precision: "auto" takes bf16 on CUDA, and on a bf16-capable CPU when a short
+    measurement of training steps shows it faster (the verdict is cached per CPU and model)."""
+    if cfg.train.precision != "auto":
+        return cfg.train.precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if not cpu_has_bf16():
+        return "fp32"
+    key = f"{cfg.model.preset}|{cfg.model.stem}|{cfg.model.local_mlp}|{cfg.train.batch_size}|" \
+          f"{tuple(sample[0].shape[1:])}|{torch.get_num_threads()}|{torch.__version__}"
+    path = _cache_path()
+    cache = rundir.read_json(path) or {}
+    if key not in cache:
+        cache[key] = _measure_precision(model, sample, device)
+        try:
+            rundir.write_json(path, cache)
+        except OSError:
+            pass
+    return cache[key]
+
+
+def _measure_precision(model: torch.nn.Module, sample, device: torch.device) -> str:
+    probe = copy.deepcopy(model).train()
+    opt = torch.optim.SGD(probe.parameters(), lr=0.0)
+    x, y = sample
+
+    def steps(dtype, n=3) -> float:
+        for i in range(n + 1):
+            if i == 1:
+                start = time.perf_counter()
+            with autocast(device, dtype):
+                loss = F.cross_entropy(probe(x).float(), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return time.perf_counter() - start
+
+    fp32, bf16 = steps(None), steps(torch.bfloat16)
+    return "bf16" if bf16 < 0.9 * fp32 else "fp32"
+
+
+class Trainer:
+    """One run. `run()` trains (resuming when the run directory has a checkpoint) and returns the
+    result record; `request_stop()` (e.g. from a preemption signal) makes the loop checkpoint at the
+    next step and raise Stopped."""
+
+    def __init__(self, cfg: RunConfig, out: str | Path):
+        self.cfg = cfg
+        self.out = Path(out)
+        self._stop = False
+
+    def request_stop(self) -> None:
+        self._stop = True
+
+    # -- logging -------------------------------------------------------------------------------
+    def log(self, text: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {text}"
+        rundir.log_line(self.out, line)
+        if self.progress != "none":
+            print(line, file=sys.stderr if self.progress == "bar" else sys.stdout, flush=True)
+
+    def _progress_mode(self) -> str:
+        mode = self.cfg.train.progress
+        if mode == "auto":
+            return "bar" if sys.stderr.isatty() else "lines"
+        return mode
+
+    # -- set-up --------------------------------------------------------------------------------
+    def _prepare_dir(self) -> RunConfig:
+        """Create the run dir or check that an existing one holds the same config."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / rundir.CONFIG
+        if path.is_file():
+            from analysis.config import load
+
+            old = load(path)
+            a, b = old.flat(), self.cfg.flat()
+            a.pop("train.precision"), b.pop("train.precision")
+            if a != b:
+                diff = sorted(k for k in a if a[k] != b[k])
+                raise ConfigError(f"{self.out} holds a run with another config (differs in {', '.join(diff)}); "
+                                  "use a new --out or delete that folder")
+            return old
+        return self.cfg
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        existing = rundir.read_result(self.out)
+        if existing and existing.get("status") in ("completed", "diverged"):
+            return existing
+        saved_cfg = self._prepare_dir()
+        self.progress = self._progress_mode()
+        try:
+            return self._run(saved_cfg)
+        except Stopped:
+            raise
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
+            rundir.log_line(self.out, f"failed: {reason}")
+            rundir.write_json(self.out / rundir.RESULT, {"status": "failed", "reason": reason})
+            raise
+
+    def _run(self, saved_cfg: RunConfig) -> dict:
+        cfg = self.cfg
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        device = resolve_device(cfg.train.device)
+        seed_everything(cfg.train.seed)
+        model = build_model(cfg).to(device)
+        if cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        img_size, in_chans = model.img_size, model.in_chans
+        data = build_data(cfg, device, img_size)
+        ckpt = rundir.load_checkpoint(self.out, map_location=device)
+
+        # Precision: keep the one a resumed run started with.
+        precision = saved_cfg.train.precision
+        if precision == "auto":
+            sample = next(iter(data.train_batches(0, 0)))
+            precision = choose_precision(cfg, model, device, (sample[0].to(device), sample[1].to(device)))
+        cfg.train.precision = precision
+        rundir.write_atomic(self.out / rundir.CONFIG, cfg.to_yaml().encode())
+        dtype = torch.bfloat16 if precision == "bf16" else None
+
+        from analysis.models import complexity
+
+        cx = complexity(model, img_size, in_chans)
+        opt = make_optimizer(model, cfg)
+        ema = None
+        if cfg.train.ema_decay:
+            from timm.utils import ModelEmaV3
+
+            ema = ModelEmaV3(model, decay=cfg.train.ema_decay)
+        mixup = None
+        if cfg.train.mixup or cfg.train.cutmix:
+            from timm.data import Mixup
+
+            mixup = Mixup(mixup_alpha=cfg.train.mixup, cutmix_alpha=cfg.train.cutmix,
+                          label_smoothing=cfg.train.label_smoothing, num_classes=model.num_classes)
+
+        steps = data.steps_per_epoch
+        if steps < 1:
+            raise ConfigError(f"train.batch_size {cfg.train.batch_size} exceeds the {data.num_train} training images")
+        total = steps * cfg.train.epochs
+        warmup = int(round(cfg.optim.warmup_epochs * steps))
+        epoch, start, step = 0, 0, 0
+        acc = {"loss": 0.0, "n": 0, "seconds": 0.0}
+        best = math.inf
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            if ema is not None and "ema" in ckpt:
+                ema.module.load_state_dict(ckpt["ema"])
+            epoch, start, step = ckpt["epoch"], ckpt["batch"], ckpt["step"]
+            acc = json.loads(ckpt["epoch_acc"])
+            best = ckpt["best"]
+            rundir.truncate_metrics(self.out, epoch)
+            self.log(f"resumed at epoch {epoch + 1}, batch {start}, step {step}")
+        else:
+            rundir.truncate_metrics(self.out, 0)
+            self.log(f"start {cfg.model.preset} stem={getattr(model, 'stem_name', '-')} {cfg.optim.name} "
+                     f"lr={cfg.effective_lr():.3g} wd={cfg.optim.weight_decay:.3g} epochs={cfg.train.epochs} "
+                     f"batch={cfg.train.batch_size} precision={precision} device={device} "
+                     f"params={cx['params'] / 1e6:.2f}M flops={cx['flops'] / 1e6:.1f}M")
+
+        base_lr = cfg.effective_lr()
+        run_start = time.time() - (ckpt["elapsed"] if ckpt else 0.0)
+        last_save = time.monotonic()
+
+        def state(batch_in_epoch: int) -> dict:
+            return {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                    **({"ema": ema.module.state_dict()} if ema is not None else {}),
+                    "epoch": epoch, "batch": batch_in_epoch, "step": step, "best": best,
+                    "epoch_acc": json.dumps(acc), "elapsed": time.time() - run_start}
+
+        while epoch < cfg.train.epochs:
+            model.train()
+            loss_sum = torch.zeros((), device=device)
+            bad_step = torch.full((), -1, device=device, dtype=torch.long)
+            t0 = time.perf_counter()
+            batches = data.train_batches(epoch, start)
+            bar = None
+            if self.progress == "bar":
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=steps, initial=start, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False)
+            seen = 0  # batches since the last flush into acc
+            lr = base_lr * lr_factor(step, total, warmup)
+            for i, (x, y) in enumerate(batches, start):
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if cfg.train.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                if mixup is not None:
+                    seed_everything(D.batch_seed(cfg.train.seed, epoch, i))  # mixup's numpy draws
+                    x, y = mixup(x, y)
+                lr = base_lr * lr_factor(step, total, warmup)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                with autocast(device, dtype):
+                    out = model(x)
+                out = out.float()
+                if mixup is not None:
+                    loss = torch.sum(-y * F.log_softmax(out, dim=-1), dim=-1).mean()
+                else:
+                    loss = F.cross_entropy(out, y, label_smoothing=cfg.train.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.optim.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
+                opt.step()
+                if ema is not None:
+                    ema.update(model, step=step)
+                loss = loss.detach()
+                loss_sum += loss
+                bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
+                step += 1
+                seen += 1
+                if bar is not None:
+                    bar.update(1)
+                if step % CHECK_EVERY == 0 or i == steps - 1 or self._stop:
+                    if bad_step.item() >= 0:
+                        return self._diverged(epoch, int(bad_step.item()), cx, run_start)
+                if self._stop or (cfg.train.checkpoint_minutes and
+                                  time.monotonic() - last_save > 60 * cfg.train.checkpoint_minutes):
+                    acc["loss"] += loss_sum.item()
+                    acc["n"] += seen
+                    acc["seconds"] += time.perf_counter() - t0
+                    loss_sum.zero_()
+                    seen, start, t0 = 0, i + 1, time.perf_counter()
+                    rundir.save_checkpoint(self.out, state(start))
+                    last_save = time.monotonic()
+                    if self._stop:
+                        self.log(f"stopped and checkpointed at epoch {epoch + 1}, batch {start}, step {step}")
+                        raise Stopped()
+            if bar is not None:
+                bar.close()
+            acc["loss"] += loss_sum.item()
+            acc["n"] += seen
+            acc["seconds"] += time.perf_counter() - t0
+            train_loss = acc["loss"] / max(acc["n"], 1)
+            train_seconds = acc["seconds"]
+            test = evaluate(model, data.test_batches(), device, dtype)
+            ema_test = evaluate(ema.module, data.test_batches(), device, dtype) if ema is not None else None
+            best = min(best, test["top1_err"])
+            epoch += 1
+            start = 0
+            row = {"epoch": epoch, "step": step, "train_loss": train_loss,
+                   "test_top1_err": test["top1_err"], "test_top5_err": test["top5_err"],
+                   "ema_top1_err": ema_test["top1_err"] if ema_test else None,
+                   "ema_top5_err": ema_test["top5_err"] if ema_test else None,
+                   "lr": lr, "seconds": train_seconds,
+                   "images_per_s": acc["n"] * cfg.train.batch_size / max(train_seconds, 1e-9),
+                   "elapsed": time.time() - run_start}
+            rundir.append_metrics(self.out, row)
+            acc = {"loss": 0.0, "n": 0, "seconds": 0.0}
+            rundir.save_checkpoint(self.out, state(0))
+            last_save = time.monotonic()
+            self.log(f"epoch {epoch}/{cfg.train.epochs} loss {train_loss:.4f} test err {test['top1_err']:.2f}% "
+                     + (f"ema err {ema_test['top1_err']:.2f}% " if ema_test else "")
+                     + f"lr {lr:.3g} {row['images_per_s']:.0f} img/s")
+            if not math.isfinite(train_loss):
+                return self._diverged(epoch - 1, step, cx, run_start)
+        return self._finish(cx, run_start)
+
+    def _diverged(self, epoch: int, bad_step: int, cx: dict, run_start: float) -> dict:
+        reason = f"non-finite loss at epoch {epoch + 1}, step {bad_step}"
+        self.log(f"diverged: {reason}")
+        result = {"status": "diverged", "reason": reason, "epoch": epoch + 1, "step": bad_step,
+                  "top1_err": 100.0, "top5_err": 100.0, "best_top1_err": 100.0, "ema_top1_err": 100.0,
+                  "params": cx["params"], "flops": cx["flops"], "acts": cx["acts"],
+                  "seconds": time.time() - run_start, "images_per_s": None}
+        rundir.write_json(self.out / rundir.RESULT, result)
+        return result
+
+    def _finish(self, cx: dict, run_start: float) -> dict:
+        rows = rundir.read_metrics(self.out)
+        last = rows[-1]
+        train_s = sum(r["seconds"] for r in rows)
+        images = sum(r["images_per_s"] * r["seconds"] for r in rows)
+        result = {"status": "completed", "reason": None, "epoch": last["epoch"], "step": last["step"],
+                  "top1_err": last["test_top1_err"], "top5_err": last["test_top5_err"],
+                  "best_top1_err": min(r["test_top1_err"] for r in rows),
+                  "ema_top1_err": last["ema_top1_err"],
+                  "params": cx["params"], "flops": cx["flops"], "acts": cx["acts"],
+                  "seconds": time.time() - run_start, "images_per_s": images / max(train_s, 1e-9)}
+        rundir.write_json(self.out / rundir.RESULT, result)
+        self.log(f"done: test err {result['top1_err']:.2f}% (best {result['best_top1_err']:.2f}%) "
+                 f"in {result['seconds']:.0f}s")
+        return result
+
+
+def train(cfg: RunConfig, out: str | Path) -> dict:
+    """Train one run into `out` (resuming if it holds a checkpoint); return the result record."""
+    return Trainer(cfg, out).run()
