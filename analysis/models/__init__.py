@@ -1,0 +1,14 @@
+"""Models: ViTs with patchify / conv / other stems on timm, CNN baselines, presets, complexity.
+
+    from analysis.models import create_model, PRESETS, STEMS, complexity, preset_names
+    model = create_model("vit_c_fmnist", stem="cct", local_mlp=True)
+    complexity(model, model.img_size, model.in_chans)  # {"flops", "params", "acts"}
+"""
+from analysis.models.complexity import complexity
+from analysis.models.factory import create_model, resolve
+from analysis.models.presets import PRESETS, preset_names
+from analysis.models.stems import STEMS, Stem
+from analysis.models.vit import LocalMlp, StemViT, set_fused_attn
+
+__all__ = ["create_model", "resolve", "PRESETS", "STEMS", "complexity", "preset_names",
+           "Stem", "StemViT", "LocalMlp", "set_fused_attn"]

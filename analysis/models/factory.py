@@ -1,0 +1,63 @@
+"""create_model: a preset name plus overrides -> a ready model with its settings attached."""
+from typing import Any, Dict, Optional
+
+from torch import nn
+
+from analysis.errors import ConfigError, one_of
+from analysis.models.cnn import build_cnn
+from analysis.models.presets import get_preset
+from analysis.models.stems import STEMS, stem_stride
+from analysis.models.vit import build_vit
+
+
+def resolve(preset: str, stem: Optional[str] = None, local_mlp: Optional[bool] = None,
+            num_classes: Optional[int] = None, in_chans: Optional[int] = None,
+            img_size: Optional[int] = None) -> Dict[str, Any]:
+    """Returns the preset's settings with the overrides applied (None keeps the preset's value),
+    after checking them; raises ConfigError on bad input."""
+    s = get_preset(preset)
+    if s["family"] == "cnn":
+        if stem is not None:
+            raise ConfigError(f"stem {stem!r} given for CNN preset {preset!r}; "
+                              f"allowed: stem=None (stems apply to ViT presets: vit_*)")
+        if local_mlp:
+            raise ConfigError(f"local_mlp=True given for CNN preset {preset!r}; "
+                              f"allowed: local_mlp=None/False (local_mlp applies to ViT presets: vit_*)")
+    else:
+        if stem is not None:
+            if stem not in STEMS:
+                raise one_of("stem", stem, STEMS)
+            s["stem"] = stem
+        if local_mlp is not None:
+            s["local_mlp"] = bool(local_mlp)
+    for key, value in (("num_classes", num_classes), ("in_chans", in_chans), ("img_size", img_size)):
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+            s[key] = value
+    if s["family"] == "vit":
+        stride = stem_stride(s["stem"], s["patch_size"], s["stem_strides"])
+        if s["img_size"] % stride:
+            raise ConfigError(f"img_size {s['img_size']} is not divisible by the {s['stem']} stem's "
+                              f"total stride {stride}; allowed: multiples of {stride}")
+    return s
+
+
+def create_model(preset: str, stem: Optional[str] = None, local_mlp: Optional[bool] = None,
+                 num_classes: Optional[int] = None, in_chans: Optional[int] = None,
+                 img_size: Optional[int] = None, fused_attn: bool = True) -> nn.Module:
+    """Returns a freshly initialised model for a preset; keyword arguments override the preset.
+
+    fused_attn=False switches every attention module to the explicit softmax path (needed to
+    read attention maps). The model carries `preset`, `family`, `img_size`, `in_chans`,
+    `num_classes`, `settings` (the resolved preset dict) and, for ViTs, `stem_name`.
+    """
+    s = resolve(preset, stem, local_mlp, num_classes, in_chans, img_size)
+    model = build_vit(s, fused_attn) if s["family"] == "vit" else build_cnn(s)
+    model.preset = preset
+    model.family = s["family"]
+    model.img_size = s["img_size"]
+    model.in_chans = s["in_chans"]
+    model.num_classes = s["num_classes"]
+    model.settings = s
+    return model

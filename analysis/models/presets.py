@@ -1,0 +1,80 @@
+"""Named model presets: the paper's eight ViTs (Table 1), small-image versions and CNN baselines.
+
+Every preset is a plain JSON-able dict. ViT keys:
+  family "vit"; img_size, in_chans, num_classes; embed_dim (d), depth (blocks), num_heads,
+  mlp_ratio (MLP width / d); stem (one of STEMS); patch_size (total stem stride);
+  stem_channels / stem_strides (the conv stem's 3x3 layers, then a 1x1 conv to d; kept on
+  ViT_P presets too so that any stem can be swapped in); local_mlp (LocalViT MLP).
+CNN keys: family "cnn"; arch ("regnety_016", ..., or "resnet_small"); img_size, in_chans, num_classes.
+
+ViT_C has one block fewer than ViT_P (the conv stem costs about one block).
+Small presets use patch 4: two stride-2 3x3 convs doubling the width, then the 1x1 to d; the
+widths are chosen so that the conv stem costs about one transformer block.
+"""
+from typing import Any, Dict, List, Optional
+
+from analysis.errors import one_of
+
+FAMILIES = ("vit", "cnn")
+
+
+def _vit_pair(name: str, d: int, mlp: int, heads: int, blocks_p: int, channels: List[int],
+              strides: List[int], img_size: int, in_chans: int, num_classes: int) -> Dict[str, dict]:
+    """Returns {vit_p_<name>: ..., vit_c_<name>: ...}: same widths, C with the conv stem, one block fewer."""
+    patch = 1
+    for s in strides:
+        patch *= s
+    base = dict(family="vit", img_size=img_size, in_chans=in_chans, num_classes=num_classes,
+                embed_dim=d, num_heads=heads, mlp_ratio=mlp / d, patch_size=patch,
+                stem_channels=list(channels), stem_strides=list(strides), local_mlp=False)
+    return {f"vit_p_{name}": dict(base, stem="patchify", depth=blocks_p),
+            f"vit_c_{name}": dict(base, stem="conv", depth=blocks_p - 1)}
+
+
+def _cnn(arch: str, img_size: int, in_chans: int, num_classes: int) -> dict:
+    """Returns a CNN preset dict."""
+    return dict(family="cnn", arch=arch, img_size=img_size, in_chans=in_chans, num_classes=num_classes)
+
+
+_S16 = [2, 2, 2, 2]
+_S16_DEEP = [2, 2, 1, 2, 1, 2]
+_DEEP = [64, 128, 128, 256, 256, 512]
+
+PRESETS: Dict[str, Dict[str, Any]] = {
+    # Table 1 (224 px ImageNet)
+    **_vit_pair("1gf", 192, 576, 3, 12, [24, 48, 96, 192], _S16, 224, 3, 1000),
+    **_vit_pair("4gf", 384, 1152, 6, 12, [48, 96, 192, 384], _S16, 224, 3, 1000),
+    **_vit_pair("18gf", 768, 3072, 12, 12, _DEEP, _S16_DEEP, 224, 3, 1000),
+    **_vit_pair("36gf", 1024, 4096, 16, 14, _DEEP, _S16_DEEP, 224, 3, 1000),
+    # small images, patch 4
+    **_vit_pair("fmnist", 128, 384, 4, 7, [96, 192], [2, 2], 28, 1, 10),
+    **_vit_pair("cifar", 128, 384, 4, 7, [96, 192], [2, 2], 32, 3, 10),
+    **_vit_pair("fmnist_tiny", 64, 192, 2, 5, [48, 96], [2, 2], 28, 1, 10),
+    **_vit_pair("cifar_tiny", 64, 192, 2, 5, [48, 96], [2, 2], 32, 3, 10),
+    # CNN baselines
+    "regnety_1.6gf": _cnn("regnety_016", 224, 3, 1000),
+    "regnety_4gf": _cnn("regnety_040", 224, 3, 1000),
+    "regnety_16gf": _cnn("regnety_160", 224, 3, 1000),
+    "resnet_fmnist": _cnn("resnet_small", 28, 1, 10),
+    "resnet_cifar": _cnn("resnet_small", 32, 3, 10),
+}
+
+
+def preset_names(kind: Optional[str] = None) -> List[str]:
+    """Returns the preset names, all or those of one family ("vit" or "cnn")."""
+    if kind is None:
+        return list(PRESETS)
+    if kind not in FAMILIES:
+        raise one_of("preset kind", kind, FAMILIES)
+    return [n for n, p in PRESETS.items() if p["family"] == kind]
+
+
+def get_preset(name: str) -> Dict[str, Any]:
+    """Returns a copy of the named preset's settings."""
+    if name not in PRESETS:
+        raise one_of("preset", name, PRESETS)
+    p = dict(PRESETS[name])
+    for k in ("stem_channels", "stem_strides"):
+        if k in p:
+            p[k] = list(p[k])
+    return p

@@ -1,0 +1,292 @@
+"""Tests for analysis.models: stems, presets (Table 1 of Xiao et al. 2021), complexity, errors."""
+import gc
+import json
+
+import pytest
+import torch
+from torch import nn
+from timm.layers import Attention, LayerNorm2d
+
+from analysis.errors import ConfigError
+from analysis.models import (PRESETS, STEMS, LocalMlp, complexity, create_model, preset_names,
+                             set_fused_attn)
+
+# Table 1: GF (1e9 MACs), params (M), acts (M)
+TABLE1 = {
+    "vit_p_1gf": (1.08, 4.83, 5.52), "vit_c_1gf": (1.08, 4.57, 5.63),
+    "vit_p_4gf": (3.91, 18.51, 11.04), "vit_c_4gf": (3.97, 17.75, 11.26),
+    "vit_p_18gf": (17.58, 86.57, 23.90), "vit_c_18gf": (17.73, 81.57, 24.02),
+    "vit_p_36gf": (36.0, 178.4, 37.1), "vit_c_36gf": (35.0, 167.8, 36.6),
+}
+SMALL = [n for n in preset_names("vit") if not n.endswith("gf")]
+
+
+def batch(preset: str, n: int = 2) -> torch.Tensor:
+    """Returns a random input batch of the preset's image size and channels."""
+    p = PRESETS[preset]
+    return torch.randn(n, p["in_chans"], p["img_size"], p["img_size"])
+
+
+def randomize_head(model: nn.Module) -> None:
+    """Gives the (zero-initialised) head random weights so outputs depend on the features."""
+    with torch.no_grad():
+        model.head.weight.normal_(std=0.5)
+        model.head.bias.normal_(std=0.5)
+
+
+@pytest.mark.slow
+def test_table1_complexity():
+    rows = []
+    for name, (gf, params_m, acts_m) in TABLE1.items():
+        model = create_model(name)
+        c = complexity(model, 224, 3)
+        del model
+        gc.collect()
+        rows.append(f"{name:11s} GF {c['flops'] / 1e9:6.2f} ({gf})  params {c['params'] / 1e6:7.2f}M "
+                    f"({params_m})  acts {c['acts'] / 1e6:6.2f}M ({acts_m})")
+        assert c["params"] == pytest.approx(params_m * 1e6, rel=0.01), rows[-1]
+        assert c["flops"] == pytest.approx(gf * 1e9, rel=0.02), rows[-1]
+        assert c["acts"] == pytest.approx(acts_m * 1e6, rel=0.02), rows[-1]
+    print("\n" + "\n".join(rows))
+
+
+@pytest.mark.parametrize("preset", SMALL)
+@pytest.mark.parametrize("stem", STEMS)
+def test_every_stem_runs_fused_and_explicit(preset, stem):
+    model = create_model(preset, stem=stem).eval()
+    randomize_head(model)
+    x = batch(preset)
+    assert all(m.fused_attn for m in model.modules() if isinstance(m, Attention))
+    with torch.no_grad():
+        fused = model(x)
+        set_fused_attn(model, False)
+        explicit = model(x)
+    assert fused.shape == (2, PRESETS[preset]["num_classes"])
+    assert torch.isfinite(fused).all()
+    assert fused.abs().max() > 0
+    torch.testing.assert_close(fused, explicit, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_attn_false_sets_every_attention():
+    model = create_model("vit_c_fmnist_tiny", fused_attn=False)
+    attns = [m for m in model.modules() if isinstance(m, Attention)]
+    assert len(attns) == model.settings["depth"] and not any(m.fused_attn for m in attns)
+
+
+@pytest.mark.parametrize("size", ["1gf", "4gf", "18gf", "36gf", "fmnist", "cifar", "fmnist_tiny", "cifar_tiny"])
+def test_vit_c_has_one_block_fewer(size):
+    p, c = PRESETS[f"vit_p_{size}"], PRESETS[f"vit_c_{size}"]
+    assert (p["stem"], c["stem"]) == ("patchify", "conv")
+    assert c["depth"] == p["depth"] - 1
+    assert {k: v for k, v in p.items() if k not in ("stem", "depth")} == \
+        {k: v for k, v in c.items() if k not in ("stem", "depth")}
+    if not size.endswith("gf") or size == "1gf":  # keep the big ones out of the fast tests
+        assert len(create_model(f"vit_c_{size}").blocks) == len(create_model(f"vit_p_{size}").blocks) - 1
+
+
+def check_conv_stem(body: nn.Sequential, in_chans: int, d: int, channels, strides, norm) -> None:
+    """Asserts the conv stem layout: [3x3 conv no bias -> norm -> ReLU] x n, then 1x1 conv with bias."""
+    mods = list(body)
+    assert len(mods) == 3 * len(channels) + 1
+    c_in = in_chans
+    for i, (c, s) in enumerate(zip(channels, strides)):
+        conv, nrm, act = mods[3 * i: 3 * i + 3]
+        assert isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.padding == (1, 1)
+        assert conv.bias is None and conv.stride == (s, s)
+        assert conv.in_channels == c_in and conv.out_channels == c
+        if i > 0:  # stride 2 doubles the width, stride 1 keeps it
+            assert c == (2 * c_in if s == 2 else c_in)
+        assert isinstance(nrm, norm)
+        assert (nrm.normalized_shape[0] if norm is LayerNorm2d else nrm.num_features) == c
+        assert isinstance(act, nn.ReLU)
+        c_in = c
+    last = mods[-1]
+    assert isinstance(last, nn.Conv2d) and last.kernel_size == (1, 1) and last.bias is not None
+    assert last.in_channels == c_in and last.out_channels == d
+
+
+@pytest.mark.parametrize("preset", ["vit_c_1gf", "vit_c_4gf", "vit_c_18gf", "vit_c_fmnist", "vit_c_cifar_tiny"])
+def test_conv_stem_structure(preset):
+    p = PRESETS[preset]
+    model = create_model(preset)
+    stem = model.stem
+    check_conv_stem(stem.body, p["in_chans"], p["embed_dim"], p["stem_channels"], p["stem_strides"],
+                    nn.BatchNorm2d)
+    prod = 1
+    for s in p["stem_strides"]:
+        prod *= s
+    assert stem.stride == prod == p["patch_size"]
+    assert stem.first_conv is stem.body[0] and stem.kind == "conv"
+
+
+def test_table1_stem_widths():
+    assert PRESETS["vit_c_1gf"]["stem_channels"] == [24, 48, 96, 192]
+    assert PRESETS["vit_c_4gf"]["stem_channels"] == [48, 96, 192, 384]
+    assert PRESETS["vit_c_18gf"]["stem_channels"] == [64, 128, 128, 256, 256, 512]
+    assert PRESETS["vit_c_18gf"]["stem_strides"] == [2, 2, 1, 2, 1, 2]
+    assert PRESETS["vit_c_36gf"]["stem_channels"] == PRESETS["vit_c_18gf"]["stem_channels"]
+    assert [PRESETS[f"vit_p_{s}"]["embed_dim"] for s in ("1gf", "4gf", "18gf", "36gf")] == [192, 384, 768, 1024]
+
+
+def test_ablation_stems_structure():
+    p = PRESETS["vit_c_cifar"]
+    ln = create_model("vit_c_cifar", stem="conv_ln").stem
+    check_conv_stem(ln.body, 3, 128, p["stem_channels"], p["stem_strides"], LayerNorm2d)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in ln.modules())
+    bn = create_model("vit_p_cifar", stem="patchify_bn").stem
+    conv, norm, act = bn.body
+    assert conv.kernel_size == conv.stride == (4, 4) and conv.bias is not None
+    assert isinstance(norm, nn.BatchNorm2d) and isinstance(act, nn.ReLU)
+    patchify = create_model("vit_p_1gf").stem
+    assert len(patchify.body) == 1 and patchify.first_conv.kernel_size == (16, 16)
+    assert patchify.first_conv.stride == (16, 16) and patchify.first_conv.bias is not None
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_stem_attributes_and_tokens(stem):
+    model = create_model("vit_p_cifar", stem=stem).eval()
+    s = model.stem
+    assert s.kind == stem and model.stem_name == stem and s.stride == 4
+    assert s.grid_size == (8, 8) and s.num_patches == 64 and s.feat_ratio() == 4
+    assert isinstance(s.first_conv, nn.Conv2d) and s.first_conv.in_channels == 3
+    assert s.first_conv is next(m for m in s.modules() if isinstance(m, nn.Conv2d))
+    x = batch("vit_p_cifar")
+    assert s(x).shape == (2, 64, 128)
+    feats = model.forward_intermediates(x, indices=1, intermediates_only=True)
+    assert feats[0].shape == (2, 128, 8, 8)
+
+
+def test_init():
+    model = create_model("vit_c_cifar")
+    assert torch.count_nonzero(model.head.weight) == 0 and torch.count_nonzero(model.head.bias) == 0
+    assert torch.count_nonzero(model.cls_token) == 0
+    assert model.pos_embed.shape == (1, 65, 128)
+    assert model.pos_embed.std().item() == pytest.approx(0.02, rel=0.1)
+    assert model.settings["depth"] == len(model.blocks) == 6
+    assert isinstance(model.norm, nn.LayerNorm) and isinstance(model.blocks[0].mlp.act, nn.GELU)
+    assert model.blocks[0].mlp.fc1.out_features == 384
+
+
+def test_local_mlp_is_local_and_keeps_shapes():
+    model = create_model("vit_p_cifar_tiny", local_mlp=True).eval()
+    plain = create_model("vit_p_cifar_tiny").eval()
+    assert all(isinstance(b.mlp, LocalMlp) for b in model.blocks)
+    assert not any(isinstance(b.mlp, LocalMlp) for b in plain.blocks)
+    dw = model.blocks[0].mlp.dwconv
+    assert dw.kernel_size == (3, 3) and dw.groups == dw.in_channels == 192
+    randomize_head(model)
+    assert model(batch("vit_p_cifar_tiny")).shape == (2, 10)
+    # a change at grid token (0, 0) reaches its neighbour (0, 1), not (3, 3) nor the class token
+    mlp = model.blocks[0].mlp
+    x = torch.randn(1, 65, 64)
+    y = x.clone()
+    y[0, 1] += 1.0  # token 1 is grid (0, 0)
+    with torch.no_grad():
+        delta = (mlp(y) - mlp(x)).abs().sum(-1)[0]
+    assert delta[2] > 1e-4  # grid (0, 1)
+    assert delta[1 + 3 * 8 + 3] == 0 and delta[0] == 0  # grid (3, 3); class token
+    assert mlp(x).shape == x.shape
+
+
+def test_local_mlp_with_cct_and_conv():
+    for stem in ("cct", "conv"):
+        model = create_model("vit_c_fmnist_tiny", stem=stem, local_mlp=True)
+        assert model.blocks[0].mlp.num_prefix_tokens == (0 if stem == "cct" else 1)
+        assert model(batch("vit_c_fmnist_tiny")).shape == (2, 10)
+
+
+def test_cct_has_no_class_token_and_pools_sequence():
+    model = create_model("vit_c_cifar_tiny", stem="cct").eval()
+    assert model.cls_token is None and model.num_prefix_tokens == 0
+    assert model.pos_embed.shape[1] == model.stem.num_patches == 64
+    convs = [m for m in model.stem.body if isinstance(m, nn.Conv2d)]
+    pools = [m for m in model.stem.body if isinstance(m, nn.MaxPool2d)]
+    assert len(convs) == len(pools) == 2 and convs[-1].out_channels == 64
+    # sequence pooling is a softmax-weighted average over tokens
+    tokens = torch.randn(2, 64, 64)
+    with torch.no_grad():
+        w = model.seq_pool(tokens).softmax(dim=1)
+        torch.testing.assert_close(model.pool(tokens), (w * tokens).sum(1))
+        same = torch.randn(2, 1, 64).expand(2, 64, 64)
+        torch.testing.assert_close(model.pool(same), same[:, 0])
+
+
+def test_overrides_and_attributes():
+    model = create_model("vit_p_cifar_tiny", num_classes=7, in_chans=1, img_size=48)
+    assert (model.preset, model.family, model.img_size, model.in_chans, model.num_classes) == \
+        ("vit_p_cifar_tiny", "vit", 48, 1, 7)
+    assert model.stem.grid_size == (12, 12)
+    assert model(torch.randn(2, 1, 48, 48)).shape == (2, 7)
+    assert PRESETS["vit_p_cifar_tiny"]["img_size"] == 32  # presets are not mutated
+
+
+def test_presets_listing():
+    json.dumps(PRESETS)
+    assert STEMS == ("patchify", "conv", "patchify_bn", "conv_ln", "cct")
+    names = set(preset_names())
+    assert set(preset_names("vit")) | set(preset_names("cnn")) == names == set(PRESETS)
+    assert {"regnety_1.6gf", "regnety_4gf", "regnety_16gf", "resnet_fmnist", "resnet_cifar"} == \
+        set(preset_names("cnn"))
+    assert set(TABLE1) < set(preset_names("vit"))
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda: create_model("vit_b_16"), ["preset", "vit_c_cifar", "resnet_cifar"]),
+    (lambda: create_model("vit_c_cifar", stem="conv7"), ["stem", "patchify", "conv_ln", "cct"]),
+    (lambda: create_model("resnet_cifar", local_mlp=True), ["local_mlp", "vit"]),
+    (lambda: create_model("resnet_cifar", stem="conv"), ["stem", "None"]),
+    (lambda: create_model("vit_c_cifar", img_size=30), ["img_size", "30", "multiples of 4"]),
+    (lambda: create_model("vit_p_1gf", img_size=200), ["200", "multiples of 16"]),
+    (lambda: create_model("vit_c_cifar", num_classes=0), ["num_classes", "positive"]),
+    (lambda: preset_names("mlp"), ["vit", "cnn"]),
+])
+def test_bad_input_errors(call, words):
+    with pytest.raises(ConfigError) as e:
+        call()
+    msg = str(e.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg
+
+
+@pytest.mark.parametrize("preset", ["resnet_fmnist", "resnet_cifar", "regnety_1.6gf"])
+def test_cnn_presets_forward(preset):
+    model = create_model(preset).eval()
+    assert model.family == "cnn" and model.preset == preset
+    with torch.no_grad():
+        assert model(batch(preset, 1 if preset.startswith("regnety") else 2)).shape[1] == \
+            PRESETS[preset]["num_classes"]
+
+
+def test_small_resnet_stem():
+    model = create_model("resnet_cifar")
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.maxpool, nn.Identity)
+    assert [b.conv1.in_channels for b in (model.layer1[0], model.layer2[0])] == [24, 24]
+
+
+def test_complexity_counts_a_cnn_and_keeps_mode():
+    model = create_model("regnety_1.6gf").train()
+    c = complexity(model, 224, 3)
+    assert model.training
+    # pycls' RegNetY-1.6GF: 1.6 GF, 11.2 M params, 8.0 M acts
+    assert c["flops"] == pytest.approx(1.61e9, rel=0.02)
+    assert c["params"] == pytest.approx(11.2e6, rel=0.01)
+    assert c["acts"] == pytest.approx(8.0e6, rel=0.02)
+
+
+def test_complexity_of_a_conv_by_hand():
+    conv = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=True), nn.Flatten(), nn.Linear(8 * 16, 5))
+    c = complexity(conv, 8, 3)
+    assert c["flops"] == 8 * 4 * 4 * 27 + 5 * 128
+    assert c["acts"] == 8 * 16 + 5
+    assert c["params"] == 8 * 27 + 8 + 128 * 5 + 5
+
+
+def test_complexity_stem_matches_paper_table3():
+    # Table 3, 4GF: patchify stem 58 M flops / 0.3 M params; conv stem 435 M flops / 1.0 M params
+    for preset, mflops, mparams in (("vit_p_4gf", 58, 0.3), ("vit_c_4gf", 435, 1.0)):
+        stem = create_model(preset).stem
+        c = complexity(stem, 224, 3)
+        assert c["flops"] / 1e6 == pytest.approx(mflops, rel=0.02)
+        assert c["params"] / 1e6 == pytest.approx(mparams, abs=0.05)
