@@ -45,12 +45,19 @@ class ArrayData:
         return len(self.labels)
 
 
+REPO_DATA = Path(__file__).resolve().parent.parent / "data"
+
+
 def default_root(name: str) -> str:
-    """Return the folder searched when data.root is not set (env STEMLAB_DATA overrides)."""
+    """Return the folder used when data.root is not set: $STEMLAB_DATA/<name> if STEMLAB_DATA is
+    set; for Fashion-MNIST the Debian package's folder, else the repo's data/fashion-mnist."""
     base = os.environ.get("STEMLAB_DATA")
-    if name == "fashion_mnist":
-        return os.path.join(base, "fashion-mnist") if base else FASHION_MNIST_DIR
-    return os.path.join(base or "data", name)
+    folder = {"fashion_mnist": "fashion-mnist"}.get(name, name)
+    if base:
+        return os.path.join(base, folder)
+    if name == "fashion_mnist" and not (REPO_DATA / folder).is_dir():
+        return FASHION_MNIST_DIR
+    return str(REPO_DATA / folder)
 
 
 def _missing(name: str, root: str, hint: str) -> ConfigError:

@@ -230,9 +230,10 @@ class Trainer:
     result record; `request_stop()` (e.g. from a preemption signal) makes the loop checkpoint at the
     next step and raise Stopped."""
 
-    def __init__(self, cfg: RunConfig, out: str | Path):
+    def __init__(self, cfg: RunConfig, out: str | Path, stop_at_step: int | None = None):
         self.cfg = cfg
         self.out = Path(out)
+        self.stop_at_step = stop_at_step  # checkpoint and stop once this many steps are done
         self._stop = False
 
     def request_stop(self) -> None:
@@ -270,11 +271,10 @@ class Trainer:
         return self.cfg
 
     def run(self) -> dict:
-        cfg = self.cfg
+        saved_cfg = self._prepare_dir()
         existing = rundir.read_result(self.out)
         if existing and existing.get("status") in ("completed", "diverged"):
             return existing
-        saved_cfg = self._prepare_dir()
         self.progress = self._progress_mode()
         try:
             return self._run(saved_cfg)
@@ -403,6 +403,8 @@ class Trainer:
                 bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
                 step += 1
                 seen += 1
+                if self.stop_at_step is not None and step >= self.stop_at_step:
+                    self._stop = True
                 if bar is not None:
                     bar.update(1)
                 if step % CHECK_EVERY == 0 or i == steps - 1 or self._stop:

@@ -1,0 +1,139 @@
+"""The training engine on real Fashion-MNIST: run directory, resume, divergence, bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from analysis import config, rundir
+from analysis.errors import ConfigError
+from analysis.train import Stopped, Trainer, lr_factor, train
+
+
+def tiny_cfg(**overrides) -> config.RunConfig:
+    base = {"model.preset": "vit_c_fmnist_tiny", "data.train_per_class": 40, "data.test_per_class": 20,
+            "train.batch_size": 50, "train.epochs": 2, "train.precision": "fp32", "train.progress": "none",
+            "train.checkpoint_minutes": 0, "optim.ref_batch": 50, "optim.lr": 1e-3}
+    base.update(overrides)
+    return config.RunConfig().replace(base)
+
+
+def test_run_directory_contract(tmp_path):
+    cfg = tiny_cfg(**{"train.ema_decay": 0.9})
+    result = train(cfg, tmp_path / "run")
+    run = tmp_path / "run"
+    assert result["status"] == "completed"
+    assert config.load(run / "config.yaml") == cfg
+    rows = rundir.read_metrics(run)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    keys = {"epoch", "step", "train_loss", "test_top1_err", "test_top5_err", "ema_top1_err", "ema_top5_err",
+            "lr", "seconds", "images_per_s", "elapsed"}
+    assert keys <= set(rows[0])
+    assert rows[-1]["step"] == 2 * (400 // 50)
+    assert 0 <= rows[-1]["test_top1_err"] <= 100 and rows[-1]["ema_top1_err"] is not None
+    saved = json.loads((run / "result.json").read_text())
+    assert saved["top1_err"] == rows[-1]["test_top1_err"] and saved["params"] > 0 and saved["flops"] > 0
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and "model" in ckpt and "optimizer" in ckpt
+    # A finished run is not trained again.
+    assert train(cfg, run) == saved
+
+
+@pytest.mark.parametrize("stop_at", [8, 11])  # an epoch boundary, and mid-epoch
+def test_resume_matches_uninterrupted(tmp_path, stop_at):
+    cfg = tiny_cfg(**{"data.augment": "crop_flip", "train.epochs": 3})
+    full = train(cfg, tmp_path / "full")
+    with pytest.raises(Stopped):
+        Trainer(cfg, tmp_path / "cut", stop_at_step=stop_at).run()
+    assert not (tmp_path / "cut" / "result.json").exists()
+    resumed = train(cfg, tmp_path / "cut")
+    a, b = rundir.read_metrics(tmp_path / "full"), rundir.read_metrics(tmp_path / "cut")
+    assert [r["epoch"] for r in b] == [1, 2, 3]
+    for ra, rb in zip(a, b):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-5)
+        assert rb["test_top1_err"] == ra["test_top1_err"]
+    assert resumed["top1_err"] == full["top1_err"]
+
+
+def test_divergence_is_recorded_not_raised(tmp_path):
+    cfg = tiny_cfg(**{"optim.name": "sgd", "optim.lr": 1e6, "optim.warmup_epochs": 0})
+    result = train(cfg, tmp_path / "run")
+    assert result["status"] == "diverged"
+    assert result["top1_err"] == 100.0
+    assert result["epoch"] == 1 and result["step"] >= 0
+    assert "non-finite loss" in result["reason"]
+    assert rundir.read_result(tmp_path / "run")["status"] == "diverged"
+
+
+def test_lr_schedule_warmup_then_cosine():
+    total, warm = 100, 10
+    lrs = [lr_factor(s, total, warm) for s in range(total + 1)]
+    assert lrs[0] == pytest.approx(0.1, rel=0.01)
+    assert max(lrs) == pytest.approx(lr_factor(9, total, warm))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_weight_decay_skips_norms_biases_and_embeddings():
+    from analysis.train import build_model, make_optimizer
+
+    cfg = tiny_cfg()
+    model = build_model(cfg)
+    opt = make_optimizer(model, cfg)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for g in opt.param_groups:
+        for p in g["params"]:
+            n = names[id(p)]
+            if p.ndim <= 1 or n in ("pos_embed", "cls_token"):
+                assert g["weight_decay"] == 0, n
+            else:
+                assert g["weight_decay"] == cfg.optim.weight_decay, n
+
+
+def test_config_yaml_round_trip(tmp_path):
+    cfg = tiny_cfg(**{"optim.clip_grad": 1.0, "train.ema_decay": 0.99})
+    (tmp_path / "c.yaml").write_text(cfg.to_yaml())
+    assert config.load(tmp_path / "c.yaml") == cfg
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"optim.nme": "sgd"}, "unknown key in section 'optim' 'nme'; allowed: name, lr"),
+    ({"optim.name": "lamb"}, "unknown optim.name 'lamb'; allowed: adamw, sgd"),
+    ({"train.epochs": 0}, "train.epochs must be > 0"),
+    ({"train.epochs": "many"}, "train.epochs must be int"),
+    ({"data.name": "mnist"}, "allowed: fashion_mnist, cifar10, cifar100, imagefolder"),
+    ({"bogus.key": 1}, "unknown config key 'bogus.key'"),
+])
+def test_bad_config_is_one_line(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        config.RunConfig().replace(overrides)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_data_names_path(tmp_path):
+    cfg = tiny_cfg(**{"data.root": str(tmp_path / "nowhere")})
+    with pytest.raises(ConfigError) as e:
+        train(cfg, tmp_path / "run")
+    assert str(tmp_path / "nowhere") in str(e.value) and "dataset-fashion-mnist" in str(e.value)
+    assert rundir.read_result(tmp_path / "run")["status"] == "failed"
+
+
+def test_cli_train_and_bad_input(tmp_path):
+    out = tmp_path / "cli"
+    args = [sys.executable, "-m", "analysis", "train", "--preset", "vit_p_fmnist_tiny", "--out", str(out),
+            "train.epochs=1", "data.train_per_class=20", "data.test_per_class=10", "train.batch_size=50",
+            "train.precision=fp32"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "completed" in done.stdout and rundir.read_result(out)["status"] == "completed"
+    bad = subprocess.run(args[:5] + ["vit_q", "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1 and "vit_q" in bad.stderr and "vit_c_fmnist" in bad.stderr
+
+
+def test_other_config_in_same_dir_is_refused(tmp_path):
+    train(tiny_cfg(**{"train.epochs": 1}), tmp_path / "run")
+    with pytest.raises(ConfigError, match="another config"):
+        train(tiny_cfg(**{"train.epochs": 1, "optim.lr": 2e-3}), tmp_path / "run")
