@@ -150,26 +150,24 @@ def _loader_data(train_ds, test_ds, cfg: RunConfig) -> Data:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches, device: torch.device, dtype: torch.dtype | None) -> dict:
-    """Top-1/top-5 error (%) and mean loss over all batches; counts stay on the device."""
+def evaluate(model: torch.nn.Module, batches, device: torch.device, dtype: torch.dtype | None = None,
+             dist: "Dist | None" = None) -> dict:
+    """Top-1/top-5 error (%) and mean loss over all batches; under DDP each rank takes a slice of
+    every batch and the counts are summed across ranks."""
+    dist = dist or Dist()
+    r, w = dist.rank, dist.world
+    counts = torch.zeros(4, device=device, dtype=torch.float64)  # top1 hits, top5 hits, loss, n
     model.eval()
-    top1 = torch.zeros((), device=device)
-    top5 = torch.zeros((), device=device)
-    loss = torch.zeros((), device=device)
-    n = 0
     for x, y in batches:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = x[r::w].to(device, non_blocking=True), y[r::w].to(device, non_blocking=True)
         with autocast(device, dtype):
             out = model(x)
         out = out.float()
-        loss += F.cross_entropy(out, y, reduction="sum")
-        k = min(5, out.shape[1])
-        hits = out.topk(k, dim=1).indices == y[:, None]
-        top1 += hits[:, 0].sum()
-        top5 += hits.any(dim=1).sum()
-        n += len(y)
-    return {"top1_err": 100.0 * (1 - top1.item() / n), "top5_err": 100.0 * (1 - top5.item() / n),
-            "loss": loss.item() / n}
+        hits = out.topk(min(5, out.shape[1]), dim=1).indices == y[:, None]
+        counts += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), F.cross_entropy(out, y, reduction="sum"),
+                               torch.tensor(len(y), device=device)]).double()
+    top1, top5, loss, n = dist.reduce(counts).tolist()
+    return {"top1_err": 100.0 * (1 - top1 / n), "top5_err": 100.0 * (1 - top5 / n), "loss": loss / n}
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -225,22 +223,70 @@ def _measure_precision(model: torch.nn.Module, sample, device: torch.device) -> 
     return "bf16" if bf16 < 0.9 * fp32 else "fp32"
 
 
+@dataclass
+class Dist:
+    """This process's place in a torch.distributed group (rank 0 of 1 when there is none)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def current(cls) -> "Dist":
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls()
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """All-reduce a tensor in place (sum or max); a no-op without a group."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        return t
+
+    def broadcast(self, obj):
+        """Rank 0's value of obj on every rank."""
+        if self.world == 1:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
 class Trainer:
     """One run. `run()` trains (resuming when the run directory has a checkpoint) and returns the
     result record; `request_stop()` (e.g. from a preemption signal) makes the loop checkpoint at the
-    next step and raise Stopped."""
+    next step boundary and raise Stopped. Under torch.distributed it trains with DDP: each rank takes
+    its slice of every global batch, and rank 0 alone writes the run directory."""
 
     def __init__(self, cfg: RunConfig, out: str | Path, stop_at_step: int | None = None):
-        self.cfg = cfg
+        self.cfg = copy.deepcopy(cfg)
         self.out = Path(out)
         self.stop_at_step = stop_at_step  # checkpoint and stop once this many steps are done
         self._stop = False
+        self.dist = Dist.current()
+        self.progress = "none"
 
     def request_stop(self) -> None:
         self._stop = True
 
-    # -- logging -------------------------------------------------------------------------------
     def log(self, text: str) -> None:
+        if not self.dist.main:
+            return
         line = f"[{time.strftime('%H:%M:%S')}] {text}"
         rundir.log_line(self.out, line)
         if self.progress != "none":
@@ -250,9 +296,8 @@ class Trainer:
         mode = self.cfg.train.progress
         if mode == "auto":
             return "bar" if sys.stderr.isatty() else "lines"
-        return mode
+        return mode if self.dist.main else "none"
 
-    # -- set-up --------------------------------------------------------------------------------
     def _prepare_dir(self) -> RunConfig:
         """Create the run dir or check that an existing one holds the same config."""
         self.out.mkdir(parents=True, exist_ok=True)
@@ -278,193 +323,237 @@ class Trainer:
         self.progress = self._progress_mode()
         try:
             return self._run(saved_cfg)
-        except Stopped:
-            raise
-        except (KeyboardInterrupt, SystemExit):
+        except (Stopped, KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:
             reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
-            rundir.log_line(self.out, f"failed: {reason}")
-            rundir.write_json(self.out / rundir.RESULT, {"status": "failed", "reason": reason})
+            if self.dist.main:
+                rundir.log_line(self.out, f"failed: {reason}")
+                rundir.write_json(self.out / rundir.RESULT, {"status": "failed", "reason": reason})
             raise
 
-    def _run(self, saved_cfg: RunConfig) -> dict:
-        cfg = self.cfg
+    # -- set-up --------------------------------------------------------------------------------
+    def _setup(self, saved_cfg: RunConfig) -> None:
+        cfg, dist = self.cfg, self.dist
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         device = resolve_device(cfg.train.device)
+        if device.type == "cuda" and dist.world > 1:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", dist.rank % torch.cuda.device_count())))
+            torch.cuda.set_device(device)
         seed_everything(cfg.train.seed)
         model = build_model(cfg).to(device)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        img_size, in_chans = model.img_size, model.in_chans
-        data = build_data(cfg, device, img_size)
-        ckpt = rundir.load_checkpoint(self.out, map_location=device)
+        self.device, self.model = device, model
+        self.data = build_data(cfg, device, model.img_size)
+        if self.data.steps_per_epoch < 1:
+            raise ConfigError(f"train.batch_size {cfg.train.batch_size} exceeds the "
+                              f"{self.data.num_train} training images")
+        if cfg.train.batch_size % dist.world:
+            raise ConfigError(f"train.batch_size {cfg.train.batch_size} must divide among {dist.world} processes")
 
-        # Precision: keep the one a resumed run started with.
+        # Precision: a resumed run keeps the one it started with; ranks follow rank 0.
         precision = saved_cfg.train.precision
         if precision == "auto":
-            sample = next(iter(data.train_batches(0, 0)))
-            precision = choose_precision(cfg, model, device, (sample[0].to(device), sample[1].to(device)))
-        cfg.train.precision = precision
-        rundir.write_atomic(self.out / rundir.CONFIG, cfg.to_yaml().encode())
-        dtype = torch.bfloat16 if precision == "bf16" else None
+            x, y = next(iter(self.data.train_batches(0, 0)))
+            precision = choose_precision(cfg, model, device, (x.to(device), y.to(device)))
+        cfg.train.precision = dist.broadcast(precision)
+        self.dtype = torch.bfloat16 if cfg.train.precision == "bf16" else None
+        if dist.main:
+            rundir.write_atomic(self.out / rundir.CONFIG, cfg.to_yaml().encode())
 
         from analysis.models import complexity
 
-        cx = complexity(model, img_size, in_chans)
-        opt = make_optimizer(model, cfg)
-        ema = None
+        self.cx = complexity(model, model.img_size, model.in_chans)
+        self.net = model
+        if dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.opt = make_optimizer(model, cfg)
+        self.ema = None
         if cfg.train.ema_decay:
             from timm.utils import ModelEmaV3
 
-            ema = ModelEmaV3(model, decay=cfg.train.ema_decay)
-        mixup = None
+            self.ema = ModelEmaV3(model, decay=cfg.train.ema_decay)
+        self.mixup = None
         if cfg.train.mixup or cfg.train.cutmix:
             from timm.data import Mixup
 
-            mixup = Mixup(mixup_alpha=cfg.train.mixup, cutmix_alpha=cfg.train.cutmix,
-                          label_smoothing=cfg.train.label_smoothing, num_classes=model.num_classes)
+            self.mixup = Mixup(mixup_alpha=cfg.train.mixup, cutmix_alpha=cfg.train.cutmix,
+                               label_smoothing=cfg.train.label_smoothing, num_classes=model.num_classes)
 
-        steps = data.steps_per_epoch
-        if steps < 1:
-            raise ConfigError(f"train.batch_size {cfg.train.batch_size} exceeds the {data.num_train} training images")
+    def _state(self, epoch: int, batch: int, step: int, best: float, acc: dict, elapsed: float) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                **({"ema": self.ema.module.state_dict()} if self.ema is not None else {}),
+                "epoch": epoch, "batch": batch, "step": step, "best": best,
+                "epoch_acc": json.dumps(acc), "elapsed": elapsed}
+
+    def _save(self, state: dict) -> None:
+        if self.dist.main:
+            rundir.save_checkpoint(self.out, state)
+        self.dist.barrier()
+
+    def _evaluate(self, model: torch.nn.Module) -> dict:
+        return evaluate(model, self.data.test_batches(), self.device, self.dtype, self.dist)
+
+    def _agree(self, bad_step: torch.Tensor, check: bool, due: bool) -> tuple[int | None, bool, bool]:
+        """(first non-finite step or None, stop?, checkpoint due?), the same on every rank."""
+        if self.dist.world == 1:
+            bad = int(bad_step.item()) if check else -1
+            return (bad if bad >= 0 else None), self._stop, due
+        total = torch.iinfo(torch.long).max
+        flags = torch.stack([torch.where(bad_step >= 0, -bad_step, -total),
+                             torch.tensor(int(self._stop), device=self.device),
+                             torch.tensor(int(due), device=self.device)])
+        neg_first, stop, due = self.dist.reduce(flags, "max").tolist()
+        return (-neg_first if neg_first > -total else None), bool(stop), bool(due)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _run(self, saved_cfg: RunConfig) -> dict:
+        self._setup(saved_cfg)
+        cfg, dist, device = self.cfg, self.dist, self.device
+        steps = self.data.steps_per_epoch
         total = steps * cfg.train.epochs
         warmup = int(round(cfg.optim.warmup_epochs * steps))
-        epoch, start, step = 0, 0, 0
+        base_lr = cfg.effective_lr()
+        epoch, start, step, best = 0, 0, 0, math.inf
         acc = {"loss": 0.0, "n": 0, "seconds": 0.0}
-        best = math.inf
+        ckpt = rundir.load_checkpoint(self.out, map_location=device)
         if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            if ema is not None and "ema" in ckpt:
-                ema.module.load_state_dict(ckpt["ema"])
-            epoch, start, step = ckpt["epoch"], ckpt["batch"], ckpt["step"]
+            self.model.load_state_dict(ckpt["model"])
+            self.opt.load_state_dict(ckpt["optimizer"])
+            if self.ema is not None and "ema" in ckpt:
+                self.ema.module.load_state_dict(ckpt["ema"])
+            epoch, start, step, best = ckpt["epoch"], ckpt["batch"], ckpt["step"], ckpt["best"]
             acc = json.loads(ckpt["epoch_acc"])
-            best = ckpt["best"]
-            rundir.truncate_metrics(self.out, epoch)
+            if dist.main:
+                rundir.truncate_metrics(self.out, epoch)
             self.log(f"resumed at epoch {epoch + 1}, batch {start}, step {step}")
         else:
-            rundir.truncate_metrics(self.out, 0)
-            self.log(f"start {cfg.model.preset} stem={getattr(model, 'stem_name', '-')} {cfg.optim.name} "
-                     f"lr={cfg.effective_lr():.3g} wd={cfg.optim.weight_decay:.3g} epochs={cfg.train.epochs} "
-                     f"batch={cfg.train.batch_size} precision={precision} device={device} "
-                     f"params={cx['params'] / 1e6:.2f}M flops={cx['flops'] / 1e6:.1f}M")
-
-        base_lr = cfg.effective_lr()
+            if dist.main:
+                rundir.truncate_metrics(self.out, 0)
+            self.log(f"start {cfg.model.preset} stem={getattr(self.model, 'stem_name', '-')} {cfg.optim.name} "
+                     f"lr={base_lr:.3g} wd={cfg.optim.weight_decay:.3g} epochs={cfg.train.epochs} "
+                     f"batch={cfg.train.batch_size} precision={cfg.train.precision} device={device} "
+                     f"processes={dist.world} params={self.cx['params'] / 1e6:.2f}M "
+                     f"flops={self.cx['flops'] / 1e6:.1f}M")
         run_start = time.time() - (ckpt["elapsed"] if ckpt else 0.0)
         last_save = time.monotonic()
-
-        def state(batch_in_epoch: int) -> dict:
-            return {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                    **({"ema": ema.module.state_dict()} if ema is not None else {}),
-                    "epoch": epoch, "batch": batch_in_epoch, "step": step, "best": best,
-                    "epoch_acc": json.dumps(acc), "elapsed": time.time() - run_start}
+        r, w = dist.rank, dist.world
 
         while epoch < cfg.train.epochs:
-            model.train()
+            self.net.train()
             loss_sum = torch.zeros((), device=device)
             bad_step = torch.full((), -1, device=device, dtype=torch.long)
-            t0 = time.perf_counter()
-            batches = data.train_batches(epoch, start)
+            seen, t0 = 0, time.perf_counter()
+            lr = base_lr * lr_factor(step, total, warmup)
             bar = None
             if self.progress == "bar":
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=steps, initial=start, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False)
-            seen = 0  # batches since the last flush into acc
-            lr = base_lr * lr_factor(step, total, warmup)
-            for i, (x, y) in enumerate(batches, start):
+            for i, (x, y) in enumerate(self.data.train_batches(epoch, start), start):
+                if w > 1:
+                    x, y = x[r::w], y[r::w]
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 if cfg.train.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                if mixup is not None:
-                    seed_everything(D.batch_seed(cfg.train.seed, epoch, i))  # mixup's numpy draws
-                    x, y = mixup(x, y)
+                if self.mixup is not None:
+                    seed_everything(D.batch_seed(cfg.train.seed, epoch, i) + r)  # mixup's numpy draws
+                    x, y = self.mixup(x, y)
                 lr = base_lr * lr_factor(step, total, warmup)
-                for g in opt.param_groups:
+                for g in self.opt.param_groups:
                     g["lr"] = lr
-                with autocast(device, dtype):
-                    out = model(x)
+                with autocast(device, self.dtype):
+                    out = self.net(x)
                 out = out.float()
-                if mixup is not None:
+                if self.mixup is not None:
                     loss = torch.sum(-y * F.log_softmax(out, dim=-1), dim=-1).mean()
                 else:
                     loss = F.cross_entropy(out, y, label_smoothing=cfg.train.label_smoothing)
-                opt.zero_grad(set_to_none=True)
+                self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.optim.clip_grad:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
-                opt.step()
-                if ema is not None:
-                    ema.update(model, step=step)
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad)
+                self.opt.step()
+                if self.ema is not None:
+                    self.ema.update(self.model, step=step)
                 loss = loss.detach()
                 loss_sum += loss
                 bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
-                step += 1
-                seen += 1
-                if self.stop_at_step is not None and step >= self.stop_at_step:
-                    self._stop = True
+                step, seen = step + 1, seen + 1
                 if bar is not None:
                     bar.update(1)
-                if step % CHECK_EVERY == 0 or i == steps - 1 or self._stop:
-                    if bad_step.item() >= 0:
-                        return self._diverged(epoch, int(bad_step.item()), cx, run_start)
-                if self._stop or (cfg.train.checkpoint_minutes and
-                                  time.monotonic() - last_save > 60 * cfg.train.checkpoint_minutes):
-                    acc["loss"] += loss_sum.item()
-                    acc["n"] += seen
-                    acc["seconds"] += time.perf_counter() - t0
-                    loss_sum.zero_()
-                    seen, start, t0 = 0, i + 1, time.perf_counter()
-                    rundir.save_checkpoint(self.out, state(start))
-                    last_save = time.monotonic()
-                    if self._stop:
-                        self.log(f"stopped and checkpointed at epoch {epoch + 1}, batch {start}, step {step}")
-                        raise Stopped()
+                if self.stop_at_step is not None and step >= self.stop_at_step:
+                    self._stop = True
+                # Host checks: non-finite loss every CHECK_EVERY steps (a device sync); a stop or a
+                # timed checkpoint at once, but under DDP only at those steps so that ranks agree.
+                check = step % CHECK_EVERY == 0 or i == steps - 1
+                due = bool(cfg.train.checkpoint_minutes) and \
+                    time.monotonic() - last_save > 60 * cfg.train.checkpoint_minutes
+                if check or (w == 1 and (self._stop or due)):
+                    first_bad, stop, due = self._agree(bad_step, check, due)
+                    if first_bad is not None:
+                        return self._diverged(epoch, first_bad, run_start)
+                    if stop or due:
+                        acc["loss"] += dist.reduce(loss_sum.clone()).item() / w
+                        acc["n"] += seen
+                        acc["seconds"] += time.perf_counter() - t0
+                        loss_sum.zero_()
+                        seen, start, t0 = 0, i + 1, time.perf_counter()
+                        self._save(self._state(epoch, start, step, best, acc, time.time() - run_start))
+                        last_save = time.monotonic()
+                        if stop:
+                            self.log(f"stopped and checkpointed at epoch {epoch + 1}, batch {start}, step {step}")
+                            raise Stopped()
             if bar is not None:
                 bar.close()
-            acc["loss"] += loss_sum.item()
+            acc["loss"] += dist.reduce(loss_sum.clone()).item() / w
             acc["n"] += seen
             acc["seconds"] += time.perf_counter() - t0
-            train_loss = acc["loss"] / max(acc["n"], 1)
-            train_seconds = acc["seconds"]
-            test = evaluate(model, data.test_batches(), device, dtype)
-            ema_test = evaluate(ema.module, data.test_batches(), device, dtype) if ema is not None else None
+            test = self._evaluate(self.model)
+            ema_test = self._evaluate(self.ema.module) if self.ema is not None else None
             best = min(best, test["top1_err"])
-            epoch += 1
-            start = 0
-            row = {"epoch": epoch, "step": step, "train_loss": train_loss,
+            epoch, start = epoch + 1, 0
+            row = {"epoch": epoch, "step": step, "train_loss": acc["loss"] / max(acc["n"], 1),
                    "test_top1_err": test["top1_err"], "test_top5_err": test["top5_err"],
                    "ema_top1_err": ema_test["top1_err"] if ema_test else None,
                    "ema_top5_err": ema_test["top5_err"] if ema_test else None,
-                   "lr": lr, "seconds": train_seconds,
-                   "images_per_s": acc["n"] * cfg.train.batch_size / max(train_seconds, 1e-9),
+                   "lr": lr, "seconds": acc["seconds"],
+                   "images_per_s": acc["n"] * cfg.train.batch_size / max(acc["seconds"], 1e-9),
                    "elapsed": time.time() - run_start}
-            rundir.append_metrics(self.out, row)
+            if dist.main:
+                rundir.append_metrics(self.out, row)
             acc = {"loss": 0.0, "n": 0, "seconds": 0.0}
-            rundir.save_checkpoint(self.out, state(0))
+            self._save(self._state(epoch, 0, step, best, acc, time.time() - run_start))
             last_save = time.monotonic()
-            self.log(f"epoch {epoch}/{cfg.train.epochs} loss {train_loss:.4f} test err {test['top1_err']:.2f}% "
+            self.log(f"epoch {epoch}/{cfg.train.epochs} loss {row['train_loss']:.4f} "
+                     f"test err {test['top1_err']:.2f}% "
                      + (f"ema err {ema_test['top1_err']:.2f}% " if ema_test else "")
                      + f"lr {lr:.3g} {row['images_per_s']:.0f} img/s")
-            if not math.isfinite(train_loss):
-                return self._diverged(epoch - 1, step, cx, run_start)
-        return self._finish(cx, run_start)
+            if not math.isfinite(row["train_loss"]):
+                return self._diverged(epoch - 1, step, run_start)
+        return self._finish(run_start)
 
-    def _diverged(self, epoch: int, bad_step: int, cx: dict, run_start: float) -> dict:
+    def _diverged(self, epoch: int, bad_step: int, run_start: float) -> dict:
         reason = f"non-finite loss at epoch {epoch + 1}, step {bad_step}"
         self.log(f"diverged: {reason}")
+        cx = self.cx
         result = {"status": "diverged", "reason": reason, "epoch": epoch + 1, "step": bad_step,
                   "top1_err": 100.0, "top5_err": 100.0, "best_top1_err": 100.0, "ema_top1_err": 100.0,
                   "params": cx["params"], "flops": cx["flops"], "acts": cx["acts"],
                   "seconds": time.time() - run_start, "images_per_s": None}
-        rundir.write_json(self.out / rundir.RESULT, result)
+        if self.dist.main:
+            rundir.write_json(self.out / rundir.RESULT, result)
+        self.dist.barrier()
         return result
 
-    def _finish(self, cx: dict, run_start: float) -> dict:
-        rows = rundir.read_metrics(self.out)
-        last = rows[-1]
+    def _finish(self, run_start: float) -> dict:
+        rows = rundir.read_metrics(self.out) if self.dist.main else []
+        rows = self.dist.broadcast(rows)
+        last, cx = rows[-1], self.cx
         train_s = sum(r["seconds"] for r in rows)
         images = sum(r["images_per_s"] * r["seconds"] for r in rows)
         result = {"status": "completed", "reason": None, "epoch": last["epoch"], "step": last["step"],
@@ -472,10 +561,13 @@ class Trainer:
                   "best_top1_err": min(r["test_top1_err"] for r in rows),
                   "ema_top1_err": last["ema_top1_err"],
                   "params": cx["params"], "flops": cx["flops"], "acts": cx["acts"],
-                  "seconds": time.time() - run_start, "images_per_s": images / max(train_s, 1e-9)}
-        rundir.write_json(self.out / rundir.RESULT, result)
+                  "seconds": time.time() - run_start, "images_per_s": images / max(train_s, 1e-9),
+                  "processes": self.dist.world}
+        if self.dist.main:
+            rundir.write_json(self.out / rundir.RESULT, result)
         self.log(f"done: test err {result['top1_err']:.2f}% (best {result['best_top1_err']:.2f}%) "
                  f"in {result['seconds']:.0f}s")
+        self.dist.barrier()
         return result
 
 
