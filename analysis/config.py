@@ -48,7 +48,7 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     name: str = "adamw"  # one of OPTIMIZERS
-    lr: float = 8e-3  # peak lr for a batch of ref_batch; the run uses lr * batch_size / ref_batch
+    lr: float = 1.6e-2  # peak lr for a batch of ref_batch; the run uses lr * batch_size / ref_batch
     ref_batch: int = 2048  # the batch size lr is stated for (the paper states lrs for 2048)
     weight_decay: float = 0.05  # not applied to norms, biases, position embedding, class token
     momentum: float = 0.9  # SGD momentum
