@@ -1,0 +1,43 @@
+"""Trained runs come back from their run directories alone."""
+
+import pytest
+import torch
+
+from analysis import rundir
+from analysis.errors import ConfigError
+from analysis.runs import load_config, load_model, test_images
+from analysis.train import evaluate, train
+from tests.test_train import tiny_cfg
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "vit_c"
+    train(tiny_cfg(**{"train.epochs": 1}), out)
+    return out
+
+
+def test_loaded_model_reproduces_the_recorded_error(run):
+    cfg = load_config(run)
+    model = load_model(run)
+    from analysis.train import build_data
+
+    data = build_data(cfg, torch.device("cpu"), model.img_size)
+    err = evaluate(model, data.test_batches(), torch.device("cpu"))["top1_err"]
+    assert err == pytest.approx(rundir.read_result(run)["top1_err"], abs=1e-6)
+
+
+def test_initial_weights_differ_and_explicit_attention_matches(run):
+    x, y, raw = test_images(load_config(run), n=10)
+    assert y.tolist() == list(range(10)) and raw.dtype == torch.uint8
+    trained, initial = load_model(run), load_model(run, initial=True)
+    assert not torch.equal(trained.patch_embed.first_conv.weight, initial.patch_embed.first_conv.weight)
+    explicit = load_model(run, fused_attn=False)
+    torch.testing.assert_close(explicit(x), trained(x), rtol=1e-4, atol=1e-5)
+
+
+def test_bad_run_dirs_are_one_line(run, tmp_path):
+    with pytest.raises(ConfigError, match="not a run directory"):
+        load_model(tmp_path)
+    with pytest.raises(ConfigError, match="without EMA"):
+        load_model(run, ema=True)
