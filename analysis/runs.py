@@ -1,7 +1,7 @@
 """Trained runs back from their run directories: config, model (trained or at init), test images.
 
     model = load_model("runs/demo/vit_c")          # last checkpoint's weights, eval mode
-    images, labels, raw = test_images(load_config("runs/demo/vit_c"), n=8)
+    images, labels, raw = sample_images(load_config("runs/demo/vit_c"), n=8)
 """
 
 from __future__ import annotations
@@ -46,11 +46,11 @@ def load_model(run_dir: str | Path, ema: bool = False, initial: bool = False, de
     return model.to(device).eval()
 
 
-def test_images(cfg: config.RunConfig, n: int = 8, one_per_class: bool = True):
+def sample_images(cfg: config.RunConfig, n: int = 8, one_per_class: bool = True):
     """(normalised images (n, C, H, W), labels (n,), raw uint8 images (n, C, H, W)) from the run's
     test set: the first image of each class in turn when one_per_class, else the first n."""
     if cfg.data.name == "imagefolder":
-        raise ConfigError("test_images reads array datasets (fashion_mnist, cifar10, cifar100); "
+        raise ConfigError("sample_images reads array datasets (fashion_mnist, cifar10, cifar100); "
                           "for imagefolder load images with timm's transforms")
     data = D.load_arrays(cfg.data.name, cfg.data.root, False)
     if one_per_class:  # class 0's first image, class 1's first, ..., then each class's second

@@ -5,7 +5,7 @@ import torch
 
 from analysis import rundir
 from analysis.errors import ConfigError
-from analysis.runs import load_config, load_model, test_images
+from analysis.runs import load_config, load_model, sample_images
 from analysis.train import evaluate, train
 from tests.test_train import tiny_cfg
 
@@ -28,7 +28,7 @@ def test_loaded_model_reproduces_the_recorded_error(run):
 
 
 def test_initial_weights_differ_and_explicit_attention_matches(run):
-    x, y, raw = test_images(load_config(run), n=10)
+    x, y, raw = sample_images(load_config(run), n=10)
     assert y.tolist() == list(range(10)) and raw.dtype == torch.uint8
     trained, initial = load_model(run), load_model(run, initial=True)
     assert not torch.equal(trained.patch_embed.first_conv.weight, initial.patch_embed.first_conv.weight)
