@@ -1,0 +1,166 @@
+"""One self-contained HTML report of a sweep: EDFs, stability plots, the summary table, and
+attention maps and filters of each model's best run. Works offline (plotly.js is inlined).
+
+    python -m analysis report sweeps/demo            # -> sweeps/demo/report.html
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from analysis.errors import ConfigError
+
+PROBE_IMAGES = 6
+
+
+def best_runs(df: pd.DataFrame, by: str = "model") -> pd.DataFrame:
+    """The finished, non-diverged run with the lowest error in each group."""
+    done = df[(df["status"] == "completed") & ~df["diverged"].astype(bool) & df["error"].notna()]
+    if done.empty:
+        return done
+    return done.loc[done.groupby(by)["error"].idxmin()].sort_values(by)
+
+
+def headline(df: pd.DataFrame, within: float = 4.0) -> pd.DataFrame:
+    """Best and median error per model and optimizer, the fraction of runs within `within` points
+    of the best, and the diverged fraction: the numbers the paper reads off its EDFs."""
+    from analysis.plots.stability import summary_table
+
+    cols = ["model", "optimizer"] if "optimizer" in df else ["model"]
+    table = summary_table(df, by=cols, within=within)
+    keep = [*cols, "n", "best", "median", f"within_{within:g}", "diverged_frac", "failed"]
+    return table[[c for c in keep if c in table]]
+
+
+def _probe_figures(run_dir: str, label: str) -> list[tuple[str, go.Figure]]:
+    """Filters, filter principal components and attention rollout of one trained run."""
+    from analysis.plots.maps import attribution_figure, tiles_figure
+    from analysis.probes import filter_pca, first_layer_filters, gradient_rollout, rollout_maps
+    from analysis.runs import load_config, load_model, sample_images
+
+    model = load_model(run_dir, fused_attn=False)
+    if getattr(model, "family", "vit") != "vit":
+        return []
+    figs = []
+    w = first_layer_filters(model)
+    figs.append((f"{label}: first-layer filters ({w.shape[-1]}x{w.shape[-1]})",
+                 tiles_figure(w[:32], title=f"{label} first-layer filters")))
+    pca = filter_pca(w)
+    k = min(16, len(pca.explained_variance_ratio))
+    figs.append((f"{label}: principal components of the first-layer filters",
+                 tiles_figure(pca.top(k), explained_variance=pca.explained_variance_ratio[:k],
+                              title=f"{label} filter principal components")))
+    images, _, raw = sample_images(load_config(run_dir), n=PROBE_IMAGES)
+    maps = {"rollout": rollout_maps(model, images), "gradient rollout": gradient_rollout(model, images)}
+    figs.append((f"{label}: attention rollout on test images",
+                 attribution_figure(raw, maps, max_images=PROBE_IMAGES, signed=False,
+                                    title=f"{label} attention rollout")))
+    return figs
+
+
+def _distance_figure(runs: pd.DataFrame) -> go.Figure | None:
+    from analysis.plots.maps import distance_figure
+    from analysis.probes import attention_distance
+    from analysis.runs import load_config, load_model, sample_images
+
+    frames = {}
+    for _, row in runs.iterrows():
+        model = load_model(row["run_dir"], fused_attn=False)
+        if getattr(model, "family", "vit") != "vit":
+            continue
+        images, _, _ = sample_images(load_config(row["run_dir"]), n=64, one_per_class=False)
+        frames[row["model"]] = attention_distance(model, [images])
+    return distance_figure(frames, title="Mean attention distance per head (pixels)") if frames else None
+
+
+def figures(df: pd.DataFrame, probes: bool = True) -> list[tuple[str, go.Figure]]:
+    """(heading, figure) pairs of the report, in order."""
+    from analysis.plots.curves import curves_figure
+    from analysis.plots.stability import edf_figure, epochs_figure, optimizer_gap_figure, sensitivity_figure
+
+    out = [("Error EDFs (diverged runs counted at 100%)", edf_figure(df)),
+           ("Error relative to each group's best run, with bootstrap band",
+            edf_figure(df, relative=True, bootstrap="band"))]
+    if df["lr"].nunique() > 1 and df["wd"].nunique() > 1:
+        out.append(("lr / wd sensitivity", sensitivity_figure(df)))
+    if df["epochs"].nunique() > 1:
+        out.append(("Error against training length", epochs_figure(df)))
+    if {"adamw", "sgd"} <= set(df["optimizer"]):
+        out.append(("Optimizer gap (SGD minus AdamW)", optimizer_gap_figure(df)))
+    best = best_runs(df)
+    if not best.empty:
+        out.append(("Training curves of each model's best run",
+                    curves_figure(best, labels=list(best["model"] + " " + best["optimizer"]))))
+        if probes:
+            dist = _distance_figure(best.drop_duplicates("model"))
+            if dist is not None:
+                out.append(("Mean attention distance", dist))
+            for _, row in best.drop_duplicates("model").iterrows():
+                out += _probe_figures(row["run_dir"], row["model"])
+    return out
+
+
+def _table_html(table: pd.DataFrame) -> str:
+    return table.to_html(index=False, float_format=lambda v: f"{v:.3g}", border=0, classes="summary")
+
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+h1{font-size:1.6em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}
+table.summary{border-collapse:collapse}table.summary td,table.summary th{padding:4px 10px;
+border-bottom:1px solid #eee;text-align:right}.meta{color:#666}"""
+
+
+def write_report(sweep_dir: str | Path, out: str | Path | None = None, probes: bool = True,
+                 png_dir: str | Path | None = None) -> Path:
+    """Collect the sweep, build every figure and write one offline HTML file; return its path.
+    With png_dir, each figure is also exported as PNG through kaleido (needs Chromium)."""
+    import plotly.offline
+
+    from analysis.sweeps import collect
+
+    sweep_dir = Path(sweep_dir)
+    df = collect(sweep_dir)
+    if df.empty:
+        raise ConfigError(f"{sweep_dir} holds no runs to report on; launch the sweep first")
+    out = Path(out) if out else sweep_dir / "report.html"
+    figs = figures(df, probes=probes)
+    counts = df["status"].value_counts().to_dict()
+    parts = [f"<h1>Conv vs patchify stems: {html.escape(sweep_dir.name)}</h1>",
+             f"<p class=meta>{len(df)} runs ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
+             f"written {time.strftime('%Y-%m-%d %H:%M')}</p>",
+             "<h2>Summary</h2>", _table_html(headline(df))]
+    for heading, fig in figs:
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=False))
+    page = (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(sweep_dir.name)}</title>"
+            f"<style>{STYLE}</style><script>{plotly.offline.get_plotlyjs()}</script></head>"
+            f"<body>{''.join(parts)}</body></html>")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page)
+    if png_dir:
+        export_png([f for _, f in figs], png_dir)
+    return out
+
+
+def export_png(figs: list[go.Figure], folder: str | Path) -> list[Path]:
+    """Write each figure as PNG through kaleido, using the system Chromium."""
+    chrome = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if chrome is None:
+        raise ConfigError("PNG export needs Chromium: install it with `apt-get install chromium` "
+                          "(or scripts/install_browser.sh)")
+    os.environ.setdefault("BROWSER_PATH", chrome)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, fig in enumerate(figs):
+        path = folder / f"figure_{i:02d}.png"
+        fig.write_image(path, width=1000, height=fig.layout.height or 500)
+        paths.append(path)
+    return paths
