@@ -191,7 +191,7 @@ def gradient_rollout(
         attns = list(store)
         grads = torch.autograd.grad(score, attns)
     b, _, n, _ = attns[0].shape
-    rel = torch.eye(n, dtype=torch.float64).expand(b, n, n).clone()
+    rel = torch.eye(n, dtype=torch.float64, device=attns[0].device).expand(b, n, n).clone()
     for attn, grad in zip(attns, grads):
         a_bar = (grad.detach() * attn.detach()).clamp(min=0).mean(dim=1).double()
         rel = rel + a_bar @ rel

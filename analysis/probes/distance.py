@@ -40,6 +40,7 @@ def mean_attention_distance(
     out = []
     for attn in attentions:
         a = attn.detach().double()[..., num_prefix_tokens:, num_prefix_tokens:]
+        dist = dist.to(a.device)
         if a.shape[-1] != p:
             raise ConfigError(f"attention has {a.shape[-1]} patch tokens, grid {grid_size} has {p}")
         if renormalize:
