@@ -1,0 +1,37 @@
+"""The HTML report and the demo driver on a real small sweep."""
+
+import re
+
+import pytest
+
+from analysis.report import best_runs, export_png, figures, headline, write_report
+
+
+def test_headline_on_real_sweep(real_frame):
+    table = headline(real_frame)
+    assert set(table["model"]) == {"ViT_P-fmnist_tiny", "ViT_C-fmnist_tiny"}
+    assert set(table["optimizer"]) == {"adamw", "sgd"}
+    assert (table["n"] == 2).all()
+    assert (table["best"] <= table["median"]).all()
+    best = best_runs(real_frame)
+    assert len(best) == 2 and (best["status"] == "completed").all()
+
+
+def test_report_is_one_offline_file_with_every_figure(real_sweep, real_frame, tmp_path):
+    out = write_report(real_sweep, tmp_path / "report.html")
+    page = out.read_text()
+    assert not re.search(r"<script[^>]*\bsrc=", page)  # plotly.js inlined: works offline
+    n_figs = len(figures(real_frame))
+    assert len(re.findall(r'class="plotly-graph-div"', page)) == n_figs
+    for heading in ("Error EDFs", "lr / wd sensitivity", "Optimizer gap", "Training curves",
+                    "Mean attention distance", "attention rollout", "first-layer filters"):
+        assert heading in page, heading
+    assert "ViT_C-fmnist_tiny" in page and "within_4" in page
+
+
+@pytest.mark.browser
+def test_png_export_through_kaleido(real_frame, tmp_path):
+    from analysis.plots.stability import edf_figure
+
+    paths = export_png([edf_figure(real_frame)], tmp_path)
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[0].stat().st_size > 5000
