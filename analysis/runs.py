@@ -68,3 +68,19 @@ def sample_images(cfg: config.RunConfig, n: int = 8, one_per_class: bool = True)
 def class_names(cfg: config.RunConfig) -> tuple[str, ...]:
     """Class names of the run's dataset."""
     return D.load_arrays(cfg.data.name, cfg.data.root, False, per_class=1).classes
+
+
+def ensure_trained(presets: tuple[str, ...] = ("vit_p_fmnist_tiny", "vit_c_fmnist_tiny"), root: str | Path = "runs",
+                   overrides: dict | None = None) -> dict[str, Path]:
+    """Train each preset into root/<preset> unless that run is already complete; return
+    {preset: run_dir}. Overrides are dotted config keys shared by every run (e.g. train.epochs)."""
+    from analysis.train import train
+
+    out = {}
+    for preset in presets:
+        cfg = config.RunConfig().replace({**(overrides or {}), "model.preset": preset})
+        run_dir = Path(root) / preset
+        if not rundir.is_complete(run_dir):
+            train(cfg, run_dir)
+        out[preset] = run_dir
+    return out
