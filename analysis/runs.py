@@ -73,14 +73,14 @@ def class_names(cfg: config.RunConfig) -> tuple[str, ...]:
 def ensure_trained(presets: tuple[str, ...] = ("vit_p_fmnist_tiny", "vit_c_fmnist_tiny"), root: str | Path = "runs",
                    overrides: dict | None = None) -> dict[str, Path]:
     """Train each preset into root/<preset> unless that run is already complete; return
-    {preset: run_dir}. Overrides are dotted config keys shared by every run (e.g. train.epochs)."""
+    {preset: run_dir}. Overrides are dotted config keys shared by every run (e.g. train.epochs).
+    A folder holding a run with another config raises ConfigError instead of being reused."""
     from analysis.train import train
 
     out = {}
     for preset in presets:
         cfg = config.RunConfig().replace({**(overrides or {}), "model.preset": preset})
         run_dir = Path(root) / preset
-        if not rundir.is_complete(run_dir):
-            train(cfg, run_dir)
+        train(cfg, run_dir)  # returns at once for a complete run with this config
         out[preset] = run_dir
     return out
