@@ -14,6 +14,7 @@ set -euo pipefail
 
 STATE=${STEMLAB_SLURM_DIR:-/var/tmp/stemlab-slurm}
 DB_PORT=${STEMLAB_SLURM_DB_PORT:-3307}
+CTLD_PORT=6817 SLURMD_PORT=6818 DBD_PORT=6819  # the SLURM defaults
 CLUSTER=stemlab
 PARTITION=cpu
 ACCOUNT=stemlab
@@ -30,32 +31,51 @@ DAEMONS=(munged mariadbd slurmdbd slurmctld slurmd)
 die() { echo "slurm_local.sh: error: $*" >&2; exit 1; }
 say() { echo "slurm_local.sh: $*"; }
 
-# Last non-empty line of a log file, to put into a one-line failure message.
-last_log_line() { [[ -s $1 ]] && grep -v '^\s*$' "$1" | tail -n 1 | cut -c1-200 || echo "no log"; }
+# The last error line of a log file (else its last line), to put into a one-line failure message.
+last_log_line() {
+    [[ -s $1 ]] || { echo "no log"; return; }
+    local line
+    line=$(grep -iE 'error|fatal' "$1" | grep -vE '\] Aborting$' | tail -n 1)
+    [[ -n $line ]] || line=$(grep -v '^\s*$' "$1" | tail -n 1)
+    cut -c1-240 <<<"$line"
+}
+
+# Fail early, and clearly, when another program already listens on a port a daemon needs.
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+need_free_port() {
+    port_in_use "$1" && die "port $1 (for $2) is already in use on 127.0.0.1: another SLURM or MariaDB? $3"
+    return 0
+}
 
 # wait_until SECONDS DESCRIPTION LOGFILE COMMAND...: poll COMMAND until it succeeds or fail clearly.
+# With WATCH_PID set, fail at once when that process has exited.
 wait_until() {
     local limit=$1 what=$2 logfile=$3
     shift 3
     local deadline=$((SECONDS + limit))
     until "$@" >/dev/null 2>&1; do
+        if [[ -n ${WATCH_PID:-} ]] && ! kill -0 "$WATCH_PID" 2>/dev/null; then
+            die "$what exited (last error in $logfile: $(last_log_line "$logfile"))"
+        fi
         ((SECONDS < deadline)) || die "$what not ready after ${limit} s (last line of $logfile: $(last_log_line "$logfile"))"
         sleep 0.5
     done
 }
 
-pid_alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# Whether the pid in pid file $1 runs (works for any user, unlike kill -0 on root's daemons).
+pid_alive() { [[ -s $1 ]] && [[ -d /proc/$(tr -dc 0-9 <"$1") ]]; }
 
 pidfile_of() {
     case $1 in
         munged) echo "$RUN/munged.pid" ;;
-        mariadbd) echo "$STATE/mysql/mariadbd.pid" ;;
+        mariadbd) echo "$RUN/mariadb/mariadbd.pid" ;;
         *) echo "$RUN/$1.pid" ;;
     esac
 }
 
 munge_works() { munge -n -S "$MUNGE_SOCKET" </dev/null 2>/dev/null | unmunge -S "$MUNGE_SOCKET" >/dev/null 2>&1; }
-db() { mariadb --no-defaults -S "$STATE/mysql/mariadbd.sock" -u root "$@"; }
+# shellcheck disable=SC2120  # called with arguments through wait_until
+db() { mariadb --no-defaults -S "$RUN/mariadb/mariadbd.sock" -u root "$@"; }
 node_name() { hostname -s; }
 
 # Client commands for this cluster, whichever slurm.conf the system has.
@@ -88,9 +108,19 @@ install_packages() {
     ((EUID == 0)) || die "packages missing (${missing[*]}) and installing them needs root"
     say "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # Keep the packages' init scripts from starting system-wide daemons: this script starts its own.
+    local policy=/usr/sbin/policy-rc.d
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
     apt-get update -qq >"$LOG/apt.log" 2>&1 || die "apt-get update failed (see $LOG/apt.log)"
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >>"$LOG/apt.log" 2>&1 \
         || die "apt-get install ${missing[*]} failed (last line of $LOG/apt.log: $(last_log_line "$LOG/apt.log"))"
+    if [[ $(trap -p EXIT) == *policy-rc.d* ]]; then
+        rm -f "$policy"
+        trap - EXIT
+    fi
 }
 
 # Write FILE (MODE) from stdin only when its content changes; returns 0 and lists FILE in CHANGED if it did.
@@ -147,7 +177,7 @@ SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=5,bf_interval=5
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
-AccountingStoragePort=6819
+AccountingStoragePort=$DBD_PORT
 JobCompType=jobcomp/none
 JobRequeue=1
 ReturnToService=2
@@ -156,8 +186,8 @@ MinJobAge=300
 InactiveLimit=0
 SlurmctldTimeout=120
 SlurmdTimeout=300
-SlurmctldPort=6817
-SlurmdPort=6818
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=$SLURMD_PORT
 StateSaveLocation=$STATE/spool/ctld
 SlurmdSpoolDir=$STATE/spool/d
 SlurmctldPidFile=$RUN/slurmctld.pid
@@ -183,7 +213,7 @@ EOF
 $MARKER
 AuthType=auth/munge
 DbdHost=localhost
-DbdPort=6819
+DbdPort=$DBD_PORT
 SlurmUser=root
 PidFile=$RUN/slurmdbd.pid
 LogFile=$LOG/slurmdbd.log
@@ -225,7 +255,10 @@ start_munge() {
 
 start_mariadb() {
     local data=$STATE/mysql
-    pid_alive "$data/mariadbd.pid" && return 0
+    pid_alive "$(pidfile_of mariadbd)" && return 0
+    mkdir -p "$RUN/mariadb"  # pid file and socket, readable by everyone (the data folder is not)
+    chown mysql:mysql "$RUN/mariadb"
+    chmod 755 "$RUN/mariadb"
     if [[ ! -d $data/mysql ]]; then
         mkdir -p "$data"
         chown mysql:mysql "$data"
@@ -233,11 +266,12 @@ start_mariadb() {
             --skip-test-db >"$LOG/mariadb-install.log" 2>&1 \
             || die "mariadb-install-db failed (last line of $LOG/mariadb-install.log: $(last_log_line "$LOG/mariadb-install.log"))"
     fi
-    setsid /usr/sbin/mariadbd --no-defaults --user=mysql --datadir="$data" --port="$DB_PORT" \
-        --bind-address=127.0.0.1 --socket="$data/mariadbd.sock" --pid-file="$data/mariadbd.pid" \
+    need_free_port "$DB_PORT" mariadbd "(choose another with STEMLAB_SLURM_DB_PORT)"
+    UMASK=0644 setsid /usr/sbin/mariadbd --no-defaults --user=mysql --datadir="$data" --port="$DB_PORT" \
+        --bind-address=127.0.0.1 --socket="$RUN/mariadb/mariadbd.sock" --pid-file="$RUN/mariadb/mariadbd.pid" \
         --log-error="$LOG/mariadb.log" --innodb-use-native-aio=0 --innodb-buffer-pool-size=256M --innodb-lock-wait-timeout=900 \
         --skip-name-resolve </dev/null >>"$LOG/mariadb.log" 2>&1 9>&- &
-    wait_until 60 mariadb "$LOG/mariadb.log" db -e "SELECT 1"
+    WATCH_PID=$! wait_until 60 mariadbd "$LOG/mariadb.log" db -e "SELECT 1"
     local pass
     pass=$(cat "$ETC/dbpass")
     db <<EOF || die "could not create the accounting database and its user in mariadb"
@@ -248,11 +282,20 @@ GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';
 EOF
 }
 
+port_of() {
+    case $1 in
+        slurmdbd) echo "$DBD_PORT" ;;
+        slurmctld) echo "$CTLD_PORT" ;;
+        slurmd) echo "$SLURMD_PORT" ;;
+    esac
+}
+
 # Start a SLURM daemon (each one forks itself into the background) unless its pid file is alive.
 start_slurm_daemon() {
     local name=$1
     shift
     pid_alive "$RUN/$name.pid" && return 0
+    need_free_port "$(port_of "$name")" "$name" "(stop it first)"
     SLURM_CONF=$CONF setsid "/usr/sbin/$name" "$@" </dev/null >>"$LOG/$name.out" 2>&1 9>&- \
         || die "$name failed to start (last line of $LOG/$name.log: $(last_log_line "$LOG/$name.log"))"
     wait_until 30 "$name" "$LOG/$name.log" pid_alive "$RUN/$name.pid"
@@ -281,7 +324,7 @@ cmd_start() {
     local t0=$SECONDS
     if healthy; then
         # Running already: done, unless this script now writes a different configuration.
-        ((EUID == 0)) && write_configs
+        write_configs
         if ((${#CHANGED[@]} == 0)); then
             say "already running ($(node_name): $(node_state); partition $PARTITION)"
             return 0
@@ -291,11 +334,9 @@ cmd_start() {
         stop_pid slurmctld "$RUN/slurmctld.pid"
         stop_pid slurmdbd "$RUN/slurmdbd.pid"
     fi
-    ((EUID == 0)) || die "start needs root (it runs munged, mariadbd and the SLURM daemons)"
     install_packages
     mkdir -p "$ETC" "$STATE/spool/ctld" "$STATE/spool/d"
     write_configs
-    link_system_conf
     start_munge
     start_mariadb
     start_slurm_daemon slurmdbd
@@ -304,6 +345,7 @@ cmd_start() {
     start_slurm_daemon slurmd
     wait_until 60 "node $(node_name) (sinfo)" "$LOG/slurmd.log" node_ready_or_resume
     wait_until 30 sacct "$LOG/slurmdbd.log" sacct_works
+    link_system_conf
     say "started in $((SECONDS - t0)) s ($(node_name): $(node_state); partition $PARTITION; state in $STATE)"
 }
 
@@ -365,9 +407,20 @@ main() {
         start | stop | status | env) ;;
         *) die "usage: $0 {start|stop|status|env} (got '${cmd}')" ;;
     esac
-    mkdir -p "$STATE" "$RUN" "$LOG"
-    chmod 755 "$STATE"
+    # start/stop need root; a user with password-less sudo (as on CI runners) gets it here.
+    if [[ $cmd == start || $cmd == stop ]] && ((EUID != 0)); then
+        if [[ $cmd == start ]] && healthy; then
+            say "already running ($(node_name): $(node_state); partition $PARTITION)"
+            return 0
+        fi
+        if ! { command -v sudo >/dev/null && sudo -n true 2>/dev/null; }; then
+            die "$cmd needs root (or password-less sudo): it runs munged, mariadbd and the SLURM daemons"
+        fi
+        exec sudo -n --preserve-env=STEMLAB_SLURM_DIR,STEMLAB_SLURM_DB_PORT "$0" "$cmd"
+    fi
     if [[ $cmd == start || $cmd == stop ]]; then
+        mkdir -p "$STATE" "$RUN" "$LOG"
+        chmod 755 "$STATE"
         # One start/stop at a time: test sessions running side by side share the cluster.
         exec 9>"$STATE/.lock"
         flock -w 300 9 || die "another start/stop holds $STATE/.lock"
