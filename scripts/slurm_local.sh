@@ -62,8 +62,14 @@ wait_until() {
     done
 }
 
-# Whether the pid in pid file $1 runs (works for any user, unlike kill -0 on root's daemons).
-pid_alive() { [[ -s $1 ]] && [[ -d /proc/$(tr -dc 0-9 <"$1") ]]; }
+# Whether the pid in pid file $1 (NAME.pid) is a running NAME: a stale pid file (say, after a reboot)
+# may name another process. Works for any user, unlike kill -0 on root's daemons.
+pid_alive() {
+    local pid
+    [[ -s $1 ]] || return 1
+    pid=$(tr -dc 0-9 <"$1")
+    [[ -n $pid && $(cat "/proc/$pid/comm" 2>/dev/null) == "$(basename "$1" .pid)" ]]
+}
 
 pidfile_of() {
     case $1 in
@@ -302,7 +308,7 @@ start_slurm_daemon() {
 }
 
 sacctmgr_has() { with_conf sacctmgr -n -P list "$1" "$2" format="$1" 2>/dev/null | grep -qx "$2"; }
-slurmdbd_answers() { with_conf sacctmgr -n -P list cluster format=name >/dev/null 2>&1; }
+slurmdbd_answers() { with_conf sacctmgr -n -P list cluster format=cluster >/dev/null 2>&1; }
 
 register_accounting() {
     wait_until 30 slurmdbd "$LOG/slurmdbd.log" slurmdbd_answers
