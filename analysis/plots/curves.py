@@ -1,0 +1,127 @@
+"""Training curves of chosen runs, read from each run directory's metrics.jsonl."""
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from analysis.errors import ConfigError, one_of
+from analysis.plots.frame import check_frame
+from analysis.plots.style import PALETTE, TEMPLATE
+
+METRICS_FILE = "metrics.jsonl"
+METRIC_KEYS = (
+    "epoch", "step", "train_loss", "test_top1_err", "test_top5_err", "ema_top1_err",
+    "ema_top5_err", "lr", "seconds", "images_per_s", "elapsed",
+)
+TITLES = {
+    "train_loss": "train loss",
+    "test_top1_err": "top-1 error (%)",
+    "test_top5_err": "top-5 error (%)",
+    "ema_top1_err": "EMA top-1 error (%)",
+    "ema_top5_err": "EMA top-5 error (%)",
+    "lr": "learning rate",
+    "seconds": "epoch time (s)",
+    "images_per_s": "images / s",
+    "elapsed": "elapsed (s)",
+    "step": "step",
+    "epoch": "epoch",
+}
+
+
+def read_metrics(run_dir: str | Path) -> pd.DataFrame:
+    """Return a run's metrics.jsonl as a DataFrame, one row per epoch (nulls become NaN).
+
+    A run that has not written an epoch yet gives an empty frame with the standard columns.
+    A torn last line (the file is appended while the run trains) is skipped; a torn line
+    anywhere else raises ConfigError naming the file and line.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"run directory {str(run_dir)!r} does not exist")
+    path = run_dir / METRICS_FILE
+    if not path.exists():
+        return pd.DataFrame(columns=list(METRIC_KEYS), dtype=float)
+    lines = path.read_text().splitlines()
+    records = []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines):
+                break
+            raise ConfigError(f"{path}: line {i} is not valid JSON") from None
+    frame = pd.DataFrame.from_records(records)
+    for key in METRIC_KEYS:
+        if key not in frame.columns:
+            frame[key] = float("nan")
+    return frame.apply(pd.to_numeric, errors="coerce")
+
+
+def _runs(runs: pd.DataFrame | Iterable[str | Path], labels: Sequence[str] | None) -> list[tuple[str, Path]]:
+    """Return [(label, run_dir)] from a sweep frame (columns run_dir, run) or a list of paths."""
+    if isinstance(runs, pd.DataFrame):
+        check_frame(runs, ["run_dir"], what="runs frame")
+        dirs = [Path(d) for d in runs["run_dir"]]
+        names = [str(r) for r in runs["run"]] if "run" in runs.columns else [d.name for d in dirs]
+    else:
+        dirs = [Path(d) for d in ([runs] if isinstance(runs, (str, Path)) else runs)]
+        names = [d.name for d in dirs]
+    if not dirs:
+        raise ConfigError("no runs given: pass run directories or rows of the sweep frame")
+    if labels is not None:
+        if len(labels) != len(dirs):
+            raise ConfigError(f"got {len(labels)} labels for {len(dirs)} runs")
+        names = [str(label) for label in labels]
+    return list(zip(names, dirs))
+
+
+def curves_figure(
+    runs: pd.DataFrame | Iterable[str | Path],
+    metrics: Sequence[str] = ("train_loss", "test_top1_err", "lr"),
+    labels: Sequence[str] | None = None,
+    x: str = "epoch",
+    log_y: Sequence[str] = (),
+    title: str | None = None,
+) -> go.Figure:
+    """Return stacked panels (one per metric, shared x) of the chosen runs' curves, overlaid.
+
+    `runs` is rows of the sweep frame (their run_dir, labelled by run) or run directories.
+    One trace per run and metric, a run keeps its colour across panels; trace meta holds
+    {"kind": metric, "group": label}. Runs without epochs yet give empty traces. Metrics
+    named in `log_y` get a log y axis.
+    """
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    for name in [*metrics, x, *log_y]:
+        if name not in METRIC_KEYS:
+            raise one_of("metric", name, METRIC_KEYS)
+    chosen = _runs(runs, labels)
+    fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=True, vertical_spacing=0.04)
+    for i, (label, run_dir) in enumerate(chosen):
+        frame = read_metrics(run_dir)
+        color = PALETTE[i % len(PALETTE)]
+        for r, metric in enumerate(metrics, start=1):
+            fig.add_trace(
+                go.Scatter(
+                    x=frame[x],
+                    y=frame[metric],
+                    mode="lines",
+                    line=dict(color=color),
+                    name=label,
+                    legendgroup=label,
+                    showlegend=r == 1,
+                    meta={"kind": metric, "group": label},
+                    hovertemplate=f"{label}<br>{x} %{{x}}<br>{metric} %{{y:.4g}}<extra></extra>",
+                ),
+                row=r,
+                col=1,
+            )
+            fig.update_yaxes(title=TITLES[metric], type="log" if metric in log_y else None, row=r, col=1)
+    fig.update_xaxes(title=TITLES[x], row=len(metrics), col=1)
+    fig.update_layout(template=TEMPLATE, title=title, height=max(300, 230 * len(metrics)))
+    return fig

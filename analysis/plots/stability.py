@@ -1,0 +1,489 @@
+"""Stability figures of a sweep: error EDFs, error vs schedule length, optimizer gap, lr/wd maps.
+
+Every builder is a pure function: the collected sweep frame (one row per run) in, a plotly
+Figure (or a DataFrame for the tables) out. Diverged runs count at 100% error; failed and
+unfinished runs (no error yet) are left out of the statistics and counted separately.
+Each trace carries `meta` = {"kind": ..., "group": ...} so callers can find it again.
+"""
+
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from analysis.errors import ConfigError, one_of
+from analysis.plots.frame import (
+    DIVERGED_ERROR,
+    as_columns,
+    check_frame,
+    counted_errors,
+    diverged_mask,
+    groups,
+)
+from analysis.plots.style import DIVERGED_COLOR, TEMPLATE, group_label, group_styles, with_alpha
+
+DEFAULT_BY = ("model", "optimizer")
+STATS = ("best", "median", "mean")
+BOOTSTRAP_STYLES = ("band", "errorbar")
+
+
+# ---------------------------------------------------------------- numbers
+
+
+def edf(errors: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Return (x, y) of the empirical distribution of `errors` as step points.
+
+    x is the sorted errors, y[i] = (i + 1) / n: F(e) = fraction of runs with error < e,
+    read just to the right of x[i]. Draw with line_shape="hv".
+    """
+    x = np.sort(np.asarray(errors, dtype=float))
+    if x.size == 0:
+        return x, x.copy()
+    return x, np.arange(1, x.size + 1) / x.size
+
+
+def bootstrap_best(
+    errors: Sequence[float], n_samples: int = 2500, frac: float = 0.25, seed: int = 0
+) -> np.ndarray:
+    """Return the 2.5/50/97.5 percentiles of the best error over bootstrap resamples.
+
+    Each of `n_samples` resamples draws max(1, round(frac * n)) runs with replacement and
+    keeps the lowest error (pycls' error bars for sweeps).
+    """
+    e = np.asarray(errors, dtype=float)
+    if e.size == 0:
+        raise ConfigError("bootstrap needs at least one run with an error")
+    if not 0 < frac <= 1:
+        raise ConfigError(f"bootstrap frac must be in (0, 1], got {frac}")
+    if n_samples < 1:
+        raise ConfigError(f"bootstrap n_samples must be >= 1, got {n_samples}")
+    m = max(1, round(frac * e.size))
+    idx = np.random.default_rng(seed).integers(0, e.size, size=(n_samples, m))
+    return np.percentile(e[idx].min(axis=1), [2.5, 50.0, 97.5])
+
+
+def _stat(values: pd.Series, stat: str) -> float:
+    if stat not in STATS:
+        raise one_of("stat", stat, STATS)
+    if values.empty:
+        return float("nan")
+    return float({"best": values.min, "median": values.median, "mean": values.mean}[stat]())
+
+
+def summary_table(
+    df: pd.DataFrame, by: str | Sequence[str] = DEFAULT_BY, within: float = 4.0
+) -> pd.DataFrame:
+    """Return one row per group with the sweep's stability numbers.
+
+    Columns: the `by` columns, n (runs with an error, diverged at 100), best, median, mean,
+    within_<N> (fraction of the n runs within `within` points of the group's best),
+    diverged_frac (fraction of the n runs that diverged), failed (runs with status
+    "failed"), unfinished (running or pending runs).
+    """
+    columns = as_columns(by)
+    check_frame(df, [*columns, "error"])
+    rows = []
+    for key, g in groups(df, columns):
+        err = counted_errors(g)
+        best = err.min() if len(err) else np.nan
+        status = g["status"].astype("string") if "status" in g.columns else pd.Series(dtype="string")
+        rows.append(
+            {
+                **dict(zip(columns, key if isinstance(key, tuple) else (key,))),
+                "n": len(err),
+                "best": best,
+                "median": err.median() if len(err) else np.nan,
+                "mean": err.mean() if len(err) else np.nan,
+                f"within_{within:g}": float((err <= best + within).mean()) if len(err) else np.nan,
+                "diverged_frac": float(diverged_mask(g).loc[err.index].mean()) if len(err) else np.nan,
+                "failed": int(status.eq("failed").sum()),
+                "unfinished": int(status.isin(["running", "pending"]).sum()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def epochs_table(
+    df: pd.DataFrame, by: str | Sequence[str] = DEFAULT_BY, stat: str = "best"
+) -> pd.DataFrame:
+    """Return the `stat` error per group and schedule length.
+
+    Columns: the `by` columns, epochs, error (best/median/mean over the counted runs),
+    n (counted runs), diverged (how many of them diverged).
+    """
+    columns = as_columns(by)
+    check_frame(df, [*columns, "epochs", "error"])
+    if stat not in STATS:
+        raise one_of("stat", stat, STATS)
+    rows = []
+    for key, g in groups(df, [*columns, "epochs"]):
+        err = counted_errors(g)
+        if err.empty:
+            continue
+        rows.append(
+            {
+                **dict(zip([*columns, "epochs"], key)),
+                "error": _stat(err, stat),
+                "n": len(err),
+                "diverged": int(diverged_mask(g).loc[err.index].sum()),
+            }
+        )
+    if not rows:
+        raise ConfigError("no run in the sweep frame has an error yet (all failed or unfinished)")
+    return pd.DataFrame(rows)
+
+
+def optimizer_gap_table(
+    df: pd.DataFrame,
+    a: str = "sgd",
+    b: str = "adamw",
+    by: str | Sequence[str] = "model",
+    stat: str = "best",
+) -> pd.DataFrame:
+    """Return the error gap `a` minus `b` per group and schedule length.
+
+    Columns: the `by` columns, epochs, err_<a>, err_<b>, gap (err_<a> - err_<b>; positive
+    means optimizer `a` is worse). Groups where either optimizer has no counted run are left out.
+    """
+    columns = as_columns(by)
+    check_frame(df, [*columns, "optimizer", "epochs", "error"])
+    present = sorted(df["optimizer"].dropna().astype(str).unique())
+    for name in (a, b):
+        if name not in present:
+            raise one_of("optimizer", name, present)
+    table = epochs_table(df, by=[*columns, "optimizer"], stat=stat)
+    wide = table.pivot_table(index=[*columns, "epochs"], columns="optimizer", values="error")
+    if a not in wide.columns or b not in wide.columns:
+        raise ConfigError(f"optimizers {a!r} and {b!r} have no finished runs to compare")
+    out = wide[[a, b]].dropna().rename(columns={a: f"err_{a}", b: f"err_{b}"})
+    out["gap"] = out[f"err_{a}"] - out[f"err_{b}"]
+    out.columns.name = None
+    return out.reset_index()
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _legend_label(key: Hashable, err: pd.Series, n_div: int) -> str:
+    label = f"{group_label(key)}  n={len(err)} min={err.min():.1f} mean={err.mean():.1f}"
+    return label + (f" div={n_div}" if n_div else "")
+
+
+def _default_x_range(values: list[pd.Series], diverged: list[pd.Series]) -> list[float] | None:
+    """Clip the x axis before the diverged pile-up at 100 when there is one; else autorange."""
+    if not any(d.any() for d in diverged):
+        return None
+    finite = pd.concat([v[~d] for v, d in zip(values, diverged)])
+    if finite.empty:
+        return None
+    lo, hi = float(finite.min()), float(finite.max())
+    pad = max(0.05 * (hi - lo), 0.5)
+    return [lo - pad, hi + pad]
+
+
+def edf_figure(
+    df: pd.DataFrame,
+    by: str | Sequence[str] = DEFAULT_BY,
+    relative: bool = False,
+    bootstrap: str | None = None,
+    x_range: Sequence[float] | None = None,
+    colors: dict | None = None,
+    dashes: dict | None = None,
+    n_samples: int = 2500,
+    frac: float = 0.25,
+    seed: int = 0,
+    title: str | None = None,
+) -> go.Figure:
+    """Return the EDF of error per group: F(e) = fraction of the group's runs with error < e.
+
+    relative=True plots error minus the group's best run (delta top-1). Diverged runs count
+    at 100% error, are counted in the legend ("div=k") and marked with a triangle at the right
+    edge of the x range. bootstrap="band" shades, bootstrap="errorbar" draws below the axis,
+    the 2.5-97.5 percentile range of the best-of-25% bootstrap (median marked). Per group the
+    traces are, in order: "edf", "diverged" (possibly empty) and, if asked, "bootstrap".
+    Groups with no counted run are left out; a frame without any raises ConfigError.
+    """
+    columns = as_columns(by)
+    check_frame(df, [*columns, "error"])
+    if bootstrap is not None and bootstrap not in BOOTSTRAP_STYLES:
+        raise one_of("bootstrap style", bootstrap, BOOTSTRAP_STYLES)
+    if x_range is not None and len(x_range) != 2:
+        raise ConfigError(f"x_range must be (low, high), got {x_range!r}")
+
+    parts = []  # (key, absolute errors, plotted values, diverged mask)
+    for key, g in groups(df, columns):
+        err = counted_errors(g)
+        if err.empty:
+            continue
+        div = diverged_mask(g).loc[err.index]
+        values = err - err.min() if relative else err
+        parts.append((key, err, values, div))
+    if not parts:
+        raise ConfigError("no run in the sweep frame has an error yet (all failed or unfinished)")
+
+    styles = group_styles([p[0] for p in parts], colors, dashes)
+    if x_range is None:
+        x_range = _default_x_range([p[2] for p in parts], [p[3] for p in parts])
+    right_edge = x_range[1] if x_range is not None else None
+
+    fig = go.Figure()
+    for i, (key, err, values, div) in enumerate(parts):
+        label = group_label(key)
+        color, dash = styles[key]
+        x, y = edf(values)
+        fig.add_trace(
+            go.Scatter(
+                x=np.concatenate([x[:1], x]),
+                y=np.concatenate([[0.0], y]),
+                mode="lines",
+                line=dict(shape="hv", color=color, dash=dash, width=2),
+                name=_legend_label(key, err, int(div.sum())),
+                legendgroup=label,
+                meta={"kind": "edf", "group": label},
+                hovertemplate="error %{x:.2f}<br>F %{y:.3f}<extra>" + label + "</extra>",
+            )
+        )
+        n_div = int(div.sum())
+        edge = right_edge if right_edge is not None else (DIVERGED_ERROR - (err.min() if relative else 0))
+        fig.add_trace(
+            go.Scatter(
+                x=[edge] if n_div else [],
+                y=[1.0 - n_div / len(err)] if n_div else [],
+                mode="markers+text" if n_div else "markers",
+                marker=dict(symbol="triangle-right", size=11, color=color, line=dict(color=DIVERGED_COLOR, width=1)),
+                text=[f"{n_div} div"] if n_div else [],
+                textposition="middle left",
+                textfont=dict(color=color),
+                showlegend=False,
+                legendgroup=label,
+                meta={"kind": "diverged", "group": label, "count": n_div},
+                hovertemplate=f"{label}: {n_div} diverged runs (counted at 100% error)<extra></extra>",
+            )
+        )
+        if bootstrap is not None:
+            lo, med, hi = bootstrap_best(values, n_samples=n_samples, frac=frac, seed=seed)
+            meta = {"kind": "bootstrap", "group": label, "percentiles": [float(lo), float(med), float(hi)]}
+            hover = f"{label}: best of {frac:.0%} bootstrap {lo:.2f} / {med:.2f} / {hi:.2f}<extra></extra>"
+            if bootstrap == "band":
+                trace = go.Scatter(
+                    x=[lo, hi, hi, lo, lo, None, med, med],
+                    y=[0, 0, 1, 1, 0, None, 0, 1],
+                    mode="lines",
+                    fill="toself",
+                    fillcolor=with_alpha(color, 0.12),
+                    line=dict(color=with_alpha(color, 0.5), width=1, dash="dot"),
+                    hoveron="fills+points",
+                )
+            else:
+                trace = go.Scatter(
+                    x=[med],
+                    y=[-0.04 * (i + 1)],
+                    mode="markers",
+                    marker=dict(color=color, size=8, symbol="diamond"),
+                    error_x=dict(type="data", symmetric=False, array=[hi - med], arrayminus=[med - lo], color=color),
+                )
+            trace.update(showlegend=False, legendgroup=label, meta=meta, hovertemplate=hover)
+            fig.add_trace(trace)
+
+    y_low = -0.04 * (len(parts) + 1) if bootstrap == "errorbar" else -0.02
+    fig.update_layout(
+        template=TEMPLATE,
+        title=title,
+        xaxis=dict(title="error - best error (%)" if relative else "top-1 error (%)", range=x_range),
+        yaxis=dict(title="cumulative prob.", range=[y_low, 1.02]),
+        legend=dict(font=dict(family="monospace")),
+    )
+    return fig
+
+
+def epochs_figure(
+    df: pd.DataFrame,
+    by: str | Sequence[str] = DEFAULT_BY,
+    stat: str = "best",
+    colors: dict | None = None,
+    dashes: dict | None = None,
+    title: str | None = None,
+) -> go.Figure:
+    """Return error vs training length (log x), one line per group, `stat` over its runs.
+
+    Hover shows n and the number of diverged runs (counted at 100%) per point.
+    """
+    columns = as_columns(by)
+    table = epochs_table(df, by=columns, stat=stat)
+    keyed = groups(table, columns)
+    styles = group_styles([k for k, _ in keyed], colors, dashes)
+    fig = go.Figure()
+    for key, g in keyed:
+        g = g.sort_values("epochs")
+        color, dash = styles[key]
+        fig.add_trace(
+            go.Scatter(
+                x=g["epochs"],
+                y=g["error"],
+                mode="lines+markers",
+                line=dict(color=color, dash=dash),
+                name=group_label(key),
+                customdata=np.stack([g["n"], g["diverged"]], axis=1),
+                hovertemplate="%{x} epochs: %{y:.2f}%<br>n=%{customdata[0]} diverged=%{customdata[1]}<extra></extra>",
+                meta={"kind": "epochs", "group": group_label(key)},
+            )
+        )
+    ticks = sorted(table["epochs"].unique())
+    fig.update_layout(
+        template=TEMPLATE,
+        title=title,
+        xaxis=dict(title="epochs", type="log", tickvals=ticks, ticktext=[str(t) for t in ticks]),
+        yaxis=dict(title=f"top-1 error (%), {stat} run"),
+    )
+    return fig
+
+
+def optimizer_gap_figure(
+    df: pd.DataFrame,
+    a: str = "sgd",
+    b: str = "adamw",
+    by: str | Sequence[str] = "model",
+    stat: str = "best",
+    colors: dict | None = None,
+    title: str | None = None,
+) -> go.Figure:
+    """Return the `a` minus `b` error gap per group: bars for one schedule length, else lines vs epochs."""
+    columns = as_columns(by)
+    table = optimizer_gap_table(df, a=a, b=b, by=columns, stat=stat)
+    keyed = groups(table, columns)
+    styles = group_styles([k for k, _ in keyed], colors)
+    fig = go.Figure()
+    single = table["epochs"].nunique() == 1
+    if single:
+        labels = [group_label(k) for k, _ in keyed]
+        fig.add_trace(
+            go.Bar(
+                x=labels,
+                y=[float(g["gap"].iloc[0]) for _, g in keyed],
+                marker_color=[styles[k][0] for k, _ in keyed],
+                name=f"{a} - {b}",
+                meta={"kind": "gap", "group": labels},
+                hovertemplate="%{x}: %{y:+.2f} points<extra></extra>",
+            )
+        )
+        fig.update_xaxes(title=" ".join(columns))
+    else:
+        for key, g in keyed:
+            g = g.sort_values("epochs")
+            fig.add_trace(
+                go.Scatter(
+                    x=g["epochs"],
+                    y=g["gap"],
+                    mode="lines+markers",
+                    line=dict(color=styles[key][0], dash=styles[key][1]),
+                    name=group_label(key),
+                    meta={"kind": "gap", "group": group_label(key)},
+                    hovertemplate="%{x} epochs: %{y:+.2f} points<extra></extra>",
+                )
+            )
+        ticks = sorted(table["epochs"].unique())
+        fig.update_xaxes(title="epochs", type="log", tickvals=ticks, ticktext=[str(t) for t in ticks])
+    fig.add_hline(y=0, line=dict(color="gray", width=1))
+    fig.update_layout(template=TEMPLATE, title=title, yaxis_title=f"error {a} - error {b} ({stat}, points)")
+    return fig
+
+
+def sensitivity_figure(
+    df: pd.DataFrame,
+    panel: str = "stem",
+    row: str | None = "optimizer",
+    relative: bool = False,
+    panels: Sequence | None = None,
+    rows: Sequence | None = None,
+    color_range: Sequence[float] | None = None,
+    title: str | None = None,
+) -> go.Figure:
+    """Return error over log lr (x) and log wd (y), one subplot per `panel` value and `row` value.
+
+    All subplots share one colour scale (error, or error minus the subplot's best run when
+    relative=True; by default from the finished runs' range). Diverged runs are black crosses.
+    `panels` / `rows` fix the grid (e.g. to keep it stable while filtering); each subplot holds
+    two traces, "runs" and "diverged", possibly empty.
+    """
+    needed = [panel, "lr", "wd", "error"] + ([row] if row else [])
+    check_frame(df, needed)
+    panels = list(panels) if panels is not None else sorted(df[panel].dropna().unique().tolist())
+    rows = (list(rows) if rows is not None else sorted(df[row].dropna().unique().tolist())) if row else [None]
+    if not panels or not rows:
+        raise ConfigError(f"no values in column {panel!r}" + (f" or {row!r}" if row else ""))
+
+    titles = [str(p) if r is None else f"{p} · {r}" for r in rows for p in panels]
+    # one optimizer per row: rows have their own lr/wd ranges, panels in a row share them
+    height = max(380, 360 * len(rows))
+    fig = make_subplots(rows=len(rows), cols=len(panels), subplot_titles=titles, shared_yaxes=True,
+                        horizontal_spacing=0.04, vertical_spacing=min(0.3, 90 / height))
+    cells = []  # (r, c, finished rows, their values, diverged rows)
+    for r, row_value in enumerate(rows, start=1):
+        for c, panel_value in enumerate(panels, start=1):
+            sel = df[panel].eq(panel_value)
+            if row:
+                sel &= df[row].eq(row_value)
+            g = df[sel.fillna(False).astype(bool)]
+            err = counted_errors(g) if not g.empty else pd.Series(dtype=float)
+            div = diverged_mask(g).loc[err.index] if not g.empty else pd.Series(dtype=bool)
+            values = err - err.min() if relative and len(err) else err
+            cells.append((r, c, g.loc[err.index[~div.to_numpy()]], values[~div], g.loc[err.index[div.to_numpy()]]))
+
+    if color_range is None:
+        finished = pd.concat([cell[3] for cell in cells])
+        color_range = [float(finished.min()), float(finished.max())] if len(finished) else [0.0, 1.0]
+
+    legend_shown = False
+    for r, c, done, values, diverged in cells:
+        where = f"{panels[c - 1]}" + (f" · {rows[r - 1]}" if row else "")
+        fig.add_trace(
+            go.Scatter(
+                x=done["lr"],
+                y=done["wd"],
+                mode="markers",
+                marker=dict(color=values, coloraxis="coloraxis", size=9, line=dict(color="white", width=0.5)),
+                text=done["run"] if "run" in done.columns else None,
+                hovertemplate="%{text}<br>lr %{x:.3g}<br>wd %{y:.3g}<br>error %{marker.color:.2f}<extra></extra>",
+                showlegend=False,
+                meta={"kind": "runs", "group": where},
+            ),
+            row=r,
+            col=c,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=diverged["lr"],
+                y=diverged["wd"],
+                mode="markers",
+                marker=dict(symbol="x", color=DIVERGED_COLOR, size=9),
+                text=diverged["run"] if "run" in diverged.columns else None,
+                hovertemplate="%{text}<br>lr %{x:.3g}<br>wd %{y:.3g}<br>diverged<extra></extra>",
+                name="diverged",
+                legendgroup="diverged",
+                showlegend=bool(len(diverged)) and not legend_shown,
+                meta={"kind": "diverged", "group": where},
+            ),
+            row=r,
+            col=c,
+        )
+        legend_shown |= bool(len(diverged))
+        first = (r - 1) * len(panels) + 1  # axis number of the row's first subplot
+        fig.update_xaxes(type="log", title="lr", row=r, col=c,
+                         matches=None if c == 1 else f"x{first if first > 1 else ''}")
+        fig.update_yaxes(type="log", title="wd" if c == 1 else None, row=r, col=c)
+
+    fig.update_layout(
+        template=TEMPLATE,
+        title=title,
+        coloraxis=dict(
+            colorscale="Viridis_r",
+            cmin=color_range[0],
+            cmax=color_range[1],
+            colorbar=dict(title="error - best" if relative else "error (%)"),
+        ),
+        height=height,
+        legend=dict(orientation="h", y=-0.15),
+    )
+    return fig
