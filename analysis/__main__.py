@@ -47,6 +47,54 @@ def _demo(args) -> None:
     main(args)
 
 
+def _sweep(args) -> None:
+    """sweep launch|status|cancel|resubmit|collect."""
+    from pathlib import Path
+
+    import pandas as pd
+    import yaml
+
+    from analysis.config import parse_overrides
+    from analysis.sweeps import Sweep, collect
+
+    if args.action == "launch":
+        sweep = Sweep.from_yaml(args.target, root=args.root)
+        opts = {k.removeprefix("launch."): yaml.safe_load(v) for k, v in parse_overrides(args.set).items()}
+        ids = sweep.launch(cluster=args.cluster, parallel=args.parallel, **opts)
+        print(f"{sweep.dir}: launched {len(ids)} job(s) {' '.join(ids)}" if ids else
+              f"{sweep.dir}: nothing to launch (every run is complete, queued or running)")
+    else:
+        sweep = Sweep.open(args.target) if args.action != "collect" else None
+        if args.action == "cancel":
+            ids = sweep.cancel(args.runs or None)
+            print(f"cancelled {len(ids)} job(s) {' '.join(ids)}")
+        elif args.action == "resubmit":
+            ids = sweep.resubmit(max_retries=args.max_retries, cluster=args.cluster)
+            print(f"resubmitted {len(ids)} job(s) {' '.join(ids)}")
+        elif args.action == "collect":
+            frame = collect(args.target)
+            if args.out:
+                out = Path(args.out)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                frame.to_parquet(out, index=False) if out.suffix == ".parquet" else frame.to_csv(out, index=False)
+                print(f"{len(frame)} runs -> {out}")
+            else:
+                cols = ["run", "status", "model", "optimizer", "epochs", "lr", "wd", "error", "epochs_done"]
+                with pd.option_context("display.width", 200, "display.max_rows", 500):
+                    print(frame[cols].to_string(index=False))
+    if args.action in ("launch", "status") and args.wait:
+        sweep.wait(timeout=args.timeout)
+    if args.action == "status" or (args.action == "launch" and args.wait):
+        status = sweep.status()
+        cols = ["run", "state", "job_id", "attempts", "epoch", "epochs", "test_err", "reason"]
+        with pd.option_context("display.width", 200, "display.max_rows", 500):
+            print(status[cols].to_string(index=False))
+        for run, text in zip(status["run"], status["log_tail"]):
+            if text:
+                print(f"--- {run}\n{text}")
+        print(", ".join(f"{k}: {v}" for k, v in sorted(status.counts().items())))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m analysis",
                                 description="Conv vs patchify stems in ViTs: train, sweep, analyse.")
@@ -72,6 +120,24 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int, default=None, help="schedule length (default: the demo's)")
     d.add_argument("--full", action="store_true", help="the longer, more faithful setting")
     d.set_defaults(func=_demo)
+
+    sw = sub.add_parser("sweep", help="launch, watch and collect sweeps (jobs/*.yaml)",
+                        description="Sweeps: launch a spec (jobs/*.yaml) as one job array (SLURM where a "
+                                    "cluster answers, local processes elsewhere); then status, cancel, "
+                                    "resubmit and collect the sweep folder.")
+    sw.add_argument("action", choices=["launch", "status", "cancel", "resubmit", "collect"])
+    sw.add_argument("target", help="launch: a spec YAML; otherwise: the sweep folder (e.g. sweeps/fmnist_demo)")
+    sw.add_argument("--root", default="sweeps", help="launch: where sweep folders go (default sweeps)")
+    sw.add_argument("--cluster", choices=["auto", "slurm", "local"], help="launch/resubmit: where jobs run")
+    sw.add_argument("--parallel", type=int, help="launch: local processes at once / SLURM array parallelism")
+    sw.add_argument("--set", nargs="*", default=[], metavar="launch.KEY=VALUE",
+                    help="launch options, e.g. launch.partition=gpu launch.gpus_per_node=8")
+    sw.add_argument("--wait", action="store_true", help="launch/status: block until no run is pending or running")
+    sw.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
+    sw.add_argument("--runs", nargs="*", help="cancel: only these run ids")
+    sw.add_argument("--max-retries", type=int, help="resubmit: launches per run at most this plus one")
+    sw.add_argument("--out", help="collect: write CSV (or .parquet) here instead of printing")
+    sw.set_defaults(func=_sweep)
     return p
 
 

@@ -1,0 +1,198 @@
+"""What one sweep job does: train a group of run directories one after another.
+
+    run_group(["sweeps/s/runs/0000-...", "sweeps/s/runs/0001-..."], batch_runs=1)
+
+Complete runs are skipped. A failing run is recorded in its run directory (result.json "failed")
+and the group goes on; the job fails at the end if any run failed. With batch_runs > 1 and an
+`analysis.batched` module offering train_group(cfgs, outs), compatible runs (same config except
+lr, weight decay and seed) are trained together in chunks of batch_runs.
+
+Preemption/timeout: a USR2 handler asks the running Trainer to stop; it checkpoints at the next
+step boundary and raises Stopped; then submitit's own handler is called, which checkpoints this
+job (a resubmission of the same call), requeues it and exits. Under several tasks (one per GPU)
+torch.distributed is initialised from submitit's environment and the engine trains with DDP.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+from analysis import config, rundir
+from analysis.train import Stopped, Trainer
+
+JOB_FILE = "job.json"  # which job trains (or last trained) this run directory
+
+
+class RunsFailed(RuntimeError):
+    """Raised at the end of a group in which some runs failed."""
+
+
+class Preemption:
+    """Context manager: USR2 -> request_stop() on the current trainer; hand_over() then calls the
+    handler that was installed before (submitit's checkpoint-and-requeue)."""
+
+    def __init__(self, signum: int = signal.SIGUSR2):
+        self.signum = signum
+        self.trainer: Trainer | None = None
+        self.requested = False
+        self._frame = None
+        self._previous = None
+
+    def __enter__(self) -> "Preemption":
+        self._previous = signal.signal(self.signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(self.signum, self._previous if self._previous is not None else signal.SIG_DFL)
+
+    def _handle(self, signum, frame) -> None:
+        print(f"caught signal {signal.Signals(signum).name}: stopping at the next step", flush=True)
+        self.requested = True
+        self._frame = frame
+        if self.trainer is not None:
+            self.trainer.request_stop()
+
+    def hand_over(self) -> None:
+        """Call the previous handler (submitit's requeues and exits); without one, raise Stopped."""
+        previous = self._previous
+        signal.signal(self.signum, previous if previous is not None else signal.SIG_DFL)
+        if callable(previous):
+            previous(self.signum, self._frame)
+        raise Stopped("stopped for preemption")
+
+
+def job_env():
+    """submitit's JobEnvironment when running inside a submitit job, else None."""
+    import submitit
+
+    if not any(k.startswith(("SUBMITIT_", "SLURM_JOB_ID")) for k in os.environ):
+        return None
+    try:
+        return submitit.JobEnvironment()
+    except RuntimeError:
+        return None
+
+
+def init_distributed(env) -> int:
+    """Initialise torch.distributed from submitit's environment when the job has several tasks;
+    return this task's global rank (0 when single-task)."""
+    if env is None or env.num_tasks <= 1:
+        return 0
+    import submitit
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=torch.cuda.is_available())
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank()
+
+
+def batched_module():
+    """The analysis.batched module when it exists and offers train_group, else None."""
+    try:
+        from analysis import batched
+    except ImportError:
+        return None
+    return batched if hasattr(batched, "train_group") else None
+
+
+def compatible_key(cfg: config.RunConfig, batched=None) -> tuple | None:
+    """Runs with equal keys can train as one batch (they differ only in lr, weight decay, seed and
+    what analysis.batched allows); None when this run cannot be batched at all."""
+    varying = getattr(batched, "VARYING", ("optim.lr", "optim.weight_decay", "train.seed"))
+    ignored = getattr(batched, "IGNORED", ("train.precision",))
+    if batched is not None and hasattr(batched, "check_compatible"):
+        try:
+            batched.check_compatible([cfg])
+        except ValueError:
+            return None
+    return tuple(sorted((k, repr(v)) for k, v in cfg.flat().items() if k not in varying and k not in ignored))
+
+
+def plan(run_dirs: list[str], batch_runs: int, batched=None) -> list[list[str]]:
+    """Split the unfinished run dirs into chunks: singles, or compatible chunks of up to batch_runs
+    (in their given order) when a batched trainer is available."""
+    todo = [d for d in run_dirs if not rundir.is_complete(d)]
+    if batch_runs <= 1 or batched is None:
+        return [[d] for d in todo]
+    groups: dict[tuple, list[str]] = {}
+    for i, d in enumerate(todo):
+        key = compatible_key(config.load(Path(d) / rundir.CONFIG), batched)
+        groups.setdefault(key if key is not None else ("solo", i), []).append(d)
+    chunks = []
+    for members in groups.values():
+        chunks += [members[i:i + batch_runs] for i in range(0, len(members), batch_runs)]
+    return sorted(chunks, key=lambda c: todo.index(c[0]))
+
+
+def _mark(run_dir: str, env, rank: int) -> None:
+    if rank == 0:
+        rundir.write_json(Path(run_dir) / JOB_FILE, {
+            "job_id": env.job_id if env is not None else None, "host": socket.gethostname(),
+            "pid": os.getpid(), "started": time.time()})
+
+
+def run_group(run_dirs: list[str], batch_runs: int = 1) -> dict[str, str]:
+    """Train each run directory (its config.yaml) in turn; return {run_dir: final status}.
+
+    Raises RunsFailed when any run failed (after trying all of them)."""
+    env = job_env()
+    rank = init_distributed(env)
+    batched = batched_module() if batch_runs > 1 else None
+    statuses: dict[str, str] = {}
+    for d in run_dirs:
+        result = rundir.read_result(d)
+        if result and rundir.is_complete(d):
+            statuses[d] = result["status"]
+    with Preemption() as stop:
+        for chunk in plan(run_dirs, batch_runs, batched):
+            if stop.requested:
+                stop.hand_over()
+            cfgs = [config.load(Path(d) / rundir.CONFIG) for d in chunk]
+            for d in chunk:
+                _mark(d, env, rank)
+            if len(chunk) > 1:
+                try:
+                    results = batched.train_group(cfgs, chunk)
+                    statuses.update({d: r["status"] for d, r in zip(chunk, results)})
+                except Stopped:
+                    stop.hand_over()
+                except Exception as e:  # noqa: BLE001 - recorded per run, the group goes on
+                    for d in chunk:
+                        statuses[d] = _record_failure(d, e, rank)
+                continue
+            stop.trainer = Trainer(cfgs[0], chunk[0])
+            try:
+                statuses[chunk[0]] = stop.trainer.run()["status"]
+            except Stopped:
+                stop.hand_over()
+            except Exception as e:  # noqa: BLE001 - the Trainer wrote result.json; the group goes on
+                statuses[chunk[0]] = _record_failure(chunk[0], e, rank)
+            finally:
+                stop.trainer = None
+    failed = sorted(Path(d).name for d, s in statuses.items() if s == "failed")
+    if failed:
+        raise RunsFailed(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their log.txt)")
+    return statuses
+
+
+def _record_failure(run_dir: str, error: Exception, rank: int) -> str:
+    import traceback
+
+    if rundir.is_complete(run_dir):  # a finished member of a failed batched chunk
+        return rundir.read_result(run_dir)["status"]
+    print(f"run {run_dir} failed:\n{traceback.format_exc()}", flush=True)
+    if rank == 0 and not (rundir.read_result(run_dir) or {}).get("status") == "failed":
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".strip()
+        rundir.write_json(Path(run_dir) / rundir.RESULT, {"status": "failed", "reason": reason})
+    return "failed"
+
+
+def read_job_file(run_dir: str | Path) -> dict:
+    return rundir.read_json(Path(run_dir) / JOB_FILE) or {}
+

@@ -1,0 +1,182 @@
+"""Collect a sweep (or any folder of run directories) into one DataFrame, one row per run.
+
+Columns (a contract the figures are written against): run, run_dir, status ("completed",
+"diverged", "failed", "running", "pending"), reason, model (e.g. "ViT_C-fmnist_tiny", "ViT_P-4GF"),
+preset, stem, optimizer, epochs, lr (effective, for the run's batch), wd, batch_size, seed, error
+(final test top-1 %, 100 when diverged, NaN when unfinished/failed), best_error, top5_error,
+ema_error, diverged, epochs_done, seconds, params, flops, then cfg.<section>.<key> for every config
+key and each sampled hyperparameter under its dotted key (e.g. optim.lr as sampled, for ref_batch).
+
+Missing or corrupt run directories are skipped or reported as failed with a warning naming each.
+Rows of run directories are cached in <folder>/.collect_cache.pkl, keyed by the size and mtime of
+config.yaml, result.json and metrics.jsonl, so re-collecting a large sweep reads only what changed.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import re
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from analysis import config as C
+from analysis import rundir
+
+CACHE = ".collect_cache.pkl"
+CACHE_VERSION = 1
+COLUMNS = ["run", "run_dir", "status", "reason", "model", "preset", "stem", "optimizer", "epochs", "lr", "wd",
+           "batch_size", "seed", "error", "best_error", "top5_error", "ema_error", "diverged", "epochs_done",
+           "seconds", "params", "flops"]
+STEM_NAMES = {"patchify": "ViT_P", "conv": "ViT_C"}
+
+
+def model_name(preset: str, stem: str | None) -> str:
+    """Display name: ViT_P/ViT_C by the stem (other stems by their name), then the preset's size."""
+    from analysis.models import PRESETS
+
+    info = PRESETS.get(preset, {})
+    if info.get("family") == "cnn":
+        return preset
+    size = re.sub(r"^vit_[a-z]+_", "", preset)
+    if re.fullmatch(r"\d+(\.\d+)?gf", size):
+        size = size.upper()
+    return f"{STEM_NAMES.get(stem, stem)}-{size}"
+
+
+def _stat(path: Path) -> tuple:
+    try:
+        st = path.stat()
+    except OSError:
+        return (None,)
+    return (st.st_mtime_ns, st.st_size)
+
+
+def _nan(v) -> float:
+    return math.nan if v is None else float(v)
+
+
+def run_row(run: str, run_dir: Path, cfg: C.RunConfig) -> dict:
+    """The row of one run directory from its result.json and metrics.jsonl (status may be None:
+    no result yet; the caller decides running/pending/failed)."""
+    from analysis.models import PRESETS
+
+    result_path = run_dir / rundir.RESULT
+    result = rundir.read_result(run_dir)
+    reason = None
+    if result is None and result_path.exists():
+        warnings.warn(f"{run_dir}: unreadable result.json; reported as failed", stacklevel=3)
+        result, reason = {"status": "failed"}, "unreadable result.json"
+    result = result or {}
+    metrics = rundir.read_metrics(run_dir)
+    status = result.get("status")
+    done = status in ("completed", "diverged")
+    stem = cfg.model.stem or PRESETS.get(cfg.model.preset, {}).get("stem")
+    last = metrics[-1] if metrics else {}
+    row = {
+        "run": run, "run_dir": str(run_dir), "status": status, "reason": result.get("reason") or reason,
+        "model": model_name(cfg.model.preset, stem), "preset": cfg.model.preset, "stem": stem,
+        "optimizer": cfg.optim.name, "epochs": cfg.train.epochs, "lr": cfg.effective_lr(),
+        "wd": cfg.optim.weight_decay, "batch_size": cfg.train.batch_size, "seed": cfg.train.seed,
+        "error": _nan(result.get("top1_err")) if done else math.nan,
+        "best_error": _nan(result.get("best_top1_err")) if done else math.nan,
+        "top5_error": _nan(result.get("top5_err")) if done else math.nan,
+        "ema_error": _nan(result.get("ema_top1_err")) if done else math.nan,
+        "diverged": status == "diverged", "epochs_done": len(metrics),
+        "seconds": _nan(result.get("seconds", last.get("elapsed"))),
+        "params": _nan(result.get("params")), "flops": _nan(result.get("flops")),
+        "_started": bool(metrics) or (run_dir / rundir.CHECKPOINT).exists() or (run_dir / rundir.LOG).exists(),
+    }
+    row.update({f"cfg.{k}": v for k, v in cfg.flat().items()})
+    return row
+
+
+def _load_cache(folder: Path) -> dict:
+    try:
+        with open(folder / CACHE, "rb") as f:
+            cache = pickle.load(f)
+        return cache["rows"] if cache.get("version") == CACHE_VERSION else {}
+    except Exception:  # noqa: BLE001 - a bad cache is rebuilt
+        return {}
+
+
+def _save_cache(folder: Path, rows: dict) -> None:
+    try:
+        rundir.write_atomic(folder / CACHE, pickle.dumps({"version": CACHE_VERSION, "rows": rows}))
+    except OSError:
+        pass
+
+
+def _runs_of(folder: Path) -> tuple[list[tuple[str, Path, C.RunConfig | None, list[str]]], bool]:
+    """[(run id, run dir, config or None when unreadable, sampled keys)], and whether it is a sweep."""
+    table = rundir.read_json(folder / "runs.json")
+    if table is not None:
+        return [(r["run"], folder / r["run_dir"], C.RunConfig().replace(r["overrides"]), r.get("sampled", []))
+                for r in table["runs"]], True
+    out = []
+    for d in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not (d / rundir.CONFIG).is_file():
+            continue
+        try:
+            cfg = C.load(d / rundir.CONFIG)
+        except (ValueError, yaml.YAMLError) as e:
+            warnings.warn(f"{d}: unreadable config.yaml ({str(e).splitlines()[0]}); skipped", stacklevel=3)
+            continue
+        out.append((d.name, d, cfg, []))
+    return out, False
+
+
+def collect(folder: str | Path, scheduler: bool = True, cache: bool = True) -> pd.DataFrame:
+    """Return the results table of a sweep folder (or a folder whose subfolders are run dirs).
+
+    scheduler: for a sweep, ask the scheduler about runs without a result (one sacct call) so that
+    cancelled/killed runs read "failed"; otherwise runs with files are "running", others "pending"."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        from analysis.errors import ConfigError
+
+        raise ConfigError(f"not a folder: {folder}")
+    runs, is_sweep = _runs_of(folder)
+    cached = _load_cache(folder) if cache else {}
+    fresh, rows, sampled_keys = {}, [], []
+    for run, d, cfg, sampled in runs:
+        if not d.is_dir():
+            warnings.warn(f"{d}: run directory missing; skipped", stacklevel=2)
+            continue
+        key = tuple(_stat(d / f) for f in (rundir.CONFIG, rundir.RESULT, rundir.METRICS))
+        hit = cached.get(run)
+        row = hit[1] if hit and hit[0] == key else run_row(run, d, cfg)
+        if row["reason"] != "unreadable result.json":  # re-read (and warn) until it is fixed
+            fresh[run] = (key, row)
+        row = dict(row)
+        for k in sampled:
+            if k not in sampled_keys:
+                sampled_keys.append(k)
+            row[k] = cfg.flat()[k]
+        rows.append(row)
+    if cache:
+        _save_cache(folder, fresh)
+    states = {}
+    if is_sweep and scheduler and any(r["status"] is None for r in rows):
+        from analysis.sweeps.launch import Sweep
+
+        status = Sweep(folder).status()
+        states = dict(zip(status["run"], status["state"]))
+    for r in rows:
+        started = r.pop("_started")
+        if r["status"] is not None:
+            continue
+        state = states.get(r["run"])
+        if state in ("RUNNING", "PENDING", "NOT_LAUNCHED", None):
+            r["status"] = "running" if started and state in ("RUNNING", None) else "pending"
+        elif state == "COMPLETED":
+            r["status"] = "running"  # finished between reading its directory and asking the scheduler
+        else:
+            r["status"], r["reason"] = "failed", r["reason"] or f"job {state.lower()}"
+    cfg_cols = [f"cfg.{k}" for k in C.RunConfig().flat()]
+    frame = pd.DataFrame(rows, columns=COLUMNS + cfg_cols + sampled_keys)
+    frame["diverged"] = frame["diverged"].astype(bool)
+    return frame

@@ -1,0 +1,285 @@
+"""Sweep specs: a base run config, grids and samplers, expanded into run configs.
+
+A spec is a mapping (YAML file or a dict in a cell):
+
+    name: fmnist_demo            # the sweep folder's name under the root
+    base: {model: {preset: vit_c_fmnist_tiny}, train: {epochs: 5}}   # a run config (sections or dotted keys)
+    grid:                        # cartesian product, in this order
+      preset: [vit_p_fmnist_tiny, vit_c_fmnist_tiny]     # aliases: preset, stem, optimizer, epochs
+      optimizer:                 # a list of cases: each case is a dict of dotted keys (values or samplers)
+        - {optim.name: adamw, optim.lr: {log_uniform: [2.5e-4, 8e-3]}}
+        - {optim.name: sgd, optim.lr: {log_uniform: [0.1, 3.2]}}
+    sample:                      # samplers applied to every grid cell
+      optim.weight_decay: {log_uniform: [0.02, 0.8], step: 0.01}
+    samples: 8                   # draws per grid cell (1 when nothing is sampled)
+    seed: 0                      # sampling seed
+    launch: {cluster: local, parallel: 1, timeout_min: 60}   # see analysis.sweeps.launch.LAUNCH_KEYS
+
+Samplers: {log_uniform: [low, high]}, {uniform: [low, high]} (closed ranges) and {choice: [a, b, ...]},
+each with an optional quantization `step` (values are rounded to multiples of it, within the range).
+Sampling is deterministic from the seed; duplicate configs are dropped.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from analysis import config as C
+from analysis.errors import ConfigError, one_of
+
+ALIASES = {"preset": "model.preset", "stem": "model.stem", "optimizer": "optim.name", "epochs": "train.epochs"}
+SPEC_KEYS = ("name", "base", "grid", "sample", "samples", "seed", "launch", "description")
+SAMPLERS = ("log_uniform", "uniform", "choice")
+
+
+def config_keys() -> dict[str, str]:
+    """Return {"section.key": type string} for every run config key."""
+    sections = {"model": C.ModelConfig, "data": C.DataConfig, "optim": C.OptimConfig, "train": C.TrainConfig}
+    return {f"{s}.{f.name}": f.type for s, cls in sections.items() for f in fields(cls)}
+
+
+def _key(key: str, where: str) -> str:
+    """Resolve an alias and check that a dotted key names a run config key."""
+    key = ALIASES.get(key, key)
+    if key not in config_keys():
+        raise ConfigError(f"{where}: unknown config key {key!r}; use section.key (sections model, data, optim, "
+                          f"train; see analysis/config.py) or one of the aliases {', '.join(ALIASES)}")
+    return key
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """One hyperparameter distribution over a closed range (or a set), with optional quantization."""
+
+    key: str
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    values: tuple = ()
+    step: float | None = None
+
+    @classmethod
+    def parse(cls, key: str, d: dict, where: str) -> "Sampler":
+        """Build a sampler from {kind: [low, high] | [values], step: q}; raise a one-line ConfigError."""
+        kinds = [k for k in d if k != "step"]
+        extra = [k for k in kinds if k not in SAMPLERS]
+        if extra or len(kinds) != 1:
+            raise one_of(f"sampler for {key} in {where}", (extra or kinds or ["(none)"])[0], SAMPLERS)
+        kind = kinds[0]
+        arg, step = d[kind], d.get("step")
+        if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
+            raise ConfigError(f"{where}: {key} step must be a number > 0, got {step!r}")
+        if kind == "choice":
+            if not isinstance(arg, list) or not arg:
+                raise ConfigError(f"{where}: {key} choice needs a non-empty list of values, got {arg!r}")
+            return cls(key, kind, values=tuple(arg), step=step)
+        if (not isinstance(arg, list) or len(arg) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in arg)):
+            raise ConfigError(f"{where}: {key} {kind} needs [low, high] (two numbers), got {arg!r}")
+        low, high = float(arg[0]), float(arg[1])
+        if not low <= high:
+            raise ConfigError(f"{where}: {key} {kind} range [{arg[0]}, {arg[1]}] is empty (low > high)")
+        if kind == "log_uniform" and low <= 0:
+            raise ConfigError(f"{where}: {key} log_uniform needs positive bounds, got [{arg[0]}, {arg[1]}]")
+        s = cls(key, kind, low, high, step=step)
+        if step is not None and s._grid_bounds() is None:
+            raise ConfigError(f"{where}: {key} range [{arg[0]}, {arg[1]}] holds no multiple of step {step}")
+        return s
+
+    def _grid_bounds(self) -> tuple[float, float] | None:
+        lo, hi = math.ceil(self.low / self.step - 1e-9), math.floor(self.high / self.step + 1e-9)
+        return (lo, hi) if lo <= hi else None
+
+    def draw(self, rng: np.random.Generator) -> Any:
+        """Return one value (floats rounded to 12 significant digits so duplicates compare equal)."""
+        if self.kind == "choice":
+            value = self.values[int(rng.integers(len(self.values)))]
+            if self.step is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = round(value / self.step) * self.step
+            return _tidy(value)
+        if self.kind == "log_uniform":
+            value = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+        else:
+            value = rng.uniform(self.low, self.high)
+        if self.step is not None:
+            lo, hi = self._grid_bounds()
+            value = min(max(round(value / self.step), lo), hi) * self.step
+        return _tidy(value)
+
+
+def _tidy(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.12g}")
+    return value
+
+
+def _is_sampler(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _flatten_base(base: Any) -> dict[str, Any]:
+    """Base config as dotted keys; accepts nested sections, dotted keys or a mix."""
+    if base is None:
+        return {}
+    if not isinstance(base, dict):
+        raise ConfigError(f"spec base must be a mapping (a run config), got {type(base).__name__}")
+    out = {}
+    for k, v in base.items():
+        if isinstance(v, dict) and "." not in k and k not in ALIASES:
+            for kk, vv in v.items():
+                out[_key(f"{k}.{kk}", "base")] = vv
+        else:
+            out[_key(k, "base")] = v
+    return out
+
+
+@dataclass
+class Spec:
+    """A validated sweep spec; `runs()` expands it into run rows."""
+
+    name: str
+    base: dict[str, Any]
+    axes: list[tuple[str, list[dict[str, Any]]]]  # (axis name, cases of dotted overrides / samplers)
+    sample: dict[str, Sampler]
+    samples: int
+    seed: int
+    launch: dict[str, Any] = field(default_factory=dict)
+    raw: dict = field(default_factory=dict)
+    dropped: int = 0  # duplicate configs dropped by the last runs()
+
+    @classmethod
+    def from_dict(cls, d: dict, name: str | None = None) -> "Spec":
+        """Validate a spec mapping; every problem is a one-line ConfigError."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a sweep spec must be a mapping with keys {', '.join(SPEC_KEYS)}")
+        for k in d:
+            if k not in SPEC_KEYS:
+                raise one_of("sweep spec key", k, SPEC_KEYS)
+        name = str(d.get("name") or name or "sweep")
+        if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise ConfigError(f"sweep name {name!r} must use letters, digits, '-', '_' or '.' only")
+        base = _flatten_base(d.get("base"))
+        for k, v in base.items():
+            if _is_sampler(v):
+                raise ConfigError(f"base: {k} is a sampler; put samplers under 'sample' or in grid cases")
+        axes = []
+        grid = d.get("grid") or {}
+        if not isinstance(grid, dict):
+            raise ConfigError(f"spec grid must be a mapping of axis -> list, got {type(grid).__name__}")
+        for axis, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"grid axis {axis!r} needs a non-empty list of values, got {values!r}")
+            cases = []
+            for v in values:
+                if isinstance(v, dict):
+                    case = {}
+                    for k, vv in v.items():
+                        kk = _key(k, f"grid {axis}")
+                        case[kk] = Sampler.parse(kk, vv, f"grid {axis}") if _is_sampler(vv) else vv
+                    cases.append(case)
+                else:
+                    cases.append({_key(axis, "grid"): v})
+            axes.append((str(axis), cases))
+        sample = {}
+        for k, v in (d.get("sample") or {}).items():
+            kk = _key(k, "sample")
+            if not _is_sampler(v):
+                raise ConfigError(f"sample: {kk} must be a sampler like {{log_uniform: [low, high]}}, got {v!r}")
+            sample[kk] = Sampler.parse(kk, v, "sample")
+        samples, seed = d.get("samples", 1), d.get("seed", 0)
+        for what, v, lo in (("samples", samples, 1), ("seed", seed, 0)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ConfigError(f"spec {what} must be an integer >= {lo}, got {v!r}")
+        launch = d.get("launch") or {}
+        if not isinstance(launch, dict):
+            raise ConfigError(f"spec launch must be a mapping of launch options, got {launch!r}")
+        from analysis.sweeps.launch import check_launch
+
+        check_launch(launch)
+        spec = cls(name, base, axes, sample, samples, seed, dict(launch), raw=copy.deepcopy(d))
+        spec.runs()  # every expanded config validates before anything is written or launched
+        return spec
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Spec":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"sweep spec not found: {path}")
+        try:
+            d = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        return cls.from_dict(d, name=path.stem)
+
+    def runs(self) -> list[dict]:
+        """Expand grid x samples into run rows: {"run", "overrides", "sampled", "cfg"}, duplicates dropped."""
+        from analysis.models import PRESETS
+
+        rng = np.random.default_rng(self.seed)
+        cells = itertools.product(*[cases for _, cases in self.axes]) if self.axes else [()]
+        rows, seen = [], set()
+        self.dropped = 0
+        for cell in cells:
+            fixed, samplers = dict(self.base), dict(self.sample)
+            for case in cell:
+                for k, v in case.items():
+                    if isinstance(v, Sampler):
+                        samplers[k] = v
+                    else:
+                        fixed[k] = v
+                        samplers.pop(k, None)
+            n = self.samples if samplers else 1
+            for _ in range(n):
+                drawn = {k: samplers[k].draw(rng) for k in sorted(samplers)}
+                overrides = {**fixed, **drawn}
+                cfg = C.RunConfig().replace(_coerce_ints(overrides))
+                if cfg.model.preset not in PRESETS:
+                    raise one_of("model.preset", cfg.model.preset, list(PRESETS))
+                key = tuple(sorted((k, repr(v)) for k, v in cfg.flat().items()))
+                if key in seen:
+                    self.dropped += 1
+                    continue
+                seen.add(key)
+                rows.append({"overrides": overrides, "sampled": sorted(drawn), "cfg": cfg})
+        varies = _varying(rows)
+        for i, row in enumerate(rows):
+            row["run"] = run_id(i, row["cfg"], varies)
+        return rows
+
+
+def _coerce_ints(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Sampled floats for integer keys (e.g. train.epochs with step 1) become ints."""
+    types = config_keys()
+    out = {}
+    for k, v in overrides.items():
+        if types[k].startswith("int") and isinstance(v, float) and v.is_integer():
+            v = int(v)
+        out[k] = v
+    return out
+
+
+def _varying(rows: list[dict]) -> set[str]:
+    keys = ("model.stem", "train.epochs", "train.seed", "data.name")
+    return {k for k in keys if len({r["cfg"].flat()[k] for r in rows}) > 1}
+
+
+def run_id(i: int, cfg: C.RunConfig, varies: set[str] = frozenset()) -> str:
+    """Short readable run id, e.g. "0007-vit_c_fmnist_tiny-sgd" (+ stem/epochs/seed/data when they vary)."""
+    parts = [f"{i:04d}", cfg.model.preset, cfg.optim.name]
+    if "model.stem" in varies and cfg.model.stem:
+        parts.append(cfg.model.stem)
+    if "train.epochs" in varies:
+        parts.append(f"e{cfg.train.epochs}")
+    if "train.seed" in varies:
+        parts.append(f"s{cfg.train.seed}")
+    if "data.name" in varies:
+        parts.append(cfg.data.name)
+    return "-".join(parts)
