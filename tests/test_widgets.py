@@ -1,0 +1,142 @@
+"""SensitivityExplorer and the shared widget helpers, driven as a notebook user would."""
+
+import re
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+from fixtures_sweep import sweep, sweep_frame  # noqa: F401  (pytest fixtures)
+
+from analysis.errors import ConfigError
+from analysis.widgets import (
+    SensitivityExplorer,
+    filter_frame,
+    log_range_sliders,
+    multi_select,
+    sync_figure,
+)
+
+
+def kind(fig, name):
+    """Return the traces whose meta kind is `name`."""
+    return [t for t in fig.data if t.meta and t.meta["kind"] == name]
+
+
+def legend_n(fig) -> dict[str, int]:
+    """Return {group: n} read from the EDF legend labels."""
+    return {t.meta["group"]: int(re.search(r"n=(\d+)", t.name)[1]) for t in kind(fig, "edf")}
+
+
+@pytest.fixture
+def explorer(sweep):
+    return SensitivityExplorer(sweep)
+
+
+def test_explorer_starts_with_every_run(explorer, sweep):
+    assert set(explorer.controls) >= {"stem", "model", "optimizer", "epochs", "preset",
+                                      "lr_min", "lr_max", "wd_min", "wd_max", "relative", "bootstrap"}
+    assert len(explorer.filtered()) == len(sweep)
+    assert sum(legend_n(explorer.edf_fig).values()) == sweep.error.notna().sum()
+    runs = kind(explorer.scatter_fig, "runs")
+    assert sum(len(t.x) for t in runs) == (sweep.error.notna() & ~sweep.diverged).sum()
+    assert isinstance(explorer.edf_fig, go.FigureWidget) and isinstance(explorer.scatter_fig, go.FigureWidget)
+    assert explorer.edf_fig in explorer.widget.children and explorer.scatter_fig in explorer.widget.children
+
+
+def test_lr_slider_narrows_both_figures_in_place(explorer, sweep):
+    edf_widget, scatter_widget = explorer.edf_fig, explorer.scatter_fig
+    first_trace = scatter_widget.data[0]
+    explorer.controls["lr_max"].value = 1e-3
+    cap = explorer.controls["lr_max"].value
+    assert explorer.edf_fig is edf_widget and explorer.scatter_fig is scatter_widget
+    assert scatter_widget.data[0] is first_trace  # same trace objects, new data
+    kept = sweep[(sweep.lr <= cap * (1 + 1e-9)) & sweep.error.notna()]
+    assert 0 < len(kept) < sweep.error.notna().sum()
+    expected = kept.groupby(["model", "optimizer"]).size()
+    assert legend_n(edf_widget) == {f"{m} {o}": n for (m, o), n in expected.items()}
+    xs = np.concatenate([np.asarray(t.x, dtype=float) for t in scatter_widget.data])
+    assert len(xs) == len(kept) and xs.max() <= cap * (1 + 1e-9)
+
+
+def test_optimizer_selection_and_empty_selection(explorer, sweep):
+    explorer.controls["optimizer"].value = ("adamw",)
+    assert set(legend_n(explorer.edf_fig)) == {"ViT_C-fmnist adamw", "ViT_P-fmnist adamw"}
+    sgd_cells = [t for t in explorer.scatter_fig.data if t.meta["group"].endswith("sgd")]
+    assert sgd_cells and all(len(t.x) == 0 for t in sgd_cells)
+    assert "shown of 91" in explorer.status.value
+
+    explorer.controls["optimizer"].value = ()
+    assert len(explorer.edf_fig.data) == 0
+    assert all(len(t.x) == 0 for t in explorer.scatter_fig.data)
+    assert "no runs selected" in explorer.status.value
+
+    explorer.controls["optimizer"].value = ("adamw", "sgd")
+    assert sum(legend_n(explorer.edf_fig).values()) == sweep.error.notna().sum()
+
+
+def test_epochs_and_stem_selection(explorer, sweep):
+    explorer.controls["epochs"].value = (40,)
+    explorer.controls["stem"].value = ("conv",)
+    assert legend_n(explorer.edf_fig) == {"ViT_C-fmnist adamw": 2, "ViT_C-fmnist sgd": 2}
+    assert set(explorer.filtered()["epochs"]) == {40}
+
+
+def test_relative_and_bootstrap_toggles(explorer):
+    explorer.controls["relative"].value = True
+    assert all(min(t.x) == 0.0 for t in kind(explorer.edf_fig, "edf"))
+    assert explorer.edf_fig.layout.xaxis.title.text.startswith("error - best")
+    cells = [t for t in kind(explorer.scatter_fig, "runs") if len(t.x)]
+    assert all(min(t.marker.color) == pytest.approx(0.0) for t in cells)
+    assert not kind(explorer.edf_fig, "bootstrap")
+    explorer.controls["bootstrap"].value = True
+    boots = kind(explorer.edf_fig, "bootstrap")
+    assert len(boots) == 4 and all(b.meta["percentiles"][0] >= 0 for b in boots)
+    explorer.controls["relative"].value = False
+    assert min(kind(explorer.edf_fig, "edf")[0].x) > 0
+
+
+def test_colours_stay_with_their_group(explorer):
+    before = {t.meta["group"]: (t.line.color, t.line.dash) for t in kind(explorer.edf_fig, "edf")}
+    explorer.controls["model"].value = ("ViT_P-fmnist",)
+    after = {t.meta["group"]: (t.line.color, t.line.dash) for t in kind(explorer.edf_fig, "edf")}
+    assert after and all(after[g] == before[g] for g in after)
+
+
+def test_explorer_displays_as_a_widget(explorer):
+    bundle = explorer._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == explorer.widget.model_id
+
+
+def test_explorer_rejects_bad_columns(sweep):
+    with pytest.raises(ConfigError, match="missing column 'nope'"):
+        SensitivityExplorer(sweep, panel="nope")
+    with pytest.raises(ConfigError, match="empty"):
+        SensitivityExplorer(sweep.iloc[:0])
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def test_sync_figure_in_place_and_swap():
+    target = go.FigureWidget([go.Scatter(x=[1, 2], y=[3, 4], error_x=dict(array=[1, 1]))],
+                             layout=dict(title="old", xaxis=dict(range=[0, 9])))
+    trace = target.data[0]
+    sync_figure(target, go.Figure([go.Scatter(x=[5], y=[6])], layout=dict(title="new")))
+    assert target.data[0] is trace and list(trace.x) == [5] and list(trace.y) == [6]
+    assert trace.error_x.array is None  # stale properties are cleared
+    assert target.layout.title.text == "new" and target.layout.xaxis.range is None
+    sync_figure(target, go.Figure([go.Bar(x=["a"], y=[1]), go.Scatter(x=[1], y=[1])]))
+    assert [t.type for t in target.data] == ["bar", "scatter"]
+
+
+def test_control_factories_and_filter(sweep):
+    select = multi_select(sweep["epochs"], "epochs")
+    assert select.value == (10, 20, 40) and all(type(v) is int for v in select.value)
+    low, high = log_range_sliders(sweep["lr"], "lr")
+    assert low.value <= sweep.lr.min() and high.value >= sweep.lr.max()
+    assert log_range_sliders(sweep["lr"] * 0, "lr") is None
+    picked = filter_frame(sweep, {"optimizer": ["sgd"]}, {"lr": (0.5, 1.0), "wd": (low.value * 0, 1.0)})
+    assert len(picked) and set(picked.optimizer) == {"sgd"} and picked.lr.between(0.5, 1.0).all()
+    with pytest.raises(ConfigError, match="missing column 'nope'"):
+        filter_frame(sweep, {"nope": [1]})
