@@ -15,9 +15,7 @@ import sys
 from pathlib import Path
 
 import nbformat
-import papermill
 import pytest
-from papermill.exceptions import PapermillExecutionError
 
 REPO = Path(__file__).resolve().parents[1]
 KERNEL_NAME = "python3"
@@ -137,6 +135,9 @@ def execute_notebook(
     folder), writing to `output_path` when given. Returns the executed notebook node.
     Raises NotebookError naming the notebook, the failing cell (index, first source line) and
     the error line."""
+    import papermill  # imported here: every test session loads this plugin, few run notebooks
+    from papermill.exceptions import PapermillExecutionError
+
     path = Path(path)
     kernel = ensure_kernel()
     try:

@@ -1,0 +1,293 @@
+"""Run a notebook in a real JupyterLab, in headless Chromium, and report what rendered.
+
+`run_notebook_in_jupyterlab` starts a private JupyterLab server on the project's Python, opens a
+copy of the notebook, runs all cells, and returns counts of rendered plots and widgets together
+with any error output. Chromium comes from the system (scripts/install_browser.sh).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from playwright.sync_api import Page, sync_playwright
+
+from tests.fixtures_notebooks import ensure_kernel, jupyter_env, project_python
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+]
+# Lab settings for a quiet, read-only run: no autosave, no news or update checks, and every
+# cell kept in the DOM (no windowing), so counts and the screenshot cover the whole notebook.
+LAB_SETTINGS = {
+    "@jupyterlab/docmanager-extension/plugin": {"autosave": False},
+    "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
+    "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
+}
+WIDGETS = ".jupyter-widgets"
+PLOTS = ".js-plotly-plot"
+STDERR = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
+# A widget output (ipywidgets or anywidget) is a Lumino panel holding the widget's view.
+WIDGET_OUTPUT = ".jp-OutputArea-output.lm-Panel"
+STDOUT = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stdout"]'
+
+# True once the notebook has a kernel (not "No Kernel") and that kernel is idle.
+_KERNEL_READY = """() => {
+  const status = document.querySelector('.jp-Notebook-ExecutionIndicator');
+  const name = document.querySelector('.jp-Toolbar-kernelName');
+  return status?.dataset.status === 'idle' && !!name && name.textContent.trim() !== 'No Kernel';
+}"""
+# True once the kernel is idle and every code cell shows an execution count ("[3]:"), or a cell
+# has failed (Run All stops there) and no cell is still queued or running ("[*]:").
+_RUN_FINISHED = """() => {
+  const status = document.querySelector('.jp-Notebook-ExecutionIndicator');
+  const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]
+    .map(p => p.textContent.trim());
+  if (status?.dataset.status !== 'idle' || prompts.length === 0) return false;
+  if (prompts.every(t => /^\\[\\d+\\]:$/.test(t))) return true;
+  const stderr = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]';
+  return document.querySelector(stderr) !== null && !prompts.includes('[*]:');
+}"""
+_EXECUTED = """() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]
+  .filter(p => /^\\[\\d+\\]:$/.test(p.textContent.trim())).length"""
+# Counts that tell when rendering has settled: plots, widgets, and widget outputs still empty.
+_RENDER_STATE = f"""() => [
+  document.querySelectorAll('{PLOTS}').length,
+  document.querySelectorAll('{WIDGETS}').length,
+  document.querySelectorAll('{WIDGET_OUTPUT}:empty').length,
+]"""
+
+
+def free_port() -> int:
+    """Returns a TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_lab_settings(settings_dir: Path) -> None:
+    """Writes LAB_SETTINGS as user settings files under `settings_dir`."""
+    for plugin, values in LAB_SETTINGS.items():
+        package, name = plugin.rsplit("/", 1)
+        target = settings_dir / package / f"{name}.jupyterlab-settings"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(values))
+
+
+def start_jupyterlab(root: Path, home: Path, port: int, token: str) -> subprocess.Popen:
+    """Starts `jupyter lab` on the project's Python serving `root`; config, settings, workspaces
+    and runtime files live under `home`. Returns the server process (in its own process group)."""
+    python = project_python()
+    ensure_kernel(python)
+    env = jupyter_env(python)
+    for var, sub in [("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
+                     ("JUPYTER_RUNTIME_DIR", "runtime"), ("JUPYTERLAB_SETTINGS_DIR", "settings"),
+                     ("JUPYTERLAB_WORKSPACES_DIR", "workspaces")]:
+        (home / sub).mkdir(parents=True, exist_ok=True)
+        env[var] = str(home / sub)
+    _write_lab_settings(home / "settings")
+    cmd = [str(python), "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={port}",
+           "--ip=127.0.0.1", f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
+           "--ServerApp.port_retries=0", "--LabApp.news_url=None"]
+    with open(home / "server.log", "wb") as log:  # the server keeps its own handle
+        return subprocess.Popen(cmd, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_until_answers(server: subprocess.Popen, url: str, log: Path, timeout: float) -> None:
+    """Returns once GET `url` answers 200; raises RuntimeError with the server log if the
+    server exits or `timeout` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"jupyter lab exited with {server.returncode}:\n{_tail(log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"jupyter lab did not answer within {timeout:.0f} s:\n{_tail(log)}")
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """Stops the server (SIGTERM: it shuts its kernels down), then kills whatever is left in
+    its process group."""
+    if server.poll() is None:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=5)
+    try:
+        os.killpg(server.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _tail(log: Path, n: int = 40) -> str:
+    """Returns the last `n` lines of `log`."""
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no server log)"
+
+
+def _accept_dialogs(page: Page, seen: list[str]) -> None:
+    """Accepts any open dialog (JupyterLab asks "Select Kernel" on a first open) and records
+    its title in `seen`."""
+    for dialog in page.locator(".jp-Dialog").all():
+        title = dialog.locator(".jp-Dialog-header").inner_text().strip()
+        dialog.locator(".jp-Dialog-button.jp-mod-accept").first.click()
+        seen.append(title)
+
+
+def _wait_until(page: Page, condition: str, timeout: float, what: str, dialogs: list[str]) -> None:
+    """Returns once the JS `condition` holds, accepting dialogs meanwhile; raises TimeoutError
+    naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _accept_dialogs(page, dialogs)
+        if page.evaluate(condition):
+            return
+        page.wait_for_timeout(250)
+    raise TimeoutError(f"{what} within {timeout:.0f} s")
+
+
+def _run_all_cells(page: Page) -> None:
+    """Runs every cell through the Run menu."""
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+
+
+def _wait_for_render(page: Page, timeout: float, settle: float = 1.5) -> None:
+    """Returns when every widget output has content and the plot and widget counts have not
+    changed for `settle` seconds (or when `timeout` seconds have passed)."""
+    deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        state = page.evaluate(_RENDER_STATE)
+        if state != last:
+            last, since = state, time.monotonic()
+        elif state[2] == 0 and time.monotonic() - since >= settle:
+            return
+        page.wait_for_timeout(250)
+
+
+def _screenshot(page: Page, path: Path) -> None:
+    """Saves a full-page PNG, first growing the viewport so the whole notebook is in view
+    (the notebook scrolls inside its own panel, which full_page alone does not unroll)."""
+    height = page.evaluate("""() => Math.max(0, ...[...document.querySelectorAll(
+      '.jp-NotebookPanel .jp-WindowedPanel-outer, .jp-NotebookPanel-notebook')]
+      .map(el => el.scrollHeight - el.clientHeight))""")
+    size = page.viewport_size or {"width": 1400, "height": 900}
+    page.set_viewport_size({"width": size["width"], "height": int(min(size["height"] + height, 12000))})
+    page.wait_for_timeout(500)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(path), full_page=True)
+
+
+def _collect(page: Page) -> dict:
+    """Returns what the notebook page shows (see run_notebook_in_jupyterlab)."""
+    widget_texts = page.locator(WIDGET_OUTPUT).all_inner_texts()
+    return {
+        "plots": page.locator(PLOTS).count(),
+        "widgets": page.locator(WIDGETS).count(),
+        "sliders": page.locator(".widget-slider").count(),
+        "widget_outputs": page.locator(f"{WIDGET_OUTPUT} > .lm-Widget").count(),
+        "cells": page.locator(".jp-Notebook .jp-CodeCell").count(),
+        "executed": page.evaluate(_EXECUTED),
+        "errors": [t.strip() for t in page.locator(STDERR).all_inner_texts()]
+        + [t.strip() for t in widget_texts if "Error displaying widget" in t],
+        "stdout": [t.strip() for t in page.locator(STDOUT).all_inner_texts()],
+    }
+
+
+def _open_and_run(page: Page, url: str, timeout: float, dialogs: list[str]) -> None:
+    """Opens the notebook at `url`, waits for its kernel, runs all cells and waits until they
+    have finished and their outputs have rendered."""
+    page.goto(url)
+    page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=timeout * 1000)
+    _wait_until(page, _KERNEL_READY, timeout, "no idle kernel", dialogs)
+    _run_all_cells(page)
+    _wait_until(page, _RUN_FINISHED, timeout, "cells not finished", dialogs)
+    _wait_for_render(page, timeout=60)
+
+
+def run_notebook_in_jupyterlab(notebook_path: str | Path, screenshot_path: str | Path,
+                               timeout: float = 180) -> dict:
+    """Opens a temporary copy of `notebook_path` in JupyterLab in headless Chromium, runs all
+    cells, waits for the kernel and the rendering, and saves a full-page screenshot.
+
+    Returns a dict: "plots" (.js-plotly-plot elements), "widgets" (ipywidgets elements,
+    .jupyter-widgets), "sliders" (.widget-slider elements), "widget_outputs" (widget outputs
+    that drew a view, anywidget ones such as FigureWidget included), "cells" (code cells),
+    "executed" (code cells with an execution count), "errors" (texts of stderr and traceback
+    outputs, and of widgets that failed to display), "stdout" (texts of stdout outputs),
+    "console_errors" (browser console errors), "dialogs" (titles of dialogs accepted),
+    "seconds" (wall time, start to end).
+    A failing cell stops the run, as Run All does: its traceback is in "errors" and
+    "executed" < "cells". Raises TimeoutError when the kernel or the cells do not finish within
+    `timeout` seconds (the screenshot is still saved), RuntimeError when the server does not start.
+    """
+    if not CHROMIUM.exists():
+        raise RuntimeError(f"{CHROMIUM} not found: run scripts/install_browser.sh")
+    start = time.monotonic()
+    notebook_path, screenshot_path = Path(notebook_path), Path(screenshot_path)
+    home = Path(tempfile.mkdtemp(prefix="lab-run-"))
+    root = home / "root"
+    root.mkdir()
+    shutil.copy2(notebook_path, root / notebook_path.name)
+    port, token = free_port(), secrets.token_hex(16)
+    base = f"http://127.0.0.1:{port}"
+    server = start_jupyterlab(root, home, port, token)
+    console_errors: list[str] = []
+    dialogs: list[str] = []
+    try:
+        wait_until_answers(server, f"{base}/api/status?token={token}", home / "server.log", 60)
+        with sync_playwright() as pw:
+            context = pw.chromium.launch_persistent_context(
+                str(home / "chromium-profile"), executable_path=str(CHROMIUM), headless=True,
+                args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 900},
+            )
+            try:
+                page = context.new_page()
+                page.on("console", lambda m: m.type == "error" and console_errors.append(m.text))
+                page.on("pageerror", lambda e: console_errors.append(str(e)))
+                page.set_default_timeout(30_000)  # single UI steps; waits on the run get `timeout`
+                try:
+                    _open_and_run(page, f"{base}/lab/tree/{notebook_path.name}?token={token}",
+                                  timeout, dialogs)
+                except BaseException:
+                    with contextlib.suppress(Exception):  # keep the picture of what went wrong
+                        _screenshot(page, screenshot_path)
+                    raise
+                _screenshot(page, screenshot_path)
+                result = _collect(page)
+            finally:
+                context.close()
+    finally:
+        stop_server(server)
+        shutil.rmtree(home, ignore_errors=True)
+    result.update(console_errors=console_errors, dialogs=dialogs,
+                  seconds=round(time.monotonic() - start, 1))
+    return result
