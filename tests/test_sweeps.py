@@ -284,6 +284,7 @@ def _fake_run(d: Path, cfg: RunConfig, epochs_done: int, result: dict | str | No
         (d / "result.json").write_text(result)
 
 
+@pytest.mark.filterwarnings("ignore:.*unreadable")
 def test_collect_tolerates_partial_and_corrupt_dirs(tmp_path, monkeypatch):
     cfg = RunConfig().replace({"train.epochs": 3})
     done = {"status": "completed", "reason": None, "epoch": 3, "step": 30, "top1_err": 12.5, "top5_err": 1.0,

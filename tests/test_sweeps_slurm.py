@@ -1,0 +1,118 @@
+"""Sweeps on the real local SLURM cluster: states as they happen, cancel/kill/resubmit, preemption
+with requeue and resume, two-task DDP."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from analysis import rundir
+from analysis.config import RunConfig
+from analysis.sweeps import Sweep, collect
+from analysis.sweeps.job import read_job_file
+from analysis.train import train
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+TINY = {"data": {"train_per_class": 30, "test_per_class": 10},
+        "train": {"epochs": 1, "batch_size": 50, "precision": "fp32", "progress": "lines", "threads": 1}}
+LONGER = {"data": {"train_per_class": 100, "test_per_class": 10},
+          "train": {"epochs": 2, "batch_size": 50, "precision": "fp32", "progress": "lines", "threads": 1,
+                    "checkpoint_minutes": 0}}
+
+
+def launch_opts(cluster, **extra):
+    return {"cluster": "slurm", "partition": cluster.partition, "cpus_per_task": 1, "timeout_min": 10, **extra}
+
+
+def watch(sweep, until, timeout: float, poll: float = 0.5) -> dict[str, set[str]]:
+    """Poll status until `until(status)`; return every state seen per run."""
+    seen: dict[str, set[str]] = {}
+    deadline = time.monotonic() + timeout
+    while True:
+        status = sweep.status()
+        for run, state in zip(status["run"], status["state"]):
+            seen.setdefault(run, set()).add(state)
+        if until(status):
+            return seen
+        assert time.monotonic() < deadline, f"timed out; states seen: {seen}"
+        time.sleep(poll)
+
+
+def test_slurm_sweep_states_and_collect(tmp_path, slurm_cluster):
+    spec = {"name": "small", "base": TINY, "launch": launch_opts(slurm_cluster),
+            "grid": {"run": [{"preset": "vit_p_fmnist_tiny", "optimizer": "adamw"},
+                             {"preset": "vit_c_fmnist_tiny", "optimizer": "sgd"},
+                             {"preset": "vit_c_fmnist_tiny", "optimizer": "adamw", "train.batch_size": 1000}]}}
+    sweep = Sweep.from_dict(spec, root=tmp_path)
+    ids = sweep.launch()
+    assert len(ids) == 3 and len({i.split("_")[0] for i in ids}) == 1  # one job array
+    seen = watch(sweep, lambda s: not s["state"].isin(["PENDING", "RUNNING"]).any(), timeout=240)
+    final = sweep.status().set_index("run")
+    ok, bad = ["0000-vit_p_fmnist_tiny-adamw", "0001-vit_c_fmnist_tiny-sgd"], "0002-vit_c_fmnist_tiny-adamw"
+    assert list(final.loc[ok, "state"]) == ["COMPLETED", "COMPLETED"] and final.loc[bad, "state"] == "FAILED"
+    assert "exceeds" in final.loc[bad, "log_tail"]
+    every = set().union(*seen.values())
+    assert {"PENDING", "RUNNING"} <= every, seen
+    frame = collect(sweep.dir).set_index("run")
+    assert list(frame.loc[ok, "status"]) == ["completed", "completed"] and frame.loc[bad, "status"] == "failed"
+    assert frame.loc[ok, "error"].between(0, 100).all()
+
+
+def test_slurm_cancel_and_kill_then_resubmit(tmp_path, slurm_cluster):
+    spec = {"name": "cancel", "base": LONGER, "launch": launch_opts(slurm_cluster),
+            "grid": {"preset": ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny"]}}
+    sweep = Sweep.from_dict(spec, root=tmp_path)
+    sweep.launch()
+    watch(sweep, lambda s: (s["state"] == "RUNNING").all(), timeout=180)
+    cancelled, killed = sweep.run_ids
+    assert len(sweep.cancel(runs=[cancelled])) == 1
+    os.kill(read_job_file(sweep.run_dir(killed))["pid"], signal.SIGKILL)  # dies outside Python
+    status = sweep.wait(timeout=120, poll=0.5).set_index("run")  # returns: no waiting forever
+    assert status.loc[cancelled, "state"] == "CANCELLED" and status.loc[killed, "state"] == "FAILED"
+    assert not rundir.is_complete(sweep.run_dir(killed))
+    assert len(sweep.resubmit()) == 2
+    final = sweep.wait(timeout=300, poll=1)
+    assert list(final["state"]) == ["COMPLETED", "COMPLETED"] and list(final["attempts"]) == [2, 2]
+
+
+def test_slurm_preempted_run_requeues_and_resumes(tmp_path, slurm_cluster):
+    spec = {"name": "preempt", "base": LONGER, "launch": launch_opts(slurm_cluster)}
+    sweep = Sweep.from_dict(spec, root=tmp_path)
+    (job_id,) = sweep.launch()
+    run_dir = sweep.run_dir(sweep.run_ids[0])
+    log = run_dir / rundir.LOG
+    deadline = time.monotonic() + 180
+    while not (log.exists() and " start " in log.read_text()):
+        assert time.monotonic() < deadline, "the run did not start"
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    reference = tmp_path / "uninterrupted"  # trained here while the job requeues
+    train(RunConfig().replace({f"{s}.{k}": v for s, sec in LONGER.items() for k, v in sec.items()}), reference)
+    final = sweep.wait(timeout=300, poll=1)
+    assert final["state"][0] == "COMPLETED" and final["job_id"][0] == job_id  # same job, requeued
+    text = log.read_text()
+    assert "stopped and checkpointed" in text and "resumed at" in text
+    deadline = time.monotonic() + 60
+    while True:  # the run is complete; its job is ending
+        sacct = subprocess.run(["sacct", "-j", job_id, "-D", "-X", "-n", "-P", "-o", "State"],
+                               capture_output=True, text=True).stdout.split()
+        if sacct[-1:] == ["COMPLETED"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert "REQUEUED" in sacct and sacct[-1] == "COMPLETED", sacct
+    a, b = rundir.read_metrics(reference), rundir.read_metrics(run_dir)
+    for key in ("train_loss", "test_top1_err", "test_top5_err"):
+        assert [r[key] for r in b] == pytest.approx([r[key] for r in a], rel=1e-5)
+
+
+def test_slurm_two_task_ddp(tmp_path, slurm_cluster):
+    spec = {"name": "ddp", "base": TINY, "launch": launch_opts(slurm_cluster, tasks_per_node=2)}
+    sweep = Sweep.from_dict(spec, root=tmp_path)
+    sweep.launch()
+    final = sweep.wait(timeout=240, poll=1)
+    assert final["state"][0] == "COMPLETED", final["log_tail"][0]
+    assert "processes=2" in (sweep.run_dir(sweep.run_ids[0]) / rundir.LOG).read_text()
+    assert collect(sweep.dir)["status"][0] == "completed"
