@@ -9,15 +9,19 @@ filtering, figure syncing, the `Explorer` base) are meant to be shared by every 
 import html
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
 
-from analysis.errors import ConfigError
+from analysis.errors import ConfigError, one_of
 from analysis.plots.frame import as_columns, check_frame, counted_errors, diverged_mask, group_keys, positive_range
+from analysis.plots.maps import attention_overlay_figure, tiles_figure
 from analysis.plots.stability import DEFAULT_BY, edf_figure, sensitivity_figure
 from analysis.plots.style import style_maps
 
@@ -257,3 +261,224 @@ class SensitivityExplorer(Explorer):
         self.set_status(f"{len(counted)} runs shown of {len(self.df)}: {n_div} diverged, "
                         f"{len(df) - len(counted)} failed or unfinished in the selection")
 
+
+# ---------------------------------------------------------------- attention and first-layer filters of trained runs
+
+ATTENTION_METHODS = ("attention", "rollout", "gradient rollout")
+FILTER_VIEWS = ("filters", "principal components")
+CHECKPOINTS = ("trained", "initial")
+
+
+def run_labels(run_dirs) -> dict[str, Path]:
+    """Return {label: run_dir} from a {label: run_dir} mapping, one run directory or a list of them.
+
+    Listed runs are labelled by their model name (e.g. "ViT_C-fmnist_tiny"); a repeated name gets
+    the folder name added.
+    """
+    from analysis.models import PRESETS
+    from analysis.runs import load_config
+    from analysis.sweeps import model_name
+
+    if isinstance(run_dirs, Mapping):
+        out = {str(k): Path(v) for k, v in run_dirs.items()}
+    else:
+        out = {}
+        for d in [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs):
+            cfg = load_config(d)
+            stem = cfg.model.stem or PRESETS.get(cfg.model.preset, {}).get("stem")
+            label = model_name(cfg.model.preset, stem)
+            out[f"{label} ({Path(d).name})" if label in out else label] = Path(d)
+    if not out:
+        raise ConfigError("no runs given: pass {label: run_dir} or a list of run directories")
+    return out
+
+
+def _square_pixels(fig: go.Figure) -> go.Figure:
+    """Hide ticks, put row 0 on top and keep pixels square on every panel that holds a trace."""
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, constrain="domain")
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed")
+    for trace in fig.data:
+        fig.layout["yaxis" + (trace.yaxis or "y")[1:]].scaleanchor = trace.xaxis or "x"
+    return fig
+
+
+class AttentionExplorer(Explorer):
+    """Attention maps of trained ViTs side by side: pick an image, a block, a head and a method.
+
+    Methods: "attention" (the class token's softmaxed attention to the patch tokens in one block
+    and head), "rollout" (all blocks, heads averaged) and "gradient rollout" (weighted by the
+    gradient of the predicted class). Controls (in `.controls`): "image", "method", "layer",
+    "head". A model with fewer blocks or heads than the slider shows its last one. `.fig` is one
+    FigureWidget: the image, then each model's map over it; its traces change in place.
+    """
+
+    def __init__(self, run_dirs, images: torch.Tensor | None = None, n_images: int = 8,
+                 opacity: float = 0.6) -> None:
+        from analysis.probes import token_layout
+        from analysis.runs import class_names, load_config, load_model, sample_images
+
+        super().__init__()
+        self.run_dirs = run_labels(run_dirs)
+        self.models = {label: load_model(d, fused_attn=False) for label, d in self.run_dirs.items()}
+        for label, model in self.models.items():
+            if getattr(model, "family", "vit") != "vit":
+                raise ConfigError(f"{label} is not a ViT (family {model.family!r}); attention needs ViT runs")
+            token_layout(model)
+        cfg = load_config(next(iter(self.run_dirs.values())))
+        names = class_names(cfg)
+        if images is None:
+            images, labels, _ = sample_images(cfg, n=n_images)
+            options = [(f"{i}: {names[int(y)]}", i) for i, y in enumerate(labels)]
+        else:
+            images = torch.as_tensor(images, dtype=torch.float32)
+            images = images[None] if images.ndim == 3 else images
+            if images.ndim != 4 or len(images) == 0:
+                raise ConfigError(f"images must be (B, C, H, W) normalised test images, got shape {tuple(images.shape)}")
+            options = [(f"image {i}", i) for i in range(len(images))]
+        self.images, self.opacity = images, opacity
+        self.class_names = names
+        with torch.no_grad():
+            self.probs = {label: m(images).softmax(-1) for label, m in self.models.items()}
+        self._maps: dict[tuple[str, str], torch.Tensor] = {}
+
+        depth = max(len(m.blocks) for m in self.models.values())
+        heads = max(m.blocks[0].attn.num_heads for m in self.models.values())
+        self.controls["image"] = widgets.Dropdown(options=options, value=0, description="image")
+        self.controls["method"] = widgets.Dropdown(options=list(ATTENTION_METHODS), value="attention",
+                                                   description="method")
+        self.controls["layer"] = widgets.IntSlider(value=depth - 1, min=0, max=depth - 1, description="block",
+                                                   continuous_update=False)
+        self.controls["head"] = widgets.IntSlider(value=0, min=0, max=heads - 1, description="head",
+                                                  continuous_update=False)
+        labels = list(self.models)
+        self.fig = go.FigureWidget(make_subplots(rows=1, cols=1 + len(labels), subplot_titles=["image", *labels],
+                                                 horizontal_spacing=0.03))
+        first = self._panel(labels[0])
+        self.fig.add_trace(first.data[0], row=1, col=1)
+        for i, label in enumerate(labels):
+            for trace in (first if i == 0 else self._panel(label)).data:
+                self.fig.add_trace(trace, row=1, col=i + 2)
+        _square_pixels(self.fig)
+        self.fig.update_layout(template="plotly_white", height=340, margin=dict(l=10, r=10, t=60, b=10))
+        c = self.controls
+        self.widget = widgets.VBox([widgets.HBox([c["image"], c["method"]]), widgets.HBox([c["layer"], c["head"]]),
+                                    self.status, self.fig])
+        self.update()
+        self.watch()
+
+    def maps(self, label: str, method: str) -> torch.Tensor:
+        """Return one model's maps for every image: (B, layers, heads, H, W) for "attention",
+        (B, H, W) for the rollouts. Computed once per model and method."""
+        from analysis.probes import class_token_attention, gradient_rollout, rollout_maps
+
+        if method not in ATTENTION_METHODS:
+            raise one_of("method", method, ATTENTION_METHODS)
+        key = (label, method)
+        if key not in self._maps:
+            fn = {"attention": class_token_attention, "rollout": rollout_maps, "gradient rollout": gradient_rollout}
+            self._maps[key] = fn[method](self.models[label], self.images)
+        return self._maps[key]
+
+    def current(self, label: str) -> tuple[np.ndarray, str]:
+        """Return (the (H, W) map the controls select for one model, its panel title)."""
+        c = {k: w.value for k, w in self.controls.items()}
+        maps = self.maps(label, c["method"])[c["image"]]
+        if c["method"] != "attention":
+            return maps.numpy(), f"{label}: {c['method']}"
+        layer, head = min(c["layer"], maps.shape[0] - 1), min(c["head"], maps.shape[1] - 1)
+        return maps[layer, head].numpy(), f"{label}: block {layer}, head {head}"
+
+    def _panel(self, label: str) -> go.Figure:
+        return attention_overlay_figure(self.images[self.controls["image"].value], self.current(label)[0],
+                                        opacity=self.opacity)
+
+    def update(self) -> None:
+        """Redraw the image and every model's map (in place)."""
+        i = self.controls["image"].value
+        attention = self.controls["method"].value == "attention"
+        self.controls["layer"].disabled = self.controls["head"].disabled = not attention
+        titles = ["image"]
+        with self.fig.batch_update():
+            for k, label in enumerate(self.models):
+                panel = self._panel(label)
+                if k == 0:
+                    self.fig.data[0].z = panel.data[0].z
+                self.fig.data[1 + 2 * k].z = panel.data[0].z
+                self.fig.data[2 + 2 * k].z = panel.data[1].z
+                titles.append(self.current(label)[1])
+            for annotation, title in zip(self.fig.layout.annotations, titles):
+                annotation.text = title
+        guesses = []
+        for label, p in self.probs.items():
+            top = int(p[i].argmax())
+            guesses.append(f"{label} predicts {self.class_names[top]} ({float(p[i, top]):.2f})")
+        self.set_status(" · ".join(guesses))
+
+
+class FilterExplorer(Explorer):
+    """First-layer filters of trained ViTs: pick a model, trained or initial weights, and raw
+    filters or their principal components.
+
+    Controls (in `.controls`): "model", "checkpoint" (trained / initial), "view" (filters /
+    principal components), "count" (tiles shown). `.fig` shows the tiles, `.variance_fig` the
+    cumulative explained variance of the filters' PCA; both FigureWidgets change in place.
+    """
+
+    def __init__(self, run_dirs, max_tiles: int = 64) -> None:
+        super().__init__()
+        self.run_dirs = run_labels(run_dirs)
+        self._filters: dict[tuple[str, str], np.ndarray] = {}
+        self.controls["model"] = widgets.Dropdown(options=list(self.run_dirs), description="model")
+        self.controls["checkpoint"] = widgets.ToggleButtons(options=list(CHECKPOINTS), value="trained",
+                                                            description="weights")
+        self.controls["view"] = widgets.ToggleButtons(options=list(FILTER_VIEWS), value="filters",
+                                                      description="view")
+        self.controls["count"] = widgets.IntSlider(value=min(32, max_tiles), min=1, max=max_tiles,
+                                                   description="tiles", continuous_update=False)
+        self.fig = go.FigureWidget()
+        self.variance_fig = go.FigureWidget()
+        c = self.controls
+        self.widget = widgets.VBox([widgets.HBox([c["model"], c["count"]]), c["checkpoint"], c["view"], self.status,
+                                    widgets.HBox([self.fig, self.variance_fig])])
+        self.update()
+        self.watch()
+
+    def filters(self, label: str, checkpoint: str) -> np.ndarray:
+        """Return the (d, C, k, k) first-layer filters of one run's trained or initial weights (loaded once)."""
+        from analysis.probes import first_layer_filters
+        from analysis.runs import load_model
+
+        if checkpoint not in CHECKPOINTS:
+            raise one_of("checkpoint", checkpoint, CHECKPOINTS)
+        key = (label, checkpoint)
+        if key not in self._filters:
+            model = load_model(self.run_dirs[label], initial=checkpoint == "initial")
+            self._filters[key] = first_layer_filters(model)
+        return self._filters[key]
+
+    def update(self) -> None:
+        """Redraw the tiles and the explained variance of the chosen model and weights (in place)."""
+        from analysis.probes import filter_pca
+
+        c = {k: w.value for k, w in self.controls.items()}
+        w = self.filters(c["model"], c["checkpoint"])
+        pca = filter_pca(w)
+        name = f"{c['model']} {c['checkpoint']}"
+        if c["view"] == "filters":
+            n = min(c["count"], len(w))
+            fig = tiles_figure(w[:n], title=f"{name}: {n} of {len(w)} filters")
+        else:
+            n = min(c["count"], len(pca.explained_variance_ratio))
+            fig = tiles_figure(pca.top(n), explained_variance=pca.explained_variance_ratio[:n],
+                               title=f"{name}: {n} principal components")
+        fig.update_layout(width=520, height=520)
+        sync_figure(self.fig, fig)
+        ratio = pca.explained_variance_ratio
+        curve = go.Figure(go.Scatter(x=np.arange(1, len(ratio) + 1), y=ratio.cumsum(), mode="lines+markers",
+                                     name=name))
+        curve.update_layout(template="plotly_white", title="cumulative explained variance", width=420, height=520,
+                            xaxis_title="components", yaxis=dict(title="explained variance", range=[0, 1.02]))
+        sync_figure(self.variance_fig, curve)
+        k = min(3, len(ratio))
+        self.set_status(f"{name}: {len(w)} filters of shape {tuple(w.shape[1:])}; the first {k} principal "
+                        f"components explain {100 * ratio[:k].sum():.1f}% of their variance")

@@ -1,0 +1,105 @@
+"""Every notebook runs top to bottom on a fresh kernel with tiny parameters, and is committed clean.
+
+The notebooks that need trained runs (01, 04, 05, 06) share one session-wide root: the first one
+trains the two tiny runs, the others reuse them (so do the explorer tests). 02 and 03 launch tiny
+sweeps through the local launcher.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from tests.fixtures_notebooks import REPO, execute_notebook
+from tests.fixtures_real import REAL_SPEC
+
+NOTEBOOKS = REPO / "notebooks"
+PLOTLY = "application/vnd.plotly.v1+json"
+WIDGET = "application/vnd.jupyter.widget-view+json"
+
+# The small training recipe of 01/04/05/06 shrunk to seconds: one epoch on 200 images.
+TINY_TRAIN = {"epochs": 1, "train_per_class": 20, "test_per_class": 10}
+
+# 02's sweep: the real small sweep's design (stems x optimizers, sampled lr and wd) at one run per
+# cell and one epoch on 100 images.
+SWEEP_SPEC = {**REAL_SPEC, "name": "nb_stability", "samples": 1,
+              "base": {**REAL_SPEC["base"], "data": {"train_per_class": 10, "test_per_class": 10},
+                       "train": {**REAL_SPEC["base"]["train"], "epochs": 1}}}
+
+# Per notebook: tiny parameters (the root is filled in by the test), and the least number of
+# plotly figures and of widgets (an explorer is one widget) its outputs must hold.
+CASES = {
+    "01_quickstart": (dict(TINY_TRAIN, n_images=3), 4, 0),
+    "02_stability_sweeps": ({"spec": SWEEP_SPEC, "cluster": "local", "poll": 2, "timeout": 600}, 2, 1),
+    "03_training_length_and_optimizers": (
+        {"epochs": [1, 2], "train_per_class": 10, "test_per_class": 10, "batch_size": 50, "cluster": "local",
+         "timeout": 600}, 2, 0),
+    "04_attention": (dict(TINY_TRAIN, n_images=2, distance_images=20), 4, 1),
+    "05_filters_and_embeddings": (dict(TINY_TRAIN, n_images=2, n_components=8), 9, 1),
+    "06_representations": (dict(TINY_TRAIN, n_images=2, cka_images=40, cka_batch=20, ig_steps=4), 5, 0),
+    "07_cluster": ({"spec": "jobs/fmnist_peak.yaml"}, 0, 0),
+}
+
+
+def tiny_runs(root: Path) -> dict[str, Path]:
+    """The two runs notebooks 01/04/05/06 train with TINY_TRAIN under `root` ({preset: run_dir}),
+    trained here when missing: the same overrides as the notebooks' training cell, so they are shared."""
+    from analysis.runs import ensure_trained
+
+    overrides = {"train.epochs": TINY_TRAIN["epochs"], "data.train_per_class": TINY_TRAIN["train_per_class"],
+                 "data.test_per_class": TINY_TRAIN["test_per_class"], "train.progress": "none"}
+    return ensure_trained(("vit_p_fmnist_tiny", "vit_c_fmnist_tiny"), root=root, overrides=overrides)
+
+
+def notebook_paths() -> list[Path]:
+    return sorted(NOTEBOOKS.glob("*.ipynb"))
+
+
+@pytest.fixture(scope="session")
+def notebook_root(tmp_path_factory) -> Path:
+    """One folder for the runs and sweeps of every notebook in the session (reused when complete)."""
+    root = tmp_path_factory.getbasetemp() / "notebook_runs"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+def mimes(nb) -> list[str]:
+    """Every output mime type of every code cell."""
+    return [m for c in nb.cells if c.cell_type == "code" for o in c.outputs for m in o.get("data", {})]
+
+
+def test_every_notebook_has_a_case():
+    names = [p.stem for p in notebook_paths()]
+    assert names == sorted(CASES), "add tiny parameters for each notebook to CASES"
+
+
+@pytest.mark.parametrize("path", notebook_paths(), ids=lambda p: p.stem)
+def test_notebook_is_clean_and_parametrized(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), "start with a title"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", []), "the first code cell must be tagged 'parameters'"
+    assert "root = " in code[0].source, "the parameters name a root folder"
+    for i, cell in enumerate(code):
+        assert cell.outputs == [] and cell.execution_count is None, f"code cell {i} holds outputs; clear them"
+    # every tiny parameter of the test names a real parameter of the notebook
+    params, _, _ = CASES[path.stem]
+    defined = {line.split("=")[0].strip() for line in code[0].source.splitlines() if "=" in line}
+    assert set(params) <= defined, f"unknown parameters {set(params) - defined}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", notebook_paths(), ids=lambda p: p.stem)
+def test_notebook_runs(path, notebook_root, notebook_kernel, tmp_path):
+    params, min_plots, min_widgets = CASES[path.stem]
+    params = dict(params, root=str(notebook_root))
+    nb = execute_notebook(path, params, cwd=tmp_path)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert errors == []
+    found = mimes(nb)
+    assert found.count(PLOTLY) >= min_plots, json.dumps(found)
+    assert found.count(WIDGET) >= min_widgets, json.dumps(found)
