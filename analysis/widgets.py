@@ -359,7 +359,8 @@ class AttentionExplorer(Explorer):
             for trace in (first if i == 0 else self._panel(label)).data:
                 self.fig.add_trace(trace, row=1, col=i + 2)
         _square_pixels(self.fig)
-        self.fig.update_layout(template="plotly_white", height=340, margin=dict(l=10, r=10, t=60, b=10))
+        self.fig.update_traces(showscale=False, selector=dict(type="heatmap"))  # each map has its own range: one colour bar would mislead
+        self.fig.update_layout(template="plotly_white", height=360, margin=dict(l=10, r=10, t=80, b=10))
         c = self.controls
         self.widget = widgets.VBox([widgets.HBox([c["image"], c["method"]]), widgets.HBox([c["layer"], c["head"]]),
                                     self.status, self.fig])
@@ -384,9 +385,9 @@ class AttentionExplorer(Explorer):
         c = {k: w.value for k, w in self.controls.items()}
         maps = self.maps(label, c["method"])[c["image"]]
         if c["method"] != "attention":
-            return maps.numpy(), f"{label}: {c['method']}"
+            return maps.numpy(), f"{label}<br>{c['method']}"
         layer, head = min(c["layer"], maps.shape[0] - 1), min(c["head"], maps.shape[1] - 1)
-        return maps[layer, head].numpy(), f"{label}: block {layer}, head {head}"
+        return maps[layer, head].numpy(), f"{label}<br>block {layer}, head {head}"
 
     def _panel(self, label: str) -> go.Figure:
         return attention_overlay_figure(self.images[self.controls["image"].value], self.current(label)[0],

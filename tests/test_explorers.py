@@ -47,7 +47,7 @@ def test_attention_layer_head_and_method_change_the_maps(attention, runs):
     ex.controls["head"].value = 0
     last = z(ex.fig.data[2]).copy()
     # ViT_P has 5 blocks, ViT_C 4: the slider's last block is ViT_C's last as well
-    assert ex.fig.layout.annotations[2].text.endswith("block 3, head 0")
+    assert ex.fig.layout.annotations[2].text.endswith("<br>block 3, head 0")
     ex.controls["layer"].value = 0
     first = z(ex.fig.data[2])
     assert not np.allclose(first, last)
@@ -55,7 +55,7 @@ def test_attention_layer_head_and_method_change_the_maps(attention, runs):
     np.testing.assert_allclose(first, expected, rtol=1e-6)
     ex.controls["head"].value = 1
     assert not np.allclose(z(ex.fig.data[2]), first)
-    assert ex.fig.layout.annotations[1].text == "ViT_P-fmnist_tiny: block 0, head 1"
+    assert ex.fig.layout.annotations[1].text == "ViT_P-fmnist_tiny<br>block 0, head 1"
 
 
 def test_attention_rollouts_match_the_probes(attention, runs):
