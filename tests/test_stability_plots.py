@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures_sweep import sweep, sweep_frame  # noqa: F401  (pytest fixtures)
+from tests.fixtures_sweep import sweep, sweep_frame  # noqa: F401  (pytest fixtures)
 
 from analysis.errors import ConfigError
 from analysis.plots import (
@@ -319,3 +319,26 @@ def test_curves_partial_and_bad_runs(sweep, tmp_path):
         curves_figure([tmp_path / "missing"])
     with pytest.raises(ConfigError, match="unknown metric 'accuracy'"):
         curves_figure([run], metrics=["accuracy"])
+
+
+# ---------------------------------------------------------------- a real collected sweep
+
+
+@pytest.mark.slow
+def test_every_builder_on_the_real_sweep(real_frame):
+    df = real_frame
+    n_counted = int((df.error.notna() | df.diverged).sum())
+    assert n_counted > 0
+    fig = edf_figure(df, bootstrap="band")
+    assert sum(int(LABEL.match(t.name)["n"]) for t in traces(fig, "edf")) == n_counted
+    assert all(b.meta["percentiles"][0] <= b.meta["percentiles"][2] for b in traces(fig, "bootstrap"))
+    assert summary_table(df)["n"].sum() == n_counted
+    assert all(min(t.x) == 0 for t in traces(edf_figure(df, relative=True), "edf"))
+    sens = sensitivity_figure(df)
+    assert sum(len(t.x) for t in sens.data) == n_counted
+    assert len(traces(epochs_figure(df), "epochs")) == summary_table(df).query("n > 0").shape[0]
+    curves = curves_figure(df, metrics=["train_loss", "lr"])
+    for row in df.itertuples():
+        (loss,) = [t for t in curves.data if t.meta == {"kind": "train_loss", "group": row.run}]
+        assert len(loss.x) == row.epochs_done
+        assert np.allclose(loss.y, read_metrics(row.run_dir)["train_loss"], equal_nan=True)

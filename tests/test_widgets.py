@@ -5,7 +5,7 @@ import re
 import numpy as np
 import plotly.graph_objects as go
 import pytest
-from fixtures_sweep import sweep, sweep_frame  # noqa: F401  (pytest fixtures)
+from tests.fixtures_sweep import sweep, sweep_frame  # noqa: F401  (pytest fixtures)
 
 from analysis.errors import ConfigError
 from analysis.widgets import (
@@ -140,3 +140,16 @@ def test_control_factories_and_filter(sweep):
     assert len(picked) and set(picked.optimizer) == {"sgd"} and picked.lr.between(0.5, 1.0).all()
     with pytest.raises(ConfigError, match="missing column 'nope'"):
         filter_frame(sweep, {"nope": [1]})
+
+
+@pytest.mark.slow
+def test_explorer_on_the_real_sweep(real_frame):
+    df = real_frame
+    explorer = SensitivityExplorer(df)
+    counted = df[df.error.notna() | df.diverged]
+    assert sum(legend_n(explorer.edf_fig).values()) == len(counted)
+    explorer.controls["optimizer"].value = ("sgd",)
+    expected = counted[counted.optimizer == "sgd"].groupby(["model", "optimizer"]).size()
+    assert legend_n(explorer.edf_fig) == {f"{m} {o}": n for (m, o), n in expected.items()}
+    xs = np.concatenate([np.asarray(t.x, dtype=float) for t in explorer.scatter_fig.data])
+    assert sorted(xs) == pytest.approx(sorted(counted[counted.optimizer == "sgd"].lr))
