@@ -168,14 +168,16 @@ class SensitivityExplorer(Explorer):
     Figures: `.edf_fig` (EDF per `by` group) and `.scatter_fig` (error over lr x wd, one panel
     per `panel` value and `row` value), both FigureWidgets updated in place. `.filtered()`
     gives the runs currently shown. Colours, dashes, the panel grid and the colour scale come
-    from the full frame so they stay put while filtering.
+    from the full frame so they stay put while filtering. `width` sets both figures' width in
+    pixels (None: plotly's default).
     """
 
     SELECTS = ("stem", "model", "optimizer", "epochs", "preset")
 
     def __init__(self, df: pd.DataFrame, by: str | Sequence[str] = DEFAULT_BY, panel: str = "stem",
-                 row: str | None = "optimizer") -> None:
+                 row: str | None = "optimizer", width: int | None = 860) -> None:
         super().__init__()
+        self.width = width
         self.by = as_columns(by)
         self.panel, self.row = panel, row
         check_frame(df, [*self.by, panel, "lr", "wd", "error"] + ([row] if row else []))
@@ -221,8 +223,9 @@ class SensitivityExplorer(Explorer):
         return [fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax]
 
     def _scatter(self, df: pd.DataFrame, relative: bool = False) -> go.Figure:
-        return sensitivity_figure(df, panel=self.panel, row=self.row, relative=relative, panels=self.panels,
-                                  rows=self.rows, color_range=self.color_ranges[relative])
+        fig = sensitivity_figure(df, panel=self.panel, row=self.row, relative=relative, panels=self.panels,
+                                 rows=self.rows, color_range=self.color_ranges[relative])
+        return fig.update_layout(width=self.width)
 
     def selections(self) -> dict[str, tuple]:
         """Return {column: selected values} of the multi-selects."""
@@ -248,8 +251,9 @@ class SensitivityExplorer(Explorer):
             self.set_status(f"no runs selected (of {len(self.df)})")
             return
         try:
-            sync_figure(self.edf_fig, edf_figure(df, by=self.by, relative=relative, bootstrap=bootstrap,
-                                                 colors=self.colors, dashes=self.dashes))
+            edf = edf_figure(df, by=self.by, relative=relative, bootstrap=bootstrap,
+                             colors=self.colors, dashes=self.dashes)
+            sync_figure(self.edf_fig, edf.update_layout(width=self.width))
         except ConfigError as err:
             clear_figure(self.edf_fig, keep_traces=False)
             self.set_status(f"{len(df)} runs selected: {err}")

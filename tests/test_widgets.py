@@ -41,6 +41,7 @@ def test_explorer_starts_with_every_run(explorer, sweep):
     assert sum(len(t.x) for t in runs) == (sweep.error.notna() & ~sweep.diverged).sum()
     assert isinstance(explorer.edf_fig, go.FigureWidget) and isinstance(explorer.scatter_fig, go.FigureWidget)
     assert explorer.edf_fig in explorer.widget.children and explorer.scatter_fig in explorer.widget.children
+    assert explorer.edf_fig.layout.width == explorer.scatter_fig.layout.width == 860
 
 
 def test_lr_slider_narrows_both_figures_in_place(explorer, sweep):

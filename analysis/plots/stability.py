@@ -254,7 +254,7 @@ def edf_figure(
                 mode="markers+text" if n_div else "markers",
                 marker=dict(symbol="triangle-right", size=11, color=color, line=dict(color=DIVERGED_COLOR, width=1)),
                 text=[f"{n_div} div"] if n_div else [],
-                textposition="middle left",
+                textposition="top left",
                 textfont=dict(color=color),
                 showlegend=False,
                 legendgroup=label,
@@ -293,7 +293,9 @@ def edf_figure(
         title=title,
         xaxis=dict(title="error - best error (%)" if relative else "top-1 error (%)", range=x_range),
         yaxis=dict(title="cumulative prob.", range=[y_low, 1.02]),
-        legend=dict(font=dict(family="monospace")),
+        legend=dict(font=dict(family="monospace"), orientation="h", x=0, xanchor="left", y=-0.2, yanchor="top"),
+        margin=dict(b=60 + 22 * len(parts)),
+        height=380 + 22 * len(parts),
     )
     return fig
 
