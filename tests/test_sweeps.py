@@ -340,3 +340,24 @@ def test_collect_sweep_reports_missing_run_dirs(tmp_path):
     assert set(status["state"]) == {"NOT_LAUNCHED"}
     html = status._repr_html_()
     assert "<table>" in html and "NOT_LAUNCHED" in html
+
+
+def test_slurm_options_reach_the_sbatch_script(tmp_path):
+    """Launch options from the spec and the call become sbatch options (no cluster needed)."""
+    import submitit
+
+    spec = {**lrwd_spec(samples=1), "launch": {"partition": "gpu", "account": "vision", "qos": "high",
+                                               "gpus_per_node": 8, "mem_gb": 400, "timeout_min": 600}}
+    sweep = Sweep.from_dict(spec, root=tmp_path)
+    opts = sweep.launch_options(constraint="volta32gb", additional={"exclude": "node[1-2]"}, parallel=16,
+                                cpus_per_task=10)
+    executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="slurm")
+    executor.update_parameters(**sweep._executor_params(opts, "slurm"))
+    script = executor._executor._make_submission_file_text("python -m x", "uid")
+    for line in ("--partition=gpu", "--account=vision", "--qos=high", "--constraint=volta32gb",
+                 "--gpus-per-node=8", "--ntasks-per-node=8", "--cpus-per-task=10", "--mem=400GB",
+                 "--time=600", "--exclude='node[1-2]'", "--signal=USR2@120"):
+        assert f"#SBATCH {line}" in script, line
+    assert executor._executor.parameters["array_parallelism"] == 16
+    with pytest.raises(ConfigError, match="gpus_per_node"):
+        sweep.launch_options(gpus_per_node="eight")
