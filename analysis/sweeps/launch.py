@@ -274,13 +274,13 @@ class Sweep:
         return status_frame(self)
 
     def wait(self, timeout: float | None = None, poll: float = 5.0, runs: list[str] | None = None):
-        """Block until no run (of `runs`, default all launched runs) is PENDING or RUNNING; return the
-        final status. Raises TimeoutError naming the unfinished runs after `timeout` seconds."""
+        """Block until no run (of `runs`, default all) is PENDING or RUNNING (or UNKNOWN while sacct
+        fails); return the final status. Raises TimeoutError naming the unfinished runs after `timeout` seconds."""
         start = time.monotonic()
         while True:
             status = self.status()
             sel = status if runs is None else status[status["run"].isin(runs)]
-            active = sel[sel["state"].isin(["PENDING", "RUNNING"])]
+            active = sel[sel["state"].isin(["PENDING", "RUNNING", "UNKNOWN"])]  # UNKNOWN: sacct failed
             if active.empty:
                 return status
             if timeout is not None and time.monotonic() - start > timeout:
@@ -294,10 +294,11 @@ class Sweep:
         import os
         import signal
 
+        from analysis.sweeps.status import RUNNING, WAITING
+
         status = self.status()
         sel = status if runs is None else status[status["run"].isin(runs)]
-        job_ids = sorted({j for j, s in zip(sel["job_id"], sel["job_state"])
-                          if j and s in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "SUSPENDED")})
+        job_ids = sorted({j for j, s in zip(sel["job_id"], sel["job_state"]) if j and s in WAITING + RUNNING})
         if not job_ids:
             return []
         launches = self.launches
@@ -325,12 +326,12 @@ class Sweep:
                  code: str | Path | None = None, **options) -> list[str]:
         """Relaunch the runs that failed, were cancelled, timed out or never started, unless they were
         launched max_retries + 1 times already (warning naming them); return the new job ids."""
-        from analysis.sweeps.status import RETRYABLE
+        from analysis.sweeps.status import KEEP
 
         opts = self.launch_options(**options)
         cap = max_retries if max_retries is not None else opts.get("max_retries", 3)
         status = self.status()
-        retry = status[status["state"].isin(RETRYABLE)]
+        retry = status[~status["state"].isin(KEEP)]
         over = retry[retry["attempts"] > cap]
         if len(over):
             warnings.warn(f"not resubmitted (launched {cap + 1} times already): {', '.join(over['run'])}",

@@ -14,10 +14,13 @@ import pandas as pd
 from analysis import rundir
 from analysis.sweeps.job import read_job_file
 
-ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED", "CONFIGURING",
-          "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "STOPPED", "PREEMPTED")
-RETRYABLE = ("NOT_LAUNCHED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-             "DEADLINE", "LOST")
+# Scheduler states of a job that will still run (or runs): its runs read PENDING or RUNNING.
+WAITING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED", "STOPPED",
+           "RESV_DEL_HOLD")
+RUNNING = ("RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING")
+# Run states that resubmit() does not touch; every other state (FAILED, CANCELLED, TIMEOUT,
+# NOT_LAUNCHED, PREEMPTED, OUT_OF_MEMORY, NODE_FAIL, ...) is an ended, unfinished run.
+KEEP = ("COMPLETED", "PENDING", "RUNNING", "UNKNOWN")
 COLORS = {"COMPLETED": "#c8e6c9", "RUNNING": "#bbdefb", "PENDING": "#eeeeee", "FAILED": "#ffcdd2",
           "CANCELLED": "#ffe0b2", "TIMEOUT": "#ffe0b2", "NOT_LAUNCHED": "#ffffff", "DIVERGED": "#f8bbd0"}
 
@@ -122,9 +125,9 @@ def run_state(job_state: str | None, result: dict | None, started_by_job: bool) 
         return "COMPLETED"
     if job_state is None:
         return "NOT_LAUNCHED"
-    if job_state == "RUNNING":
+    if job_state in RUNNING:
         return "RUNNING" if started_by_job else "PENDING"
-    if job_state in ("REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED", "CONFIGURING"):
+    if job_state in WAITING:
         return "PENDING"
     if job_state == "COMPLETED":  # the job ended, this run did not: it failed inside
         return "FAILED"
@@ -152,7 +155,7 @@ def status_frame(sweep) -> "StatusFrame":
                "progress": len(metrics) / cfg.train.epochs, "test_err": last.get("test_top1_err"),
                "train_loss": last.get("train_loss"), "elapsed_s": last.get("elapsed"),
                "reason": (result or {}).get("reason"), "log_tail": ""}
-        if state in RETRYABLE and state != "NOT_LAUNCHED":
+        if state not in KEEP and state != "NOT_LAUNCHED":
             row["log_tail"] = tail(d / rundir.LOG, 5) or job_log_tail(sweep, job_id)
             if result and result.get("status") == "failed" and job_id:
                 row["log_tail"] = "\n".join(x for x in (row["log_tail"], job_log_tail(sweep, job_id, 4)) if x)
