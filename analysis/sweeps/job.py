@@ -130,6 +130,16 @@ def plan(run_dirs: list[str], batch_runs: int, batched=None) -> list[list[str]]:
     return sorted(chunks, key=lambda c: todo.index(c[0]))
 
 
+def _threads_from_allocation() -> None:
+    """Under SLURM, use as many torch threads as CPUs were allocated per task (runs whose config
+    sets train.threads override this); more threads than CPUs slow CPU training down badly."""
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if cpus and cpus.isdigit():
+        import torch
+
+        torch.set_num_threads(int(cpus))
+
+
 def _mark(run_dir: str, env, rank: int) -> None:
     if rank == 0:
         rundir.write_json(Path(run_dir) / JOB_FILE, {
@@ -142,6 +152,7 @@ def run_group(run_dirs: list[str], batch_runs: int = 1) -> dict[str, str]:
 
     Raises RunsFailed when any run failed (after trying all of them)."""
     env = job_env()
+    _threads_from_allocation()
     rank = init_distributed(env)
     batched = batched_module() if batch_runs > 1 else None
     statuses: dict[str, str] = {}
