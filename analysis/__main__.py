@@ -41,6 +41,13 @@ def _presets(args) -> None:
     print(pd.DataFrame(rows).to_string(index=False))
 
 
+def _report(args) -> None:
+    from analysis.report import write_report
+
+    out = write_report(args.sweep_dir, args.out, probes=not args.no_probes, png_dir=args.png)
+    print(f"report: {out}")
+
+
 def _demo(args) -> None:
     from analysis.demo import main
 
@@ -115,11 +122,23 @@ def parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=_presets)
 
     d = sub.add_parser("demo", help="the main job: ViT_P vs ViT_C on Fashion-MNIST",
-                       description="Train the small ViT_P and ViT_C on Fashion-MNIST and compare them.")
-    d.add_argument("--out", default="runs/demo", help="where the runs go (default runs/demo)")
-    d.add_argument("--epochs", type=int, default=None, help="schedule length (default: the demo's)")
+                       description="ViT_P vs ViT_C on Fashion-MNIST over sampled lr and wd with AdamW and "
+                                   "SGD: launch the sweep, collect it, write the report, print the headline.")
+    d.add_argument("--root", default="sweeps", help="folder the sweep goes in (default sweeps)")
+    d.add_argument("--cluster", default="local", choices=["local", "slurm", "auto"],
+                   help="where the runs go (default local processes)")
+    d.add_argument("--parallel", type=int, default=None, help="processes (local) or array tasks at once")
     d.add_argument("--full", action="store_true", help="the longer, more faithful setting")
     d.set_defaults(func=_demo)
+
+    r = sub.add_parser("report", help="write a sweep's HTML report",
+                       description="Collect a sweep and write one offline HTML report: summary, EDFs, "
+                                   "stability plots, curves, attention and filters of the best runs.")
+    r.add_argument("sweep_dir", help="the sweep folder (e.g. sweeps/fmnist_demo)")
+    r.add_argument("--out", help="the HTML file (default SWEEP_DIR/report.html)")
+    r.add_argument("--png", metavar="DIR", help="also export every figure as PNG into DIR (needs Chromium)")
+    r.add_argument("--no-probes", action="store_true", help="leave out attention maps and filters")
+    r.set_defaults(func=_report)
 
     sw = sub.add_parser("sweep", help="launch, watch and collect sweeps (jobs/*.yaml)",
                         description="Sweeps: launch a spec (jobs/*.yaml) as one job array (SLURM where a "
