@@ -34,7 +34,7 @@ from torch.func import functional_call, vmap
 
 from analysis import data as D
 from analysis import rundir
-from analysis.config import RunConfig, load
+from analysis.config import RunConfig
 from analysis.errors import ConfigError
 from analysis.models import set_fused_attn
 from analysis.train import (CHECK_EVERY, Stopped, autocast, build_model, choose_precision, lr_factor,
@@ -94,31 +94,11 @@ class Member:
 
     def prepare(self) -> RunConfig:
         """Create the run dir, or check that an existing one holds the same config; return the saved config."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        path = self.out / rundir.CONFIG
-        if not path.is_file():
-            return self.cfg
-        old = load(path)
-        a, b = old.flat(), self.cfg.flat()
-        a.pop("train.precision"), b.pop("train.precision")
-        if a != b:
-            diff = sorted(k for k in a if a[k] != b[k])
-            raise ConfigError(f"{self.out} holds a run with another config (differs in {', '.join(diff)}); "
-                              "use a new out folder or delete that one")
-        return old
+        return rundir.prepare(self.out, self.cfg)
 
     def finish(self, cx: dict) -> dict:
         """Write and return the completed result (the engine's record)."""
-        rows = rundir.read_metrics(self.out)
-        last = rows[-1]
-        train_s = sum(r["seconds"] for r in rows)
-        images = sum(r["images_per_s"] * r["seconds"] for r in rows)
-        self.result = {"status": "completed", "reason": None, "epoch": last["epoch"], "step": last["step"],
-                       "top1_err": last["test_top1_err"], "top5_err": last["test_top5_err"],
-                       "best_top1_err": min(r["test_top1_err"] for r in rows),
-                       "ema_top1_err": last["ema_top1_err"],
-                       "params": cx["params"], "flops": cx["flops"], "acts": cx["acts"],
-                       "seconds": time.time() - self.run_start, "images_per_s": images / max(train_s, 1e-9)}
+        self.result = rundir.completed_result(rundir.read_metrics(self.out), cx, time.time() - self.run_start)
         rundir.write_json(self.out / rundir.RESULT, self.result)
         self.log(f"done: test err {self.result['top1_err']:.2f}% (best {self.result['best_top1_err']:.2f}%) "
                  f"in {self.result['seconds']:.0f}s")
@@ -126,12 +106,8 @@ class Member:
 
     def diverged(self, epoch: int, bad_step: int, cx: dict) -> dict:
         """Write and return the diverged result (the engine's record)."""
-        reason = f"non-finite loss at epoch {epoch + 1}, step {bad_step}"
-        self.log(f"diverged: {reason}")
-        self.result = {"status": "diverged", "reason": reason, "epoch": epoch + 1, "step": bad_step,
-                       "top1_err": 100.0, "top5_err": 100.0, "best_top1_err": 100.0, "ema_top1_err": 100.0,
-                       "params": cx["params"], "flops": cx["flops"], "acts": cx["acts"],
-                       "seconds": time.time() - self.run_start, "images_per_s": None}
+        self.result = rundir.diverged_result(epoch, bad_step, cx, time.time() - self.run_start)
+        self.log(f"diverged: {self.result['reason']}")
         rundir.write_json(self.out / rundir.RESULT, self.result)
         return self.result
 

@@ -131,6 +131,47 @@ def is_complete(run_dir: str | Path) -> bool:
     return bool(result) and result.get("status") in ("completed", "diverged")
 
 
+def prepare(run_dir: str | Path, cfg):
+    """Create the run directory, or check that the config it already holds matches `cfg` (all but the
+    resolved train.precision); return the config to resume with (the stored one, else `cfg`)."""
+    from analysis.config import load
+    from analysis.errors import ConfigError
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / CONFIG
+    if not path.is_file():
+        return cfg
+    old = load(path)
+    a, b = old.flat(), cfg.flat()
+    a.pop("train.precision"), b.pop("train.precision")
+    if a != b:
+        diff = sorted(k for k in a if a[k] != b[k])
+        raise ConfigError(f"{run_dir} holds a run with another config (differs in {', '.join(diff)}); "
+                          "use another run directory or delete that one")
+    return old
+
+
+def completed_result(rows: list[dict], cx: dict, seconds: float) -> dict:
+    """The result record of a run that finished its schedule, from its metrics rows."""
+    last = rows[-1]
+    train_s = sum(r["seconds"] for r in rows)
+    images = sum(r["images_per_s"] * r["seconds"] for r in rows)
+    return {"status": "completed", "reason": None, "epoch": last["epoch"], "step": last["step"],
+            "top1_err": last["test_top1_err"], "top5_err": last["test_top5_err"],
+            "best_top1_err": min(r["test_top1_err"] for r in rows), "ema_top1_err": last["ema_top1_err"],
+            "params": cx["params"], "flops": cx["flops"], "acts": cx["acts"],
+            "seconds": seconds, "images_per_s": images / max(train_s, 1e-9)}
+
+
+def diverged_result(epoch: int, step: int, cx: dict, seconds: float) -> dict:
+    """The result record of a run whose loss went non-finite at `step` of (0-based) `epoch`."""
+    return {"status": "diverged", "reason": f"non-finite loss at epoch {epoch + 1}, step {step}",
+            "epoch": epoch + 1, "step": step, "top1_err": 100.0, "top5_err": 100.0, "best_top1_err": 100.0,
+            "ema_top1_err": 100.0, "params": cx["params"], "flops": cx["flops"], "acts": cx["acts"],
+            "seconds": seconds, "images_per_s": None}
+
+
 def log_line(run_dir: str | Path, text: str) -> None:
     with open(Path(run_dir) / LOG, "a") as f:
         f.write(text.rstrip("\n") + "\n")

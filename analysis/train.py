@@ -306,25 +306,8 @@ class Trainer:
             return "bar" if sys.stderr.isatty() else "lines"
         return mode if self.dist.main else "none"
 
-    def _prepare_dir(self) -> RunConfig:
-        """Create the run dir or check that an existing one holds the same config."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        path = self.out / rundir.CONFIG
-        if path.is_file():
-            from analysis.config import load
-
-            old = load(path)
-            a, b = old.flat(), self.cfg.flat()
-            a.pop("train.precision"), b.pop("train.precision")
-            if a != b:
-                diff = sorted(k for k in a if a[k] != b[k])
-                raise ConfigError(f"{self.out} holds a run with another config (differs in {', '.join(diff)}); "
-                                  "use a new --out or delete that folder")
-            return old
-        return self.cfg
-
     def run(self) -> dict:
-        saved_cfg = self._prepare_dir()
+        saved_cfg = rundir.prepare(self.out, self.cfg)
         existing = rundir.read_result(self.out)
         if existing and existing.get("status") in ("completed", "diverged"):
             return existing
@@ -546,31 +529,16 @@ class Trainer:
         return self._finish(run_start)
 
     def _diverged(self, epoch: int, bad_step: int, run_start: float) -> dict:
-        reason = f"non-finite loss at epoch {epoch + 1}, step {bad_step}"
-        self.log(f"diverged: {reason}")
-        cx = self.cx
-        result = {"status": "diverged", "reason": reason, "epoch": epoch + 1, "step": bad_step,
-                  "top1_err": 100.0, "top5_err": 100.0, "best_top1_err": 100.0, "ema_top1_err": 100.0,
-                  "params": cx["params"], "flops": cx["flops"], "acts": cx["acts"],
-                  "seconds": time.time() - run_start, "images_per_s": None}
+        result = rundir.diverged_result(epoch, bad_step, self.cx, time.time() - run_start)
+        self.log(f"diverged: {result['reason']}")
         if self.dist.main:
             rundir.write_json(self.out / rundir.RESULT, result)
         self.dist.barrier()
         return result
 
     def _finish(self, run_start: float) -> dict:
-        rows = rundir.read_metrics(self.out) if self.dist.main else []
-        rows = self.dist.broadcast(rows)
-        last, cx = rows[-1], self.cx
-        train_s = sum(r["seconds"] for r in rows)
-        images = sum(r["images_per_s"] * r["seconds"] for r in rows)
-        result = {"status": "completed", "reason": None, "epoch": last["epoch"], "step": last["step"],
-                  "top1_err": last["test_top1_err"], "top5_err": last["test_top5_err"],
-                  "best_top1_err": min(r["test_top1_err"] for r in rows),
-                  "ema_top1_err": last["ema_top1_err"],
-                  "params": cx["params"], "flops": cx["flops"], "acts": cx["acts"],
-                  "seconds": time.time() - run_start, "images_per_s": images / max(train_s, 1e-9),
-                  "processes": self.dist.world}
+        rows = self.dist.broadcast(rundir.read_metrics(self.out) if self.dist.main else [])
+        result = {**rundir.completed_result(rows, self.cx, time.time() - run_start), "processes": self.dist.world}
         if self.dist.main:
             rundir.write_json(self.out / rundir.RESULT, result)
         self.log(f"done: test err {result['top1_err']:.2f}% (best {result['best_top1_err']:.2f}%) "

@@ -108,8 +108,14 @@ def test_all_job_specs_validate():
     assert sizes["imagenet_lrwd_stability"] == 6 * 2 * 64
     assert sizes["fmnist_demo"] == 2 * 2 * 6
     demo = Spec.from_yaml(REPO / "jobs" / "fmnist_demo.yaml").runs()
-    for r in demo:  # the paper's batch-2048 lr ranges, scaled to the run's batch by the engine
+    for r in demo:  # small-data lrs are stated for the run's own batch: no rescaling
         cfg = r["cfg"]
+        assert cfg.optim.ref_batch == cfg.train.batch_size
+        assert cfg.effective_lr() == pytest.approx(cfg.optim.lr)
+        if cfg.optim.name == "adamw":
+            assert 2.5e-4 <= cfg.optim.lr <= 8e-3 and 0.02 <= cfg.optim.weight_decay <= 0.8
+    for r in Spec.from_yaml(REPO / "jobs" / "imagenet_lrwd_stability.yaml").runs():
+        cfg = r["cfg"]  # the paper's batch-2048 lr ranges, scaled to the run's batch by the engine
         assert cfg.optim.ref_batch == 2048
         assert cfg.effective_lr() == pytest.approx(cfg.optim.lr * cfg.train.batch_size / 2048)
     imagenet = Spec.from_yaml(REPO / "jobs" / "imagenet_peak.yaml").runs()
