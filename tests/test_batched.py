@@ -10,6 +10,7 @@ from analysis import config, rundir
 from analysis.batched import train_group
 from analysis.errors import ConfigError
 from analysis.train import Stopped, Trainer, build_model, train
+from tests.test_train import tiny_cfg
 
 warnings.filterwarnings("ignore", message=".*batching rule.*")
 
@@ -18,14 +19,6 @@ warnings.filterwarnings("ignore", message=".*batching rule.*")
 # 0.5 points each) to a point or two.
 LOSS_REL = 2e-3
 ERR_POINTS = 2.0
-
-
-def tiny_cfg(**overrides) -> config.RunConfig:
-    base = {"model.preset": "vit_c_fmnist_tiny", "data.train_per_class": 40, "data.test_per_class": 20,
-            "train.batch_size": 50, "train.epochs": 2, "train.precision": "fp32", "train.progress": "none",
-            "train.checkpoint_minutes": 0, "optim.ref_batch": 50, "optim.lr": 1e-3}
-    base.update(overrides)
-    return config.RunConfig().replace(base)
 
 
 VARIANTS = [{"optim.lr": 1e-3, "optim.weight_decay": 0.05, "train.seed": 0},
