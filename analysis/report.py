@@ -39,15 +39,12 @@ def headline(df: pd.DataFrame, within: float = 4.0) -> pd.DataFrame:
     return table[[c for c in keep if c in table]]
 
 
-def _probe_figures(run_dir: str, label: str) -> list[tuple[str, go.Figure]]:
-    """Filters, filter principal components and attention rollout of one trained run."""
+def _probe_figures(label: str, model, cfg) -> list[tuple[str, go.Figure]]:
+    """Filters, filter principal components and attention rollout of one trained ViT."""
     from analysis.plots.maps import attribution_figure, tiles_figure
     from analysis.probes import filter_pca, first_layer_filters, gradient_rollout, rollout_maps
-    from analysis.runs import load_config, load_model, sample_images
+    from analysis.runs import sample_images
 
-    model = load_model(run_dir, fused_attn=False)
-    if getattr(model, "family", "vit") != "vit":
-        return []
     figs = []
     w = first_layer_filters(model)
     figs.append((f"{label}: first-layer filters ({w.shape[-1]}x{w.shape[-1]})",
@@ -57,7 +54,7 @@ def _probe_figures(run_dir: str, label: str) -> list[tuple[str, go.Figure]]:
     figs.append((f"{label}: principal components of the first-layer filters",
                  tiles_figure(pca.top(k), explained_variance=pca.explained_variance_ratio[:k],
                               title=f"{label} filter principal components")))
-    images, _, raw = sample_images(load_config(run_dir), n=PROBE_IMAGES)
+    images, _, raw = sample_images(cfg, n=PROBE_IMAGES)
     maps = {"rollout": rollout_maps(model, images), "gradient rollout": gradient_rollout(model, images)}
     figs.append((f"{label}: attention rollout on test images",
                  attribution_figure(raw, maps, max_images=PROBE_IMAGES, signed=False,
@@ -65,19 +62,26 @@ def _probe_figures(run_dir: str, label: str) -> list[tuple[str, go.Figure]]:
     return figs
 
 
-def _distance_figure(runs: pd.DataFrame) -> go.Figure | None:
+def _best_vits(best: pd.DataFrame) -> dict:
+    """{model label: (trained model, its config)} for the ViTs among the best runs, each loaded once."""
+    from analysis.runs import load_config, load_model
+
+    out = {}
+    for _, row in best.iterrows():
+        model = load_model(row["run_dir"])
+        if getattr(model, "family", "vit") == "vit":
+            out[row["model"]] = (model, load_config(row["run_dir"]))
+    return out
+
+
+def _distance_figure(vits: dict) -> go.Figure:
     from analysis.plots.maps import distance_figure
     from analysis.probes import attention_distance
-    from analysis.runs import load_config, load_model, sample_images
+    from analysis.runs import sample_images
 
-    frames = {}
-    for _, row in runs.iterrows():
-        model = load_model(row["run_dir"], fused_attn=False)
-        if getattr(model, "family", "vit") != "vit":
-            continue
-        images, _, _ = sample_images(load_config(row["run_dir"]), n=64, one_per_class=False)
-        frames[row["model"]] = attention_distance(model, [images])
-    return distance_figure(frames, title="Mean attention distance per head (pixels)") if frames else None
+    frames = {label: attention_distance(model, [sample_images(cfg, n=64, one_per_class=False)[0]])
+              for label, (model, cfg) in vits.items()}
+    return distance_figure(frames, title="Mean attention distance per head (pixels)")
 
 
 def figures(df: pd.DataFrame, probes: bool = True) -> list[tuple[str, go.Figure]]:
@@ -98,12 +102,11 @@ def figures(df: pd.DataFrame, probes: bool = True) -> list[tuple[str, go.Figure]
     if not best.empty:
         out.append(("Training curves of each model's best run",
                     curves_figure(best, labels=list(best["model"] + " " + best["optimizer"]))))
-        if probes:
-            dist = _distance_figure(best.drop_duplicates("model"))
-            if dist is not None:
-                out.append(("Mean attention distance", dist))
-            for _, row in best.drop_duplicates("model").iterrows():
-                out += _probe_figures(row["run_dir"], row["model"])
+        vits = _best_vits(best) if probes else {}  # best_runs gives one run per model
+        if vits:
+            out.append(("Mean attention distance", _distance_figure(vits)))
+        for label, (model, cfg) in vits.items():
+            out += _probe_figures(label, model, cfg)
     return out
 
 
