@@ -1,15 +1,21 @@
 """The run directory: the only contract between training jobs and analyses (see README).
 
 Writes are crash-safe: JSON and checkpoints go to a temp file, are fsynced and renamed over the
-target; the metrics log is append-only with one fsynced line per epoch.
+target; the metrics log is append-only with one fsynced line per epoch. Every file follows the
+user's umask. While a run trains, its trainer holds an exclusive lock on `train.lock` in the run
+folder (released by the kernel when the process dies), so two trainers never write one folder.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import math
 import os
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +26,20 @@ METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
 LOG = "log.txt"
+LOCK = "train.lock"
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (Linux), else by setting and restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -39,6 +59,7 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; follow the umask like open() does
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -175,3 +196,75 @@ def diverged_result(epoch: int, step: int, cx: dict, seconds: float) -> dict:
 def log_line(run_dir: str | Path, text: str) -> None:
     with open(Path(run_dir) / LOG, "a") as f:
         f.write(text.rstrip("\n") + "\n")
+
+
+class RunLock:
+    """The exclusive training lock of one run folder (flock on `train.lock`, which records the
+    holder's host and pid). `acquire()` raises RunLocked naming the holder when another live
+    process trains the folder; the kernel releases the lock when the holder exits or dies."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / LOCK
+        self.fd: int | None = None
+
+    def acquire(self, tries: int = 20) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        for i in range(tries):  # a status check holds a shared lock for an instant: retry briefly
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES) or i == tries - 1:
+                    os.close(fd)
+                    holder = _read_holder(self.path) or {}
+                    raise RunLocked(f"{self.path.parent} is being trained by another process "
+                                    f"(host {holder.get('host', '?')}, pid {holder.get('pid', '?')}); "
+                                    "wait for it or stop it first") from None
+                time.sleep(0.05)
+        record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record.encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class RunLocked(RuntimeError):
+    """Another live process holds the run folder's training lock."""
+
+
+def _read_holder(path: Path) -> dict | None:
+    try:
+        holder = json.loads(path.read_text() or "null")
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def lock_holder(run_dir: str | Path) -> dict | None:
+    """{"host", "pid", "since"} of the live process training this run folder, or None."""
+    path = Path(run_dir) / LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            return _read_holder(path) or {"host": None, "pid": None, "since": None}
+        return None
+    finally:
+        os.close(fd)
+    return None
