@@ -88,11 +88,18 @@ def write_json(path: str | Path, obj: dict) -> None:
 
 
 def read_json(path: str | Path) -> dict | None:
-    """Return the parsed JSON object, or None if missing or unreadable."""
+    """Return the parsed JSON object, or None if missing, unreadable or not a JSON object."""
     try:
-        return json.loads(Path(path).read_text())
+        value = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+    return value if isinstance(value, dict) else None
+
+
+def failure_reason(error: BaseException) -> str:
+    """One line for a result record: the exception type and the first line of its message."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 def append_metrics(run_dir: str | Path, row: dict) -> None:
