@@ -48,6 +48,17 @@ def _report(args) -> None:
     print(f"report: {out}")
 
 
+def _claims(args) -> None:
+    from analysis.claims import claims_table, claims_text
+    from analysis.sweeps import collect
+
+    df = collect(args.sweep_dir)
+    if df.empty:
+        raise ConfigError(f"{args.sweep_dir} holds no runs; launch the sweep first")
+    table = claims_table(df, within=args.within, resamples=args.resamples, seed=args.seed)
+    print(table.to_json(orient="records", indent=1) if args.json else claims_text(table))
+
+
 def _demo(args) -> None:
     from analysis.demo import main
 
@@ -139,6 +150,17 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--png", metavar="DIR", help="also export every figure as PNG into DIR (needs Chromium)")
     r.add_argument("--no-probes", action="store_true", help="leave out attention maps and filters")
     r.set_defaults(func=_report)
+
+    c = sub.add_parser("claims", help="the paper's claims as statistics of a sweep",
+                       description="Collect a sweep and print each claim of the paper it can speak to: the "
+                                   "statistic, a 95%% bootstrap interval and a verdict (reproduced, contradicted, "
+                                   "inconclusive). See analysis/claims.py.")
+    c.add_argument("sweep_dir", help="the sweep folder (e.g. sweeps/fmnist_demo)")
+    c.add_argument("--within", type=float, default=4.0, help="k of the within-k-points statistic (default 4)")
+    c.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    c.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    c.add_argument("--json", action="store_true", help="print the table as JSON records instead")
+    c.set_defaults(func=_claims)
 
     sw = sub.add_parser("sweep", help="launch, watch and collect sweeps (jobs/*.yaml)",
                         description="Sweeps: launch a spec (jobs/*.yaml) as one job array (SLURM where a "

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.errors import ConfigError
+from analysis.errors import ConfigError, one_of
 from analysis.plots.frame import check_frame, counted_errors
 
 MIN_RUNS = 3
@@ -131,27 +131,60 @@ def _size(preset: str) -> str:
 
 
 def _frame(df: pd.DataFrame) -> pd.DataFrame:
-    """The ViT_P / ViT_C rows with the columns that group and pair them (size, key)."""
+    """The ViT_P / ViT_C rows with the columns that group and pair them: size, data (the data
+    columns that vary in the frame, as text; "" when none do), key (size and data) and stem_name."""
     check_frame(df, ["model", "preset", "stem", "optimizer", "epochs", "error"])
     df = df[df["stem"].isin(list(STEMS))].copy()
     df["size"] = df["preset"].map(_size)
     df["stem_name"] = df["stem"].map(STEMS)
-    extra = [c for c in PAIR_COLUMNS if c in df.columns]
-    varying = [c for c in extra if df[c].astype(str).nunique() > 1]
-    df["key"] = df["size"] + "".join(f", {c.removeprefix('cfg.')}=" + df[c].astype(str) for c in varying)
+    df["data"] = ""
+    for c in PAIR_COLUMNS:
+        if c in df.columns and df[c].astype(str).nunique() > 1:
+            df["data"] += f", {c.removeprefix('cfg.')}=" + df[c].astype(str)
+    df["key"] = df["size"] + df["data"]
     return df
 
 
+def group_name(values) -> str:
+    """The text a group's generator is seeded by: its key values joined by "|"."""
+    return "|".join(str(v) for v in values)
+
+
+def make_group(rows: pd.DataFrame, name: str, resamples: int = 2000, seed: int = 0) -> Group:
+    """The Group of `rows` (one model x optimizer): counted errors and `resamples` resamples of them
+    with replacement, drawn from a generator seeded by (seed, name): a group's resamples depend on
+    its name alone, so every table and figure that names it alike draws the same ones."""
+    err = counted_errors(rows).to_numpy(dtype=float)
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    boot = err[rng.integers(0, len(err), size=(resamples, len(err)))] if len(err) else np.empty((resamples, 0))
+    model = str(rows["model"].iloc[0]) if "model" in rows else name
+    return Group(model, str(rows["optimizer"].iloc[0]), err, boot, len(rows))
+
+
 def _groups(df: pd.DataFrame, resamples: int, seed: int) -> dict:
-    """{(key, epochs, stem name, optimizer): Group} with seeded resamples of each group."""
+    """{(key, epochs, stem name, optimizer): Group}, each named (model, optimizer, epochs[, data])."""
     out = {}
     for (key, epochs, stem, opt), g in df.groupby(["key", "epochs", "stem_name", "optimizer"], sort=True):
-        err = counted_errors(g).to_numpy(dtype=float)
-        name = f"{key}|{epochs}|{stem}|{opt}"
-        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-        boot = err[rng.integers(0, len(err), size=(resamples, len(err)))] if len(err) else np.empty((resamples, 0))
-        out[(key, epochs, stem, opt)] = Group(str(g["model"].iloc[0]), str(opt), err, boot, len(g))
+        data = g["data"].iloc[0]
+        name = group_name([g["model"].iloc[0], opt, epochs] + ([data] if data else []))
+        out[(key, epochs, stem, opt)] = make_group(g, name, resamples, seed)
     return out
+
+
+def group_stat(stat: str, subsample: float = 0.25):
+    """The function (R, n) -> (R,) of a named statistic of a group's errors: "best" (lowest),
+    "median", "mean" or "best_of" (pycls' bootstrap best of a `subsample` fraction, see best_of)."""
+    stats = {"best": lambda x: x.min(axis=1), "median": median, "mean": lambda x: x.mean(axis=1),
+             "best_of": lambda x: best_of(x, subsample)}
+    if stat not in stats:
+        raise one_of("stat", stat, stats)
+    return stats[stat]
+
+
+def interval(values: np.ndarray) -> tuple[float, float]:
+    """The 95% percentile interval (2.5 and 97.5 percentiles) of bootstrap values."""
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
 
 
 # ---------------------------------------------------------------- rows
@@ -176,11 +209,11 @@ def _row(claim: str, subject: str, optimizer: str, setting: str, statistic: str,
     estimate = math.nan if empty else float(combine(*[f(g.errors[None, :])[0] for g, f in parts]))
     low = high = math.nan
     if not small:
-        low, high = np.percentile(combine(*[f(g.boot) for g, f in parts]), [2.5, 97.5])
+        low, high = interval(combine(*[f(g.boot) for g, f in parts]))
     verdict = "" if level else "inconclusive" if small else _verdict(low, high)
     counted = sum(len(g.errors) for g in groups)
     return {"claim": claim, "subject": subject, "optimizer": optimizer, "setting": setting,
-            "statistic": statistic, "estimate": estimate, "low": float(low), "high": float(high),
+            "statistic": statistic, "estimate": estimate, "low": low, "high": high,
             "verdict": verdict, "paper": paper, "n": f"{counted}/{sum(g.total for g in groups)}",
             "excluded": sum(g.total for g in groups) - counted,
             "note": f"fewer than {MIN_RUNS} runs in {', '.join(small)}" if small else ""}
@@ -190,7 +223,7 @@ def _gap_rows(G: dict, key: str, epochs, subsample: float) -> list[dict]:
     """optimizer_gap and optimizer_gap_best per stem, and their differences, for one setting."""
     setting = f"{key}, {epochs:g} epochs"
     have = [s for s in STEMS.values() if (key, epochs, s, "sgd") in G and (key, epochs, s, "adamw") in G]
-    best = lambda x: best_of(x, subsample)  # noqa: E731
+    best = group_stat("best_of", subsample)
     rows = []
     for claim, words, f in (("optimizer_gap", "median", median),
                             ("optimizer_gap_best", f"best-of-{subsample:.0%}", best)):
@@ -212,7 +245,7 @@ def _spread_rows(G: dict, key: str, epochs, within: float, area_range: float, su
     optimizers = sorted({o for (k, e, _, o) in G if (k, e) == (key, epochs)})
     within_f = lambda x: within_fraction(x, within)  # noqa: E731
     area_f = lambda x: capped_excess(x, area_range)  # noqa: E731
-    best = lambda x: best_of(x, subsample)  # noqa: E731
+    best = group_stat("best_of", subsample)
     rows = []
     for claim, words, f in (("within_k", f"fraction within {within:g} points of the group's best", within_f),
                             ("peak", f"best-of-{subsample:.0%} error (%)", best)):

@@ -1,5 +1,5 @@
-"""One self-contained HTML report of a sweep: EDFs, stability plots, the summary table, and
-attention maps and filters of each model's best run. Works offline (plotly.js is inlined).
+"""One self-contained HTML report of a sweep: the claims table, the summary table, EDFs, stability
+plots, and attention maps and filters of each model's best run. Works offline (plotly.js is inlined).
 
     python -m analysis report sweeps/demo            # -> sweeps/demo/report.html
 """
@@ -126,6 +126,7 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, probes: b
     With png_dir, each figure is also exported as PNG through kaleido (needs Chromium)."""
     import plotly.offline
 
+    from analysis.claims import claims_html, claims_table
     from analysis.sweeps import collect
 
     sweep_dir = Path(sweep_dir)
@@ -133,11 +134,13 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, probes: b
     if df.empty:
         raise ConfigError(f"{sweep_dir} holds no runs to report on; launch the sweep first")
     out = Path(out) if out else sweep_dir / "report.html"
+    claims = claims_html(claims_table(df))
     figs = figures(df, probes=probes)
     counts = df["status"].value_counts().to_dict()
     parts = [f"<h1>Conv vs patchify stems: {html.escape(sweep_dir.name)}</h1>",
              f"<p class=meta>{len(df)} runs ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
              f"written {time.strftime('%Y-%m-%d %H:%M')}</p>",
+             "<h2>The paper's claims (95% bootstrap intervals)</h2>", claims,
              "<h2>Summary</h2>", _table_html(headline(df))]
     for heading, fig in figs:
         parts.append(f"<h2>{html.escape(heading)}</h2>")

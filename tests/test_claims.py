@@ -192,3 +192,20 @@ def test_text_and_html():
     empty = claims_table(frame({("P", "adamw"): [10, 11, 12]}).assign(stem="cct"))
     assert empty.empty and list(empty.columns) == COLUMNS
     assert "no claims" in claims_text(empty) and "no claims" in claims_html(empty)
+
+
+def test_cli_prints_the_table_and_json(real_sweep, capsys, tmp_path):
+    import json
+
+    from analysis.__main__ import main
+
+    assert main(["claims", str(real_sweep)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("claim") and "optimizer_gap" in text and "ViT_P vs ViT_C" in text
+    assert main(["claims", str(real_sweep), "--json", "--within", "2", "--resamples", "500"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert {r["claim"] for r in records} >= {"optimizer_gap", "within_k", "peak_difference"}
+    assert set(records[0]) == set(COLUMNS)
+    assert any("within 2 points" in r["statistic"] for r in records)
+    assert main(["claims", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.startswith("error: not a folder")

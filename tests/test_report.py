@@ -27,6 +27,9 @@ def test_report_is_one_offline_file_with_every_figure(real_sweep, real_frame, tm
                     "Mean attention distance", "attention rollout", "first-layer filters"):
         assert heading in page, heading
     assert "ViT_C-fmnist_tiny" in page and "within_4" in page
+    # the claims table comes first, with a verdict for the optimizer gap of each stem
+    assert page.index("<table class=claims") < page.index("<h2>Summary</h2>") < page.index("Error EDFs")
+    assert "optimizer_gap_difference" in page
 
 
 @pytest.mark.browser

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from tests.fixtures_sweep import sweep, sweep_frame  # noqa: F401  (pytest fixtures)
 
+from analysis.claims import claims_table
 from analysis.errors import ConfigError
 from analysis.plots import (
     bootstrap_best,
@@ -187,24 +188,40 @@ def test_epochs_figure_values(sweep, stat):
 
 
 def test_optimizer_gap(sweep):
+    keys = [sweep.model, sweep.optimizer, sweep.epochs]
+    best = counted(sweep).groupby(keys).min()
+    for row in optimizer_gap_table(sweep, stat="best").itertuples():
+        assert row.gap == pytest.approx(best[(row.model, "sgd", row.epochs)] - best[(row.model, "adamw", row.epochs)])
+    # the default: the median gap, with the claims table's bootstrap interval (same resamples)
     table = optimizer_gap_table(sweep)
-    best = counted(sweep).groupby([sweep.model, sweep.optimizer, sweep.epochs]).min()
+    median = counted(sweep).groupby(keys).median()
     for row in table.itertuples():
-        gap = best[(row.model, "sgd", row.epochs)] - best[(row.model, "adamw", row.epochs)]
-        assert row.gap == pytest.approx(gap)
+        assert row.gap == pytest.approx(median[(row.model, "sgd", row.epochs)] - median[(row.model, "adamw", row.epochs)])
+        if row.epochs == 20:  # 16 sampled + 2 tuned runs per group
+            assert row.low <= row.gap <= row.high and row.n_sgd >= 17
+        else:  # two tuned runs: no interval
+            assert np.isnan(row.low) and np.isnan(row.high) and row.n_sgd == 2
+    claims = claims_table(sweep).query("claim == 'optimizer_gap' and setting == 'fmnist, 20 epochs'")
+    at20 = table[table.epochs == 20].set_index("model")
+    for row in claims.itertuples():
+        assert [row.estimate, row.low, row.high] == pytest.approx(at20.loc[row.subject, ["gap", "low", "high"]].tolist())
     # the fixture's patchify stem pays more for SGD than the conv stem
     by_model = table.groupby("model")["gap"].mean()
     assert by_model["ViT_P-fmnist"] > by_model["ViT_C-fmnist"]
 
     lines = optimizer_gap_figure(sweep)
     assert [t.type for t in lines.data] == ["scatter", "scatter"]
-    bars = optimizer_gap_figure(sweep[sweep.epochs == 40])
+    assert all(t.error_y.array is not None for t in lines.data)
+    bars = optimizer_gap_figure(sweep[sweep.epochs == 20])
     bar = bars.data[0]
-    assert bar.type == "bar"
-    at40 = table[table.epochs == 40].set_index("model")["gap"]
-    assert list(bar.y) == pytest.approx([at40[m] for m in bar.x])
+    assert bar.type == "bar" and "median" in bars.layout.yaxis.title.text
+    assert list(bar.y) == pytest.approx([at20.loc[m, "gap"] for m in bar.x])
+    assert list(bar.error_y.array) == pytest.approx([at20.loc[m, "high"] - at20.loc[m, "gap"] for m in bar.x])
+    assert list(bar.error_y.arrayminus) == pytest.approx([at20.loc[m, "gap"] - at20.loc[m, "low"] for m in bar.x])
     with pytest.raises(ConfigError, match="unknown optimizer 'lamb'; allowed: adamw, sgd"):
         optimizer_gap_table(sweep, a="lamb")
+    with pytest.raises(ConfigError, match="unknown stat 'max'"):
+        optimizer_gap_figure(sweep, stat="max")
 
 
 # ---------------------------------------------------------------- lr / wd sensitivity

@@ -140,27 +140,47 @@ def optimizer_gap_table(
     a: str = "sgd",
     b: str = "adamw",
     by: str | Sequence[str] = "model",
-    stat: str = "best",
+    stat: str = "median",
+    resamples: int = 2000,
+    seed: int = 0,
+    subsample: float = 0.25,
 ) -> pd.DataFrame:
-    """Return the error gap `a` minus `b` per group and schedule length.
+    """Return the error gap `a` minus `b` per group and schedule length, with a 95% bootstrap interval.
 
-    Columns: the `by` columns, epochs, err_<a>, err_<b>, gap (err_<a> - err_<b>; positive
-    means optimizer `a` is worse). Groups where either optimizer has no counted run are left out.
+    `stat` (analysis.claims.group_stat): "median" (default), "best", "mean" or "best_of" (pycls'
+    bootstrap best of a `subsample` fraction of the runs). The interval resamples the runs of each
+    group x optimizer as analysis.claims does, with the same seeds: by="model" gives the intervals
+    of the claims table's optimizer_gap rows. Columns: the `by` columns, epochs, err_<a>, err_<b>,
+    gap (err_<a> - err_<b>; positive means optimizer `a` is worse), low, high (NaN when either
+    group has fewer than analysis.claims.MIN_RUNS runs), n_<a>, n_<b> (counted runs). Groups where
+    either optimizer has no counted run are left out.
     """
+    from analysis.claims import MIN_RUNS, group_name, group_stat, interval, make_group
+
     columns = as_columns(by)
     check_frame(df, [*columns, "optimizer", "epochs", "error"])
     present = sorted(df["optimizer"].dropna().astype(str).unique())
     for name in (a, b):
         if name not in present:
             raise one_of("optimizer", name, present)
-    table = epochs_table(df, by=[*columns, "optimizer"], stat=stat)
-    wide = table.pivot_table(index=[*columns, "epochs"], columns="optimizer", values="error")
-    if a not in wide.columns or b not in wide.columns:
+    f = group_stat(stat, subsample)
+    cells = {}
+    for key, g in groups(df, [*columns, "optimizer", "epochs"]):
+        cells[key] = make_group(g, group_name(key), resamples, seed)
+    rows = []
+    for (*key, opt, epochs), ga in cells.items():
+        gb = cells.get((*key, b, epochs))
+        if opt != a or gb is None or not len(ga.errors) or not len(gb.errors):
+            continue
+        err_a, err_b = float(f(ga.errors[None, :])[0]), float(f(gb.errors[None, :])[0])
+        small = min(len(ga.errors), len(gb.errors)) < MIN_RUNS
+        low, high = (np.nan, np.nan) if small else interval(f(ga.boot) - f(gb.boot))
+        rows.append({**dict(zip(columns, key)), "epochs": epochs, f"err_{a}": err_a, f"err_{b}": err_b,
+                     "gap": err_a - err_b, "low": low, "high": high,
+                     f"n_{a}": len(ga.errors), f"n_{b}": len(gb.errors)})
+    if not rows:
         raise ConfigError(f"optimizers {a!r} and {b!r} have no finished runs to compare")
-    out = wide[[a, b]].dropna().rename(columns={a: f"err_{a}", b: f"err_{b}"})
-    out["gap"] = out[f"err_{a}"] - out[f"err_{b}"]
-    out.columns.name = None
-    return out.reset_index()
+    return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------- figures
@@ -347,27 +367,37 @@ def optimizer_gap_figure(
     a: str = "sgd",
     b: str = "adamw",
     by: str | Sequence[str] = "model",
-    stat: str = "best",
+    stat: str = "median",
     colors: dict | None = None,
     title: str | None = None,
+    resamples: int = 2000,
+    seed: int = 0,
 ) -> go.Figure:
-    """Return the `a` minus `b` error gap per group: bars for one schedule length, else lines vs epochs."""
+    """Return the `a` minus `b` error gap per group with its 95% bootstrap interval as error bars
+    (`optimizer_gap_table`; by default the median gap of the claims table): bars for one schedule
+    length, else lines vs epochs. Groups too small for an interval are drawn without error bars."""
     columns = as_columns(by)
-    table = optimizer_gap_table(df, a=a, b=b, by=columns, stat=stat)
+    table = optimizer_gap_table(df, a=a, b=b, by=columns, stat=stat, resamples=resamples, seed=seed)
+    table["plus"] = (table["high"] - table["gap"]).fillna(0.0)
+    table["minus"] = (table["gap"] - table["low"]).fillna(0.0)
     keyed = groups(table, columns)
     styles = group_styles([k for k, _ in keyed], colors)
+    hover = "%{y:+.2f} points (95% interval %{customdata[0]:.2f} to %{customdata[1]:.2f})<extra></extra>"
     fig = go.Figure()
-    single = table["epochs"].nunique() == 1
-    if single:
+    if table["epochs"].nunique() == 1:
         labels = [group_label(k) for k, _ in keyed]
+        rows = pd.concat([g for _, g in keyed])
         fig.add_trace(
             go.Bar(
                 x=labels,
-                y=[float(g["gap"].iloc[0]) for _, g in keyed],
+                y=rows["gap"].tolist(),
+                error_y=dict(type="data", symmetric=False, array=rows["plus"].tolist(),
+                             arrayminus=rows["minus"].tolist(), color="#444"),
+                customdata=rows[["low", "high"]].to_numpy(),
                 marker_color=[styles[k][0] for k, _ in keyed],
                 name=f"{a} - {b}",
                 meta={"kind": "gap", "group": labels},
-                hovertemplate="%{x}: %{y:+.2f} points<extra></extra>",
+                hovertemplate="%{x}: " + hover,
             )
         )
         fig.update_xaxes(title=" ".join(columns))
@@ -378,17 +408,21 @@ def optimizer_gap_figure(
                 go.Scatter(
                     x=g["epochs"],
                     y=g["gap"],
+                    error_y=dict(type="data", symmetric=False, array=g["plus"].tolist(),
+                                 arrayminus=g["minus"].tolist()),
+                    customdata=g[["low", "high"]].to_numpy(),
                     mode="lines+markers",
                     line=dict(color=styles[key][0], dash=styles[key][1]),
                     name=group_label(key),
                     meta={"kind": "gap", "group": group_label(key)},
-                    hovertemplate="%{x} epochs: %{y:+.2f} points<extra></extra>",
+                    hovertemplate="%{x} epochs: " + hover,
                 )
             )
         ticks = sorted(table["epochs"].unique())
         fig.update_xaxes(title="epochs", type="log", tickvals=ticks, ticktext=[str(t) for t in ticks])
     fig.add_hline(y=0, line=dict(color="gray", width=1))
-    fig.update_layout(template=TEMPLATE, title=title, yaxis_title=f"error {a} - error {b} ({stat}, points)")
+    fig.update_layout(template=TEMPLATE, title=title,
+                      yaxis_title=f"error {a} - error {b} ({stat}, points; 95% bootstrap interval)")
     return fig
 
 
