@@ -35,8 +35,8 @@ CASES = {
     "01_quickstart": (dict(TINY_TRAIN, n_images=3), 4, 0),
     "02_stability_sweeps": ({"spec": SWEEP_SPEC, "cluster": "local", "poll": 2, "timeout": 600}, 2, 1),
     "03_training_length_and_optimizers": (
-        {"epochs": [1, 2], "train_per_class": 10, "test_per_class": 10, "batch_size": 50, "cluster": "local",
-         "timeout": 600}, 2, 0),
+        {"epochs": [1, 2], "seeds": [0, 1, 2], "train_per_class": 10, "test_per_class": 10, "batch_size": 50,
+         "cluster": "local", "timeout": 600}, 2, 0),
     "04_attention": (dict(TINY_TRAIN, n_images=2, distance_images=20), 4, 1),
     "05_filters_and_embeddings": (dict(TINY_TRAIN, n_images=2, n_components=8), 9, 1),
     "06_representations": (dict(TINY_TRAIN, n_images=2, cka_images=40, cka_batch=20, ig_steps=4), 5, 0),
