@@ -209,3 +209,12 @@ def test_cli_prints_the_table_and_json(real_sweep, capsys, tmp_path):
     assert any("within 2 points" in r["statistic"] for r in records)
     assert main(["claims", str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err.startswith("error: not a folder")
+
+
+def test_stems_pair_by_data_when_it_varies():
+    less = frame(stable_vs_unstable("C", "P", seed=6)).assign(**{"cfg.data.train_per_class": 100})
+    more = frame(stable_vs_unstable("C", "P", seed=7)).assign(**{"cfg.data.train_per_class": 500})
+    t = claims_table(pd.concat([less, more], ignore_index=True))
+    assert set(t.setting) == {"fmnist_tiny, data.train_per_class=100, 4 epochs",
+                              "fmnist_tiny, data.train_per_class=500, 4 epochs"}
+    assert (t.claim == "optimizer_gap_difference").sum() == 2
