@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from tests.fixtures_sweep import sweep, sweep_frame  # noqa: F401  (pytest fixtures)
 
-from analysis.claims import COLUMNS, best_of, claims_html, claims_table, claims_text
+from analysis.claims import COLUMNS, VERDICTS, best_of, claims_html, claims_table, claims_text
 from analysis.errors import ConfigError
 from analysis.plots import bootstrap_best
 from analysis.sweeps import model_name
@@ -47,6 +47,7 @@ COMPARISONS = [("optimizer_gap_difference", ""), ("optimizer_gap_best_difference
 def test_a_clearly_more_stable_conv_stem_reproduces_the_paper():
     table = claims_table(frame(stable_vs_unstable("C", "P")))
     assert list(table.columns) == COLUMNS
+    assert set(table.verdict) <= {*VERDICTS, ""}
     v = verdicts(table)
     for claim, opt in COMPARISONS:
         assert v[claim, "ViT_P vs ViT_C", opt] == "reproduced", claim
