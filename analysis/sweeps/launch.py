@@ -341,7 +341,7 @@ class Sweep:
         try:
             if proc is not None:
                 proc.send_signal(signal.SIGINT)
-            elif controller_alive(job_id):
+            elif controller_alive(job_id, self.dir / "submitit"):
                 os.kill(int(job_id), signal.SIGINT)
         except ProcessLookupError:
             pass

@@ -42,11 +42,11 @@ class DetachedLocalExecutor(LocalExecutor):
         return LocalJob(folder=self.folder, job_id=str(process.pid), process=process, tasks=list(range(ntasks)))
 
 
-def _cmdline(pid: int) -> str:
+def _argv(pid: int) -> list[str]:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
     except OSError:
-        return ""
+        return []
 
 
 def alive(pid: int) -> bool:
@@ -58,16 +58,18 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def controller_alive(job_id: str, process=None) -> bool:
+def controller_alive(job_id: str, folder: Path, process=None) -> bool:
     """True while the local job's controller runs (its Popen when this process started it; otherwise
-    the pid, which must still be a submitit controller: a recycled pid does not count)."""
+    the pid, which must still be a submitit controller of this submitit `folder`: a recycled pid does
+    not count)."""
     if process is not None:
         return process.poll() is None
     try:
         pid = int(job_id)
     except ValueError:
         return False
-    return alive(pid) and CONTROLLER in _cmdline(pid)
+    argv = _argv(pid)
+    return alive(pid) and CONTROLLER in argv and os.path.realpath(argv[-1]) == os.path.realpath(folder)
 
 
 def holds_open(pid: int, path: Path) -> bool:

@@ -63,12 +63,12 @@ def read_launches(folder: Path) -> list[dict]:
             and all(isinstance(j, dict) and "job_id" in j and isinstance(j.get("runs"), list) for j in l["jobs"])]
 
 
-def local_state(job_id: str, cancelled: bool, run_dirs: list[Path], process=None) -> str:
-    """State of a local submitit job: RUNNING while its controller lives, else CANCELLED when cancelled,
-    COMPLETED when all its runs are complete, else FAILED."""
+def local_state(folder: Path, job_id: str, cancelled: bool, run_dirs: list[Path], process=None) -> str:
+    """State of a local submitit job of the sweep in `folder`: RUNNING while its controller lives, else
+    CANCELLED when cancelled, COMPLETED when all its runs are complete, else FAILED."""
     from analysis.sweeps.local import controller_alive
 
-    if controller_alive(job_id, process):
+    if controller_alive(job_id, Path(folder) / "submitit", process):
         return "RUNNING"
     if cancelled:
         return "CANCELLED"
@@ -86,7 +86,8 @@ def scheduler_states(folder: Path, launches: list[dict], processes: dict | None 
                 slurm_ids.append(jid)
                 continue
             run_dirs = [Path(folder) / "runs" / str(r) for r in job["runs"]]
-            states[jid] = local_state(jid, jid in launch.get("cancelled", []), run_dirs, (processes or {}).get(jid))
+            cancelled = jid in launch.get("cancelled", [])
+            states[jid] = local_state(folder, jid, cancelled, run_dirs, (processes or {}).get(jid))
     if slurm_ids:
         try:
             found, missing = sacct_states(slurm_ids), "PENDING"  # not in accounting yet: just submitted
