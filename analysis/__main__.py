@@ -102,6 +102,9 @@ def _wait(sweep, timeout: float | None):
 
     try:
         return sweep.wait(timeout=timeout, callback=keep)
+    except TimeoutError as e:
+        print(f"timeout: {e} (they go on; see python -m analysis sweep status {sweep.dir})", file=sys.stderr)
+        raise SystemExit(1) from None
     except KeyboardInterrupt:
         note = sweep.still_running(last[0]) if last else f"interrupted; see python -m analysis sweep status {sweep.dir}"
         print(note, file=sys.stderr)
