@@ -10,6 +10,7 @@ import html
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -62,15 +63,24 @@ def _probe_figures(label: str, model, cfg) -> list[tuple[str, go.Figure]]:
     return figs
 
 
-def _best_vits(best: pd.DataFrame) -> dict:
-    """{model label: (trained model, its config)} for the ViTs among the best runs, each loaded once."""
+def _best_vits(best: pd.DataFrame, skipped: list | None = None) -> dict:
+    """{model label: (trained model, its config)} for the ViTs among the best runs, each loaded once.
+    A run that cannot be loaded (unreadable checkpoint or config) is left out and added to `skipped`
+    as (run, reason)."""
+    from analysis import rundir
     from analysis.runs import load_config, load_model
 
     out = {}
     for _, row in best.iterrows():
-        model = load_model(row["run_dir"])
+        try:
+            model = load_model(row["run_dir"])
+            cfg = load_config(row["run_dir"])
+        except Exception as e:  # noqa: BLE001 - the report goes on without this run's probes
+            if skipped is not None:
+                skipped.append((row["run"], rundir.failure_reason(e)))
+            continue
         if getattr(model, "family", "vit") == "vit":
-            out[row["model"]] = (model, load_config(row["run_dir"]))
+            out[row["model"]] = (model, cfg)
     return out
 
 
@@ -84,8 +94,9 @@ def _distance_figure(vits: dict) -> go.Figure:
     return distance_figure(frames, title="Mean attention distance per head (pixels)")
 
 
-def figures(df: pd.DataFrame, probes: bool = True) -> list[tuple[str, go.Figure]]:
-    """(heading, figure) pairs of the report, in order."""
+def figures(df: pd.DataFrame, probes: bool = True, skipped: list | None = None) -> list[tuple[str, go.Figure]]:
+    """(heading, figure) pairs of the report, in order. Runs whose probes were left out (their
+    checkpoint could not be loaded) are appended to `skipped` as (run, reason)."""
     from analysis.plots.curves import curves_figure
     from analysis.plots.stability import edf_figure, epochs_figure, optimizer_gap_figure, sensitivity_figure
 
@@ -102,7 +113,7 @@ def figures(df: pd.DataFrame, probes: bool = True) -> list[tuple[str, go.Figure]
     if not best.empty:
         out.append(("Training curves of each model's best run",
                     curves_figure(best, labels=list(best["model"] + " " + best["optimizer"]))))
-        vits = _best_vits(best) if probes else {}  # best_runs gives one run per model
+        vits = _best_vits(best, skipped) if probes else {}  # best_runs gives one run per model
         if vits:
             out.append(("Mean attention distance", _distance_figure(vits)))
         for label, (model, cfg) in vits.items():
@@ -133,12 +144,18 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, probes: b
     if df.empty:
         raise ConfigError(f"{sweep_dir} holds no runs to report on; launch the sweep first")
     out = Path(out) if out else sweep_dir / "report.html"
-    figs = figures(df, probes=probes)
+    skipped: list[tuple[str, str]] = []
+    figs = figures(df, probes=probes, skipped=skipped)
     counts = df["status"].value_counts().to_dict()
     parts = [f"<h1>Conv vs patchify stems: {html.escape(sweep_dir.name)}</h1>",
              f"<p class=meta>{len(df)} runs ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
              f"written {time.strftime('%Y-%m-%d %H:%M')}</p>",
              "<h2>Summary</h2>", _table_html(headline(df))]
+    if skipped:
+        items = "".join(f"<li>{html.escape(run)}: {html.escape(why)}</li>" for run, why in skipped)
+        parts.append(f"<h2>Probes skipped</h2><p>These runs' attention maps and filters are left out:</p><ul>{items}</ul>")
+        for run, why in skipped:
+            warnings.warn(f"report: probes of run {run} skipped ({why})", stacklevel=2)
     for heading, fig in figs:
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         parts.append(fig.to_html(full_html=False, include_plotlyjs=False))

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from analysis import rundir
 from analysis.config import RunConfig
@@ -128,6 +127,12 @@ def test_same_folder_other_spec_is_refused(tmp_path):
     Sweep.from_dict(lrwd_spec(samples=1), root=tmp_path)  # the same spec again is fine
     with pytest.raises(ConfigError, match="another spec"):
         Sweep.from_dict(lrwd_spec(samples=2), root=tmp_path)
+    reordered = lrwd_spec(samples=1)  # the same axes in another order give other run ids: refused
+    reordered["grid"] = dict(reversed(reordered["grid"].items()))
+    with pytest.raises(ConfigError, match="another spec"):
+        Sweep.from_dict(reordered, root=tmp_path)
+    relaunched = {**lrwd_spec(samples=1), "launch": {"cluster": "local", "parallel": 2}}
+    assert Sweep.from_dict(relaunched, root=tmp_path).launch_options()["parallel"] == 2  # same runs
 
 
 def test_model_names():
@@ -358,7 +363,7 @@ def test_slurm_options_reach_the_sbatch_script(tmp_path):
     opts = sweep.launch_options(constraint="volta32gb", additional={"exclude": "node[1-2]"}, parallel=16,
                                 cpus_per_task=10)
     executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="slurm")
-    executor.update_parameters(**sweep._executor_params(opts, "slurm"))
+    executor.update_parameters(**sweep.executor_params(opts, "slurm"))
     script = executor._executor._make_submission_file_text("python -m x", "uid")
     for line in ("--partition=gpu", "--account=vision", "--qos=high", "--constraint=volta32gb",
                  "--gpus-per-node=8", "--ntasks-per-node=8", "--cpus-per-task=10", "--mem=400GB",
