@@ -222,6 +222,7 @@ class Spec:
     def runs(self) -> list[dict]:
         """Expand grid x samples into run rows: {"run", "overrides", "sampled", "cfg"}, duplicates dropped."""
         from analysis.models import PRESETS
+        from analysis.models.registry import portable_stem
 
         rng = np.random.default_rng(self.seed)
         cells = itertools.product(*[cases for _, cases in self.axes]) if self.axes else [()]
@@ -243,6 +244,8 @@ class Spec:
                 cfg = C.RunConfig().replace(_coerce_ints(overrides))
                 if cfg.model.preset not in PRESETS:
                     raise one_of("model.preset", cfg.model.preset, list(PRESETS))
+                if cfg.model.stem is not None:  # jobs build it in another process: it must be importable there
+                    portable_stem(cfg.model.stem)
                 key = tuple(sorted((k, repr(v)) for k, v in cfg.flat().items()))
                 if key in seen:
                     self.dropped += 1
