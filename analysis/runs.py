@@ -65,6 +65,8 @@ def as_model(source: nn.Module | str | Path, checkpoint_path: str | Path | None 
     to the model's constructor. Loaded models are in eval mode on `device`.
     """
     if isinstance(source, nn.Module):
+        if initial:
+            raise ConfigError("initial=True needs a run folder (it rebuilds the run's initialisation); got a model")
         return source
     if not isinstance(source, (str, Path)):
         raise ConfigError(f"a model source must be an nn.Module, a run folder, a preset or timm model name, "
@@ -81,6 +83,8 @@ def as_model(source: nn.Module | str | Path, checkpoint_path: str | Path | None 
                               f"model arguments {sorted(kwargs)} do not apply")
         return load_model(path, ema=ema, initial=initial, device=device,
                           fused_attn=True if fused_attn is None else fused_attn)
+    if initial:
+        raise ConfigError(f"initial=True needs a run folder (it rebuilds the run's initialisation); got {source!r}")
     model = _named_model(str(source), pretrained, fused_attn, kwargs)
     if checkpoint_path is not None:
         _load_weights(model, checkpoint_path, ema, str(source))

@@ -23,6 +23,7 @@ from torch import nn
 
 from analysis.errors import ConfigError
 from analysis.probes.layout import evaluating
+from analysis.runs import as_model
 
 POOLS = ("class_token", "patch_mean", "global_avg")  # pooled features of a layer (see Layer.pooled)
 STEM_MODULES = ("act1", "stem")  # timm feature_info names of a CNN's stem output
@@ -95,9 +96,11 @@ def _map_names(model: nn.Module, n: int) -> list[str]:
     return ["stem" if m in STEM_MODULES else m for m in modules]
 
 
-def read_layers(model: nn.Module, images: torch.Tensor) -> list[Layer]:
+def read_layers(model, images: torch.Tensor) -> list[Layer]:
     """Return every layer of `model` for `images` (eval mode, no grad): the stem output first,
-    then each block (ViTs, tokens) or each feature stage (CNNs, maps). See the module docstring."""
+    then each block (ViTs, tokens) or each feature stage (CNNs, maps). See the module docstring.
+    `model` is any source analysis.runs.as_model takes."""
+    model = as_model(model)
     _check(model)
     with evaluating(model), torch.no_grad():
         if has_tokens(model):
@@ -109,7 +112,7 @@ def read_layers(model: nn.Module, images: torch.Tensor) -> list[Layer]:
     return [Layer(name, o) for name, o in zip(_map_names(model, len(outs)), outs)]
 
 
-def block_features(model: nn.Module, images: torch.Tensor, prefix_tokens: bool = True) -> dict[str, torch.Tensor]:
+def block_features(model, images: torch.Tensor, prefix_tokens: bool = True) -> dict[str, torch.Tensor]:
     """Return {layer name: (B, features)}: every layer of read_layers flattened (the CKA input)."""
     return {layer.name: layer.flat(prefix_tokens) for layer in read_layers(model, images)}
 

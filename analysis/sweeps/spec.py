@@ -278,7 +278,7 @@ def run_id(i: int, cfg: C.RunConfig, varies: set[str] = frozenset()) -> str:
     """Short readable run id, e.g. "0007-vit_c_fmnist_tiny-sgd" (+ stem/epochs/seed/data when they vary)."""
     parts = [f"{i:04d}", cfg.model.preset, cfg.optim.name]
     if "model.stem" in varies and cfg.model.stem:
-        parts.append(cfg.model.stem)
+        parts.append(cfg.model.stem.split(":")[-1])  # an import path's attribute: no ':' in folder names
     if "train.epochs" in varies:
         parts.append(f"e{cfg.train.epochs}")
     if "train.seed" in varies:
