@@ -126,13 +126,14 @@ def _load_weights(model: nn.Module, path: str | Path, ema: bool, name: str) -> N
         raise ConfigError(f"{path} does not hold weights for {name}: {detail[:300]}") from None
 
 
-def sample_images(cfg: config.RunConfig, n: int = 8, one_per_class: bool = True):
+def sample_images(cfg: config.RunConfig, n: int = 8, one_per_class: bool = True, train: bool = False):
     """(normalised images (n, C, H, W), labels (n,), raw uint8 images (n, C, H, W)) from the run's
-    test set: the first image of each class in turn when one_per_class, else the first n."""
+    test set (training set with train=True): the first image of each class in turn when
+    one_per_class, else the first n."""
     if cfg.data.name == "imagefolder":
         raise ConfigError("sample_images reads array datasets (fashion_mnist, cifar10, cifar100); "
                           "for imagefolder load images with timm's transforms")
-    data = D.load_arrays(cfg.data.name, cfg.data.root, False)
+    data = D.load_arrays(cfg.data.name, cfg.data.root, train)
     if one_per_class:  # class 0's first image, class 1's first, ..., then each class's second
         k = -(-n // len(data.classes))
         idx = torch.stack([torch.nonzero(data.labels == c).flatten()[:k] for c in range(len(data.classes))])
@@ -148,6 +149,21 @@ def sample_images(cfg: config.RunConfig, n: int = 8, one_per_class: bool = True)
 def class_names(cfg: config.RunConfig) -> tuple[str, ...]:
     """Class names of the run's dataset."""
     return D.load_arrays(cfg.data.name, cfg.data.root, False, per_class=1).classes
+
+
+def equal_steps(overrides: dict, per_class: int) -> dict:
+    """Overrides for a run on `per_class` training images per class that takes about as many optimizer
+    steps, and warmup steps, as the run `overrides` describe (their data.train_per_class and
+    train.epochs; the defaults of RunConfig where absent): epochs and warmup scale by the size ratio."""
+    base = config.RunConfig().replace(overrides)
+    full = base.data.train_per_class
+    if full is None:
+        raise ConfigError("equal_steps needs data.train_per_class in the overrides (the reference size)")
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or not 1 <= per_class:
+        raise ConfigError(f"per_class must be a positive integer, got {per_class!r}")
+    ratio = full / per_class
+    return {**overrides, "data.train_per_class": per_class, "train.epochs": max(1, round(base.train.epochs * ratio)),
+            "optim.warmup_epochs": base.optim.warmup_epochs * ratio}
 
 
 def ensure_trained(presets: tuple[str, ...] = ("vit_p_fmnist_tiny", "vit_c_fmnist_tiny"), root: str | Path = "runs",

@@ -278,3 +278,22 @@ def test_distance_vs_data_averages_runs_and_counts_local_heads(vits):
     with pytest.raises(ConfigError, match="needs rows with model"):
         distance_vs_data(runs.drop(columns="source"), [images(4)])
     assert math.isfinite(frame["distance_px"].sum())
+
+
+def test_the_data_size_spec_and_equal_steps_train_every_size_as_long():
+    from pathlib import Path
+
+    from analysis.runs import equal_steps
+    from analysis.sweeps import Spec
+
+    runs = Spec.from_yaml(Path(__file__).resolve().parents[1] / "jobs" / "fmnist_data_size.yaml").runs()
+    assert {(r["cfg"].model.preset, r["cfg"].data.train_per_class) for r in runs} == {
+        (p, n) for p in ("vit_p_fmnist", "vit_c_fmnist") for n in (60, 600, None)}
+    for r in runs:  # Fashion-MNIST: 6000 training images per class, 10 classes
+        cfg = r["cfg"]
+        per_epoch = (cfg.data.train_per_class or 6000) * 10 // cfg.train.batch_size
+        assert per_epoch * cfg.train.epochs == 6000 and per_epoch * cfg.optim.warmup_epochs == 600
+    assert equal_steps({"train.epochs": 5, "data.train_per_class": 2000}, 200) == {
+        "train.epochs": 50, "data.train_per_class": 200, "optim.warmup_epochs": 10.0}
+    with pytest.raises(ConfigError, match="needs data.train_per_class"):
+        equal_steps({"train.epochs": 5}, 200)

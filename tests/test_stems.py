@@ -126,7 +126,8 @@ def test_probes_read_the_runs_of_the_sweep(own_stem_sweep, tmp_path):
     assert first_layer_filters(vit_run).shape == (16, 1, 3, 3)
     assert stem_gradcam(vit_run, x[:2]).shape == (2, 28, 28)
     assert len(residual_strength(vit_run, [x])) == 4 * 2 * 2
-    assert set(linear_probes(vit_run, [(x[:30], y[:30])], [(x[30:], y[30:])])["pool"]) == {"class_token", "patch_mean"}
+    tx, ty, _ = sample_images(load_config(vit_run), n=30, one_per_class=False, train=True)
+    assert set(linear_probes(vit_run, [(tx, ty)], [(x, y)])["pool"]) == {"class_token", "patch_mean"}
     # a run folder, its checkpoint file and the preset name with that checkpoint: the same features
     ckpt = Path(vit_run) / rundir.CHECKPOINT
     want = block_features(vit_run, x[:4])

@@ -88,6 +88,7 @@ def residual_figure(frames: Mapping[str, pd.DataFrame], title: str | None = None
     finite = finite[np.isfinite(finite) & (finite > 0)]
     top = float(finite.max()) * 2 if finite.size else 10.0
     for label, frame in frames.items():
+        zero_shown = False
         for j, tok in enumerate(tokens):
             part = frame[frame["tokens"] == tok].copy()
             part["x"] = part["block"] + np.where(part["branch"] == "mlp", 0.5, 0.0)
@@ -102,10 +103,13 @@ def residual_figure(frames: Mapping[str, pd.DataFrame], title: str | None = None
                 fig.add_trace(go.Scatter(x=part["x"][~ok], y=[top] * int((~ok).sum()), mode="markers",
                                          marker=dict(symbol="triangle-up", size=11, color=colors[label]),
                                          name=f"{label}: branch output is zero", legendgroup=label,
+                                         showlegend=not zero_shown,
                                          hovertemplate="branch output is zero: infinite ratio<extra></extra>"),
                               row=1, col=j + 1)
-    fig.update_xaxes(title_text="block (+0.5: MLP branch)")
-    fig.update_yaxes(type="log", title_text="||residual|| / ||branch||", col=1)
+                zero_shown = True
+    fig.update_xaxes(title_text="block (+0.5: MLP branch)", dtick=1)
+    fig.update_yaxes(type="log", dtick=1, showticklabels=True)  # a label at each power of ten, on every panel
+    fig.update_yaxes(title_text="||residual|| / ||branch||", col=1)
     fig.update_layout(template=TEMPLATE, title=title or "residual-stream strength", height=420)
     return fig
 
