@@ -297,3 +297,19 @@ def test_the_data_size_spec_and_equal_steps_train_every_size_as_long():
         "train.epochs": 50, "data.train_per_class": 200, "optim.warmup_epochs": 10.0}
     with pytest.raises(ConfigError, match="needs data.train_per_class"):
         equal_steps({"train.epochs": 5}, 200)
+
+
+def test_explorers_take_models_and_names_as_well_as_run_folders(vits, resnet):
+    from analysis.widgets import AttentionExplorer, FilterExplorer
+
+    ex = AttentionExplorer({"ViT_C": vits["conv"], "CCT": vits["cct"]}, images=images(2))
+    assert list(ex.models) == ["ViT_C", "CCT"] and ex.class_names[0] == "class 0"
+    assert ex.maps("CCT", "rollout").shape == (2, 28, 28)
+    with pytest.raises(ConfigError, match="ResNet: ResNet has no attention"):
+        AttentionExplorer({"ResNet": resnet}, images=images(2))
+    with pytest.raises(ConfigError, match="pass images="):
+        AttentionExplorer({"ViT_C": vits["conv"]})
+    filters = FilterExplorer({"ResNet": resnet, "preset": "vit_c_fmnist_tiny"})
+    assert filters.filters("preset", "trained").shape == (48, 1, 3, 3)
+    with pytest.raises(ConfigError, match="initial=True needs a run folder"):
+        filters.filters("ResNet", "initial")
