@@ -6,10 +6,10 @@ features (B, N, C): first the stem output (what `patch_embed` returns, before th
 embedding and prefix tokens; forward_intermediates does not return it, so one forward hook on
 patch_embed keeps it), then every block's output with its prefix tokens (class, register) in front.
 
-Other models (timm's ResNet, RegNet, ConvNeXt, ...) give NCHW feature maps: timm's feature
-stages, named after `feature_info` (ResNet: the stem after its activation, then layer1..layer4;
-RegNet: stem, s1..s4; the stem is always called "stem"). Note that timm returns one map per
-stage, not per residual block.
+Other models (timm's ResNet, RegNet, ConvNeXt, Swin, ...) give NCHW feature maps: timm's feature
+stages, named after `feature_info` (ResNet: the stem after its activation, called "stem", then
+layer1..layer4; RegNet: stem, s1..s4; ConvNeXt, EfficientNet and Swin start at their first stage,
+as timm returns no stem output for them). timm returns one map per stage, not per residual block.
 """
 
 from __future__ import annotations
