@@ -85,10 +85,15 @@ SPEC = {
 def own_stem_sweep(tmp_path_factory):
     """The sweep, launched from a folder where the repository's `tests` package cannot be imported:
     its jobs find the stem only in the launch's code snapshot."""
-    workdir = tmp_path_factory.mktemp("elsewhere")
+    return launch_elsewhere(SPEC, tmp_path_factory)
+
+
+def launch_elsewhere(spec: dict, tmp_path_factory) -> Sweep:
+    """Launch and wait from an empty folder, without PYTHONPATH: jobs see no copy of `tests` but the snapshot's."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(workdir)
-        sweep = Sweep.from_dict(SPEC, root=tmp_path_factory.mktemp("sweeps"))
+        mp.chdir(tmp_path_factory.mktemp("elsewhere"))
+        mp.delenv("PYTHONPATH", raising=False)
+        sweep = Sweep.from_dict(spec, root=tmp_path_factory.mktemp("sweeps"))
         sweep.launch(wait=True, timeout=900)
     return sweep
 
@@ -104,6 +109,16 @@ def test_a_users_stem_trains_in_a_local_sweep_from_the_code_snapshot(own_stem_sw
     ours = frame[frame["stem"] == PATH].iloc[0]
     model = create_model("vit_c_fmnist_tiny", stem=PATH)
     assert ours["flops"] == complexity(model, 28, 1)["flops"]  # counted by the engine with the user's stem
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_users_stem_trains_on_slurm_from_the_code_snapshot(slurm_cluster, tmp_path_factory):
+    spec = {**SPEC, "name": "own_stem_slurm", "grid": {"model": SPEC["grid"]["model"][:1]},
+            "launch": {"cluster": "slurm", "partition": slurm_cluster.partition, "cpus_per_task": 1, "timeout_min": 10}}
+    sweep = launch_elsewhere(spec, tmp_path_factory)
+    assert sweep.launches[0]["cluster"] == "slurm"
+    assert list(sweep.collect()["status"]) == ["completed"]
 
 
 @pytest.mark.slow
