@@ -56,7 +56,8 @@ class LocalMlp(nn.Module):
 
 
 class StemViT(VisionTransformer):
-    """timm VisionTransformer whose patch_embed is a `Stem`; optional CCT sequence pooling.
+    """timm VisionTransformer whose patch_embed is a stem (a `Stem`, or any registered or import-path
+    stem, see analysis.models.registry); optional CCT sequence pooling.
 
     seq_pool=True: no class token; pooled features are a softmax-weighted average of the
     final (normed) tokens, weights from a learned Linear(d, 1).

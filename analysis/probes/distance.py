@@ -7,7 +7,6 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
 from analysis.errors import ConfigError
 from analysis.probes.attention import attention_model, capture_attention
