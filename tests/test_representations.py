@@ -195,8 +195,14 @@ def test_ridge_probe_finds_the_label_when_features_hold_it_and_chance_on_noise()
     assert acc > 0.97 and train_acc > 0.97
     noise_acc, _ = ridge_probe(torch.randn(600, 32, generator=g), y, torch.randn(3000, 32, generator=g), yt)
     assert abs(noise_acc - 0.1) < 0.03
-    wide, _ = ridge_probe(centres[y[:50]] + torch.randn(50, 32, generator=g), y[:50], xt, yt)  # dual form (d > n / 2)
-    assert wide > 0.9
+    # d > n takes the dual form; it must predict as the primal solution computed here does
+    few, yf = (centres[y[:20]] + torch.randn(20, 32, generator=g)).double(), y[:20]
+    acc_dual, _ = ridge_probe(few, yf, xt, yt, ridge=0.1, num_classes=10)
+    mean, std = few.mean(dim=0), few.std(dim=0)
+    xs, xts = (few - mean) / std, (xt.double() - mean) / std
+    onehot = torch.nn.functional.one_hot(yf, 10).double()
+    w = torch.linalg.solve(xs.T @ xs + 0.1 * 20 * torch.eye(32, dtype=torch.float64), xs.T @ (onehot - onehot.mean(0)))
+    assert acc_dual == pytest.approx(float(((xts @ w + onehot.mean(0)).argmax(1) == yt).double().mean()))
     with pytest.raises(ConfigError, match="ridge must be > 0"):
         ridge_probe(x, y, xt, yt, ridge=0)
 
