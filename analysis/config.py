@@ -34,7 +34,7 @@ DEVICES = ("auto", "cpu", "cuda")
 @dataclass
 class ModelConfig:
     preset: str = "vit_c_fmnist_tiny"  # a name from analysis.models.PRESETS
-    stem: str | None = None  # override the preset's stem (analysis.models.STEMS); None keeps it
+    stem: str | None = None  # override the preset's stem: a registered name or module.path:callable; None keeps it
     local_mlp: bool | None = None  # LocalViT depthwise-conv MLP; None keeps the preset's choice
     fused_attn: bool = True  # scaled_dot_product_attention; False = explicit path (attention readable)
 
@@ -254,6 +254,10 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{what} must be >= 1 or null, got {value}")
     if (cfg.train.mixup or cfg.train.cutmix) and cfg.train.batch_size % 2:
         raise ConfigError(f"mixup/CutMix need an even train.batch_size, got {cfg.train.batch_size}")
+    if cfg.model.stem is not None:  # the form only; an import path is imported when the model is built
+        from analysis.models.registry import check_stem_name
+
+        check_stem_name(cfg.model.stem)
 
 
 def load(path: str | Path) -> RunConfig:

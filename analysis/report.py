@@ -1,5 +1,6 @@
-"""One self-contained HTML report of a sweep: EDFs, stability plots, the summary table, and
-attention maps and filters of each model's best run. Works offline (plotly.js is inlined).
+"""One self-contained HTML report of a sweep: EDFs, stability plots, the summary table,
+attention maps and filters of each model's best run, and, when the sweep holds a CNN baseline,
+CKA and linear probes of the ViTs against it. Works offline (plotly.js is inlined).
 
     python -m analysis report sweeps/demo            # -> sweeps/demo/report.html
 """
@@ -19,6 +20,7 @@ import plotly.graph_objects as go
 from analysis.errors import ConfigError
 
 PROBE_IMAGES = 6
+CNN_IMAGES = 256  # test images for CKA and linear probes against a CNN baseline
 
 
 def best_runs(df: pd.DataFrame, by: str = "model") -> pd.DataFrame:
@@ -94,6 +96,43 @@ def _distance_figure(vits: dict) -> go.Figure:
     return distance_figure(frames, title="Mean attention distance per head (pixels)")
 
 
+def _cnn_figures(best: pd.DataFrame, vits: dict, skipped: list | None = None) -> list[tuple[str, go.Figure]]:
+    """When the sweep trained a CNN baseline: layer-by-layer CKA of each best ViT against it and of
+    the ViTs against each other (Raghu et al.), and layerwise linear probes of every model, fit on
+    the first half of CNN_IMAGES test images and scored on the second half. A CNN run that cannot be
+    loaded is left out and added to `skipped` as (run, reason)."""
+    from analysis import rundir
+    from analysis.models import PRESETS
+    from analysis.plots.representations import cka_pairs_figure, linear_probe_figure
+    from analysis.probes import cka_pairs, linear_probes
+    from analysis.runs import as_model, load_config, sample_images
+
+    cnns = best[best["preset"].map(lambda p: PRESETS.get(p, {}).get("family")) == "cnn"]
+    if cnns.empty or not vits:
+        return []
+    models = {label: model for label, (model, _) in sorted(vits.items(), key=lambda kv: "ViT_P" not in kv[0])}
+    for _, row in cnns.iterrows():
+        try:
+            models[row["model"]] = as_model(row["run_dir"])
+        except Exception as e:  # noqa: BLE001 - the report goes on without this run's probes
+            if skipped is not None:
+                skipped.append((row["run"], rundir.failure_reason(e)))
+    cnns = cnns[cnns["model"].isin(list(models))]
+    if cnns.empty:
+        return []
+    x, y, _ = sample_images(load_config(cnns.iloc[0]["run_dir"]), n=CNN_IMAGES, one_per_class=False)
+    labels = list(models)
+    vit_labels = [v for v in labels if v in vits]
+    pairs = [(v, c) for v in vit_labels for c in cnns["model"]]
+    pairs += [(a, b) for i, a in enumerate(vit_labels) for b in vit_labels[i + 1:]]
+    cka = cka_pairs(models, list(zip(x.split(64), y.split(64))), pairs)
+    half = len(x) // 2
+    probes = {label: linear_probes(m, [(x[:half], y[:half])], [(x[half:], y[half:])]) for label, m in models.items()}
+    return [("Layer-by-layer CKA of the ViTs against the CNN baseline", cka_pairs_figure(cka)),
+            ("Layerwise linear probes of the ViTs and the CNN baseline (held-out half of the probe images)",
+             linear_probe_figure(probes))]
+
+
 def figures(df: pd.DataFrame, probes: bool = True, skipped: list | None = None) -> list[tuple[str, go.Figure]]:
     """(heading, figure) pairs of the report, in order. Runs whose probes were left out (their
     checkpoint could not be loaded) are appended to `skipped` as (run, reason)."""
@@ -107,7 +146,7 @@ def figures(df: pd.DataFrame, probes: bool = True, skipped: list | None = None) 
         out.append(("lr / wd sensitivity", sensitivity_figure(df)))
     if df["epochs"].nunique() > 1:
         out.append(("Error against training length", epochs_figure(df)))
-    if {"adamw", "sgd"} <= set(df["optimizer"]):
+    if any({"adamw", "sgd"} <= set(opts) for opts in df.groupby("model")["optimizer"].unique()):
         out.append(("Optimizer gap (SGD minus AdamW)", optimizer_gap_figure(df)))
     best = best_runs(df)
     if not best.empty:
@@ -118,6 +157,8 @@ def figures(df: pd.DataFrame, probes: bool = True, skipped: list | None = None) 
             out.append(("Mean attention distance", _distance_figure(vits)))
         for label, (model, cfg) in vits.items():
             out += _probe_figures(label, model, cfg)
+        if probes:
+            out += _cnn_figures(best, vits, skipped)
     return out
 
 

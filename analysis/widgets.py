@@ -277,14 +277,14 @@ def run_labels(run_dirs) -> dict[str, Path]:
     """Return {label: run_dir} from a {label: run_dir} mapping, one run directory or a list of them.
 
     Listed runs are labelled by their model name (e.g. "ViT_C-fmnist_tiny"); a repeated name gets
-    the folder name added.
+    the folder name added. A mapping's values may be any source analysis.runs.as_model takes.
     """
     from analysis.models import PRESETS
     from analysis.runs import load_config
     from analysis.sweeps import model_name
 
     if isinstance(run_dirs, Mapping):
-        out = {str(k): Path(v) for k, v in run_dirs.items()}
+        out = {str(k): Path(v) if isinstance(v, (str, Path)) and Path(v).is_dir() else v for k, v in run_dirs.items()}
     else:
         out = {}
         for d in [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs):
@@ -318,18 +318,24 @@ class AttentionExplorer(Explorer):
 
     def __init__(self, run_dirs, images: torch.Tensor | None = None, n_images: int = 8,
                  opacity: float = 0.6) -> None:
-        from analysis.probes import token_layout
-        from analysis.runs import class_names, load_config, load_model, sample_images
+        from analysis.probes import as_model, token_layout
+        from analysis.probes.attention import attention_model
+        from analysis.probes.layout import evaluating
+        from analysis.runs import class_names, load_config, sample_images
 
         super().__init__()
         self.run_dirs = run_labels(run_dirs)
-        self.models = {label: load_model(d, fused_attn=False) for label, d in self.run_dirs.items()}
+        self.models = {label: as_model(d, fused_attn=False) for label, d in self.run_dirs.items()}
         for label, model in self.models.items():
-            if getattr(model, "family", "vit") != "vit":
-                raise ConfigError(f"{label} is not a ViT (family {model.family!r}); attention needs ViT runs")
-            token_layout(model)
-        cfg = load_config(next(iter(self.run_dirs.values())))
-        names = class_names(cfg)
+            try:
+                token_layout(attention_model(model))
+            except ConfigError as e:
+                raise ConfigError(f"{label}: {e}") from None
+        run_dir = next((d for d in self.run_dirs.values() if isinstance(d, Path)), None)
+        if run_dir is None and images is None:
+            raise ConfigError("no run folder among the models to take test images from; pass images=")
+        cfg = load_config(run_dir) if run_dir is not None else None
+        names = class_names(cfg) if cfg is not None else None
         if images is None:
             images, labels, _ = sample_images(cfg, n=n_images)
             options = [(f"{i}: {names[int(y)]}", i) for i, y in enumerate(labels)]
@@ -340,9 +346,12 @@ class AttentionExplorer(Explorer):
                 raise ConfigError(f"images must be (B, C, H, W) normalised test images, got shape {tuple(images.shape)}")
             options = [(f"image {i}", i) for i in range(len(images))]
         self.images, self.opacity = images, opacity
-        self.class_names = names
-        with torch.no_grad():
-            self.probs = {label: m(images).softmax(-1) for label, m in self.models.items()}
+        self.probs = {}
+        for label, m in self.models.items():
+            with evaluating(m), torch.no_grad():
+                self.probs[label] = m(images).softmax(-1)
+        classes = next(iter(self.probs.values())).shape[-1]
+        self.class_names = names or tuple(f"class {i}" for i in range(classes))
         self._maps: dict[tuple[str, str], torch.Tensor] = {}
 
         depth = max(len(m.blocks) for m in self.models.values())
@@ -450,14 +459,13 @@ class FilterExplorer(Explorer):
 
     def filters(self, label: str, checkpoint: str) -> np.ndarray:
         """Return the (d, C, k, k) first-layer filters of one run's trained or initial weights (loaded once)."""
-        from analysis.probes import first_layer_filters
-        from analysis.runs import load_model
+        from analysis.probes import as_model, first_layer_filters
 
         if checkpoint not in CHECKPOINTS:
             raise one_of("checkpoint", checkpoint, CHECKPOINTS)
         key = (label, checkpoint)
         if key not in self._filters:
-            model = load_model(self.run_dirs[label], initial=checkpoint == "initial")
+            model = as_model(self.run_dirs[label], initial=checkpoint == "initial")
             self._filters[key] = first_layer_filters(model)
         return self._filters[key]
 

@@ -30,7 +30,8 @@ def with_parameters(name: str, folder: Path, root: Path) -> Path:
 
 @pytest.mark.browser
 @pytest.mark.slow
-@pytest.mark.parametrize("name, min_plots, min_sliders", [("01_quickstart", 4, 0), ("04_attention", 5, 2)])
+@pytest.mark.parametrize("name, min_plots, min_sliders", [("01_quickstart", 4, 0), ("04_attention", 5, 2),
+                                                          ("08_see_like_cnns", 6, 0)])
 def test_notebook_renders_in_jupyterlab(name, min_plots, min_sliders, notebook_root, tmp_path):  # noqa: F811
     from tests.browser import run_notebook_in_jupyterlab
 

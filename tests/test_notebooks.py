@@ -1,6 +1,6 @@
 """Every notebook runs top to bottom on a fresh kernel with tiny parameters, and is committed clean.
 
-The notebooks that need trained runs (01, 04, 05, 06) share one session-wide root: the first one
+The notebooks that need trained runs (01, 04, 05, 06, 08) share one session-wide root: the first one
 trains the two tiny runs, the others reuse them (so do the explorer tests). 02 and 03 launch tiny
 sweeps through the local launcher.
 """
@@ -41,6 +41,7 @@ CASES = {
     "05_filters_and_embeddings": (dict(TINY_TRAIN, n_images=2, n_components=8), 9, 1),
     "06_representations": (dict(TINY_TRAIN, n_images=2, cka_images=40, cka_batch=20, ig_steps=4), 5, 0),
     "07_cluster": ({"spec": "jobs/fmnist_peak.yaml"}, 0, 0),
+    "08_see_like_cnns": (dict(TINY_TRAIN, fractions=[0.7], probe_images=40, probe_batch=20), 6, 0),
 }
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from timm.layers import Attention
 from timm.models.vision_transformer import VisionTransformer
 
+from analysis.models.registry import lookup_stem, stem_layer
 from analysis.models.stems import Stem
 
 
@@ -55,7 +56,8 @@ class LocalMlp(nn.Module):
 
 
 class StemViT(VisionTransformer):
-    """timm VisionTransformer whose patch_embed is a `Stem`; optional CCT sequence pooling.
+    """timm VisionTransformer whose patch_embed is a stem (a `Stem`, or any registered or import-path
+    stem, see analysis.models.registry); optional CCT sequence pooling.
 
     seq_pool=True: no class token; pooled features are a softmax-weighted average of the
     final (normed) tokens, weights from a learned Linear(d, 1).
@@ -97,7 +99,8 @@ def init_vit(model: StemViT) -> None:
         nn.init.zeros_(model.cls_token)
     if model.pos_embed is not None:
         nn.init.normal_(model.pos_embed, std=0.02)
-    model.stem.init_weights()
+    if hasattr(model.stem, "init_weights"):  # optional for users' stems (analysis.models.registry)
+        model.stem.init_weights()
     if model.seq_pool is not None:
         nn.init.xavier_uniform_(model.seq_pool.weight)
         nn.init.zeros_(model.seq_pool.bias)
@@ -109,8 +112,8 @@ def init_vit(model: StemViT) -> None:
 def build_vit(s: Dict[str, Any], fused_attn: bool = True) -> StemViT:
     """Returns a StemViT from resolved preset settings `s` (see presets.py for the keys)."""
     stem = s["stem"]
-    embed = partial(Stem, kind=stem, channels=s["stem_channels"], strides=s["stem_strides"])
-    seq_pool = stem == "cct"
+    embed = stem_layer(stem, s["stem_channels"], s["stem_strides"])
+    seq_pool = lookup_stem(stem).seq_pool
     kwargs: Dict[str, Any] = {}
     if s["local_mlp"]:
         grid = (s["img_size"] // s["patch_size"],) * 2

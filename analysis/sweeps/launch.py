@@ -205,6 +205,9 @@ class Sweep:
         launches = self.launches
         lid = len(launches)
         code_dir = snapshot_code(self.dir / "code" / f"launch-{lid:03d}", code)
+        from analysis.models.registry import snapshot_stem_code  # users' stems named by import path
+
+        snapshot_stem_code(code_dir, [self.configs[r].model.stem for r in todo])
         if cluster == "local":
             groups = split(todo, opts.get("parallel", 1))
             executor = DetachedLocalExecutor(folder=self.dir / "submitit")

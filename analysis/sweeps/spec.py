@@ -265,6 +265,7 @@ class Spec:
     def runs(self) -> list[dict]:
         """Expand grid x samples into run rows: {"run", "overrides", "sampled", "cfg"}, duplicates dropped."""
         from analysis.models import PRESETS
+        from analysis.models.registry import portable_stem
 
         rng = np.random.default_rng(self.seed)
         cells = itertools.product(*[cases for _, cases in self.axes]) if self.axes else [()]
@@ -286,6 +287,8 @@ class Spec:
                 cfg = C.RunConfig().replace(overrides)
                 if cfg.model.preset not in PRESETS:
                     raise one_of("model.preset", cfg.model.preset, list(PRESETS))
+                if cfg.model.stem is not None:  # jobs build it in another process: it must be importable there
+                    portable_stem(cfg.model.stem)
                 key = tuple(sorted((k, repr(v)) for k, v in cfg.flat().items()))
                 if key in seen:
                     self.dropped += 1
@@ -307,7 +310,7 @@ def run_id(i: int, cfg: C.RunConfig, varies: set[str] = frozenset()) -> str:
     """Short readable run id, e.g. "0007-vit_c_fmnist_tiny-sgd" (+ stem/epochs/seed/data when they vary)."""
     parts = [f"{i:04d}", cfg.model.preset, cfg.optim.name]
     if "model.stem" in varies and cfg.model.stem:
-        parts.append(cfg.model.stem)
+        parts.append(cfg.model.stem.split(":")[-1])  # an import path's attribute: no ':' in folder names
     if "train.epochs" in varies:
         parts.append(f"e{cfg.train.epochs}")
     if "train.seed" in varies:
