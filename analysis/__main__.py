@@ -17,7 +17,7 @@ def _train(args) -> None:
     if args.preset:
         overrides["model.preset"] = args.preset
     cfg = cfg.replace(overrides)
-    result = train(cfg, args.out)
+    result = train(cfg, args.out, restart=args.restart)
     print(f"{result['status']}: test top-1 error {result['top1_err']:.2f}% -> {args.out}")
 
 
@@ -170,6 +170,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", help="model preset (python -m analysis presets lists them)")
     t.add_argument("--config", help="a run config YAML to start from")
     t.add_argument("--out", required=True, help="the run directory (resumed if it holds a checkpoint)")
+    t.add_argument("--restart", action="store_true",
+                   help="start the run over: remove its checkpoint, metrics and result first")
     t.add_argument("overrides", nargs="*", help="section.key=value overrides")
     t.set_defaults(func=_train)
 

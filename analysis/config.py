@@ -83,6 +83,7 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0  # also checkpoint mid-epoch this often (0: epoch ends only)
     progress: str = "auto"  # one of PROGRESS; auto = a bar on a terminal, log lines in batch jobs
     threads: int | None = None  # torch CPU threads (None: torch's default)
+    tensorboard: bool = False  # also write TensorBoard event files to <run>/tensorboard (needs `tensorboard`)
 
 
 @dataclass

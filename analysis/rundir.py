@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from analysis.errors import ConfigError
+
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
@@ -141,12 +143,32 @@ def save_checkpoint(run_dir: str | Path, state: dict) -> None:
     write_atomic(Path(run_dir) / CHECKPOINT, buf.getvalue())
 
 
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be read safely; the message names the file and what to do."""
+
+
 def load_checkpoint(run_dir: str | Path, map_location="cpu") -> dict | None:
-    """Return the last checkpoint (weights_only loading), or None if there is none."""
+    """Return the last checkpoint (weights_only loading), or None if there is none. An empty,
+    truncated, corrupt or unsafe file raises CheckpointError with one line."""
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         return None
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file
+        if path.stat().st_size == 0:
+            what = "is empty"
+        elif "weights_only" in str(e) or "Unsupported global" in str(e):
+            what = "holds objects other than tensors and plain data (refused: checkpoints load weights only)"
+        else:
+            what = f"is truncated or corrupt ({type(e).__name__})"
+        raise CheckpointError(f"checkpoint {path} {what}; start the run over with "
+                              f"`python -m analysis train --restart --out {run_dir} ...` "
+                              "(train(cfg, out, restart=True)) or delete that file") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CheckpointError(f"checkpoint {path} is not a run checkpoint (no model state); start the run over "
+                              f"with `python -m analysis train --restart --out {run_dir} ...` or delete that file")
+    return ckpt
 
 
 def read_result(run_dir: str | Path) -> dict | None:
@@ -159,14 +181,30 @@ def is_complete(run_dir: str | Path) -> bool:
     return bool(result) and result.get("status") in ("completed", "diverged")
 
 
-def prepare(run_dir: str | Path, cfg):
-    """Create the run directory, or check that the config it already holds matches `cfg` (all but the
-    resolved train.precision); return the config to resume with (the stored one, else `cfg`)."""
+def check_out(run_dir: str | Path) -> None:
+    """Raise a one-line ConfigError unless run_dir is (or can become) a writable folder."""
+    run_dir = Path(run_dir)
+    for parent in [run_dir, *run_dir.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                where = "is a file" if parent == run_dir else f"is under {parent}, which is a file"
+                raise ConfigError(f"run folder {run_dir} {where}; give a folder path")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                what = "is not writable" if parent == run_dir else f"cannot be created: {parent} is not writable"
+                raise ConfigError(f"run folder {run_dir} {what}; choose a folder you can write")
+            return
+
+
+def prepare(run_dir: str | Path, cfg, create: bool = True):
+    """Create the run directory (unless create=False), or check that the config it already holds
+    matches `cfg` (all but the resolved train.precision); return the config to resume with (the
+    stored one, else `cfg`)."""
     from analysis.config import load
-    from analysis.errors import ConfigError
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_out(run_dir)
+    if create:
+        run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / CONFIG
     if not path.is_file():
         return cfg
@@ -178,6 +216,25 @@ def prepare(run_dir: str | Path, cfg):
         raise ConfigError(f"{run_dir} holds a run with another config (differs in {', '.join(diff)}); "
                           "use another run directory or delete that one")
     return old
+
+
+def remove_temp_files(run_dir: str | Path) -> int:
+    """Delete temp files left by interrupted atomic writes (call only while holding the run's lock);
+    return how many were removed."""
+    count = 0
+    for tmp in Path(run_dir).glob(".*.tmp"):
+        try:
+            tmp.unlink()
+            count += 1
+        except OSError:
+            pass
+    return count
+
+
+def clear_run(run_dir: str | Path) -> None:
+    """Remove a run's checkpoint, metrics and result so that it starts over (config and log stay)."""
+    for name in (CHECKPOINT, METRICS, RESULT):
+        (Path(run_dir) / name).unlink(missing_ok=True)
 
 
 def completed_result(rows: list[dict], cx: dict, seconds: float) -> dict:
@@ -247,8 +304,8 @@ class RunLock:
         self.release()
 
 
-class RunLocked(RuntimeError):
-    """Another live process holds the run folder's training lock."""
+class RunLocked(ConfigError):
+    """Another live process holds the run folder's training lock (one line naming it)."""
 
 
 def _read_holder(path: Path) -> dict | None:

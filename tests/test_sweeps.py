@@ -142,8 +142,6 @@ def test_model_names():
 
 
 def test_plan_batches_only_compatible_runs(tmp_path):
-    from analysis import batched
-
     dirs = []
     for i, (preset, lr, epochs) in enumerate([("vit_p_fmnist_tiny", 1e-3, 1), ("vit_p_fmnist_tiny", 2e-3, 1),
                                               ("vit_c_fmnist_tiny", 1e-3, 1), ("vit_p_fmnist_tiny", 3e-3, 1),
@@ -153,10 +151,9 @@ def test_plan_batches_only_compatible_runs(tmp_path):
         cfg = RunConfig().replace({"model.preset": preset, "optim.lr": lr, "train.epochs": epochs})
         (d / "config.yaml").write_text(cfg.to_yaml())
         dirs.append(str(d))
-    assert plan(dirs, 1, batched) == [[d] for d in dirs]
-    assert plan(dirs, 4, None) == [[d] for d in dirs]
-    assert plan(dirs, 2, batched) == [[dirs[0], dirs[1]], [dirs[2]], [dirs[3]], [dirs[4]]]
-    assert plan(dirs, 3, batched) == [[dirs[0], dirs[1], dirs[3]], [dirs[2]], [dirs[4]]]
+    assert plan(dirs, 1) == [[d] for d in dirs]
+    assert plan(dirs, 2) == [[dirs[0], dirs[1]], [dirs[2]], [dirs[3]], [dirs[4]]]
+    assert plan(dirs, 3) == [[dirs[0], dirs[1], dirs[3]], [dirs[2]], [dirs[4]]]
 
 
 # -- launching locally --------------------------------------------------------------------------
