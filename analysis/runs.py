@@ -31,7 +31,7 @@ def load_model(run_dir: str | Path, ema: bool = False, initial: bool = False, de
                fused_attn: bool = True) -> torch.nn.Module:
     """The run's model in eval mode: the last checkpoint's weights (its EMA weights with ema=True),
     or the untrained initialisation the run started from with initial=True."""
-    from analysis.train import build_model, seed_everything
+    from analysis.recipe import build_model, seed_everything
 
     cfg = load_config(run_dir)
     cfg.model.fused_attn = fused_attn

@@ -30,8 +30,7 @@ from analysis.backends import Dist, SingleBackend, StackedBackend, check_compati
 from analysis.config import RunConfig
 from analysis.errors import ConfigError
 from analysis.member import Member
-from analysis.recipe import (build_data, build_model, choose_precision, evaluate, lr_factor,  # noqa: F401
-                             make_optimizer, resolve_device, seed_everything)
+from analysis.recipe import build_data, choose_precision, resolve_device
 
 CHECK_EVERY = 25  # steps between host checks for a non-finite loss (each one is a device sync)
 

@@ -43,7 +43,7 @@ LAUNCH_KEYS = {
     "cluster": (str, type(None)),  # None/"auto": SLURM when sinfo answers, else "local"; or "slurm", "local"
     "parallel": int,  # local: processes at once (default 1); SLURM: array parallelism (default unlimited)
     "runs_per_job": int,  # SLURM: runs trained one after another by one array task (default 1)
-    "batch_runs": int,  # runs trained together by analysis.batched.train_group (default 1)
+    "batch_runs": int,  # compatible runs trained together as one stacked group (analysis.train.train_group; default 1)
     "max_retries": int,  # resubmit() relaunches a run at most this often (default 3)
     "timeout_min": int,  # job time limit in minutes (default 24 h)
     "partition": str, "account": str, "qos": str, "constraint": str,
