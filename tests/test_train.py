@@ -141,3 +141,18 @@ def test_other_config_in_same_dir_is_refused(tmp_path):
     train(tiny_cfg(**{"train.epochs": 1}), tmp_path / "run")
     with pytest.raises(ConfigError, match="another config"):
         train(tiny_cfg(**{"train.epochs": 1, "optim.lr": 2e-3}), tmp_path / "run")
+
+
+def test_tensorboard_event_files_mirror_the_metrics(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    train(tiny_cfg(**{"train.tensorboard": True}), run)
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    rows = rundir.read_metrics(run)
+    scalars = events.Scalars("test_top1_err")
+    assert [(s.step, s.value) for s in scalars] == [(r["step"], pytest.approx(r["test_top1_err"])) for r in rows]
+    assert {"train_loss", "lr", "images_per_s"} <= set(events.Tags()["scalars"])
+    train(tiny_cfg(**{"train.epochs": 1}), tmp_path / "plain")
+    assert not (tmp_path / "plain" / "tensorboard").exists()  # off by default
