@@ -114,7 +114,7 @@ def curves_figure(
                 go.Scatter(
                     x=frame[x],
                     y=frame[metric],
-                    mode="lines",
+                    mode="lines+markers",
                     line=dict(color=color),
                     name=label,
                     legendgroup=label,

@@ -179,7 +179,7 @@ def tiles_figure(tiles, explained_variance=None, cols: int | None = None, title:
         ev = _np(explained_variance)[:n]
         title += f" (explained variance: {100 * ev.sum():.1f}% in total, first {100 * ev[0]:.1f}%)"
     fig = go.Figure([trace])
-    tile_px = min(90.0, max(28.0, (NOTEBOOK_WIDTH - 40) / cols))  # tiles drawn 28-90 px wide
+    tile_px = min(64.0, max(28.0, (NOTEBOOK_WIDTH - 40) / cols))  # tiles drawn 28-64 px wide
     fig.update_layout(template=TEMPLATE, title=title, height=round(rows * tile_px) + 80,
                       margin=dict(l=20, r=20, t=60, b=20))
     return image_axes(fig)
