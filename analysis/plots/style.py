@@ -145,13 +145,27 @@ def integer_ticks(high: float, most: int = 10) -> dict:
     return dict(tickmode="linear", tick0=0, dtick=step, tickformat="d")
 
 
-def log_ticks(low: float, high: float) -> dict:
-    """Log-axis settings with few labels: 1, 2 and 5 of each decade over up to two decades, the
-    decades alone beyond (plotly's default labels every minor digit on narrow panels)."""
-    if not (low > 0 and high > 0):
-        return dict(dtick=1, exponentformat="power")
-    decades = math.log10(high) - math.log10(low)
-    return dict(dtick="D2" if decades <= 2 else 1, exponentformat="power")
+def _tick_text(v: float) -> str:
+    return f"{v:g}" if 1e-3 <= v < 1e4 else f"{v:.0e}".replace("e-0", "e-").replace("e+0", "e")
+
+
+def log_ticks(low: float, high: float, most: int = 6) -> dict:
+    """Log-axis settings with a few labelled ticks over [low, high], every label a full number:
+    1, 2 and 5 of each decade, thinned to decades on wide ranges and refined on narrow ones
+    (plotly's defaults label the minor digits alone, which crowd narrow panels and cannot be read
+    on ranges without a decade)."""
+    if not (low > 0 and high >= low):
+        return {}
+    lo, hi = low / 1.25, high * 1.25  # the markers' padding
+    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    ticks = []
+    for mantissas in ((1, 1.5, 2, 3, 4, 5, 6, 8), (1, 2, 5), (1, 3), (1,)):  # finest first
+        ticks = [m * 10.0**k for k in decades for m in mantissas if lo <= m * 10.0**k <= hi]
+        if len(ticks) <= most:
+            break
+    while len(ticks) > most:  # very wide ranges: every other decade
+        ticks = ticks[::2]
+    return dict(tickvals=ticks, ticktext=[_tick_text(t) for t in ticks])
 
 
 def wrap_title(text: str, width_px: float, font_px: float = 14) -> str:

@@ -50,8 +50,8 @@ class LogRangeSlider(widgets.HBox):
         hi = max(math.ceil(math.log10(high) / step) * step, lo + step)
         self.slider = widgets.FloatRangeSlider(
             min=lo, max=hi, step=step, value=(lo, hi), description=description, readout=False,
-            continuous_update=False, style={"description_width": "initial"}, layout=widgets.Layout(width="300px"))
-        self.readout = widgets.Label(layout=widgets.Layout(width="150px"))
+            continuous_update=False, style={"description_width": "initial"}, layout=widgets.Layout(width="250px"))
+        self.readout = widgets.Label(layout=widgets.Layout(width="125px"))
         super().__init__([self.slider, self.readout])
         self._syncing = False
         self.slider.observe(self._from_slider, names="value")

@@ -272,8 +272,9 @@ class SweepMonitor:
             live = f"refreshing every {self.interval:g} s (last {time.strftime('%H:%M:%S')})"
         else:
             live = f"not refreshing: {self.ended or 'stopped'}"
-        self.stop_button.description = "stop" if self.running and not self._stop.is_set() else "resume"
-        self.stop_button.icon = "stop" if self.stop_button.description == "stop" else "play"
+        live_now = self.running and not self._stop.is_set()
+        self.stop_button.description = "stop" if live_now else "resume" if w.active() else "refresh"
+        self.stop_button.icon = {"stop": "stop", "resume": "play", "refresh": "refresh"}[self.stop_button.description]
         self.header.value = (
             f'<div style="line-height:1.7"><b>{html.escape(self.sweep.name)}</b>: {len(w.runs)} runs {chips}<br>'
             f'<span class="monitor-progress">epochs {done}/{planned}</span> · {timing} · {html.escape(live)}</div>')
@@ -365,7 +366,8 @@ class SweepMonitor:
             return ("<div style='color:#666'>summary: after each model and optimizer has "
                     f"{self.min_runs} finished runs (now {html.escape(', '.join(short))})</div>")
         table = summary_table(counted, by=["model", "optimizer"])
-        return "<b>summary of the finished runs</b>" + table.to_html(index=False, float_format=lambda v: f"{v:.3g}")
+        return ('<div class="stemlab-runs"><b>summary of the finished runs</b>' + TABLE_CSS
+                + table.to_html(index=False, border=0, float_format=lambda v: f"{v:.3g}") + "</div>")
 
     # -- logs, cancel, resubmit ------------------------------------------------------------------------
     def _draw_logs(self) -> None:
