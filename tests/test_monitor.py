@@ -132,10 +132,10 @@ def test_monitor_curves_grow_in_place_and_edf_gains_traces(hand_sweep):
     m.refresh()
     groups = {t.meta["group"] for t in m.edf_fig.data if t.meta["kind"] == "edf"}
     assert groups == {"ViT_P-fmnist_tiny adamw", "ViT_P-fmnist_tiny sgd", "ViT_C-fmnist_tiny adamw"}
-    assert "ViT_C-fmnist_tiny sgd 0/1" in m.claims.value  # the summary waits for the last group
+    assert "ViT_C-fmnist_tiny sgd 0/1" in m.claims.value  # the claims wait for the last group
     finish(hand_sweep.run_dir(hand_sweep.run_ids[3]), err=31.0)
     m.refresh()
-    assert "<table" in m.claims.value
+    assert "<table class=claims" in m.claims.value
 
     m.select.value = (b, a)  # the user's pick: the traces follow it, a's keep their objects
     assert [t.meta["group"] for t in m.curves_fig.data] == [b, b, a, a]
@@ -192,7 +192,7 @@ def test_monitor_follows_a_real_sweep_in_the_background(tmp_path):
     grown = [(t, n) for t, n in first.values() if t in m.curves_fig.data and len(t.x) > n]
     assert grown, "no curve trace gained points in place"
     assert all(len(t.x) == 3 for t in m.curves_fig.data)
-    assert "<table" in m.claims.value
+    assert "<table class=claims" in m.claims.value
 
 
 @pytest.mark.slow

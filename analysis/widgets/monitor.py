@@ -21,6 +21,7 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from analysis.claims import MIN_RUNS
 from analysis.plots.stability import edf_figure
 from analysis.plots.style import TEMPLATE, color_map, integer_ticks, style_maps
 from analysis.sweeps.status import COLORS, KEEP
@@ -101,7 +102,8 @@ class SweepMonitor:
     a table of runs (state, progress, latest train loss and test error, images/s, failure reason),
     the training curves of the selected runs (the same traces gain points as metrics.jsonl grows),
     the EDF of the finished runs per model and optimizer (traces appear as groups finish) and the
-    summary of the paper's claims once every model and optimizer has `min_runs` finished runs.
+    paper's claims (analysis.claims, with bootstrap intervals; `within` points for within_k) once
+    every model and optimizer has `min_runs` finished runs.
     Buttons: stop/resume the refresh, show the selected runs' log tails, cancel the selected runs,
     resubmit failed ones (both through the Sweep API, after a confirmation line).
 
@@ -113,9 +115,11 @@ class SweepMonitor:
 
     _live: dict[Path, "SweepMonitor"] = {}  # the refreshing monitor of each sweep folder
 
-    def __init__(self, sweep, interval: float = 5.0, curves: int = 4, max_rows: int = 30, min_runs: int = 3,
-                 width: int = 860, resubmit_options: dict | None = None, start: bool = True) -> None:
+    def __init__(self, sweep, interval: float = 5.0, curves: int = 4, max_rows: int = 30, min_runs: int = MIN_RUNS,
+                 within: float = 4.0, width: int = 860, resubmit_options: dict | None = None,
+                 start: bool = True) -> None:
         self.sweep, self.interval, self.max_rows, self.min_runs = sweep, interval, max_rows, min_runs
+        self.within = within
         self.n_curves, self.width = curves, width
         self.resubmit_options = dict(resubmit_options or {})
         self.watcher = SweepWatcher(sweep)
@@ -354,20 +358,20 @@ class SweepMonitor:
         self.claims.value = self._claims_html(counted)
 
     def _claims_html(self, counted) -> str:
-        """The claims summary once every model and optimizer has min_runs finished runs, else what is missing."""
-        from analysis.plots.stability import summary_table
+        """The claims table (analysis.claims) once every model and optimizer has min_runs finished
+        runs, else which groups it waits for."""
+        from analysis.claims import claims_html, claims_table
 
         planned = self.plan.groupby(["model", "optimizer"]).size()
-        have = counted.groupby(["model", "optimizer"]).size() if len(counted) else None
-        short = [f"{m} {o} {0 if have is None else int(have.get((m, o), 0))}/{min(self.min_runs, n)}"
-                 for (m, o), n in planned.items()
-                 if (0 if have is None else have.get((m, o), 0)) < min(self.min_runs, n)]
+        have = counted.groupby(["model", "optimizer"]).size() if len(counted) else {}
+        short = [f"{m} {o} {int(have.get((m, o), 0))}/{min(self.min_runs, n)}" for (m, o), n in planned.items()
+                 if have.get((m, o), 0) < min(self.min_runs, n)]
         if short:
-            return ("<div style='color:#666'>summary: after each model and optimizer has "
+            return ("<div style='color:#666'>the paper's claims: once each model and optimizer has "
                     f"{self.min_runs} finished runs (now {html.escape(', '.join(short))})</div>")
-        table = summary_table(counted, by=["model", "optimizer"])
-        return ('<div class="stemlab-runs"><b>summary of the finished runs</b>' + TABLE_CSS
-                + table.to_html(index=False, border=0, float_format=lambda v: f"{v:.3g}") + "</div>")
+        table = claims_table(counted, within=self.within)
+        return ("<div style='overflow-x:auto'><b>the paper's claims on the finished runs</b> "
+                f"(95% bootstrap intervals; within {self.within:g} points){claims_html(table)}</div>")
 
     # -- logs, cancel, resubmit ------------------------------------------------------------------------
     def _draw_logs(self) -> None:
