@@ -9,6 +9,7 @@ free and another cell runs.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -125,6 +126,7 @@ def test_notebook_02_monitors_a_slurm_sweep_in_jupyterlab(notebook_root, slurm_c
     shot.unlink(missing_ok=True)
     result = run_notebook_in_jupyterlab(path, shot, timeout=600, interact=watch_the_monitor(path))
     seen = result["interaction"]
+    (ARTIFACTS / "notebook_02_monitor.json").write_text(json.dumps(seen, indent=1))  # what the page showed, when
     assert result["errors"] == [] and result["executed"] == result["cells"]
     # Run All had finished (the kernel idle) before the progress changed: the kernel stayed free
     assert len(seen["progress_texts"]) >= 3, seen["progress_texts"]

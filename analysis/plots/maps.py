@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analysis.errors import ConfigError
-from analysis.plots.style import NOTEBOOK_WIDTH, TEMPLATE, color_map, wrap_title
+from analysis.plots.style import NOTEBOOK_WIDTH, TEMPLATE, color_map, integer_ticks, wrap_title
 
 MAP_SCALE = "Inferno"
 SIGNED_SCALE = "RdBu_r"
@@ -138,7 +138,7 @@ def distance_figure(frames: Mapping[str, pd.DataFrame], side_by_side: bool = Fal
         else:
             fig.add_trace(trace)
     fig.update_layout(template=TEMPLATE, title=title or "mean attention distance")
-    fig.update_xaxes(title_text="block")
+    fig.update_xaxes(title_text="block", **integer_ticks(max(float(df["layer"].max()) for df in frames.values())))
     if side_by_side:
         fig.update_yaxes(title_text="mean attention distance (px)", col=1)
     else:
@@ -199,7 +199,9 @@ def position_similarity_figure(similarity, title: str | None = None) -> go.Figur
         for c in range(gw):
             z[r * (gh + 1): r * (gh + 1) + gh, c * (gw + 1): c * (gw + 1) + gw] = s[r, c]
     fig = go.Figure([go.Heatmap(z=_json_grid(z), colorscale="Viridis", zmin=-1, zmax=1, colorbar=dict(title="cos"))])
-    fig.update_layout(template=TEMPLATE, title=title or "position-embedding similarity")
+    cell_px = min(12.0, max(4.0, 560 / z.shape[0]))  # the grid of grids drawn 4-12 px per cell
+    fig.update_layout(template=TEMPLATE, title=title or "position-embedding similarity",
+                      height=round(z.shape[0] * cell_px) + 90, margin=dict(t=60, b=30))
     return image_axes(fig)
 
 
@@ -212,7 +214,8 @@ def cka_figure(cka: pd.DataFrame, title: str | None = None, row_label: str | Non
         colorscale="Magma", zmin=0, zmax=1, colorbar=dict(title="CKA"),
         hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>",
     )])
-    fig.update_layout(template=TEMPLATE, title=title or "linear CKA")
+    fig.update_layout(template=TEMPLATE, title=title or "linear CKA", height=max(360, 30 * len(cka) + 160),
+                      margin=dict(t=60, b=60))
     fig.update_yaxes(autorange="reversed", title_text=row_label, scaleanchor="x")
     fig.update_xaxes(title_text=col_label, constrain="domain")
     return fig

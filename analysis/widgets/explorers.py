@@ -320,8 +320,8 @@ class FilterExplorer(Explorer):
         self.fig = go.FigureWidget()
         self.variance_fig = go.FigureWidget()
         c = self.controls
-        self.widget = widgets.VBox([widgets.HBox([c["model"], c["count"]]), c["checkpoint"], c["view"], self.status,
-                                    widgets.HBox([self.fig, self.variance_fig])])
+        self.widget = widgets.VBox([widgets.HBox([c["model"], c["count"]]), widgets.HBox([c["checkpoint"], c["view"]]),
+                                    self.status, widgets.HBox([self.fig, self.variance_fig])])
         self.update()
         self.watch()
 

@@ -142,12 +142,12 @@ class SweepMonitor:
     # -- widgets ---------------------------------------------------------------------------------
     def _button(self, description: str, icon: str, action, style: str = "") -> widgets.Button:
         button = widgets.Button(description=description, icon=icon, button_style=style,
-                                layout=widgets.Layout(width="auto"))
+                                layout=widgets.Layout(width="auto", flex="0 0 auto"))
         button.on_click(lambda _b: action())
         return button
 
     def _build(self) -> None:
-        self.header = widgets.HTML()
+        self.header = widgets.HTML(layout=widgets.Layout(flex="1 1 auto"))
         self.stop_button = self._button("stop", "stop", self._toggle)
         self.listing = widgets.Dropdown(options=list(LISTS), value="active first", description="list",
                                         layout=widgets.Layout(width="220px"))
@@ -183,6 +183,20 @@ class SweepMonitor:
         fig.update_xaxes(title="epoch", rangemode="tozero", **integer_ticks(longest))
         fig.update_layout(template=TEMPLATE, width=self.width, height=340, margin=dict(t=40, b=40),
                           title=None, legend=dict(orientation="h", x=0, y=-0.25, yanchor="top"))
+        return self._curves_message(fig, True)
+
+    @staticmethod
+    def _curves_message(fig, empty: bool):
+        """Show a line in place of the curves' axes while no selected run has an epoch (same traces)."""
+        text = "the curves of the selected runs appear here after their first epoch"
+        fig.update_xaxes(visible=not empty)
+        fig.update_yaxes(visible=not empty)
+        fig.update_layout(annotations=[a for a in fig.layout.annotations if a.text != text] + (
+            [dict(text=text, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+                  font=dict(size=15, color="#666"))] if empty else []))
+        for a in fig.layout.annotations:  # the panel titles
+            if a.text != text:
+                a.visible = not empty
         return fig
 
     def _repr_mimebundle_(self, **kwargs):
@@ -192,7 +206,8 @@ class SweepMonitor:
     @property
     def running(self) -> bool:
         """True while the background refresh runs."""
-        return self._thread is not None and self._thread.is_alive()
+        thread = self._thread
+        return thread is not None and thread.is_alive()
 
     def start(self) -> None:
         """Start (or resume) the background refresh; another monitor of this sweep is stopped."""
@@ -220,8 +235,9 @@ class SweepMonitor:
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until the background refresh has ended (the sweep ended, or stop()); True if it has."""
-        if self._thread is not None:
-            self._thread.join(timeout)
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
         return not self.running
 
     def _loop(self) -> None:
@@ -236,8 +252,9 @@ class SweepMonitor:
                 break
         else:
             self.ended = "stopped"
-        self._thread = None if self._thread is threading.current_thread() else self._thread
-        self._draw_header()
+        with self._lock:
+            self._thread = None if self._thread is threading.current_thread() else self._thread
+            self._draw_header()
 
     def _toggle(self) -> None:
         if self.running:
@@ -339,6 +356,9 @@ class SweepMonitor:
                 if len(trace.x) != len(rows) or trace.meta["group"] in changed:
                     trace.x = [r["epoch"] for r in rows]
                     trace.y = [r.get(trace.meta["kind"]) for r in rows]
+            empty = not any(len(t.x) for t in fig.data)
+            if empty != (fig.layout.xaxis.visible is False):
+                self._curves_message(fig, empty)
 
     # -- finished runs: EDF and claims -------------------------------------------------------------
     def _draw_results(self) -> None:
