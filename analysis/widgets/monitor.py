@@ -32,6 +32,9 @@ LISTS = ("active first", "all", *STATES, "NOT_LAUNCHED")  # what the runs table 
 ORDER = {"RUNNING": 0, "PENDING": 2, "UNKNOWN": 2, "DIVERGED": 3, "COMPLETED": 4, "NOT_LAUNCHED": 5}  # else 1
 CURVES = (("train_loss", "train loss"), ("test_top1_err", "top-1 test error (%)"))
 BAR = "#1976d2"
+# the claims table scrolls sideways instead of squeezing: one line per cell but the last three (prose)
+CLAIMS_CSS = ("<style>.stemlab-claims{overflow-x:auto;font-size:12px}.stemlab-claims td,.stemlab-claims th"
+              "{white-space:nowrap}.stemlab-claims td:nth-last-child(-n+3){white-space:normal;min-width:170px}</style>")
 TABLE_CSS = ("<style>.stemlab-runs{font-size:12px;overflow-x:auto}.stemlab-runs table{border-collapse:collapse}"
              ".stemlab-runs td,.stemlab-runs th{padding:1px 6px;white-space:nowrap;text-align:left}</style>")
 
@@ -390,8 +393,8 @@ class SweepMonitor:
             return ("<div style='color:#666'>the paper's claims: once each model and optimizer has "
                     f"{self.min_runs} finished runs (now {html.escape(', '.join(short))})</div>")
         table = claims_table(counted, within=self.within)
-        return ("<div style='overflow-x:auto'><b>the paper's claims on the finished runs</b> "
-                f"(95% bootstrap intervals; within {self.within:g} points){claims_html(table)}</div>")
+        return ("<div class='stemlab-claims'><b>the paper's claims on the finished runs</b> "
+                f"(95% bootstrap intervals; within {self.within:g} points){CLAIMS_CSS}{claims_html(table)}</div>")
 
     # -- logs, cancel, resubmit ------------------------------------------------------------------------
     def _draw_logs(self) -> None:
