@@ -139,7 +139,7 @@ class SweepMonitor:
         if start and self.watcher.active():
             self.start()
         else:
-            self.ended = "no run is pending or running" if start else "start=False"
+            self.ended = "no run is pending or running" if start else "not started (start=False)"
             self._draw_header()
 
     # -- widgets ---------------------------------------------------------------------------------
