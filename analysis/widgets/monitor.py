@@ -34,7 +34,8 @@ CURVES = (("train_loss", "train loss"), ("test_top1_err", "top-1 test error (%)"
 BAR = "#1976d2"
 # the claims table scrolls sideways instead of squeezing: one line per cell but the last three (prose)
 CLAIMS_CSS = ("<style>.stemlab-claims{overflow-x:auto;font-size:12px}.stemlab-claims td,.stemlab-claims th"
-              "{white-space:nowrap;line-height:1.3}.stemlab-claims td:nth-last-child(-n+3){white-space:normal;min-width:170px}</style>")
+              "{white-space:nowrap;line-height:1.3}"
+              ".stemlab-claims td:nth-last-child(-n+3){white-space:normal;min-width:170px}</style>")
 TABLE_CSS = ("<style>.stemlab-runs{font-size:12px;overflow-x:auto}.stemlab-runs table{border-collapse:collapse}"
              ".stemlab-runs td,.stemlab-runs th{padding:1px 6px;white-space:nowrap;text-align:left}</style>")
 
