@@ -1,7 +1,9 @@
 """Model complexity in the pycls convention (Radosavovic et al.; Xiao et al. Table 1).
 
 flops: multiply-accumulates of Conv2d and Linear layers plus the two attention matmuls
-(Q K^T and A V); norms, activations, softmax and residual adds are not counted.
+(Q K^T and A V), plus one flop per output element of every added bias (a conv or linear with
+bias=True), as pycls' conv2d_cx/linear_cx count it; norms, activations, softmax and residual
+adds are not counted.
 acts: total size of the outputs of those convs, linears and matmuls. params: all parameters.
 Counted from one forward pass of a single image with hooks, so any stem or CNN works.
 """
@@ -18,11 +20,11 @@ def complexity(model: nn.Module, img_size: int, in_chans: int) -> Dict[str, int]
 
     def conv_hook(m: nn.Conv2d, inp, out) -> None:
         k = m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
-        totals["flops"] += out.numel() * k
+        totals["flops"] += out.numel() * (k + (m.bias is not None))
         totals["acts"] += out.numel()
 
     def linear_hook(m: nn.Linear, inp, out) -> None:
-        totals["flops"] += out.numel() * m.in_features
+        totals["flops"] += out.numel() * (m.in_features + (m.bias is not None))
         totals["acts"] += out.numel()
 
     def attn_hook(m: Attention, inp, out) -> None:

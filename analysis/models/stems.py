@@ -146,23 +146,35 @@ class Stem(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Initialises the stem as pycls does: patchify trunc-normal(1/fan_in); 3x3 convs He
-        (fan_out); the conv stem's last 1x1 normal(2/out_channels); norms 1/0; biases 0."""
+        """Initialises every stem parameter; returns nothing.
+
+        The paper's stems follow its code (pycls `vitconfigs`, `init_weights_vit`):
+          patchify  the p x p conv trunc_normal(std=sqrt(1/fan_in), cut at +-2 absolute,
+                    torch's default bounds, as pycls), bias 0;
+          conv      the 3x3 convs keep PyTorch's default Conv2d init (kaiming_uniform with
+                    a=sqrt(5): U(+-1/sqrt(fan_in)); no bias), the final 1x1
+                    normal(std=sqrt(2/out_channels)), bias 0; BN weight 1, bias 0.
+        The other kinds are this suite's choices (the paper's code has no such stems):
+          patchify_bn  as patchify, BN 1/0;  conv_ln  as conv, LayerNorm 1/0;
+          cct          3x3 convs He-normal over fan_in (kaiming_normal_, gain sqrt(2)), as CCT's
+                       tokenizer code does.
+        """
         convs = [m for m in self.body if isinstance(m, nn.Conv2d)]
         for i, m in enumerate(convs):
             if self.kind in ("patchify", "patchify_bn"):
                 fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
                 nn.init.trunc_normal_(m.weight, std=math.sqrt(1.0 / fan_in))
-            elif self.kind in ("conv", "conv_ln") and i == len(convs) - 1:
+            elif self.kind == "cct":
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            elif i == len(convs) - 1:  # the conv stem's final 1x1
                 nn.init.normal_(m.weight, std=math.sqrt(2.0 / m.out_channels))
             else:
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                m.reset_parameters()  # PyTorch's default; these convs have no bias
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         for m in self.body:
             if isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+                m.reset_parameters()  # weight 1, bias 0 (and fresh BN running statistics)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Returns tokens (B, N, d) (or NCHW/NHWC maps when built with output_fmt)."""

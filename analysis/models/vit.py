@@ -1,8 +1,7 @@
 """ViTs with pluggable stems, built on timm's VisionTransformer.
 
 Adds what timm lacks: sequence pooling (CCT) and LocalViT's depthwise-conv MLP. Weights follow
-the paper's reference code (pycls): zero class token, normal(0.02) position embedding,
-Xavier linears, zero head, stems as in `Stem.init_weights`.
+the paper's reference code (pycls), module by module: see `init_vit` and `Stem.init_weights`.
 """
 from functools import partial
 from typing import Any, Dict, Optional, Tuple
@@ -92,21 +91,73 @@ def set_fused_attn(model: nn.Module, fused: bool) -> int:
     return count
 
 
+def _init_linear(m: nn.Linear, rule: str) -> None:
+    """Initialises one Linear by `rule`: "xavier" (bias 0), "mlp" (xavier, bias normal(1e-6)),
+    "default" (PyTorch's kaiming_uniform(a=sqrt(5)) weight, bias 0), "zeros" or "trunc02" (bias 0)."""
+    if rule == "default":
+        m.reset_parameters()
+    elif rule == "zeros":
+        nn.init.zeros_(m.weight)
+    elif rule == "trunc02":
+        nn.init.trunc_normal_(m.weight, std=0.02)
+    else:
+        nn.init.xavier_uniform_(m.weight)
+    if m.bias is not None:
+        nn.init.normal_(m.bias, std=1e-6) if rule == "mlp" else nn.init.zeros_(m.bias)
+
+
 @torch.no_grad()
 def init_vit(model: StemViT) -> None:
-    """Applies the reference initialisation on top of timm's 'jax' scheme."""
+    """Initialises every parameter of a StemViT; raises RuntimeError if one has no rule.
+
+    The paper's code (pycls `vitconfigs`, `init_weights_vit`), applied to every preset and stem:
+    class token 0; position embedding normal(0.02); attention qkv xavier_uniform, bias 0;
+    attention output projection PyTorch's default Linear weight (kaiming_uniform with a=sqrt(5):
+    U(+-1/sqrt(fan_in))), bias 0; MLP linears xavier_uniform, bias normal(1e-6); norms 1/0;
+    head 0; the stem as in `Stem.init_weights`.
+    This suite's choices for parts the paper's code lacks: CCT's sequence-pooling Linear
+    trunc_normal(0.02), bias 0 (as CCT's code); LocalViT's depthwise conv PyTorch's default
+    Conv2d init (weight and bias U(+-1/sqrt(9))).
+    """
+    done = set()
+
+    def mark(module: nn.Module) -> None:
+        done.update(id(p) for p in module.parameters())
+
     if model.cls_token is not None:
         nn.init.zeros_(model.cls_token)
+        done.add(id(model.cls_token))
     if model.pos_embed is not None:
         nn.init.normal_(model.pos_embed, std=0.02)
-    if hasattr(model.stem, "init_weights"):  # optional for users' stems (analysis.models.registry)
+        done.add(id(model.pos_embed))
+    if hasattr(model.stem, "init_weights"):  # a user's stem without it keeps its modules' own init
         model.stem.init_weights()
+    mark(model.stem)
+    for block in model.blocks:
+        _init_linear(block.attn.qkv, "xavier")
+        _init_linear(block.attn.proj, "default")
+        mark(block.attn.qkv)
+        mark(block.attn.proj)
+        for name, m in block.mlp.named_children():
+            if isinstance(m, nn.Linear):
+                _init_linear(m, "mlp")
+                mark(m)
+            elif name == "dwconv":
+                m.reset_parameters()
+                mark(m)
+    for m in model.modules():
+        if isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
+            m.reset_parameters()
+            mark(m)
     if model.seq_pool is not None:
-        nn.init.xavier_uniform_(model.seq_pool.weight)
-        nn.init.zeros_(model.seq_pool.bias)
+        _init_linear(model.seq_pool, "trunc02")
+        mark(model.seq_pool)
     if isinstance(model.head, nn.Linear):
-        nn.init.zeros_(model.head.weight)
-        nn.init.zeros_(model.head.bias)
+        _init_linear(model.head, "zeros")
+        mark(model.head)
+    missed = [n for n, p in model.named_parameters() if id(p) not in done]
+    if missed:
+        raise RuntimeError(f"init_vit has no rule for {', '.join(missed)}")
 
 
 def build_vit(s: Dict[str, Any], fused_attn: bool = True) -> StemViT:
@@ -122,7 +173,7 @@ def build_vit(s: Dict[str, Any], fused_attn: bool = True) -> StemViT:
         img_size=s["img_size"], patch_size=s["patch_size"], in_chans=s["in_chans"],
         num_classes=s["num_classes"], embed_dim=s["embed_dim"], depth=s["depth"],
         num_heads=s["num_heads"], mlp_ratio=s["mlp_ratio"], qkv_bias=True,
-        embed_layer=embed, weight_init="jax", seq_pool=seq_pool, **kwargs)
+        embed_layer=embed, weight_init="skip", seq_pool=seq_pool, **kwargs)
     init_vit(model)
     set_fused_attn(model, fused_attn)
     model.stem_name = stem

@@ -3,6 +3,7 @@
     sweep = Sweep.from_yaml("jobs/fmnist_demo.yaml", root="sweeps")
     sweep.launch()                     # SLURM where a cluster answers, local processes elsewhere
     sweep.status()                     # one row per run (fresh scheduler state + progress)
+    sweep.monitor()                    # a live widget for JupyterLab; the kernel stays free
     sweep.wait(timeout=3600, callback=print)   # callback: each fresh status frame
     sweep.resubmit()                   # failed, cancelled, timed-out or never-started runs
     frame = sweep.collect()
@@ -267,6 +268,14 @@ class Sweep:
 
         epochs = {r: cfg.train.epochs for r, cfg in self.configs.items()}
         return status_frame(self.dir, self.run_ids, epochs, self._processes)
+
+    def monitor(self, interval: float = 5.0, **options):
+        """A SweepMonitor widget of this sweep (display it in a notebook cell): it refreshes itself
+        from a background thread every `interval` seconds until no run is pending or running, so
+        the kernel stays free. options: see analysis.widgets.SweepMonitor."""
+        from analysis.widgets import SweepMonitor
+
+        return SweepMonitor(self, interval=interval, **options)
 
     def wait(self, timeout: float | None = None, poll: float = 5.0, runs: list[str] | None = None,
              callback=None):

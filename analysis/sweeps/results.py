@@ -51,6 +51,13 @@ def model_name(preset: str, stem: str | None) -> str:
     return f"{STEM_NAMES.get(stem, stem)}-{size}"
 
 
+def stem_of_config(cfg: C.RunConfig) -> str | None:
+    """The run's stem: its model.stem, else its preset's."""
+    from analysis.models import PRESETS
+
+    return cfg.model.stem or PRESETS.get(cfg.model.preset, {}).get("stem")
+
+
 def _stat(path: Path) -> tuple:
     try:
         st = path.stat()
@@ -67,8 +74,6 @@ def _nan(v) -> float:
 def run_row(run: str, run_dir: Path, cfg: C.RunConfig) -> dict:
     """The row of one run directory from its result.json and metrics.jsonl (status may be None:
     no result yet; the caller decides running/pending/failed)."""
-    from analysis.models import PRESETS
-
     result_path = run_dir / rundir.RESULT
     result = rundir.read_result(run_dir)
     reason = None
@@ -79,7 +84,7 @@ def run_row(run: str, run_dir: Path, cfg: C.RunConfig) -> dict:
     metrics = rundir.read_metrics(run_dir)
     status = result.get("status")
     done = rundir.is_complete(run_dir)
-    stem = cfg.model.stem or PRESETS.get(cfg.model.preset, {}).get("stem")
+    stem = stem_of_config(cfg)
     last = metrics[-1] if metrics else {}
     row = {
         "run": run, "run_dir": str(run_dir), "status": status, "reason": result.get("reason") or reason,

@@ -235,7 +235,7 @@ class StatusFrame(pd.DataFrame):
                     continue
                 text = "" if v is None or (isinstance(v, float) and pd.isna(v)) else (
                     f"{v:.4g}" if isinstance(v, float) else str(v))
-                cells.append(f"<td>{html.escape(text)}</td>")
+                cells.append(f'<td style="white-space:nowrap">{html.escape(text)}</td>')
             body.append(f'<tr style="background:{color}">{"".join(cells)}</tr>')
             if r["log_tail"]:
                 body.append(f'<tr><td colspan="{len(self.columns) - 1}"><pre style="margin:0;font-size:85%">'

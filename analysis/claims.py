@@ -1,0 +1,337 @@
+"""The paper's claims as statistics of a collected sweep, each with a 95% bootstrap interval and a verdict.
+
+    from analysis.claims import claims_table, claims_text
+    table = claims_table(collect("sweeps/fmnist_demo"))
+    print(claims_text(table))            # or: python -m analysis claims sweeps/fmnist_demo
+
+Runs: the errors that count are those of `analysis.plots.frame.counted_errors` (diverged runs at
+100%); failed and unfinished runs are left out and counted in `excluded`. Only the paper's two
+stems are compared (ViT_P: patchify, ViT_C: conv); other stems and CNNs are left out.
+
+Groups and pairing: a group is the runs of one model x optimizer in one setting, and a setting is
+everything the two stems must share: the preset's size (vit_p_4gf and vit_c_4gf share "4GF"),
+the schedule length (epochs) and the data (cfg.data.name, train_per_class, test_per_class,
+augment) and cfg.model.local_mlp. The runs within a group differ in their sampled lr, wd or seed.
+
+Statistics (each signed so that the paper's finding is positive):
+  optimizer_gap        per stem: median SGD error minus median AdamW error (points)
+  optimizer_gap_best   per stem: the same gap of the best-of-subsample error (see `best_of`)
+  optimizer_gap[_best]_difference   ViT_P's gap minus ViT_C's
+  within_k             per stem and optimizer: fraction of runs within `within` points of the
+                       group's best (a level; the _difference row carries the verdict)
+  within_k_difference  ViT_C's fraction minus ViT_P's
+  edf_area             per optimizer: the area between the two stems' EDFs of error above their
+                       group's best over [0, area_range] points, divided by area_range: the mean
+                       height of ViT_C's EDF above ViT_P's (+1: every ViT_C run at its best while
+                       every ViT_P run is area_range or more above its best)
+  peak                 per stem and optimizer: best-of-subsample error (a level)
+  peak_difference      ViT_P's best-of-subsample error minus ViT_C's
+  schedule_loss        when the setting has several schedule lengths, per stem and optimizer:
+                       median error at the shortest minus at the longest schedule
+  schedule_loss_difference   ViT_P's loss minus ViT_C's
+
+Bootstrap (this suite's choice): `resamples` times, the runs of every group are resampled with
+replacement (n of n), each group from its own generator seeded by (seed, group), so that every
+statistic involving a group sees the same resamples; the interval is the 2.5 and 97.5 percentiles
+of the statistic over the resamples and the estimate is the statistic of the runs themselves.
+Verdict: "reproduced" when the interval lies above 0 (the paper's direction), "contradicted" when
+it lies below, else "inconclusive"; level rows (a stem's own within_k or peak) have verdict "".
+A group with fewer than MIN_RUNS counted runs still gives its rows, with the estimate but no
+interval, marked "inconclusive" (levels: "") and the reason in `note`.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from analysis.errors import ConfigError
+from analysis.plots.frame import check_frame, counted_errors
+
+MIN_RUNS = 3
+STEMS = {"patchify": "ViT_P", "conv": "ViT_C"}
+PAIR_COLUMNS = ("cfg.data.name", "cfg.data.train_per_class", "cfg.data.test_per_class", "cfg.data.augment",
+                "cfg.model.local_mlp")
+COLUMNS = ["claim", "subject", "optimizer", "setting", "statistic", "estimate", "low", "high", "verdict",
+           "paper", "n", "excluded", "note"]
+VERDICTS = ("reproduced", "contradicted", "inconclusive")
+PAPER = {  # what Xiao et al. found (ImageNet), one short phrase per claim
+    "optimizer_gap": {"ViT_P": "SGD worse, by up to 10 points", "ViT_C": "SGD slightly worse (0.2-0.7 points)"},
+    "optimizer_gap_difference": "ViT_P's gap far larger than ViT_C's",
+    "within_k": "higher for ViT_C",
+    "within_k_difference": "ViT_C higher (about 60% vs under 20%, 18GF SGD)",
+    "edf_area": "ViT_C's EDF above ViT_P's",
+    "peak": "lower for ViT_C",
+    "peak_difference": "ViT_C better by 0.9-3 points (400 epochs)",
+    "schedule_loss": "both lose on shorter schedules",
+    "schedule_loss_difference": "ViT_P loses more",
+}
+
+
+@dataclass
+class Group:
+    """The runs of one model x optimizer in one setting: counted errors and their resamples."""
+
+    model: str  # display name, e.g. "ViT_C-fmnist_tiny"
+    optimizer: str
+    errors: np.ndarray  # (n,) counted errors
+    boot: np.ndarray  # (resamples, n) errors resampled with replacement
+    total: int  # rows of the frame in the group, failed and unfinished included
+
+    @property
+    def small(self) -> bool:
+        return len(self.errors) < MIN_RUNS
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} {self.optimizer}"
+
+
+# ---------------------------------------------------------------- statistics of one group
+# Each takes errors as (R, n) and returns (R,): one value per resample (R = 1 for the runs themselves).
+
+
+def best_of(x: np.ndarray, subsample: float) -> np.ndarray:
+    """pycls' bootstrap best, exactly: the median over random draws of m = max(1, round(subsample*n))
+    runs (with replacement) of the best of the m. That median is the i-th smallest error with i the
+    least for which P(best of m <= i-th smallest) = 1 - ((n - i) / n)^m >= 1/2; bootstrap_best in
+    analysis.plots.stability estimates the same number by sampling."""
+    n = x.shape[1]
+    m = max(1, round(subsample * n))
+    i = max(1, math.ceil(n * (1.0 - 0.5 ** (1.0 / m)) - 1e-9))
+    return np.partition(x, i - 1, axis=1)[:, i - 1]
+
+
+def within_fraction(x: np.ndarray, k: float) -> np.ndarray:
+    """Fraction of the runs within k points of the best of the same runs."""
+    return (x <= x.min(axis=1, keepdims=True) + k).mean(axis=1)
+
+
+def capped_excess(x: np.ndarray, cap: float) -> np.ndarray:
+    """Mean of min(error - best, cap): the area above the relative EDF over [0, cap]."""
+    return np.minimum(x - x.min(axis=1, keepdims=True), cap).mean(axis=1)
+
+
+def median(x: np.ndarray) -> np.ndarray:
+    return np.median(x, axis=1)
+
+
+# ---------------------------------------------------------------- groups and settings
+
+
+def _size(preset: str) -> str:
+    size = re.sub(r"^vit_[a-z]+_", "", str(preset))
+    return size.upper() if re.fullmatch(r"\d+(\.\d+)?gf", size) else size
+
+
+def _frame(df: pd.DataFrame) -> pd.DataFrame:
+    """The ViT_P / ViT_C rows with the columns that group and pair them (size, key)."""
+    check_frame(df, ["model", "preset", "stem", "optimizer", "epochs", "error"])
+    df = df[df["stem"].isin(list(STEMS))].copy()
+    df["size"] = df["preset"].map(_size)
+    df["stem_name"] = df["stem"].map(STEMS)
+    extra = [c for c in PAIR_COLUMNS if c in df.columns]
+    varying = [c for c in extra if df[c].astype(str).nunique() > 1]
+    df["key"] = df["size"] + "".join(f", {c.removeprefix('cfg.')}=" + df[c].astype(str) for c in varying)
+    return df
+
+
+def _groups(df: pd.DataFrame, resamples: int, seed: int) -> dict:
+    """{(key, epochs, stem name, optimizer): Group} with seeded resamples of each group."""
+    out = {}
+    for (key, epochs, stem, opt), g in df.groupby(["key", "epochs", "stem_name", "optimizer"], sort=True):
+        err = counted_errors(g).to_numpy(dtype=float)
+        name = f"{key}|{epochs}|{stem}|{opt}"
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        boot = err[rng.integers(0, len(err), size=(resamples, len(err)))] if len(err) else np.empty((resamples, 0))
+        out[(key, epochs, stem, opt)] = Group(str(g["model"].iloc[0]), str(opt), err, boot, len(g))
+    return out
+
+
+# ---------------------------------------------------------------- rows
+
+
+def _verdict(low: float, high: float) -> str:
+    if low > 0:
+        return "reproduced"
+    if high < 0:
+        return "contradicted"
+    return "inconclusive"
+
+
+def _row(claim: str, subject: str, optimizer: str, setting: str, statistic: str, paper: str,
+         parts: list[tuple[Group, callable]], combine=None, level: bool = False) -> dict:
+    """One table row: `combine` of the per-group statistics `parts` [(group, stat)], at the runs
+    themselves (estimate) and over the resamples (interval)."""
+    combine = combine or (lambda *v: v[0])
+    groups = [g for g, _ in parts]
+    small = [g.label for g in groups if g.small]
+    empty = any(len(g.errors) == 0 for g in groups)
+    estimate = math.nan if empty else float(combine(*[f(g.errors[None, :])[0] for g, f in parts]))
+    low = high = math.nan
+    if not small:
+        low, high = np.percentile(combine(*[f(g.boot) for g, f in parts]), [2.5, 97.5])
+    verdict = "" if level else "inconclusive" if small else _verdict(low, high)
+    counted = sum(len(g.errors) for g in groups)
+    return {"claim": claim, "subject": subject, "optimizer": optimizer, "setting": setting,
+            "statistic": statistic, "estimate": estimate, "low": float(low), "high": float(high),
+            "verdict": verdict, "paper": paper, "n": f"{counted}/{sum(g.total for g in groups)}",
+            "excluded": sum(g.total for g in groups) - counted,
+            "note": f"fewer than {MIN_RUNS} runs in {', '.join(small)}" if small else ""}
+
+
+def _gap_rows(G: dict, key: str, epochs, subsample: float) -> list[dict]:
+    """optimizer_gap and optimizer_gap_best per stem, and their differences, for one setting."""
+    setting = f"{key}, {epochs:g} epochs"
+    have = [s for s in STEMS.values() if (key, epochs, s, "sgd") in G and (key, epochs, s, "adamw") in G]
+    best = lambda x: best_of(x, subsample)  # noqa: E731
+    rows = []
+    for claim, words, f in (("optimizer_gap", "median", median),
+                            ("optimizer_gap_best", f"best-of-{subsample:.0%}", best)):
+        for s in have:
+            sgd, adamw = G[key, epochs, s, "sgd"], G[key, epochs, s, "adamw"]
+            rows.append(_row(claim, sgd.model, "", setting, f"{words} SGD - AdamW error (points)",
+                             PAPER["optimizer_gap"][s], [(sgd, f), (adamw, f)], np.subtract))
+        if len(have) == 2:
+            parts = [(G[key, epochs, s, o], f) for s in ("ViT_P", "ViT_C") for o in ("sgd", "adamw")]
+            rows.append(_row(f"{claim}_difference", "ViT_P vs ViT_C", "", setting,
+                             f"ViT_P gap - ViT_C gap, {words} SGD - AdamW (points)",
+                             PAPER["optimizer_gap_difference"], parts, lambda a, b, c, d: (a - b) - (c - d)))
+    return rows
+
+
+def _spread_rows(G: dict, key: str, epochs, within: float, area_range: float, subsample: float) -> list[dict]:
+    """within_k, edf_area and peak per optimizer (and stem), for one setting."""
+    setting = f"{key}, {epochs:g} epochs"
+    optimizers = sorted({o for (k, e, _, o) in G if (k, e) == (key, epochs)})
+    within_f = lambda x: within_fraction(x, within)  # noqa: E731
+    area_f = lambda x: capped_excess(x, area_range)  # noqa: E731
+    best = lambda x: best_of(x, subsample)  # noqa: E731
+    rows = []
+    for claim, words, f in (("within_k", f"fraction within {within:g} points of the group's best", within_f),
+                            ("peak", f"best-of-{subsample:.0%} error (%)", best)):
+        for o in optimizers:
+            pair = [G.get((key, epochs, s, o)) for s in ("ViT_P", "ViT_C")]
+            for g in pair:
+                if g is not None:
+                    rows.append(_row(claim, g.model, o, setting, words, PAPER[claim], [(g, f)], level=True))
+            if None in pair:
+                continue
+            p, c = pair
+            if claim == "within_k":
+                rows.append(_row("within_k_difference", "ViT_P vs ViT_C", o, setting,
+                                 f"ViT_C - ViT_P {words}", PAPER["within_k_difference"],
+                                 [(c, f), (p, f)], np.subtract))
+                rows.append(_row("edf_area", "ViT_P vs ViT_C", o, setting,
+                                 f"mean height of ViT_C's EDF of error - best above ViT_P's, 0-{area_range:g} points",
+                                 PAPER["edf_area"], [(p, area_f), (c, area_f)],
+                                 lambda a, b: (a - b) / area_range))
+            else:
+                rows.append(_row("peak_difference", "ViT_P vs ViT_C", o, setting,
+                                 f"ViT_P - ViT_C best-of-{subsample:.0%} error (points)", PAPER["peak_difference"],
+                                 [(p, f), (c, f)], np.subtract))
+    return rows
+
+
+def _schedule_rows(G: dict, key: str, lengths: list) -> list[dict]:
+    """schedule_loss per stem and optimizer, and its difference, between the shortest and longest schedule."""
+    short, long = min(lengths), max(lengths)
+    setting = f"{key}, {short:g} vs {long:g} epochs"
+    words = f"median error at {short:g} - at {long:g} epochs (points)"
+    optimizers = sorted({o for (k, e, _, o) in G if k == key and e in (short, long)})
+    rows = []
+    for o in optimizers:
+        have = [s for s in ("ViT_P", "ViT_C") if (key, short, s, o) in G and (key, long, s, o) in G]
+        for s in have:
+            a, b = G[key, short, s, o], G[key, long, s, o]
+            rows.append(_row("schedule_loss", a.model, o, setting, words, PAPER["schedule_loss"],
+                             [(a, median), (b, median)], np.subtract))
+        if len(have) == 2:
+            parts = [(G[key, e, s, o], median) for s in ("ViT_P", "ViT_C") for e in (short, long)]
+            rows.append(_row("schedule_loss_difference", "ViT_P vs ViT_C", o, setting,
+                             "ViT_P loss - ViT_C loss, " + words, PAPER["schedule_loss_difference"],
+                             parts, lambda a, b, c, d: (a - b) - (c - d)))
+    return rows
+
+
+def claims_table(df: pd.DataFrame, within: float = 4.0, resamples: int = 2000, seed: int = 0,
+                 subsample: float = 0.25, area_range: float = 20.0) -> pd.DataFrame:
+    """Return one row per claim, stem and optimizer the sweep frame can speak to (see the module
+    docstring): columns COLUMNS. `within`: the k of within_k (points); `resamples`: bootstrap
+    resamples; `seed`: their seed; `subsample`: the fraction of a group's runs the best-of statistics
+    draw (pycls: 0.25); `area_range`: the span (points above best) of edf_area. A frame without
+    ViT_P or ViT_C runs gives an empty table; bad arguments raise ConfigError."""
+    if not within > 0 or not area_range > 0:
+        raise ConfigError(f"within and area_range must be positive points, got {within} and {area_range}")
+    if not 0 < subsample <= 1:
+        raise ConfigError(f"subsample must be in (0, 1], got {subsample}")
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 100:
+        raise ConfigError(f"resamples must be an integer >= 100, got {resamples!r}")
+    df = _frame(df)
+    G = _groups(df, resamples, seed)
+    rows = []
+    for key in sorted({k for (k, _, _, _) in G}):
+        lengths = sorted({e for (k, e, _, _) in G if k == key})
+        for epochs in lengths:
+            rows += _gap_rows(G, key, epochs, subsample)
+            rows += _spread_rows(G, key, epochs, within, area_range, subsample)
+        if len(lengths) > 1:
+            rows += _schedule_rows(G, key, lengths)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+# ---------------------------------------------------------------- display
+
+VERDICT_COLORS = {"reproduced": "#d4edda", "contradicted": "#f8d7da", "inconclusive": "#eeeeee"}
+
+
+def _number(v: float) -> str:
+    return "-" if not np.isfinite(v) else f"{v:.2f}"
+
+
+def _display(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as strings: estimate and interval formatted, in reading order."""
+    out = table[["claim", "subject", "optimizer", "setting"]].copy()
+    out["estimate"] = table["estimate"].map(_number)
+    out["95% interval"] = [f"[{_number(lo)}, {_number(hi)}]" if np.isfinite(lo) else "-"
+                           for lo, hi in zip(table["low"], table["high"])]
+    for c in ("verdict", "n", "statistic", "paper", "note"):
+        out[c] = table[c].astype(str)
+    return out
+
+
+def claims_text(table: pd.DataFrame) -> str:
+    """Return the claims table as fixed-width text for a terminal."""
+    if table.empty:
+        return "no claims: the frame holds no ViT_P / ViT_C runs to compare"
+    shown = _display(table)
+    widths = {c: max(len(c), *(len(v) for v in shown[c])) for c in shown.columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in shown.columns).rstrip()]
+    for row in shown.itertuples(index=False):
+        lines.append("  ".join(str(v).ljust(widths[c]) for c, v in zip(shown.columns, row)).rstrip())
+    return "\n".join(lines)
+
+
+def claims_html(table: pd.DataFrame) -> str:
+    """Return the claims table as one HTML <table class="claims"> with inline styles (verdicts coloured)."""
+    if table.empty:
+        return "<p class=claims>no claims: the frame holds no ViT_P / ViT_C runs to compare</p>"
+    shown = _display(table)
+    cell = "padding:3px 8px;border-bottom:1px solid #eee;text-align:left;vertical-align:top"
+    head = "".join(f"<th style='{cell}'>{html.escape(c)}</th>" for c in shown.columns)
+    body = []
+    for row in shown.itertuples(index=False):
+        tds = []
+        for c, v in zip(shown.columns, row):
+            color = VERDICT_COLORS.get(v) if c == "verdict" else None
+            style = cell + (f";background:{color}" if color else "")
+            tds.append(f"<td style='{style}'>{html.escape(str(v))}</td>")
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    return (f"<table class=claims style='border-collapse:collapse;font-size:90%'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table>")

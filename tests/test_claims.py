@@ -1,0 +1,194 @@
+"""The paper's claims as statistics: constructed frames whose answer is known, and the fixture sweep."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from tests.fixtures_sweep import sweep, sweep_frame  # noqa: F401  (pytest fixtures)
+
+from analysis.claims import COLUMNS, best_of, claims_html, claims_table, claims_text
+from analysis.errors import ConfigError
+from analysis.plots import bootstrap_best
+from analysis.sweeps import model_name
+
+STEM = {"P": ("patchify", "vit_p_{}"), "C": ("conv", "vit_c_{}")}
+
+
+def frame(errors: dict, size: str = "fmnist_tiny", epochs: int = 4) -> pd.DataFrame:
+    """A collected-sweep-like frame: {("P" or "C", optimizer): errors}; an error of 100 is a diverged
+    run and None a failed one."""
+    rows = []
+    for (stem, optimizer), errs in errors.items():
+        kind, preset = STEM[stem]
+        for e in errs:
+            status = "failed" if e is None else "diverged" if e == 100 else "completed"
+            rows.append(dict(run=f"r{len(rows):03d}", status=status, model=model_name(preset.format(size), kind),
+                             preset=preset.format(size), stem=kind, optimizer=optimizer, epochs=epochs,
+                             error=np.nan if e is None else float(e), diverged=status == "diverged"))
+    return pd.DataFrame(rows)
+
+
+def stable_vs_unstable(stable: str, unstable: str, n: int = 16, seed: int = 0) -> dict:
+    """`stable` stem: SGD about as good as AdamW, tight; `unstable`: SGD 8 points worse, wide, some diverged."""
+    rng = np.random.default_rng(seed)
+    bad_sgd = list(20 + rng.exponential(10, n - 3)) + [100, 100, 100]
+    return {(stable, "adamw"): list(10 + rng.exponential(0.8, n)), (stable, "sgd"): list(10.3 + rng.exponential(0.8, n)),
+            (unstable, "adamw"): list(12 + rng.exponential(4, n)), (unstable, "sgd"): bad_sgd}
+
+
+def verdicts(table: pd.DataFrame) -> dict:
+    """{(claim, subject, optimizer): verdict} of the rows."""
+    return {(r.claim, r.subject, r.optimizer): r.verdict for r in table.itertuples()}
+
+
+COMPARISONS = [("optimizer_gap_difference", ""), ("optimizer_gap_best_difference", ""),
+               ("within_k_difference", "sgd"), ("edf_area", "sgd"), ("peak_difference", "sgd")]
+
+
+def test_a_clearly_more_stable_conv_stem_reproduces_the_paper():
+    table = claims_table(frame(stable_vs_unstable("C", "P")))
+    assert list(table.columns) == COLUMNS
+    v = verdicts(table)
+    for claim, opt in COMPARISONS:
+        assert v[claim, "ViT_P vs ViT_C", opt] == "reproduced", claim
+    assert v["optimizer_gap", "ViT_P-fmnist_tiny", ""] == "reproduced"
+    assert v["within_k", "ViT_C-fmnist_tiny", "sgd"] == ""  # a level: its difference carries the verdict
+    row = table[(table.claim == "optimizer_gap") & (table.subject == "ViT_P-fmnist_tiny")].iloc[0]
+    assert row.low <= row.estimate <= row.high and row.n == "32/32" and row.excluded == 0
+
+
+def test_the_reverse_is_contradicted():
+    v = verdicts(claims_table(frame(stable_vs_unstable("P", "C"))))
+    for claim, opt in COMPARISONS:
+        assert v[claim, "ViT_P vs ViT_C", opt] == "contradicted", claim
+
+
+def test_identical_stems_are_inconclusive():
+    rng = np.random.default_rng(1)
+    same = {o: list(10 + rng.exponential(3, 16)) for o in ("adamw", "sgd")}
+    table = claims_table(frame({(s, o): same[o] for s in "PC" for o in same}))
+    comparisons = table[table.subject == "ViT_P vs ViT_C"]
+    assert len(comparisons) == 2 + 2 * 3  # two gap differences; within_k, edf_area, peak per optimizer
+    assert set(comparisons.verdict) == {"inconclusive"}
+    assert np.allclose(comparisons.estimate, 0.0)
+    assert (comparisons.low < 0).all() and (comparisons.high > 0).all()
+
+
+def test_estimates_by_hand_and_diverged_runs_at_100():
+    errors = {("P", "adamw"): [10, 11, 12, 13], ("P", "sgd"): [12, 14, 100, 100, None],
+              ("C", "adamw"): [9, 10, 11], ("C", "sgd"): [9.5, 10, 30]}
+    t = claims_table(frame(errors), within=2.0).set_index(["claim", "subject", "optimizer"])
+    assert t.loc[("optimizer_gap", "ViT_P-fmnist_tiny", ""), "estimate"] == pytest.approx(57.0 - 11.5)
+    assert t.loc[("optimizer_gap", "ViT_P-fmnist_tiny", ""), "n"] == "8/9"
+    assert t.loc[("optimizer_gap", "ViT_P-fmnist_tiny", ""), "excluded"] == 1  # the failed run
+    assert t.loc[("optimizer_gap", "ViT_C-fmnist_tiny", ""), "estimate"] == pytest.approx(0.0)
+    assert t.loc[("within_k", "ViT_P-fmnist_tiny", "adamw"), "estimate"] == 0.75  # 10, 11, 12 of 10-13
+    assert t.loc[("within_k", "ViT_P-fmnist_tiny", "sgd"), "estimate"] == 0.5
+    assert t.loc[("within_k_difference", "ViT_P vs ViT_C", "sgd"), "estimate"] == pytest.approx(2 / 3 - 0.5)
+    # edf_area: mean of min(error - best, 20) is (0 + 2 + 20 + 20) / 4 for P, (0 + 0.5 + 20) / 3 for C
+    area = ((42 / 4) - (20.5 / 3)) / 20
+    assert t.loc[("edf_area", "ViT_P vs ViT_C", "sgd"), "estimate"] == pytest.approx(area)
+    # best of 25%: with m = 1 run drawn, pycls' bootstrap best is the median run
+    assert t.loc[("peak", "ViT_P-fmnist_tiny", "sgd"), "estimate"] == 14.0
+    assert t.loc[("peak_difference", "ViT_P vs ViT_C", "adamw"), "estimate"] == pytest.approx(11.0 - 10.0)
+
+
+def test_small_groups_give_rows_without_interval_and_say_why():
+    errors = {("P", "adamw"): [10, 11], ("P", "sgd"): [12, 14, 16], ("C", "adamw"): [9, 10, 11], ("C", "sgd"): [9, 10, 11]}
+    t = claims_table(frame(errors))
+    p_gap = t[(t.claim == "optimizer_gap") & (t.subject == "ViT_P-fmnist_tiny")].iloc[0]
+    assert p_gap.verdict == "inconclusive" and np.isnan(p_gap.low) and np.isnan(p_gap.high)
+    assert p_gap.estimate == pytest.approx(14 - 10.5)
+    assert "fewer than 3 runs in ViT_P-fmnist_tiny adamw" in p_gap.note
+    c_gap = t[(t.claim == "optimizer_gap") & (t.subject == "ViT_C-fmnist_tiny")].iloc[0]
+    assert c_gap.note == "" and np.isfinite(c_gap.low)
+
+
+def test_stems_pair_by_size_not_across_sizes():
+    small = stable_vs_unstable("C", "P", seed=2)
+    big = {(s, o): [e + 50 for e in errs] for (s, o), errs in stable_vs_unstable("C", "P", seed=3).items()}
+    df = pd.concat([frame(small, size="1gf"), frame(big, size="4gf")], ignore_index=True)
+    t = claims_table(df)
+    peaks = t[t.claim == "peak_difference"]
+    assert sorted(set(peaks.setting)) == ["1GF, 4 epochs", "4GF, 4 epochs"]
+    alone = claims_table(frame(small, size="1gf"))
+    pd.testing.assert_frame_equal(t[t.setting.str.startswith("1GF")].reset_index(drop=True), alone)
+    assert set(t.subject) >= {"ViT_P-1GF", "ViT_C-4GF", "ViT_P vs ViT_C"}
+
+
+def test_schedule_length_rows_when_epochs_vary():
+    rng = np.random.default_rng(4)
+    parts = []
+    for epochs, p_loss, c_loss in ((2, 15.0, 2.0), (8, 0.0, 0.0)):
+        errs = {("P", o): list(12 + p_loss + rng.normal(0, 0.5, 6)) for o in ("adamw", "sgd")}
+        errs.update({("C", o): list(10 + c_loss + rng.normal(0, 0.5, 6)) for o in ("adamw", "sgd")})
+        parts.append(frame(errs, epochs=epochs))
+    t = claims_table(pd.concat(parts, ignore_index=True))
+    sched = t[t.claim.str.startswith("schedule_loss")].set_index(["claim", "subject", "optimizer"])
+    assert set(sched.setting) == {"fmnist_tiny, 2 vs 8 epochs"}
+    assert sched.loc[("schedule_loss", "ViT_P-fmnist_tiny", "sgd"), "estimate"] == pytest.approx(15, abs=1)
+    assert sched.loc[("schedule_loss_difference", "ViT_P vs ViT_C", "adamw"), "verdict"] == "reproduced"
+    assert not claims_table(parts[0]).claim.str.startswith("schedule").any()
+
+
+def test_fixture_sweep(sweep):  # noqa: F811
+    t = claims_table(sweep)
+    main = t[t.setting == "fmnist, 20 epochs"].set_index(["claim", "subject", "optimizer"])
+    # the fixture's patchify stem is steeper in lr/wd, 2.5 points worse with SGD, and diverges at high lr
+    assert main.loc[("optimizer_gap_best_difference", "ViT_P vs ViT_C", ""), "verdict"] == "reproduced"
+    assert main.loc[("peak_difference", "ViT_P vs ViT_C", "sgd"), "verdict"] == "reproduced"
+    assert main.loc[("edf_area", "ViT_P vs ViT_C", "sgd"), "verdict"] == "reproduced"
+    # failed, running and pending runs are left out and counted
+    assert main.loc[("within_k", "ViT_C-fmnist", "sgd"), ["n", "excluded"]].tolist() == ["18/19", 1]
+    assert main.loc[("within_k", "ViT_P-fmnist", "adamw"), ["n", "excluded"]].tolist() == ["18/19", 1]
+    # 10 and 40 epochs hold two tuned runs per group: estimates without intervals
+    short = t[t.setting == "fmnist, 10 epochs"]
+    assert len(short) and (short.verdict.isin(["inconclusive", ""])).all() and short.low.isna().all()
+    assert (t.claim == "schedule_loss_difference").sum() == 2
+
+
+def test_deterministic_under_the_seed(sweep):  # noqa: F811
+    a, b = claims_table(sweep, seed=3), claims_table(sweep, seed=3)
+    pd.testing.assert_frame_equal(a, b)
+    c = claims_table(sweep, seed=4)
+    pd.testing.assert_series_equal(a.estimate, c.estimate)
+    assert not np.allclose(a.low.dropna(), c.low.dropna())
+    # each group has its own generator: dropping one model's rows leaves the other's intervals alone
+    only_c = claims_table(sweep[sweep.stem == "conv"], seed=3)
+    mine = a[a.subject == "ViT_C-fmnist"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(only_c, mine)
+
+
+def test_best_of_is_pycls_bootstrap_best():
+    rng = np.random.default_rng(5)
+    for n in (16, 40, 3):
+        e = rng.normal(20, 3, n)
+        exact = best_of(e[None, :], 0.25)[0]
+        assert exact == pytest.approx(bootstrap_best(e, n_samples=20000, frac=0.25, seed=1)[1])
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"within": 0}, ["within", "positive"]), ({"subsample": 1.5}, ["subsample", "(0, 1]"]),
+    ({"resamples": 10}, ["resamples", ">= 100"]), ({"area_range": -1}, ["area_range"]),
+])
+def test_bad_arguments_are_one_line(sweep, kwargs, words):  # noqa: F811
+    with pytest.raises(ConfigError) as e:
+        claims_table(sweep, **kwargs)
+    assert "\n" not in str(e.value) and all(w in str(e.value) for w in words)
+    with pytest.raises(ConfigError, match="missing column 'stem'"):
+        claims_table(sweep.drop(columns="stem"))
+
+
+def test_text_and_html():
+    table = claims_table(frame(stable_vs_unstable("C", "P")))
+    text = claims_text(table)
+    lines = text.splitlines()
+    assert len(lines) == len(table) + 1 and lines[0].split()[:4] == ["claim", "subject", "optimizer", "setting"]
+    assert "reproduced" in text and "[" in text
+    page = claims_html(table)
+    assert page.startswith("<table class=claims") and page.count("<tr>") == len(table) + 1
+    assert "background:#d4edda" in page  # reproduced is green
+    page = claims_html(claims_table(frame(stable_vs_unstable("P", "C"))))
+    assert "background:#f8d7da" in page  # contradicted is red
+    empty = claims_table(frame({("P", "adamw"): [10, 11, 12]}).assign(stem="cct"))
+    assert empty.empty and list(empty.columns) == COLUMNS
+    assert "no claims" in claims_text(empty) and "no claims" in claims_html(empty)
