@@ -31,6 +31,12 @@ PROGRESS = ("auto", "bar", "lines", "none")
 DEVICES = ("auto", "cpu", "cuda")
 
 
+# Keys that change how a run is executed or shown, not what it computes: a run folder may be resumed
+# (or reused) with other values of these.
+RUNTIME_KEYS = ("train.precision", "train.progress", "train.threads", "train.checkpoint_minutes",
+                "train.tensorboard")
+
+
 @dataclass
 class ModelConfig:
     preset: str = "vit_c_fmnist_tiny"  # a name from analysis.models.PRESETS

@@ -83,8 +83,12 @@ class Member:
             return
         line = f"[{time.strftime('%H:%M:%S')}] {text}"
         rundir.log_line(self.out, line)
-        if self.progress != "none":
-            print(self.prefix + line, file=sys.stderr if self.progress == "bar" else sys.stdout, flush=True)
+        if self.progress == "bar":  # above the step bar; stdout, so notebooks do not show it as an error
+            from tqdm.auto import tqdm
+
+            tqdm.write(self.prefix + line, file=sys.stdout)
+        elif self.progress == "lines":
+            print(self.prefix + line, flush=True)
 
     # -- training state -------------------------------------------------------------------------
     def setup(self, precision: str, data, steps: int) -> None:

@@ -197,9 +197,9 @@ def check_out(run_dir: str | Path) -> None:
 
 def prepare(run_dir: str | Path, cfg, create: bool = True):
     """Create the run directory (unless create=False), or check that the config it already holds
-    matches `cfg` (all but the resolved train.precision); return the config to resume with (the
-    stored one, else `cfg`)."""
-    from analysis.config import load
+    matches `cfg` (all but analysis.config.RUNTIME_KEYS, e.g. the resolved train.precision); return
+    the config to resume with (the stored one, else `cfg`)."""
+    from analysis.config import RUNTIME_KEYS, load
 
     run_dir = Path(run_dir)
     check_out(run_dir)
@@ -210,7 +210,8 @@ def prepare(run_dir: str | Path, cfg, create: bool = True):
         return cfg
     old = load(path)
     a, b = old.flat(), cfg.flat()
-    a.pop("train.precision"), b.pop("train.precision")
+    for key in RUNTIME_KEYS:
+        a.pop(key), b.pop(key)
     if a != b:
         diff = sorted(k for k in a if a[k] != b[k])
         raise ConfigError(f"{run_dir} holds a run with another config (differs in {', '.join(diff)}); "

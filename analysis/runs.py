@@ -8,8 +8,6 @@ and `as_model`, which turns any model source the probes accept into a model.
 
 from __future__ import annotations
 
-import sys
-from contextlib import nullcontext, redirect_stderr
 from pathlib import Path
 
 import torch
@@ -175,8 +173,7 @@ def ensure_trained(presets: tuple[str, ...] = ("vit_p_fmnist_tiny", "vit_c_fmnis
     A folder holding a run with another config raises ConfigError instead of being reused.
 
     progress=True shows tqdm.auto bars (a notebook widget in Jupyter): one over the runs and the
-    engine's bar over each epoch's steps (train.progress "bar"; its log lines go to stdout). A run
-    folder keeps the train.progress it was started with: the setting only changes what is shown."""
+    engine's bar over each epoch's steps (train.progress "bar"; its log lines go to stdout)."""
     from tqdm.auto import tqdm
 
     from analysis.train import train
@@ -186,15 +183,11 @@ def ensure_trained(presets: tuple[str, ...] = ("vit_p_fmnist_tiny", "vit_c_fmnis
     for preset in presets:
         cfg = config.RunConfig().replace({**(overrides or {}), "model.preset": preset})
         run_dir = Path(root) / preset
-        stored = run_dir / rundir.CONFIG
-        if stored.is_file():
-            cfg.train.progress = config.load(stored).train.progress
-        elif progress:
+        if progress:
             cfg.train.progress = "bar"
         if bar is not None:
             bar.set_postfix_str(preset)
-        with redirect_stderr(sys.stdout) if progress else nullcontext():
-            train(cfg, run_dir)  # returns at once for a complete run with this config
+        train(cfg, run_dir)  # returns at once for a complete run with this config
         out[preset] = run_dir
         if bar is not None:
             bar.update(1)

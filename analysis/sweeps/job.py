@@ -182,7 +182,9 @@ def _record_failure(run_dir: str, error: Exception, rank: int) -> str:
         return result["status"]
     print(f"run {run_dir} failed:\n{traceback.format_exc()}", flush=True)
     if rank == 0 and rundir.lock_holder(run_dir) is None:
-        rundir.write_json(Path(run_dir) / rundir.RESULT, {"status": "failed", "reason": rundir.failure_reason(error)})
+        reason = rundir.failure_reason(error)
+        rundir.log_line(run_dir, f"[{time.strftime('%H:%M:%S')}] failed: {reason}")
+        rundir.write_json(Path(run_dir) / rundir.RESULT, {"status": "failed", "reason": reason})
     return "failed"
 
 
