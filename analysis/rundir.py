@@ -112,19 +112,28 @@ def append_metrics(run_dir: str | Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """Return the per-epoch rows, last row per epoch kept, a torn last line ignored."""
-    path = Path(run_dir) / METRICS
-    if not path.is_file():
-        return []
+def metric_rows(lines) -> dict[int, dict]:
+    """{epoch: row} from metrics.jsonl lines (str or bytes): the last row per epoch kept; torn,
+    malformed and epoch-less lines skipped."""
     rows = {}
-    for line in path.read_text().splitlines():
+    for line in lines:
         try:
             row = json.loads(line)
         except ValueError:
             continue
-        if isinstance(row, dict) and "epoch" in row:
-            rows[row["epoch"]] = row
+        epoch = row.get("epoch") if isinstance(row, dict) else None
+        if isinstance(epoch, int) and not isinstance(epoch, bool):
+            rows[epoch] = row
+    return rows
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """Return the per-epoch rows, last row per epoch kept, a torn last line ignored."""
+    path = Path(run_dir) / METRICS
+    try:
+        rows = metric_rows(path.read_text(errors="replace").splitlines())
+    except OSError:
+        return []
     return [rows[e] for e in sorted(rows)]
 
 

@@ -19,7 +19,6 @@ since the last epoch ended and the last epoch's duration; views mark it as an es
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ import pandas as pd
 
 from analysis import rundir
 from analysis.sweeps.job import JOB_FILE
-from analysis.sweeps.status import KEEP, job_log_tail, latest_jobs, run_state, scheduler_states, tail
+from analysis.sweeps.status import KEEP, job_log_tail, latest_jobs, read_launches, run_state, scheduler_states, tail
 
 ACTIVE = ("PENDING", "RUNNING", "UNKNOWN")  # UNKNOWN: the scheduler did not answer; keep watching
 FINAL_RESULTS = ("completed", "diverged")
@@ -133,14 +132,9 @@ class RunWatch:
             return changed
         end = chunk.rfind(b"\n") + 1  # a line without its newline is still being written
         by_epoch = {r["epoch"]: r for r in self.rows}
-        for line in chunk[:end].splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and "epoch" in row:
-                by_epoch[row["epoch"]] = row
-                changed = True
+        parsed = rundir.metric_rows(chunk[:end].splitlines())
+        by_epoch.update(parsed)
+        changed = changed or bool(parsed)
         self._offset += end
         self.rows = [by_epoch[e] for e in sorted(by_epoch)]
         return changed
@@ -171,14 +165,17 @@ class SweepWatcher:
 
     def refresh(self) -> set[str]:
         """Read the scheduler and what changed in the run folders; return the runs that changed."""
-        states = scheduler_states(self.sweep)
-        jobs = latest_jobs(self.sweep)
+        launches = read_launches(self.sweep.dir)
+        states = scheduler_states(self.sweep.dir, launches, self.sweep._processes)
+        jobs = latest_jobs(launches)
         changed = set()
         for run, w in self.runs.items():
             moved = False if w.final else w.read()
             job_id, attempts = jobs.get(run, (None, 0))
             started = job_id is not None and str(w.job.get("job_id")) == str(job_id)
-            state = run_state(states.get(job_id) if job_id else None, w.result, started)
+            complete = bool(w.result) and w.result.get("status") in ("completed", "diverged")
+            trained_now = not complete and rundir.lock_holder(w.dir) is not None
+            state = run_state(states.get(job_id) if job_id else None, complete, started, trained_now)
             if w.result and w.result.get("status") == "diverged":
                 state = "DIVERGED"
             if moved or state != w.state or job_id != w.job_id:
@@ -250,6 +247,6 @@ class SweepWatcher:
         w = self.runs[run]
         text = tail(w.dir / rundir.LOG, lines)
         if w.state not in KEEP and w.job_id:
-            job_text = job_log_tail(self.sweep, w.job_id, lines)
+            job_text = job_log_tail(self.sweep.dir, w.job_id, lines)
             text = "\n".join(t for t in (text, job_text and f"-- job {w.job_id} log --\n{job_text}") if t)
         return text
