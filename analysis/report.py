@@ -88,12 +88,14 @@ def _best_vits(best: pd.DataFrame, skipped: list | None = None) -> dict:
 
 def _distance_figure(vits: dict) -> go.Figure:
     from analysis.plots.maps import distance_figure
-    from analysis.probes import attention_distance
+    from analysis.probes import attention_distance, uniform_distance
     from analysis.runs import sample_images
 
     frames = {label: attention_distance(model, [sample_images(cfg, n=64, one_per_class=False)[0]])
               for label, (model, cfg) in vits.items()}
-    return distance_figure(frames, title="Mean attention distance per head (pixels)")
+    uniform = {round(uniform_distance(model), 6) for model, _ in vits.values()}
+    return distance_figure(frames, title="Mean attention distance per head (pixels)",
+                           uniform=uniform.pop() if len(uniform) == 1 else None)
 
 
 def _cnn_figures(best: pd.DataFrame, vits: dict, skipped: list | None = None) -> list[tuple[str, go.Figure]]:

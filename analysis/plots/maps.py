@@ -110,10 +110,13 @@ def head_maps_figure(maps, image=None, cols: int | None = None, title: str | Non
     return image_axes(fig)
 
 
-def distance_figure(frames: Mapping[str, pd.DataFrame], side_by_side: bool = False, title: str | None = None) -> go.Figure:
+def distance_figure(frames: Mapping[str, pd.DataFrame], side_by_side: bool = False, title: str | None = None,
+                    uniform: float | None = None) -> go.Figure:
     """Return mean attention distance (px) vs block, one colour per model (name -> frame of layer, head, distance_px).
 
     Overlaid: one scatter trace per model, offset slightly along x. Side by side: one panel per model.
+    uniform: the distance of evenly spread attention (analysis.probes.uniform_distance), drawn as a
+    dashed line: heads well below it attend locally, heads near it do not.
     """
     if not frames:
         raise ConfigError("distance_figure needs at least one model's frame")
@@ -138,6 +141,9 @@ def distance_figure(frames: Mapping[str, pd.DataFrame], side_by_side: bool = Fal
         else:
             fig.add_trace(trace)
     fig.update_layout(template=TEMPLATE, title=title or "mean attention distance")
+    if uniform is not None:
+        fig.add_hline(y=uniform, line=dict(dash="dash", color="#777"), annotation_text="uniform attention",
+                      annotation_position="bottom right")
     fig.update_xaxes(title_text="block", **integer_ticks(max(float(df["layer"].max()) for df in frames.values())))
     if side_by_side:
         fig.update_yaxes(title_text="mean attention distance (px)", col=1)

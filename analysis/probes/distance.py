@@ -22,6 +22,13 @@ def token_distances(grid_size: tuple[int, int], stride: int) -> torch.Tensor:
     return torch.cdist(pos, pos)
 
 
+def uniform_distance(model) -> float:
+    """Mean attention distance (px) of attention spread evenly over the model's patch tokens: the
+    reference a head's distance is read against (a head well below it attends locally)."""
+    layout = token_layout(attention_model(model))
+    return float(token_distances(layout.grid_size, layout.stride).mean())
+
+
 def mean_attention_distance(
     attentions: Sequence[torch.Tensor],
     grid_size: tuple[int, int],
