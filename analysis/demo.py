@@ -2,7 +2,7 @@
 
 Launches the demo sweep through submitit (local processes unless told otherwise), waits for it
 (a line per change of the run counts and a bar of completed runs), collects it, writes the HTML
-report and prints the headline numbers. Run it again and finished runs are kept: only missing ones
+report and prints the headline numbers and the paper's claims as statistics with their intervals. Run it again and finished runs are kept: only missing ones
 train. Ctrl-C stops the waiting, not the runs: one line says what still runs and how to watch,
 cancel or resume it (`make demo` again picks up where the sweep is).
 """
@@ -59,14 +59,16 @@ def _resume_command(full: bool, root, cluster: str) -> str:
 
 
 def run(full: bool = False, root: str | Path = "sweeps", cluster: str = "local", parallel: int | None = None,
-        poll: float = 20.0, echo=print) -> tuple[Path, pd.DataFrame]:
-    """Run the demo sweep end to end; return (report path, headline table). On Ctrl-C while waiting,
-    print one line about what still runs and how to resume, then exit with status 130."""
+        poll: float = 20.0, echo=print, spec: str | Path | None = None) -> tuple[Path, pd.DataFrame]:
+    """Run the demo sweep (or the sweep of `spec`) end to end; return (report path, headline table).
+    On Ctrl-C while waiting, print one line about what still runs and how to resume, then exit with
+    status 130."""
+    from analysis.claims import claims_table, claims_text
     from analysis.report import headline, write_report
     from analysis.sweeps import Sweep
 
     t0 = time.time()
-    sweep = Sweep.from_yaml(REPO / SPECS["full" if full else "short"], root=root)
+    sweep = Sweep.from_yaml(spec or REPO / SPECS["full" if full else "short"], root=root)
     echo(f"sweep {sweep.dir}: {len(sweep.run_ids)} runs; launching on {cluster} ...")
     sweep.launch(cluster=cluster, parallel=parallel)
     progress = Progress(len(sweep.run_ids), echo, t0)
@@ -83,6 +85,9 @@ def run(full: bool = False, root: str | Path = "sweeps", cluster: str = "local",
     table = headline(df)
     echo("")
     echo(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    echo("\nThe paper's claims on this sweep (95% bootstrap intervals; python -m analysis claims "
+         f"{sweep.dir} reprints them):\n")
+    echo(claims_text(claims_table(df)))
     echo(f"\nreport: {report}\ntotal time: {time.time() - t0:.0f} s")
     return report, table
 

@@ -57,3 +57,23 @@ def test_report_without_the_probes_of_a_run_whose_checkpoint_is_unreadable(real_
     assert "Probes skipped" in page and f"{broken}: " in page
     assert "ViT_P-fmnist_tiny: attention rollout" in page and "ViT_C-fmnist_tiny: attention rollout" not in page
     assert "Error EDFs" in page and "Training curves" in page
+
+
+def test_demo_prints_the_headline_and_the_claims(real_sweep, tmp_path):
+    """The demo driver on a finished sweep: nothing to launch; headline, claims table and report."""
+    import shutil
+
+    import yaml
+
+    from analysis.demo import run
+    from tests.fixtures_real import REAL_SPEC
+
+    shutil.copytree(real_sweep, tmp_path / "sweeps" / real_sweep.name)
+    spec = tmp_path / "real_small.yaml"
+    spec.write_text(yaml.safe_dump(REAL_SPEC, sort_keys=False))
+    lines = []
+    report, table = run(spec=spec, root=tmp_path / "sweeps", poll=0.1, echo=lines.append)
+    text = "\n".join(lines)
+    assert report.is_file() and set(table["model"]) == {"ViT_P-fmnist_tiny", "ViT_C-fmnist_tiny"}
+    assert "The paper's claims on this sweep" in text and "verdict" in text
+    assert "8 runs; launching" in text and "8 completed" in text

@@ -35,8 +35,8 @@ def test_registry_keeps_the_suite_stems_and_adds_users():
 def test_complexity_counts_a_users_stem():
     ours = create_model("vit_c_fmnist_tiny", stem="two_conv")
     patchify = create_model("vit_c_fmnist_tiny", stem="patchify")
-    # 1 -> 16 channels, 3x3 at 14x14 (+ bias); 16 -> 64, 3x3 at 7x7 (+ bias)
-    stem_flops = 14 * 14 * 16 * 9 + 7 * 7 * 64 * 16 * 9
+    # 1 -> 16 channels, 3x3 at 14x14; 16 -> 64, 3x3 at 7x7; one flop per output element of each bias (pycls)
+    stem_flops = 14 * 14 * 16 * 9 + 14 * 14 * 16 + 7 * 7 * 64 * 16 * 9 + 7 * 7 * 64
     assert complexity(ours.patch_embed, 28, 1)["flops"] == stem_flops
     body = complexity(patchify, 28, 1)["flops"] - complexity(patchify.patch_embed, 28, 1)["flops"]
     assert complexity(ours, 28, 1)["flops"] == body + stem_flops
