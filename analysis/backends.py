@@ -130,10 +130,10 @@ class SingleBackend:
 class StackedBackend:
     """K runs of one architecture through one vmapped forward and backward pass.
 
-    The module called is a copy of the first run's model with explicit attention:
-    scaled_dot_product_attention has no vmap batching rule on the CPU and falls back to a loop
-    over the runs. Per-step losses equal each run's solo losses to ~1e-7 relative in fp32
-    (batched matmuls round differently; tests/test_batched.py measures it)."""
+    The module called is a copy of the first run's model with explicit attention on every device:
+    scaled_dot_product_attention has no vmap batching rule on the CPU (it falls back to a loop over
+    the runs). Per-step losses equal each run's solo losses to ~1e-7 relative in fp32 (batched
+    matmuls round differently; tests/test_batched.py measures it)."""
 
     def __init__(self, members: list):
         from analysis.models import set_fused_attn
@@ -142,8 +142,10 @@ class StackedBackend:
         set_fused_attn(self.base, False)
         self.names = [n for n, _ in self.base.named_parameters()]
         self.buffer_names = [n for n, _ in self.base.named_buffers()]
-        self.tensors = {id(m): ([dict(m.model.named_parameters())[n] for n in self.names],
-                                [dict(m.model.named_buffers())[n] for n in self.buffer_names]) for m in members}
+        self.tensors = {}
+        for m in members:
+            params, buffers = dict(m.model.named_parameters()), dict(m.model.named_buffers())
+            self.tensors[id(m)] = ([params[n] for n in self.names], [buffers[n] for n in self.buffer_names])
 
     def train(self) -> None:
         self.base.train()
@@ -158,10 +160,10 @@ class StackedBackend:
         x = torch.stack([b[0] for b in batches])
         with autocast(x.device, dtype):
             out = vmap(self._forward, randomness="different")(params, buffers, x)
-        with torch.no_grad():  # BatchNorm statistics updated in the stack go back to each run
-            for k, (_, bufs) in enumerate(own):
-                for i, n in enumerate(self.buffer_names):
-                    bufs[i].copy_(buffers[n][k])
+        if self.buffer_names:  # BatchNorm statistics updated in the stack go back to each run
+            with torch.no_grad():
+                torch._foreach_copy_([b for _, bufs in own for b in bufs],
+                                     [buffers[n][k] for k in range(len(own)) for n in self.buffer_names])
         losses = torch.stack([m.loss(out[k].float(), batches[k][1]) for k, m in enumerate(members)])
         losses.sum().backward()
         return losses.detach()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,6 @@ class Member:
         self.prefix = ""  # the run's name on printed lines when several runs train together
         self.lock: rundir.RunLock | None = None
         self.writer = None  # TensorBoard, when train.tensorboard
-        self.best = math.inf
         self.acc = {"loss": 0.0, "n": 0, "seconds": 0.0}
         self.run_start = time.time()
 
@@ -56,19 +54,43 @@ class Member:
         if self.cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
 
-    def open(self, restart: bool = False) -> str:
-        """Create or check the folder, take its lock, tidy it; return the precision it was saved with."""
+    def open(self, restart: bool = False, job: dict | None = None) -> str | None:
+        """Create or check the folder, take its lock (rank 0; every rank learns the outcome), tidy it
+        and mark it with `job` (job.json); return the precision to resume with: the saved, resolved
+        one when the run resumes from a checkpoint, else None (resolve it afresh)."""
         saved = rundir.prepare(self.out, self.cfg)
+        refused = None
         if self.dist.main:
-            self.lock = rundir.RunLock(self.out).acquire()
-            removed = rundir.remove_temp_files(self.out)
-            if removed:
-                self.log(f"removed {removed} temporary file(s) of an interrupted write")
-            if restart:
-                rundir.clear_run(self.out)
-                self.log("restarted: checkpoint, metrics and result removed")
-        self.dist.barrier()
-        return saved.train.precision
+            try:
+                self.lock = rundir.RunLock(self.out).acquire()
+            except rundir.RunLocked as e:
+                refused = str(e)
+        refused = self.dist.broadcast(refused)
+        if refused:
+            raise rundir.RunLocked(refused)
+        try:
+            if self.dist.main:
+                self._tidy(restart, job)
+            self.dist.barrier()
+        except BaseException:
+            self.close()
+            raise
+        resuming = (self.out / rundir.CHECKPOINT).is_file() and saved.train.precision != "auto"
+        return saved.train.precision if resuming else None
+
+    def _tidy(self, restart: bool, job: dict | None) -> None:
+        """Under the lock: remove temp files of interrupted writes, a failed attempt's result (or, on
+        restart, the run's records), and mark the job that trains the folder."""
+        removed = rundir.remove_temp_files(self.out)
+        if removed:
+            self.log(f"removed {removed} temporary file(s) of an interrupted write")
+        if restart:
+            rundir.clear_run(self.out)
+            self.log("restarted: checkpoint, metrics and result removed")
+        elif (rundir.read_result(self.out) or {}).get("status") == "failed":
+            (self.out / rundir.RESULT).unlink()  # this attempt writes its own outcome
+        if job is not None:
+            rundir.write_json(self.out / rundir.JOB, {**job, "started": time.time()})
 
     def close(self) -> None:
         if self.writer is not None:
@@ -117,16 +139,26 @@ class Member:
 
     def restore(self, device: torch.device) -> dict | None:
         """Load the run's checkpoint into model, optimizer and EMA; return it (None: start afresh).
-        An unreadable checkpoint raises rundir.CheckpointError naming the file and --restart."""
+        A checkpoint that cannot be read, or does not fit this run, raises rundir.CheckpointError
+        naming the file and --restart."""
         ckpt = rundir.load_checkpoint(self.out, map_location=device)
         if ckpt is None:
             return None
-        self.model.load_state_dict(ckpt["model"])
-        self.opt.load_state_dict(ckpt["optimizer"])
-        if self.ema is not None and "ema" in ckpt:
-            self.ema.module.load_state_dict(ckpt["ema"])
-        self.best, self.acc = ckpt["best"], json.loads(ckpt["epoch_acc"])
-        self.run_start = time.time() - ckpt["elapsed"]
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.opt.load_state_dict(ckpt["optimizer"])
+            if self.ema is not None and "ema" in ckpt:
+                self.ema.module.load_state_dict(ckpt["ema"])
+            acc = ckpt["epoch_acc"]
+            self.acc = json.loads(acc) if isinstance(acc, str) else dict(acc)
+            self.run_start = time.time() - float(ckpt["elapsed"])
+            int(ckpt["epoch"]), int(ckpt["batch"]), int(ckpt["step"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            what = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            raise rundir.CheckpointError(
+                f"checkpoint {self.out / rundir.CHECKPOINT} does not fit this run ({type(e).__name__}: {what}); "
+                f"start the run over with `python -m analysis train --restart --out {self.out} ...` "
+                "(train(cfg, out, restart=True)) or delete that file") from None
         return ckpt
 
     def save(self, epoch: int, batch: int, step: int) -> None:
@@ -134,8 +166,8 @@ class Member:
             rundir.save_checkpoint(self.out, {
                 "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 **({"ema": self.ema.module.state_dict()} if self.ema is not None else {}),
-                "epoch": epoch, "batch": batch, "step": step, "best": self.best,
-                "epoch_acc": json.dumps(self.acc), "elapsed": time.time() - self.run_start})
+                "epoch": epoch, "batch": batch, "step": step, "epoch_acc": dict(self.acc),
+                "elapsed": time.time() - self.run_start})
 
     # -- one step -------------------------------------------------------------------------------
     def batch(self, x: torch.Tensor, y: torch.Tensor, epoch: int, index: int, device: torch.device):
@@ -178,7 +210,6 @@ class Member:
         """Evaluate, append the epoch's metrics row, checkpoint; return the row."""
         test = evaluate(self.model, self.data.test_batches(), device, dtype, self.dist)
         ema = evaluate(self.ema.module, self.data.test_batches(), device, dtype, self.dist) if self.ema else None
-        self.best = min(self.best, test["top1_err"])
         acc = self.acc
         row = {"epoch": epoch, "step": step, "train_loss": acc["loss"] / max(acc["n"], 1),
                "test_top1_err": test["top1_err"], "test_top5_err": test["top5_err"],
@@ -212,10 +243,12 @@ class Member:
         return result
 
     def failed(self, error: BaseException) -> dict:
-        result = {"status": "failed", "reason": rundir.failure_reason(error)}
-        self.log(f"failed: {result['reason']}")
-        self._write(result)
-        return result
+        self.result = {"status": "failed", "reason": rundir.failure_reason(error)}
+        if self.dist.main:
+            rundir.record_failure(self.out, error)
+            if self.progress != "none":
+                print(f"{self.prefix}failed: {self.result['reason']}", flush=True)
+        return self.result
 
     def _write(self, result: dict) -> None:
         self.result = result

@@ -165,8 +165,9 @@ def evaluate(model: torch.nn.Module, batches, device: torch.device, dtype: torch
             out = model(x)
         out = out.float()
         hits = out.topk(min(5, out.shape[1]), dim=1).indices == y[:, None]
-        counts += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), F.cross_entropy(out, y, reduction="sum"),
-                               torch.tensor(len(y), device=device)]).double()
+        counts[:3] += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(),
+                                   F.cross_entropy(out, y, reduction="sum")]).double()
+        counts[3] += len(y)
     if dist is not None:
         dist.reduce(counts)
     top1, top5, loss, n = counts.tolist()

@@ -29,6 +29,7 @@ CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
 LOG = "log.txt"
 LOCK = "train.lock"
+JOB = "job.json"  # which sweep job trains (or last trained) the run
 
 
 def _umask() -> int:
@@ -267,9 +268,33 @@ def diverged_result(epoch: int, step: int, cx: dict, seconds: float) -> dict:
             "seconds": seconds, "images_per_s": None}
 
 
+def record_failure(run_dir: str | Path, error: BaseException) -> dict:
+    """Write a run's "failed" result (the reason: one line) and a log line; return the result."""
+    result = {"status": "failed", "reason": failure_reason(error)}
+    log_line(run_dir, f"[{time.strftime('%H:%M:%S')}] failed: {result['reason']}")
+    write_json(Path(run_dir) / RESULT, result)
+    return result
+
+
 def log_line(run_dir: str | Path, text: str) -> None:
     with open(Path(run_dir) / LOG, "a") as f:
         f.write(text.rstrip("\n") + "\n")
+
+
+_HELD: set[int] = set()  # descriptors of the run locks this process holds
+
+
+def _close_held_in_child() -> None:
+    """A forked child (a DataLoader worker) must not keep its parent's run locks alive."""
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
 
 
 class RunLock:
@@ -300,11 +325,13 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, record.encode(), 0)
         self.fd = fd
+        _HELD.add(fd)
         return self
 
     def release(self) -> None:
         if self.fd is not None:
-            os.close(self.fd)  # closing the descriptor drops the flock
+            _HELD.discard(self.fd)
+            os.close(self.fd)  # closing the descriptor drops the flock (no forked child holds a copy)
             self.fd = None
 
     def __enter__(self) -> "RunLock":

@@ -16,7 +16,6 @@ step and raises Stopped; a resumed run ends with the same metrics as an uninterr
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -55,9 +54,11 @@ class Trainer:
     """The loop over one or more runs. `run()` trains them (resuming each from its checkpoint) and
     returns their result records; `request_stop()` (e.g. from a preemption signal) makes it
     checkpoint every run at the next step and raise Stopped. `stop_at_step` does the same once that
-    many steps are done. Under torch.distributed one run trains with DDP and rank 0 writes its folder."""
+    many steps are done (under DDP a stop is acted on at the next check, every CHECK_EVERY steps).
+    Under torch.distributed one run trains with DDP and rank 0 writes its folder. A run folder another
+    live trainer holds is skipped in a group (its result is None) and refused for one run."""
 
-    def __init__(self, cfgs, outs, stop_at_step: int | None = None, restart: bool = False):
+    def __init__(self, cfgs, outs, stop_at_step: int | None = None, restart: bool = False, job: dict | None = None):
         single = isinstance(cfgs, RunConfig)
         self.cfgs = [cfgs] if single else list(cfgs)
         self.outs = [Path(outs)] if single else [Path(o) for o in outs]
@@ -68,6 +69,8 @@ class Trainer:
         check_compatible(self.cfgs)
         self.stop_at_step = stop_at_step
         self.restart = restart
+        self.job = job  # written to each run folder as job.json once its lock is taken (sweep jobs)
+        self._measured: str | None = None
         self.dist = Dist.current()
         if self.dist.world > 1 and len(self.cfgs) > 1:
             raise ConfigError("under torch.distributed the engine trains one run at a time")
@@ -112,23 +115,10 @@ class Trainer:
             raise ConfigError(f"train.batch_size {cfg.train.batch_size} exceeds the {data.num_train} training images")
         if cfg.train.batch_size % self.dist.world:
             raise ConfigError(f"train.batch_size {cfg.train.batch_size} must divide among {self.dist.world} processes")
-        saved = {}
-        for m in todo:
-            try:
-                saved[m] = m.open(self.restart)
-            except rundir.RunLocked:
-                if len(todo) == 1:
-                    raise
-                continue  # trained by another process right now: leave it alone (its result stays None)
-            opened.append(m)
-        measured = None
         groups = defaultdict(list)
-        for m, precision in saved.items():
-            if precision == "auto":  # a resumed run keeps the precision it started with
-                if measured is None:
-                    x, y = next(iter(data.train_batches(0, 0)))
-                    measured = self.dist.broadcast(choose_precision(cfg, m.model, device, (x.to(device), y.to(device))))
-                precision = measured
+        for m, precision in self._open(todo, opened).items():
+            if precision is None:
+                precision = self._precision(m, data, device)
             m.setup(precision, data.reseeded(m.cfg.train.seed) if data.loader is not None else data, steps)
             m.progress = self._progress_mode(m.cfg)
             m.prefix = f"{m.out.name}: " if len(todo) > 1 else ""
@@ -153,6 +143,31 @@ class Trainer:
                     if m.result is None:
                         m.failed(e)
                 raise
+
+    def _open(self, todo: list[Member], opened: list[Member]) -> dict:
+        """{member: saved precision or None} for every folder this process could lock; a folder another
+        live trainer holds is left alone (its result stays None; one run alone raises RunLocked)."""
+        out = {}
+        for m in todo:
+            try:
+                out[m] = m.open(self.restart, self.job)
+            except rundir.RunLocked as e:
+                if len(todo) == 1:
+                    raise
+                if self.dist.main:
+                    print(f"skipped: {e}", flush=True)
+                continue
+            opened.append(m)
+        return out
+
+    def _precision(self, m: Member, data, device: torch.device) -> str:
+        """The run's train.precision, "auto" resolved by a short measurement (once per Trainer)."""
+        if m.cfg.train.precision != "auto":
+            return m.cfg.train.precision
+        if self._measured is None:
+            x, y = next(iter(data.train_batches(0, 0)))
+            self._measured = self.dist.broadcast(choose_precision(m.cfg, m.model, device, (x.to(device), y.to(device))))
+        return self._measured
 
     def _progress_mode(self, cfg: RunConfig) -> str:
         if not self.dist.main:
@@ -189,7 +204,7 @@ class Trainer:
         active, last_save = list(members), time.monotonic()
         while epoch < cfg.train.epochs and active:
             backend.train()
-            loss_sum = torch.zeros(len(active), device=device)
+            loss_sum = torch.zeros(len(active), device=device, dtype=torch.float64)
             bad = torch.full((len(active),), -1, device=device, dtype=torch.long)
             iters = [m.data.train_batches(epoch, start) for m in active]
             seen, t0, bar = 0, time.perf_counter(), self._bar(active, epoch, start, steps)
@@ -214,7 +229,7 @@ class Trainer:
                     time.monotonic() - last_save > 60 * cfg.train.checkpoint_minutes
                 if not (check or (dist.world == 1 and (self._stop or due))):
                     continue
-                first_bad, stop, due = self._agree(bad, check, due)
+                first_bad, stop, due = self._agree(bad, due)
                 if any(b >= 0 for b in first_bad):
                     keep = [k for k, b in enumerate(first_bad) if b < 0]
                     for k in (k for k, b in enumerate(first_bad) if b >= 0):
@@ -241,13 +256,10 @@ class Trainer:
                 break
             self._fold(active, loss_sum, seen, t0)
             epoch, start = epoch + 1, 0
-            rows = [m.end_epoch(epoch, step, m.lr(step - 1, total), device, dtype) for m in active]
+            for m in active:  # (a non-finite loss was caught at the epoch's last step)
+                m.end_epoch(epoch, step, m.lr(step - 1, total), device, dtype)
             dist.barrier()
             last_save = time.monotonic()
-            for m, row in zip(list(active), rows):
-                if not math.isfinite(row["train_loss"]):
-                    m.diverged(epoch - 1, step, cx)
-                    active.remove(m)
         for m in active:
             m.finish(cx)
         dist.barrier()
@@ -262,10 +274,10 @@ class Trainer:
             m.acc["seconds"] += elapsed
         loss_sum.zero_()
 
-    def _agree(self, bad: torch.Tensor, check: bool, due: bool) -> tuple[list[int], bool, bool]:
+    def _agree(self, bad: torch.Tensor, due: bool) -> tuple[list[int], bool, bool]:
         """(first non-finite step per run, -1 for none; stop?; checkpoint due?), equal on every rank."""
-        if self.dist.world == 1:
-            return (bad.tolist() if check else [-1] * len(bad)), self._stop, due
+        if self.dist.world == 1:  # a stop or timed checkpoint reads them too: no NaN run is checkpointed
+            return bad.tolist(), self._stop, due
         big = torch.iinfo(torch.long).max
         flags = torch.cat([torch.where(bad >= 0, -bad, torch.full_like(bad, -big)),
                            torch.tensor([int(self._stop), int(due)], device=bad.device)])

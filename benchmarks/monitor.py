@@ -23,7 +23,6 @@ from pathlib import Path
 
 from analysis import rundir
 from analysis.sweeps import Sweep
-from analysis.sweeps.job import JOB_FILE
 
 EPOCHS = 10
 
@@ -63,7 +62,7 @@ def make_sweep(root: Path, runs: int = 1000) -> tuple[Sweep, list[str]]:
             write_epochs(d, 1, 1 + i % 5)
             running.append(run)
         if kind < 15:
-            rundir.write_json(d / JOB_FILE, {"job_id": job, "host": "bench", "pid": os.getpid(), "started": time.time()})
+            rundir.write_json(d / rundir.JOB, {"job_id": job, "host": "bench", "pid": os.getpid(), "started": time.time()})
     jobs = [{"job_id": job, "runs": sweep.run_ids[k::10]} for k in range(10)]
     rundir.write_json(sweep.dir / "launches.json", {"launches": [{
         "launch": 0, "time": datetime.now().isoformat(timespec="seconds"), "cluster": "local", "code": "code",

@@ -22,7 +22,6 @@ import pytest
 from analysis import rundir
 from analysis.config import RunConfig
 from analysis.sweeps import Sweep, collect
-from analysis.sweeps.job import JOB_FILE
 from analysis.sweeps.local import alive
 from tests.test_sweeps import SMALL, _fake_run
 
@@ -153,7 +152,7 @@ def test_result_json_that_is_not_an_object(tmp_path, text):
     _fake_run(sweep.run_dir(done), sweep.configs[done], 1, DONE)
     _fake_run(sweep.run_dir(bad), sweep.configs[bad], 1, text)
     record_local_job(sweep, dead_pid(), sweep.run_ids[:2])
-    (sweep.run_dir(done) / JOB_FILE).write_text("[]")  # also not an object
+    (sweep.run_dir(done) / rundir.JOB).write_text("[]")  # also not an object
     with pytest.warns(UserWarning, match=bad):
         frame = collect(sweep.dir).set_index("run")
     assert frame.loc[bad, "status"] == "failed" and "result.json" in frame.loc[bad, "reason"]

@@ -152,3 +152,100 @@ def test_bad_model_is_caught_before_the_folder_exists(tmp_path, overrides, words
         train(tiny_cfg(**overrides), tmp_path / "run")
     assert all(w in str(e.value) for w in words) and "\n" not in str(e.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_dataloader_workers_do_not_keep_the_lock(tmp_path):
+    """flock belongs to the open file: forked DataLoader workers must not inherit the run's lock,
+    or a stopped run (its exception, and so its workers, kept alive as a notebook keeps the last
+    traceback) would lock its own process out of the folder."""
+    cfg = tiny_cfg(**{"data.in_memory": False, "data.workers": 2, "train.epochs": 1})
+    with pytest.raises(Stopped) as kept:
+        Trainer(cfg, tmp_path / "run", stop_at_step=3).run()
+    assert kept.value is not None and rundir.lock_holder(tmp_path / "run") is None
+    assert train(cfg, tmp_path / "run")["status"] == "completed"
+
+
+def test_lock_is_released_when_opening_fails(tmp_path, monkeypatch):
+    # Fault injection: clearing the old records fails once (a disk error), after the lock is taken.
+    cfg = tiny_cfg(**{"train.epochs": 1})
+    train(cfg, tmp_path / "run")
+
+    def broken(run_dir):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(rundir, "clear_run", broken)
+    with pytest.raises(OSError):
+        train(cfg, tmp_path / "run", restart=True)
+    assert rundir.lock_holder(tmp_path / "run") is None
+    monkeypatch.undo()
+    assert train(cfg, tmp_path / "run", restart=True)["status"] == "completed"
+
+
+def test_a_stop_never_checkpoints_a_diverged_run(tmp_path):
+    cfg = tiny_cfg(**{"optim.name": "sgd", "optim.lr": 1e6, "optim.warmup_epochs": 0})
+    whole = train(cfg, tmp_path / "whole")
+    stopped = Trainer(cfg, tmp_path / "cut", stop_at_step=5).run()[0]  # the stop finds the NaN first
+    assert whole["status"] == stopped["status"] == "diverged" and stopped["reason"] == whole["reason"]
+
+
+def test_checkpoint_that_does_not_fit_is_one_line(tmp_path):
+    cfg = tiny_cfg(**{"train.epochs": 2})
+    with pytest.raises(Stopped):
+        Trainer(cfg, tmp_path / "run", stop_at_step=5).run()
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    del ckpt["epoch_acc"]
+    ckpt["model"].pop("pos_embed")
+    torch.save(ckpt, tmp_path / "run" / "checkpoint.pt")
+    with pytest.raises(rundir.CheckpointError) as e:
+        train(cfg, tmp_path / "run")
+    assert "does not fit this run" in str(e.value) and "--restart" in str(e.value) and "\n" not in str(e.value)
+    assert rundir.read_result(tmp_path / "run")["status"] == "failed"
+
+
+def test_restart_takes_the_precision_asked_for(tmp_path):
+    run = tmp_path / "run"
+    train(tiny_cfg(**{"train.epochs": 1, "train.precision": "fp32"}), run)
+    train(tiny_cfg(**{"train.epochs": 1, "train.precision": "bf16"}), run, restart=True)
+    assert rundir.read_result(run)["status"] == "completed"
+    assert "precision: bf16" in (run / "config.yaml").read_text()
+    assert "precision=bf16" in (run / "log.txt").read_text().split("restarted")[-1]
+
+
+def test_group_skips_a_folder_another_trainer_holds(tmp_path, capsys):
+    cfgs = [tiny_cfg(**{"train.epochs": 1, "train.seed": s}) for s in (0, 1)]
+    holder = subprocess.Popen([sys.executable, "-c", "import time\nfrom analysis import rundir\n"
+                               f"rundir.RunLock({str(tmp_path / 'b')!r}).acquire()\nprint('locked', flush=True)\n"
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        from analysis.train import train_group
+
+        results = train_group(cfgs, [tmp_path / "a", tmp_path / "b"])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert results[0]["status"] == "completed" and results[1] is None
+    assert f"skipped: {tmp_path / 'b'} is being trained by another process" in capsys.readouterr().out
+    assert not (tmp_path / "b" / "result.json").exists()
+
+
+def test_sweep_job_prints_the_traceback_and_records_this_attempts_failure(tmp_path, monkeypatch, capsys):
+    # Fault injection: the optimizer step raises inside the loop (a bug in a run's code path).
+    from analysis.member import Member
+    from analysis.sweeps.job import RunsFailed, run_group
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(tiny_cfg(**{"train.epochs": 1}).to_yaml())
+    rundir.write_json(run / "result.json", {"status": "failed", "reason": "an earlier attempt"})
+
+    def step(self, step):
+        raise RuntimeError("deep bug in step")
+
+    monkeypatch.setattr(Member, "step", step)
+    with pytest.raises(RunsFailed):
+        run_group([str(run)])
+    out = capsys.readouterr().out
+    assert "Traceback" in out and "deep bug in step" in out
+    assert rundir.read_result(run)["reason"] == "RuntimeError: deep bug in step"
+    assert rundir.read_json(run / "job.json")["pid"] == os.getpid()

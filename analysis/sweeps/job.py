@@ -28,9 +28,6 @@ from analysis.backends import check_compatible, shared_key
 from analysis.errors import ConfigError
 from analysis.train import Stopped, Trainer
 
-JOB_FILE = "job.json"  # which job trains (or last trained) this run directory
-
-
 class RunsFailed(RuntimeError):
     """Raised at the end of a group in which some runs failed."""
 
@@ -131,28 +128,21 @@ def _threads_from_allocation() -> None:
         torch.set_num_threads(int(cpus))
 
 
-def _mark(run_dir: str, env, rank: int) -> None:
-    if rank == 0:
-        rundir.write_json(Path(run_dir) / JOB_FILE, {
-            "job_id": env.job_id if env is not None else None, "host": socket.gethostname(),
-            "pid": os.getpid(), "started": time.time()})
-
-
 def run_group(run_dirs: list[str], batch_runs: int = 1) -> dict[str, str]:
     """Train each run directory (its config.yaml), in stacked chunks where batch_runs > 1; return
     {run_dir: final status}. Raises RunsFailed when any run failed (after trying all of them)."""
     env = job_env()
     _threads_from_allocation()
     rank = init_distributed(env)
+    job = {"job_id": env.job_id if env is not None else None, "host": socket.gethostname(), "pid": os.getpid()}
     statuses = {d: rundir.read_result(d)["status"] for d in run_dirs if rundir.is_complete(d)}
     with Preemption() as stop:
         for chunk in plan(run_dirs, batch_runs):
             if stop.requested:
                 stop.hand_over()
-            for d in chunk:
-                _mark(d, env, rank)
+            started = time.time()
             try:
-                stop.trainer = Trainer([config.load(Path(d) / rundir.CONFIG) for d in chunk], chunk)
+                stop.trainer = Trainer([config.load(Path(d) / rundir.CONFIG) for d in chunk], chunk, job=job)
                 if stop.requested:  # the signal came while the trainer was being made
                     stop.trainer.request_stop()
                 results = stop.trainer.run()
@@ -162,8 +152,11 @@ def run_group(run_dirs: list[str], batch_runs: int = 1) -> dict[str, str]:
             except rundir.RunLocked as e:  # another live trainer owns the folder: not ours to record
                 print(f"skipped: {e}", flush=True)
             except Exception as e:  # noqa: BLE001 - recorded per run, the job goes on
+                import traceback
+
+                print(f"chunk {', '.join(Path(d).name for d in chunk)} failed:\n{traceback.format_exc()}", flush=True)
                 for d in chunk:
-                    statuses[d] = _record_failure(d, e, rank)
+                    statuses[d] = _record_failure(d, e, rank, started)
             finally:
                 stop.trainer = None
     failed = sorted(Path(d).name for d, s in statuses.items() if s == "failed")
@@ -172,22 +165,21 @@ def run_group(run_dirs: list[str], batch_runs: int = 1) -> dict[str, str]:
     return statuses
 
 
-def _record_failure(run_dir: str, error: Exception, rank: int) -> str:
-    """The run's final status after its chunk raised: its own record when it has one (the engine
-    writes "failed" itself, and a finished member of a failed chunk keeps its result)."""
-    import traceback
-
+def _record_failure(run_dir: str, error: Exception, rank: int, since: float) -> str:
+    """The run's final status after its chunk raised: the result the engine wrote in this attempt
+    (a finished member of a failed chunk keeps its own), else "failed" with this error, recorded
+    unless another live trainer holds the folder."""
     result = rundir.read_result(run_dir)
-    if result and result.get("status") in ("completed", "diverged", "failed"):
-        return result["status"]
-    print(f"run {run_dir} failed:\n{traceback.format_exc()}", flush=True)
+    status = (result or {}).get("status")
+    if status in ("completed", "diverged"):
+        return status
+    if status == "failed" and (Path(run_dir) / rundir.RESULT).stat().st_mtime >= since:
+        return status
     if rank == 0 and rundir.lock_holder(run_dir) is None:
-        reason = rundir.failure_reason(error)
-        rundir.log_line(run_dir, f"[{time.strftime('%H:%M:%S')}] failed: {reason}")
-        rundir.write_json(Path(run_dir) / rundir.RESULT, {"status": "failed", "reason": reason})
+        rundir.record_failure(run_dir, error)
     return "failed"
 
 
 def read_job_file(run_dir: str | Path) -> dict:
-    return rundir.read_json(Path(run_dir) / JOB_FILE) or {}
-
+    """The run's job.json: which sweep job trains (or last trained) it, from which host and pid."""
+    return rundir.read_json(Path(run_dir) / rundir.JOB) or {}

@@ -28,7 +28,6 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import rundir
-from analysis.sweeps.job import JOB_FILE
 from analysis.sweeps.status import KEEP, job_log_tail, latest_jobs, read_launches, run_state, scheduler_states, tail
 
 ACTIVE = ("PENDING", "RUNNING", "UNKNOWN")  # UNKNOWN: the scheduler did not answer; keep watching
@@ -106,7 +105,7 @@ class RunWatch:
         """Read what changed in the run folder since the last call; True when anything did."""
         changed = False
         for name, reader in ((rundir.METRICS, self._read_metrics), (rundir.RESULT, self._read_result),
-                             (JOB_FILE, self._read_job)):
+                             (rundir.JOB, self._read_job)):
             moved, st = self._changed(name)
             if moved:
                 changed |= reader(st, self._stats.get(name))
@@ -146,7 +145,7 @@ class RunWatch:
         return changed
 
     def _read_job(self, st, old) -> bool:
-        job = (rundir.read_json(self.dir / JOB_FILE) or {}) if st is not None else {}
+        job = (rundir.read_json(self.dir / rundir.JOB) or {}) if st is not None else {}
         changed = job != self.job
         self.job = job
         return changed
