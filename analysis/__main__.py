@@ -17,7 +17,7 @@ def _train(args) -> None:
     if args.preset:
         overrides["model.preset"] = args.preset
     cfg = cfg.replace(overrides)
-    result = train(cfg, args.out)
+    result = train(cfg, args.out, restart=args.restart)
     print(f"{result['status']}: test top-1 error {result['top1_err']:.2f}% -> {args.out}")
 
 
@@ -65,52 +65,109 @@ def _demo(args) -> None:
     main(args)
 
 
-def _sweep(args) -> None:
-    """sweep launch|status|cancel|resubmit|collect."""
-    from pathlib import Path
-
-    import pandas as pd
+def _launch_set(items: list[str]) -> dict:
+    """--set launch.KEY=VALUE items as launch options (VALUE: a number, a string, or YAML for `additional`)."""
     import yaml
 
-    from analysis.config import parse_overrides
-    from analysis.sweeps import Sweep, collect
+    from analysis.errors import one_of
+    from analysis.sweeps.spec import LAUNCH_KEYS
 
+    opts = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        key = key.strip().removeprefix("launch.")
+        if not eq:
+            raise ConfigError(f"--set takes launch.KEY=VALUE, e.g. launch.partition=gpu; got {item!r}")
+        if key not in LAUNCH_KEYS:
+            raise one_of("launch option", key, list(LAUNCH_KEYS))
+        if LAUNCH_KEYS[key] is dict:
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise ConfigError(f"launch option {key} must be a YAML mapping, e.g. {{exclude: node1}}; "
+                                  f"got {value!r}") from None
+        elif value.strip().lower() in ("null", "none", "~"):
+            value = None
+        opts[key] = value
+    return opts
+
+
+def _print_status(status) -> None:
+    import pandas as pd
+
+    cols = ["run", "state", "job_id", "attempts", "epoch", "epochs", "test_err", "reason"]
+    with pd.option_context("display.width", 200, "display.max_rows", 500, "display.max_colwidth", 80):
+        print(status[cols].to_string(index=False))
+    for run, text in zip(status["run"], status["log_tail"]):
+        if text:
+            print(f"--- {run}\n{text}")
+    print(", ".join(f"{k}: {v}" for k, v in sorted(status.counts().items())))
+
+
+def _wait(sweep, timeout: float | None):
+    """Wait for the sweep; on Ctrl-C say in one line what still runs and how to resume, exit 130."""
+    last = []
+
+    def keep(status) -> None:
+        last[:] = [status]
+
+    try:
+        return sweep.wait(timeout=timeout, callback=keep)
+    except TimeoutError as e:
+        print(f"timeout: {e} (they go on; see python -m analysis sweep status {sweep.dir})", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        note = sweep.still_running(last[0]) if last else f"interrupted; see python -m analysis sweep status {sweep.dir}"
+        print(note, file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _collect(args) -> None:
+    import pandas as pd
+    from pathlib import Path
+
+    from analysis.sweeps import collect
+
+    frame = collect(args.target)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(out, index=False) if out.suffix == ".parquet" else frame.to_csv(out, index=False)
+        print(f"{len(frame)} runs -> {out}")
+        return
+    cols = ["run", "status", "model", "optimizer", "epochs", "lr", "wd", "error", "epochs_done"]
+    with pd.option_context("display.width", 200, "display.max_rows", 500):
+        print(frame[cols].to_string(index=False))
+
+
+def _sweep(args) -> None:
+    """sweep launch|status|cancel|resubmit|collect."""
+    from analysis.sweeps import Sweep
+    from analysis.sweeps.spec import Spec, check_launch
+
+    if args.action == "collect":
+        return _collect(args)
+    opts = _launch_set(args.set)
+    opts.update({k: v for k, v in (("cluster", args.cluster), ("parallel", args.parallel)) if v is not None})
     if args.action == "launch":
-        sweep = Sweep.from_yaml(args.target, root=args.root)
-        opts = {k.removeprefix("launch."): yaml.safe_load(v) for k, v in parse_overrides(args.set).items()}
-        ids = sweep.launch(cluster=args.cluster, parallel=args.parallel, **opts)
+        spec = Spec.from_yaml(args.target)
+        check_launch({**spec.launch, **opts})  # every option checked before the sweep folder is written
+        sweep = Sweep.create(spec, root=args.root)
+        ids = sweep.launch(**opts)
         print(f"{sweep.dir}: launched {len(ids)} job(s) {' '.join(ids)}" if ids else
               f"{sweep.dir}: nothing to launch (every run is complete, queued or running)")
     else:
-        sweep = Sweep.open(args.target) if args.action != "collect" else None
-        if args.action == "cancel":
-            ids = sweep.cancel(args.runs or None)
-            print(f"cancelled {len(ids)} job(s) {' '.join(ids)}")
-        elif args.action == "resubmit":
-            ids = sweep.resubmit(max_retries=args.max_retries, cluster=args.cluster)
-            print(f"resubmitted {len(ids)} job(s) {' '.join(ids)}")
-        elif args.action == "collect":
-            frame = collect(args.target)
-            if args.out:
-                out = Path(args.out)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                frame.to_parquet(out, index=False) if out.suffix == ".parquet" else frame.to_csv(out, index=False)
-                print(f"{len(frame)} runs -> {out}")
-            else:
-                cols = ["run", "status", "model", "optimizer", "epochs", "lr", "wd", "error", "epochs_done"]
-                with pd.option_context("display.width", 200, "display.max_rows", 500):
-                    print(frame[cols].to_string(index=False))
-    if args.action in ("launch", "status") and args.wait:
-        sweep.wait(timeout=args.timeout)
-    if args.action == "status" or (args.action == "launch" and args.wait):
-        status = sweep.status()
-        cols = ["run", "state", "job_id", "attempts", "epoch", "epochs", "test_err", "reason"]
-        with pd.option_context("display.width", 200, "display.max_rows", 500):
-            print(status[cols].to_string(index=False))
-        for run, text in zip(status["run"], status["log_tail"]):
-            if text:
-                print(f"--- {run}\n{text}")
-        print(", ".join(f"{k}: {v}" for k, v in sorted(status.counts().items())))
+        sweep = Sweep.open(args.target)
+    if args.action == "cancel":
+        ids = sweep.cancel(args.runs or None)
+        print(f"cancelled {len(ids)} job(s) {' '.join(ids)}")
+    elif args.action == "resubmit":
+        ids = sweep.resubmit(max_retries=args.max_retries, **opts)
+        print(f"resubmitted {len(ids)} job(s) {' '.join(ids)}")
+    if args.action in ("launch", "status"):
+        status = _wait(sweep, args.timeout) if args.wait else None
+        if args.action == "status" or args.wait:
+            _print_status(status if status is not None else sweep.status())
 
 
 def parser() -> argparse.ArgumentParser:
@@ -124,6 +181,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", help="model preset (python -m analysis presets lists them)")
     t.add_argument("--config", help="a run config YAML to start from")
     t.add_argument("--out", required=True, help="the run directory (resumed if it holds a checkpoint)")
+    t.add_argument("--restart", action="store_true",
+                   help="start the run over: remove its checkpoint, metrics and result first")
     t.add_argument("overrides", nargs="*", help="section.key=value overrides")
     t.set_defaults(func=_train)
 
@@ -172,8 +231,11 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--cluster", choices=["auto", "slurm", "local"], help="launch/resubmit: where jobs run")
     sw.add_argument("--parallel", type=int, help="launch: local processes at once / SLURM array parallelism")
     sw.add_argument("--set", nargs="*", default=[], metavar="launch.KEY=VALUE",
-                    help="launch options, e.g. launch.partition=gpu launch.gpus_per_node=8")
-    sw.add_argument("--wait", action="store_true", help="launch/status: block until no run is pending or running")
+                    help="launch/resubmit: launch options, e.g. launch.partition=gpu launch.gpus_per_node=8 "
+                         "(--cluster and --parallel win over launch.cluster and launch.parallel)")
+    sw.add_argument("--wait", action="store_true",
+                    help="launch/status: block until no run is pending or running (Ctrl-C stops waiting; "
+                         "the jobs go on)")
     sw.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
     sw.add_argument("--runs", nargs="*", help="cancel: only these run ids")
     sw.add_argument("--max-retries", type=int, help="resubmit: launches per run at most this plus one")
@@ -182,13 +244,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (a skipped corrupt run, an unreachable scheduler) as one line each."""
+    print(f"warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     args = parser().parse_args(argv)
+    warnings.showwarning = _warning_line
     try:
         args.func(args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -2,11 +2,19 @@
 
 A run config has four sections. Every key is listed here with its meaning; `RunConfig()` is the
 short small-data recipe (Fashion-MNIST, ViT_C tiny, AdamW).
+
+Numbers, in overrides (`optim.lr=1e-3`), YAML files and sweep specs alike, take every spelling
+Python's float() accepts: `1e-3`, `5E-2`, `1e4`, `.5`, `1_000` (YAML 1.1 alone reads `1e-3` as a
+string). Integer keys take whole numbers in any of these spellings (`train.epochs=1e1` is 10,
+`10.0` is 10) and refuse fractions (`2.5`). nan and inf are refused everywhere. `null`, `none`,
+`~` or an empty value set an optional key to None.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import decimal
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -23,10 +31,16 @@ PROGRESS = ("auto", "bar", "lines", "none")
 DEVICES = ("auto", "cpu", "cuda")
 
 
+# Keys that change how a run is executed or shown, not what it computes: a run folder may be resumed
+# (or reused) with other values of these.
+RUNTIME_KEYS = ("train.precision", "train.progress", "train.threads", "train.checkpoint_minutes",
+                "train.tensorboard")
+
+
 @dataclass
 class ModelConfig:
     preset: str = "vit_c_fmnist_tiny"  # a name from analysis.models.PRESETS
-    stem: str | None = None  # override the preset's stem (analysis.models.STEMS); None keeps it
+    stem: str | None = None  # override the preset's stem: a registered name or module.path:callable; None keeps it
     local_mlp: bool | None = None  # LocalViT depthwise-conv MLP; None keeps the preset's choice
     fused_attn: bool = True  # scaled_dot_product_attention; False = explicit path (attention readable)
 
@@ -75,6 +89,7 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0  # also checkpoint mid-epoch this often (0: epoch ends only)
     progress: str = "auto"  # one of PROGRESS; auto = a bar on a terminal, log lines in batch jobs
     threads: int | None = None  # torch CPU threads (None: torch's default)
+    tensorboard: bool = False  # also write TensorBoard event files to <run>/tensorboard (needs `tensorboard`)
 
 
 @dataclass
@@ -115,25 +130,64 @@ class RunConfig:
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig}
 
 
+NULLS = ("", "null", "none", "~")
+
+
+def parse_number(value: Any, kind: str, where: str) -> int | float:
+    """A finite float (kind "float") or a whole number (kind "int") from a number or from a string in
+    any spelling float() accepts; anything else is a one-line ConfigError naming `where`."""
+    given, exact = value, None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"{where} must be {kind}, got {given!r}") from None
+        try:
+            exact = decimal.Decimal(given.strip())  # exact digits, for long whole numbers
+        except decimal.InvalidOperation:
+            exact = None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where} must be {kind}, got {given!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {given!r}")
+    if kind == "float":
+        return float(value)
+    if isinstance(value, int):
+        return value
+    exact = exact if exact is not None and exact.is_finite() else decimal.Decimal(value)
+    if exact != exact.to_integral_value():
+        raise ConfigError(f"{where} must be int (a whole number), got {given!r}")
+    return int(exact)
+
+
 def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
-    """Check one value against its field's type; strings from the CLI are parsed as YAML scalars."""
+    """Check one value against its field's type. Strings (CLI overrides, YAML 1.1's `1e-3`) are parsed:
+    numbers by parse_number, booleans as YAML scalars (true/false/yes/no/on/off)."""
     where = f"{section}.{f.name}"
-    if isinstance(value, str) and f.type not in ("str", "str | None"):
-        value = yaml.safe_load(value) if value.strip() else None
     kind = f.type.replace(" | None", "")
+    if isinstance(value, str) and kind != "str":
+        if value.strip().lower() in NULLS:
+            value = None
+        elif kind == "bool":
+            value = yaml.safe_load(value)
     if value is None:
         if "None" in f.type:
             return None
         raise ConfigError(f"{where} must not be empty (expected {kind})")
-    ok = {
-        "str": isinstance(value, str),
-        "bool": isinstance(value, bool),
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-    }[kind]
-    if not ok:
+    if kind in ("int", "float"):
+        return parse_number(value, kind, where)
+    if not isinstance(value, {"str": str, "bool": bool}[kind]):
         raise ConfigError(f"{where} must be {kind}, got {value!r}")
-    return float(value) if kind == "float" else value
+    return value
+
+
+def coerce(key: str, value: Any) -> Any:
+    """The value of dotted config key `key` ("optim.lr") as its type, checked like an override."""
+    section, _, name = key.partition(".")
+    known = {f.name: f for f in fields(_SECTIONS[section])} if section in _SECTIONS else {}
+    if name not in known:
+        raise one_of("config key", key, [f"{s}.<key>" for s in _SECTIONS])
+    return _coerce(section, known[name], value)
 
 
 def from_dict(d: dict) -> RunConfig:
@@ -207,6 +261,10 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{what} must be >= 1 or null, got {value}")
     if (cfg.train.mixup or cfg.train.cutmix) and cfg.train.batch_size % 2:
         raise ConfigError(f"mixup/CutMix need an even train.batch_size, got {cfg.train.batch_size}")
+    if cfg.model.stem is not None:  # the form only; an import path is imported when the model is built
+        from analysis.models.registry import check_stem_name
+
+        check_stem_name(cfg.model.stem)
 
 
 def load(path: str | Path) -> RunConfig:
@@ -222,7 +280,7 @@ def load(path: str | Path) -> RunConfig:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """Parse CLI overrides of the form section.key=value (values as YAML scalars)."""
+    """Parse CLI overrides of the form section.key=value (values stay strings; `replace` parses them)."""
     out = {}
     for item in items:
         key, eq, value = item.partition("=")

@@ -1,5 +1,6 @@
-"""One self-contained HTML report of a sweep: the claims table, the summary table, EDFs, stability
-plots, and attention maps and filters of each model's best run. Works offline (plotly.js is inlined).
+"""One self-contained HTML report of a sweep: the claims table, the summary table, EDFs,
+stability plots, attention maps and filters of each model's best run, and, when the sweep holds a
+CNN baseline, CKA and linear probes of the ViTs against it. Works offline (plotly.js is inlined).
 
     python -m analysis report sweeps/demo            # -> sweeps/demo/report.html
 """
@@ -10,6 +11,7 @@ import html
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +20,7 @@ import plotly.graph_objects as go
 from analysis.errors import ConfigError
 
 PROBE_IMAGES = 6
+CNN_IMAGES = 256  # test images for CKA and linear probes against a CNN baseline
 
 
 def best_runs(df: pd.DataFrame, by: str = "model") -> pd.DataFrame:
@@ -62,30 +65,79 @@ def _probe_figures(label: str, model, cfg) -> list[tuple[str, go.Figure]]:
     return figs
 
 
-def _best_vits(best: pd.DataFrame) -> dict:
-    """{model label: (trained model, its config)} for the ViTs among the best runs, each loaded once."""
+def _best_vits(best: pd.DataFrame, skipped: list | None = None) -> dict:
+    """{model label: (trained model, its config)} for the ViTs among the best runs, each loaded once.
+    A run that cannot be loaded (unreadable checkpoint or config) is left out and added to `skipped`
+    as (run, reason)."""
+    from analysis import rundir
     from analysis.runs import load_config, load_model
 
     out = {}
     for _, row in best.iterrows():
-        model = load_model(row["run_dir"])
+        try:
+            model = load_model(row["run_dir"])
+            cfg = load_config(row["run_dir"])
+        except Exception as e:  # noqa: BLE001 - the report goes on without this run's probes
+            if skipped is not None:
+                skipped.append((row["run"], rundir.failure_reason(e)))
+            continue
         if getattr(model, "family", "vit") == "vit":
-            out[row["model"]] = (model, load_config(row["run_dir"]))
+            out[row["model"]] = (model, cfg)
     return out
 
 
 def _distance_figure(vits: dict) -> go.Figure:
     from analysis.plots.maps import distance_figure
-    from analysis.probes import attention_distance
+    from analysis.probes import attention_distance, uniform_distance
     from analysis.runs import sample_images
 
     frames = {label: attention_distance(model, [sample_images(cfg, n=64, one_per_class=False)[0]])
               for label, (model, cfg) in vits.items()}
-    return distance_figure(frames, title="Mean attention distance per head (pixels)")
+    uniform = {round(uniform_distance(model), 6) for model, _ in vits.values()}
+    return distance_figure(frames, title="Mean attention distance per head (pixels)",
+                           uniform=uniform.pop() if len(uniform) == 1 else None)
 
 
-def figures(df: pd.DataFrame, probes: bool = True) -> list[tuple[str, go.Figure]]:
-    """(heading, figure) pairs of the report, in order."""
+def _cnn_figures(best: pd.DataFrame, vits: dict, skipped: list | None = None) -> list[tuple[str, go.Figure]]:
+    """When the sweep trained a CNN baseline: layer-by-layer CKA of each best ViT against it and of
+    the ViTs against each other (Raghu et al.), and layerwise linear probes of every model, fit on
+    the first half of CNN_IMAGES test images and scored on the second half. A CNN run that cannot be
+    loaded is left out and added to `skipped` as (run, reason)."""
+    from analysis import rundir
+    from analysis.models import PRESETS
+    from analysis.plots.representations import cka_pairs_figure, linear_probe_figure
+    from analysis.probes import cka_pairs, linear_probes
+    from analysis.runs import as_model, load_config, sample_images
+
+    cnns = best[best["preset"].map(lambda p: PRESETS.get(p, {}).get("family")) == "cnn"]
+    if cnns.empty or not vits:
+        return []
+    models = {label: model for label, (model, _) in sorted(vits.items(), key=lambda kv: "ViT_P" not in kv[0])}
+    for _, row in cnns.iterrows():
+        try:
+            models[row["model"]] = as_model(row["run_dir"])
+        except Exception as e:  # noqa: BLE001 - the report goes on without this run's probes
+            if skipped is not None:
+                skipped.append((row["run"], rundir.failure_reason(e)))
+    cnns = cnns[cnns["model"].isin(list(models))]
+    if cnns.empty:
+        return []
+    x, y, _ = sample_images(load_config(cnns.iloc[0]["run_dir"]), n=CNN_IMAGES, one_per_class=False)
+    labels = list(models)
+    vit_labels = [v for v in labels if v in vits]
+    pairs = [(v, c) for v in vit_labels for c in cnns["model"]]
+    pairs += [(a, b) for i, a in enumerate(vit_labels) for b in vit_labels[i + 1:]]
+    cka = cka_pairs(models, list(zip(x.split(64), y.split(64))), pairs)
+    half = len(x) // 2
+    probes = {label: linear_probes(m, [(x[:half], y[:half])], [(x[half:], y[half:])]) for label, m in models.items()}
+    return [("Layer-by-layer CKA of the ViTs against the CNN baseline", cka_pairs_figure(cka)),
+            ("Layerwise linear probes of the ViTs and the CNN baseline (held-out half of the probe images)",
+             linear_probe_figure(probes))]
+
+
+def figures(df: pd.DataFrame, probes: bool = True, skipped: list | None = None) -> list[tuple[str, go.Figure]]:
+    """(heading, figure) pairs of the report, in order. Runs whose probes were left out (their
+    checkpoint could not be loaded) are appended to `skipped` as (run, reason)."""
     from analysis.plots.curves import curves_figure
     from analysis.plots.stability import edf_figure, epochs_figure, optimizer_gap_figure, sensitivity_figure
 
@@ -96,17 +148,19 @@ def figures(df: pd.DataFrame, probes: bool = True) -> list[tuple[str, go.Figure]
         out.append(("lr / wd sensitivity", sensitivity_figure(df)))
     if df["epochs"].nunique() > 1:
         out.append(("Error against training length", epochs_figure(df)))
-    if {"adamw", "sgd"} <= set(df["optimizer"]):
+    if any({"adamw", "sgd"} <= set(opts) for opts in df.groupby("model")["optimizer"].unique()):
         out.append(("Optimizer gap (SGD minus AdamW)", optimizer_gap_figure(df)))
     best = best_runs(df)
     if not best.empty:
         out.append(("Training curves of each model's best run",
                     curves_figure(best, labels=list(best["model"] + " " + best["optimizer"]))))
-        vits = _best_vits(best) if probes else {}  # best_runs gives one run per model
+        vits = _best_vits(best, skipped) if probes else {}  # best_runs gives one run per model
         if vits:
             out.append(("Mean attention distance", _distance_figure(vits)))
         for label, (model, cfg) in vits.items():
             out += _probe_figures(label, model, cfg)
+        if probes:
+            out += _cnn_figures(best, vits, skipped)
     return out
 
 
@@ -135,13 +189,19 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, probes: b
         raise ConfigError(f"{sweep_dir} holds no runs to report on; launch the sweep first")
     out = Path(out) if out else sweep_dir / "report.html"
     claims = claims_html(claims_table(df))
-    figs = figures(df, probes=probes)
+    skipped: list[tuple[str, str]] = []
+    figs = figures(df, probes=probes, skipped=skipped)
     counts = df["status"].value_counts().to_dict()
     parts = [f"<h1>Conv vs patchify stems: {html.escape(sweep_dir.name)}</h1>",
              f"<p class=meta>{len(df)} runs ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
              f"written {time.strftime('%Y-%m-%d %H:%M')}</p>",
              "<h2>The paper's claims (95% bootstrap intervals)</h2>", claims,
              "<h2>Summary</h2>", _table_html(headline(df))]
+    if skipped:
+        items = "".join(f"<li>{html.escape(run)}: {html.escape(why)}</li>" for run, why in skipped)
+        parts.append(f"<h2>Probes skipped</h2><p>These runs' attention maps and filters are left out:</p><ul>{items}</ul>")
+        for run, why in skipped:
+            warnings.warn(f"report: probes of run {run} skipped ({why})", stacklevel=2)
     for heading, fig in figs:
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         parts.append(fig.to_html(full_html=False, include_plotlyjs=False))

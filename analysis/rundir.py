@@ -21,12 +21,15 @@ from typing import Any
 
 import torch
 
+from analysis.errors import ConfigError
+
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
 LOG = "log.txt"
 LOCK = "train.lock"
+JOB = "job.json"  # which sweep job trains (or last trained) the run
 
 
 def _umask() -> int:
@@ -110,19 +113,28 @@ def append_metrics(run_dir: str | Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """Return the per-epoch rows, last row per epoch kept, a torn last line ignored."""
-    path = Path(run_dir) / METRICS
-    if not path.is_file():
-        return []
+def metric_rows(lines) -> dict[int, dict]:
+    """{epoch: row} from metrics.jsonl lines (str or bytes): the last row per epoch kept; torn,
+    malformed and epoch-less lines skipped."""
     rows = {}
-    for line in path.read_text().splitlines():
+    for line in lines:
         try:
             row = json.loads(line)
         except ValueError:
             continue
-        if isinstance(row, dict) and "epoch" in row:
-            rows[row["epoch"]] = row
+        epoch = row.get("epoch") if isinstance(row, dict) else None
+        if isinstance(epoch, int) and not isinstance(epoch, bool):
+            rows[epoch] = row
+    return rows
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """Return the per-epoch rows, last row per epoch kept, a torn last line ignored."""
+    path = Path(run_dir) / METRICS
+    try:
+        rows = metric_rows(path.read_text(errors="replace").splitlines())
+    except OSError:
+        return []
     return [rows[e] for e in sorted(rows)]
 
 
@@ -141,12 +153,32 @@ def save_checkpoint(run_dir: str | Path, state: dict) -> None:
     write_atomic(Path(run_dir) / CHECKPOINT, buf.getvalue())
 
 
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be read safely; the message names the file and what to do."""
+
+
 def load_checkpoint(run_dir: str | Path, map_location="cpu") -> dict | None:
-    """Return the last checkpoint (weights_only loading), or None if there is none."""
+    """Return the last checkpoint (weights_only loading), or None if there is none. An empty,
+    truncated, corrupt or unsafe file raises CheckpointError with one line."""
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         return None
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file
+        if path.stat().st_size == 0:
+            what = "is empty"
+        elif "weights_only" in str(e) or "Unsupported global" in str(e):
+            what = "holds objects other than tensors and plain data (refused: checkpoints load weights only)"
+        else:
+            what = f"is truncated or corrupt ({type(e).__name__})"
+        raise CheckpointError(f"checkpoint {path} {what}; start the run over with "
+                              f"`python -m analysis train --restart --out {run_dir} ...` "
+                              "(train(cfg, out, restart=True)) or delete that file") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CheckpointError(f"checkpoint {path} is not a run checkpoint (no model state); start the run over "
+                              f"with `python -m analysis train --restart --out {run_dir} ...` or delete that file")
+    return ckpt
 
 
 def read_result(run_dir: str | Path) -> dict | None:
@@ -159,25 +191,61 @@ def is_complete(run_dir: str | Path) -> bool:
     return bool(result) and result.get("status") in ("completed", "diverged")
 
 
-def prepare(run_dir: str | Path, cfg):
-    """Create the run directory, or check that the config it already holds matches `cfg` (all but the
-    resolved train.precision); return the config to resume with (the stored one, else `cfg`)."""
-    from analysis.config import load
-    from analysis.errors import ConfigError
+def check_out(run_dir: str | Path) -> None:
+    """Raise a one-line ConfigError unless run_dir is (or can become) a writable folder."""
+    run_dir = Path(run_dir)
+    for parent in [run_dir, *run_dir.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                where = "is a file" if parent == run_dir else f"is under {parent}, which is a file"
+                raise ConfigError(f"run folder {run_dir} {where}; give a folder path")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                what = "is not writable" if parent == run_dir else f"cannot be created: {parent} is not writable"
+                raise ConfigError(f"run folder {run_dir} {what}; choose a folder you can write")
+            return
+
+
+def prepare(run_dir: str | Path, cfg, create: bool = True):
+    """Create the run directory (unless create=False), or check that the config it already holds
+    matches `cfg` (all but analysis.config.RUNTIME_KEYS, e.g. the resolved train.precision); return
+    the config to resume with (the stored one, else `cfg`)."""
+    from analysis.config import RUNTIME_KEYS, load
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_out(run_dir)
+    if create:
+        run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / CONFIG
     if not path.is_file():
         return cfg
     old = load(path)
     a, b = old.flat(), cfg.flat()
-    a.pop("train.precision"), b.pop("train.precision")
+    for key in RUNTIME_KEYS:
+        a.pop(key), b.pop(key)
     if a != b:
         diff = sorted(k for k in a if a[k] != b[k])
         raise ConfigError(f"{run_dir} holds a run with another config (differs in {', '.join(diff)}); "
                           "use another run directory or delete that one")
     return old
+
+
+def remove_temp_files(run_dir: str | Path) -> int:
+    """Delete temp files left by interrupted atomic writes (call only while holding the run's lock);
+    return how many were removed."""
+    count = 0
+    for tmp in Path(run_dir).glob(".*.tmp"):
+        try:
+            tmp.unlink()
+            count += 1
+        except OSError:
+            pass
+    return count
+
+
+def clear_run(run_dir: str | Path) -> None:
+    """Remove a run's checkpoint, metrics and result so that it starts over (config and log stay)."""
+    for name in (CHECKPOINT, METRICS, RESULT):
+        (Path(run_dir) / name).unlink(missing_ok=True)
 
 
 def completed_result(rows: list[dict], cx: dict, seconds: float) -> dict:
@@ -200,9 +268,33 @@ def diverged_result(epoch: int, step: int, cx: dict, seconds: float) -> dict:
             "seconds": seconds, "images_per_s": None}
 
 
+def record_failure(run_dir: str | Path, error: BaseException) -> dict:
+    """Write a run's "failed" result (the reason: one line) and a log line; return the result."""
+    result = {"status": "failed", "reason": failure_reason(error)}
+    log_line(run_dir, f"[{time.strftime('%H:%M:%S')}] failed: {result['reason']}")
+    write_json(Path(run_dir) / RESULT, result)
+    return result
+
+
 def log_line(run_dir: str | Path, text: str) -> None:
     with open(Path(run_dir) / LOG, "a") as f:
         f.write(text.rstrip("\n") + "\n")
+
+
+_HELD: set[int] = set()  # descriptors of the run locks this process holds
+
+
+def _close_held_in_child() -> None:
+    """A forked child (a DataLoader worker) must not keep its parent's run locks alive."""
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
 
 
 class RunLock:
@@ -233,11 +325,13 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, record.encode(), 0)
         self.fd = fd
+        _HELD.add(fd)
         return self
 
     def release(self) -> None:
         if self.fd is not None:
-            os.close(self.fd)  # closing the descriptor drops the flock
+            _HELD.discard(self.fd)
+            os.close(self.fd)  # closing the descriptor drops the flock (no forked child holds a copy)
             self.fd = None
 
     def __enter__(self) -> "RunLock":
@@ -247,8 +341,8 @@ class RunLock:
         self.release()
 
 
-class RunLocked(RuntimeError):
-    """Another live process holds the run folder's training lock."""
+class RunLocked(ConfigError):
+    """Another live process holds the run folder's training lock (one line naming it)."""
 
 
 def _read_holder(path: Path) -> dict | None:

@@ -10,7 +10,6 @@ fused attention).
 
 from __future__ import annotations
 
-import copy
 import time
 import warnings
 
@@ -102,8 +101,10 @@ def data_paths(batch: int, per_class: int, repeats: int) -> dict:
 
 
 def batched_runs(preset: str, batch: int, k: int, repeats: int) -> dict:
-    """K training steps of K separate models against one step of a K-run vmap stack."""
-    from analysis.batched import Stack
+    """K training steps of K separate models against one step of the K runs through the stacked
+    back-end (each run keeps its own AdamW), with explicit and with fused attention inside vmap."""
+    from analysis.backends import Dist, StackedBackend
+    from analysis.member import Member
 
     cfgs = [RunConfig().replace({"model.preset": preset, "train.seed": i}) for i in range(k)]
     models = [create_model(preset) for _ in range(k)]
@@ -119,15 +120,20 @@ def batched_runs(preset: str, batch: int, k: int, repeats: int) -> dict:
             o.step()
 
     def stacked(fused: bool):
-        s = Stack(copy.deepcopy(models[0]), cfgs, models, torch.device("cpu"))
-        set_fused_attn(s.base, fused)
+        members = []
+        for c, m, o in zip(cfgs, models, opts):
+            member = Member(c, "unused", Dist())
+            member.model, member.opt = m, o
+            members.append(member)
+        backend = StackedBackend(members)
+        set_fused_attn(backend.base, fused)
+        batches = list(zip(x, y))
 
         def step():
-            out = s.forward(x)
-            loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="none").view(k, -1).mean(1)
-            s.flat.grad = None
-            loss.sum().backward()
-            s.step(1.0, None)
+            backend.losses(members, batches, None)
+            for o in opts:
+                o.step()
+                o.zero_grad(set_to_none=True)
 
         return step
 

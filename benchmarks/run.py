@@ -9,7 +9,7 @@ import warnings
 
 from benchmarks.common import write
 
-NAMES = ("throughput", "sweep", "fastpaths", "analysis")
+NAMES = ("throughput", "sweep", "fastpaths", "analysis", "monitor")
 
 
 def main(argv=None) -> None:
@@ -33,6 +33,10 @@ def main(argv=None) -> None:
             from benchmarks import fastpaths
 
             payload = fastpaths.run(a.quick)
+        elif name == "monitor":
+            from benchmarks import monitor
+
+            payload = monitor.run(a.quick)
         else:
             from benchmarks import analysis_speed
 

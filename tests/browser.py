@@ -1,8 +1,10 @@
 """Run a notebook in a real JupyterLab, in headless Chromium, and report what rendered.
 
 `run_notebook_in_jupyterlab` starts a private JupyterLab server on the project's Python, opens a
-copy of the notebook, runs all cells, and returns counts of rendered plots and widgets together
-with any error output. Chromium comes from the system (scripts/install_browser.sh).
+copy of the notebook with the left sidebar closed and the notebook NOTEBOOK_WIDTH pixels wide, runs
+all cells, and returns counts of rendered plots and widgets together with any error output; an
+`interact(page)` callback can then drive the page further (`run_cells`, `cell_output`). The
+screenshot shows the whole notebook. Chromium comes from the system (scripts/install_browser.sh).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ STDERR = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]
 # A widget output (ipywidgets or anywidget) is a Lumino panel holding the widget's view.
 WIDGET_OUTPUT = ".jp-OutputArea-output.lm-Panel"
 STDOUT = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stdout"]'
+NOTEBOOK_WIDTH = 1000  # px of the notebook panel in screenshots: the width figures must fit
 
 # True once the notebook has a kernel (not "No Kernel") and that kernel is idle.
 _KERNEL_READY = """() => {
@@ -106,7 +109,8 @@ def start_jupyterlab(root: Path, home: Path, port: int, token: str) -> subproces
     _write_lab_settings(home / "settings")
     cmd = [str(python), "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={port}",
            "--ip=127.0.0.1", f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
-           "--ServerApp.port_retries=0", "--LabApp.news_url=None"]
+           "--ServerApp.port_retries=0", "--LabApp.news_url=None",
+           "--LabApp.expose_app_in_browser=True"]  # window.jupyterapp: the tests run single cells through it
     with open(home / "server.log", "wb") as log:  # the server keeps its own handle
         return subprocess.Popen(cmd, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -193,17 +197,33 @@ def _wait_for_render(page: Page, timeout: float, settle: float = 1.5) -> None:
         page.wait_for_timeout(250)
 
 
-def _screenshot(page: Page, path: Path) -> None:
-    """Saves a full-page PNG, first growing the viewport so the whole notebook is in view
-    (the notebook scrolls inside its own panel, which full_page alone does not unroll)."""
-    height = page.evaluate("""() => Math.max(0, ...[...document.querySelectorAll(
-      '.jp-NotebookPanel .jp-WindowedPanel-outer, .jp-NotebookPanel-notebook')]
-      .map(el => el.scrollHeight - el.clientHeight))""")
+_SCROLLERS = "'.jp-NotebookPanel .jp-WindowedPanel-outer, .jp-NotebookPanel-notebook'"
+
+
+def _fit_notebook_width(page: Page, width: int = NOTEBOOK_WIDTH) -> None:
+    """Closes the left sidebar and sizes the viewport so that the notebook panel is `width` px wide."""
+    page.evaluate("() => window.jupyterapp.shell.collapseLeft()")
+    page.wait_for_timeout(300)
+    have = page.evaluate("() => document.querySelector('.jp-NotebookPanel').getBoundingClientRect().width")
     size = page.viewport_size or {"width": 1400, "height": 900}
-    page.set_viewport_size({"width": size["width"], "height": int(min(size["height"] + height, 12000))})
-    page.wait_for_timeout(500)
+    page.set_viewport_size({"width": int(size["width"] + width - have), "height": size["height"]})
+    page.wait_for_timeout(300)
+
+
+def _screenshot(page: Page, path: Path) -> None:
+    """Saves a PNG of the whole notebook: grows the viewport until the notebook needs no scrolling
+    (it scrolls inside its own panel, which full_page alone does not unroll), scrolls it to the top,
+    and restores the viewport afterwards."""
+    size = page.viewport_size or {"width": 1400, "height": 900}
+    height = page.evaluate(f"""() => Math.max(0, ...[...document.querySelectorAll({_SCROLLERS})]
+      .map(el => el.scrollHeight - el.clientHeight))""")
+    page.set_viewport_size({"width": size["width"], "height": int(min(size["height"] + height + 40, 16000))})
+    page.wait_for_timeout(800)
+    page.evaluate(f"() => document.querySelectorAll({_SCROLLERS}).forEach(el => el.scrollTop = 0)")
+    page.wait_for_timeout(300)
     path.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size(size)
 
 
 def _collect(page: Page) -> dict:
@@ -227,14 +247,41 @@ def _open_and_run(page: Page, url: str, timeout: float, dialogs: list[str]) -> N
     have finished and their outputs have rendered."""
     page.goto(url)
     page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=timeout * 1000)
+    _fit_notebook_width(page)
     _wait_until(page, _KERNEL_READY, timeout, "no idle kernel", dialogs)
     _run_all_cells(page)
     _wait_until(page, _RUN_FINISHED, timeout, "cells not finished", dialogs)
     _wait_for_render(page, timeout=60)
 
 
+def run_cells(page: Page, index: int, below: bool = False) -> None:
+    """Runs the notebook's cell `index` (counting every cell from 0), or it and all below it,
+    as the Run menu does; returns without waiting for them to finish."""
+    page.evaluate("""([i, below]) => {
+      const nb = window.jupyterapp.shell.currentWidget.content;
+      nb.activeCellIndex = i;
+      return window.jupyterapp.commands.execute(below ? 'notebook:run-all-below' : 'notebook:run-cell');
+    }""", [index, below])
+
+
+def cell_state(page: Page, index: int) -> tuple[str, str]:
+    """(input prompt such as "[7]:" or "[*]:", text of the outputs) of the notebook's cell `index`."""
+    return tuple(page.evaluate("""(i) => {
+      const cell = document.querySelectorAll('.jp-Notebook .jp-Cell')[i];
+      const prompt = cell.querySelector('.jp-InputPrompt');
+      const out = cell.querySelector('.jp-OutputArea');
+      return [prompt ? prompt.textContent.trim() : '', out ? out.innerText : ''];
+    }""", index))
+
+
+def wait_idle(page: Page, timeout: float) -> None:
+    """Returns once every code cell has run and the kernel is idle (see _RUN_FINISHED)."""
+    _wait_until(page, _RUN_FINISHED, timeout, "cells not finished", [])
+    _wait_for_render(page, timeout=60)
+
+
 def run_notebook_in_jupyterlab(notebook_path: str | Path, screenshot_path: str | Path,
-                               timeout: float = 180) -> dict:
+                               timeout: float = 180, interact=None) -> dict:
     """Opens a temporary copy of `notebook_path` in JupyterLab in headless Chromium, runs all
     cells, waits for the kernel and the rendering, and saves a full-page screenshot.
 
@@ -245,6 +292,8 @@ def run_notebook_in_jupyterlab(notebook_path: str | Path, screenshot_path: str |
     outputs, and of widgets that failed to display), "stdout" (texts of stdout outputs),
     "console_errors" (browser console errors), "dialogs" (titles of dialogs accepted),
     "seconds" (wall time, start to end).
+    With `interact`, `interact(page)` runs once the cells have finished, before the screenshot;
+    what it returns is under "interaction".
     A failing cell stops the run, as Run All does: its traceback is in "errors" and
     "executed" < "cells". Raises TimeoutError when the kernel or the cells do not finish within
     `timeout` seconds (the screenshot is still saved), RuntimeError when the server does not start.
@@ -277,12 +326,14 @@ def run_notebook_in_jupyterlab(notebook_path: str | Path, screenshot_path: str |
                 try:
                     _open_and_run(page, f"{base}/lab/tree/{notebook_path.name}?token={token}",
                                   timeout, dialogs)
+                    interaction = interact(page) if interact is not None else None
                 except BaseException:
                     with contextlib.suppress(Exception):  # keep the picture of what went wrong
                         _screenshot(page, screenshot_path)
                     raise
                 _screenshot(page, screenshot_path)
                 result = _collect(page)
+                result["interaction"] = interaction
             finally:
                 context.close()
     finally:

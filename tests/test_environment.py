@@ -20,7 +20,8 @@ def _pins(lines) -> dict[str, str]:
 
 def test_pyproject_requirements_and_environment_name_the_same_pins():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pyproject = _pins(project["dependencies"] + project["optional-dependencies"]["test"])
+    optional = project["optional-dependencies"]
+    pyproject = _pins(project["dependencies"] + optional["test"] + optional["tensorboard"])
     requirements = _pins((ROOT / "requirements.txt").read_text().splitlines())
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     conda = [d for d in env["dependencies"] if isinstance(d, str)]

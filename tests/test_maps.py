@@ -72,6 +72,8 @@ def test_distance_figure_overlaid_and_side_by_side():
     assert np.allclose(side.data[1].x, frames["ViT_C"]["layer"])
     with pytest.raises(ConfigError, match="distance_px"):
         distance_figure({"x": pd.DataFrame({"layer": [0], "head": [0]})})
+    line = distance_figure(frames, uniform=14.4).layout.shapes
+    assert len(line) == 1 and line[0].y0 == line[0].y1 == 14.4
 
 
 def test_tile_image_layout():

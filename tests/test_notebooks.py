@@ -1,6 +1,6 @@
 """Every notebook runs top to bottom on a fresh kernel with tiny parameters, and is committed clean.
 
-The notebooks that need trained runs (01, 04, 05, 06) share one session-wide root: the first one
+The notebooks that need trained runs (01, 04, 05, 06, 08) share one session-wide root: the first one
 trains the two tiny runs, the others reuse them (so do the explorer tests). 02 and 03 launch tiny
 sweeps through the local launcher.
 """
@@ -33,14 +33,16 @@ SWEEP_SPEC = {**REAL_SPEC, "name": "nb_stability", "samples": 1,
 # plotly figures and of widgets (an explorer is one widget) its outputs must hold.
 CASES = {
     "01_quickstart": (dict(TINY_TRAIN, n_images=3), 4, 0),
-    "02_stability_sweeps": ({"spec": SWEEP_SPEC, "cluster": "local", "poll": 2, "timeout": 600}, 2, 1),
+    "02_stability_sweeps": ({"spec": SWEEP_SPEC, "cluster": "local", "interval": 1, "wait": True, "timeout": 600},
+                            2, 2),
     "03_training_length_and_optimizers": (
         {"epochs": [1, 2], "seeds": [0, 1, 2], "train_per_class": 10, "test_per_class": 10, "batch_size": 50,
          "cluster": "local", "timeout": 600}, 2, 0),
     "04_attention": (dict(TINY_TRAIN, n_images=2, distance_images=20), 4, 1),
     "05_filters_and_embeddings": (dict(TINY_TRAIN, n_images=2, n_components=8), 9, 1),
     "06_representations": (dict(TINY_TRAIN, n_images=2, cka_images=40, cka_batch=20, ig_steps=4), 5, 0),
-    "07_cluster": ({"spec": "jobs/fmnist_peak.yaml"}, 0, 0),
+    "07_cluster": ({"spec": "jobs/fmnist_peak.yaml"}, 0, 1),
+    "08_see_like_cnns": (dict(TINY_TRAIN, fractions=[0.7], probe_images=40, probe_batch=20), 6, 0),
 }
 
 

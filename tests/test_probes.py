@@ -33,6 +33,7 @@ from analysis.probes import (
     smoothgrad,
     stem_gradcam,
     token_layout,
+    uniform_distance,
 )
 
 
@@ -221,6 +222,15 @@ def test_attention_distance_on_hand_built_attention():
     # each token looks at its right neighbour on a 1 x 3 grid (last one at itself)
     shift = torch.tensor([[0, 1, 0], [0, 0, 1], [0, 0, 1.0]]).expand(1, 1, 3, 3)
     assert np.allclose(mean_attention_distance([shift], (1, 3), 8, 0), 8 * 2 / 3)
+
+
+def test_uniform_distance_is_what_even_attention_measures(vit_cls):
+    layout = token_layout(vit_cls)
+    n = layout.grid_size[0] * layout.grid_size[1] + layout.num_prefix_tokens
+    even = torch.full((1, 1, n, n), 1.0 / n)
+    measured = mean_attention_distance([even], layout.grid_size, layout.stride, layout.num_prefix_tokens)
+    assert uniform_distance(vit_cls) == pytest.approx(float(measured[0, 0]))
+    assert uniform_distance(vit_cls) == pytest.approx(14.4379, abs=1e-3)  # 7 x 7 tokens, 4 px apart
 
 
 def test_attention_distance_frame(vit_cls, vit_conv):

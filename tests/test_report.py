@@ -38,3 +38,45 @@ def test_png_export_through_kaleido(real_frame, tmp_path):
 
     paths = export_png([edf_figure(real_frame)], tmp_path)
     assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[0].stat().st_size > 5000
+
+
+def test_report_without_the_probes_of_a_run_whose_checkpoint_is_unreadable(real_sweep, tmp_path):
+    """A truncated checkpoint of one best run: the report is written, without that run's probes,
+    and names the run and why (the folder is a copy: its collect cache must not point back)."""
+    import shutil
+
+    from analysis.sweeps import collect
+
+    copy = tmp_path / "copy"
+    shutil.copytree(real_sweep, copy)
+    best = best_runs(collect(copy)).set_index("model")
+    broken = best.loc["ViT_C-fmnist_tiny", "run"]
+    assert str(copy) in best.loc["ViT_C-fmnist_tiny", "run_dir"]
+    checkpoint = copy / "runs" / broken / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    with pytest.warns(UserWarning, match=broken):
+        out = write_report(copy, tmp_path / "report.html")
+    page = out.read_text()
+    assert "Probes skipped" in page and f"{broken}: " in page
+    assert "ViT_P-fmnist_tiny: attention rollout" in page and "ViT_C-fmnist_tiny: attention rollout" not in page
+    assert "Error EDFs" in page and "Training curves" in page
+
+
+def test_demo_prints_the_headline_and_the_claims(real_sweep, tmp_path):
+    """The demo driver on a finished sweep: nothing to launch; headline, claims table and report."""
+    import shutil
+
+    import yaml
+
+    from analysis.demo import run
+    from tests.fixtures_real import REAL_SPEC
+
+    shutil.copytree(real_sweep, tmp_path / "sweeps" / real_sweep.name)
+    spec = tmp_path / "real_small.yaml"
+    spec.write_text(yaml.safe_dump(REAL_SPEC, sort_keys=False))
+    lines = []
+    report, table = run(spec=spec, root=tmp_path / "sweeps", poll=0.1, echo=lines.append)
+    text = "\n".join(lines)
+    assert report.is_file() and set(table["model"]) == {"ViT_P-fmnist_tiny", "ViT_C-fmnist_tiny"}
+    assert "The paper's claims on this sweep" in text and "verdict" in text
+    assert "8 runs; launching" in text and "8 completed" in text

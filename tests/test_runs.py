@@ -6,7 +6,8 @@ import torch
 from analysis import rundir
 from analysis.errors import ConfigError
 from analysis.runs import load_config, load_model, sample_images
-from analysis.train import evaluate, train
+from analysis.recipe import evaluate
+from analysis.train import train
 from tests.test_train import tiny_cfg
 
 
@@ -20,7 +21,7 @@ def run(tmp_path_factory):
 def test_loaded_model_reproduces_the_recorded_error(run):
     cfg = load_config(run)
     model = load_model(run)
-    from analysis.train import build_data
+    from analysis.recipe import build_data
 
     data = build_data(cfg, torch.device("cpu"), model.img_size)
     err = evaluate(model, data.test_batches(), torch.device("cpu"))["top1_err"]
@@ -41,3 +42,18 @@ def test_bad_run_dirs_are_one_line(run, tmp_path):
         load_model(tmp_path)
     with pytest.raises(ConfigError, match="without EMA"):
         load_model(run, ema=True)
+
+
+def test_ensure_trained_progress_bars_and_reuse(tmp_path, capsys):
+    from analysis.runs import ensure_trained
+
+    overrides = {"data.train_per_class": 20, "data.test_per_class": 10, "train.batch_size": 50,
+                 "train.epochs": 1, "train.precision": "fp32", "train.progress": "none"}
+    runs = ensure_trained(("vit_p_fmnist_tiny",), root=tmp_path, overrides=overrides, progress=True)
+    out, err = capsys.readouterr()
+    assert "epoch 1/1 loss" in out and "runs" in err  # engine lines on stdout, the runs bar on stderr
+    assert load_config(runs["vit_p_fmnist_tiny"]).train.progress == "bar"
+    again = ensure_trained(("vit_p_fmnist_tiny",), root=tmp_path, overrides=overrides)  # progress is display only
+    assert again == runs and rundir.is_complete(runs["vit_p_fmnist_tiny"])
+    with pytest.raises(ConfigError, match="another config"):
+        ensure_trained(("vit_p_fmnist_tiny",), root=tmp_path, overrides={**overrides, "train.epochs": 2})

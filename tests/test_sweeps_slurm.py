@@ -12,7 +12,7 @@ from analysis import rundir
 from analysis.config import RunConfig
 from analysis.sweeps import Sweep, collect
 from analysis.sweeps.job import read_job_file
-from analysis.train import train
+from analysis.train import train, train_group
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -95,17 +95,52 @@ def test_slurm_preempted_run_requeues_and_resumes(tmp_path, slurm_cluster):
     assert final["state"][0] == "COMPLETED" and final["job_id"][0] == job_id  # same job, requeued
     text = log.read_text()
     assert "stopped and checkpointed" in text and "resumed at" in text
-    deadline = time.monotonic() + 60
-    while True:  # the run is complete; its job is ending
-        sacct = subprocess.run(["sacct", "-j", job_id, "-D", "-X", "-n", "-P", "-o", "State"],
-                               capture_output=True, text=True).stdout.split()
-        if sacct[-1:] == ["COMPLETED"] or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    sacct = wait_for_sacct(job_id)  # the run is complete; its job is ending
     assert "REQUEUED" in sacct and sacct[-1] == "COMPLETED", sacct
     a, b = rundir.read_metrics(reference), rundir.read_metrics(run_dir)
     for key in ("train_loss", "test_top1_err", "test_top5_err"):
         assert [r[key] for r in b] == pytest.approx([r[key] for r in a], rel=1e-5)
+
+
+def wait_for_sacct(job_id: str, final: str = "COMPLETED", timeout: float = 60) -> list[str]:
+    """The job's accounting states (requeues included) once its last one is `final`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sacct = subprocess.run(["sacct", "-j", job_id, "-D", "-X", "-n", "-P", "-o", "State"],
+                               capture_output=True, text=True).stdout.split()
+        if sacct[-1:] == [final] or time.monotonic() > deadline:
+            return sacct
+        time.sleep(0.5)
+
+
+def test_slurm_preempted_stacked_chunk_requeues_and_resumes(tmp_path, slurm_cluster):
+    """Three runs (AdamW and SGD) stacked in one job: USR2 checkpoints all three at the next step, the
+    job requeues, and the resumed chunk ends with the metrics of an uninterrupted chunk."""
+    spec = {"name": "preempt_stacked", "base": LONGER, "launch": launch_opts(slurm_cluster, runs_per_job=3, batch_runs=3),
+            "grid": {"optimizer": [{"optim.name": "adamw", "optim.lr": 1e-3}, {"optim.name": "adamw", "optim.lr": 3e-3},
+                                   {"optim.name": "sgd", "optim.lr": 0.5}]}}
+    sweep = Sweep.from_dict(spec, root=tmp_path)
+    (job_id,) = sweep.launch()
+    logs = [sweep.run_dir(r) / rundir.LOG for r in sweep.run_ids]
+    deadline = time.monotonic() + 180
+    while not all(log.exists() and "(stacked, 3 runs)" in log.read_text() for log in logs):
+        assert time.monotonic() < deadline, "the stacked chunk did not start"
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    reference = [tmp_path / f"uninterrupted{i}" for i in range(3)]  # trained here while the job requeues
+    train_group([sweep.configs[r] for r in sweep.run_ids], reference)
+    final = sweep.wait(timeout=300, poll=1)
+    assert list(final["state"]) == ["COMPLETED"] * 3 and set(final["job_id"]) == {job_id}
+    for log in logs:
+        text = log.read_text()
+        assert "stopped and checkpointed" in text and "resumed at" in text and text.count(" start ") == 1
+    sacct = wait_for_sacct(job_id)
+    assert "REQUEUED" in sacct and sacct[-1] == "COMPLETED", sacct
+    for ref, run in zip(reference, sweep.run_ids):
+        a, b = rundir.read_metrics(ref), rundir.read_metrics(sweep.run_dir(run))
+        assert [r["epoch"] for r in b] == [1, 2]
+        for key in ("train_loss", "test_top1_err", "test_top5_err", "lr", "step"):
+            assert [r[key] for r in b] == pytest.approx([r[key] for r in a], rel=1e-5), key
 
 
 def test_slurm_two_task_ddp(tmp_path, slurm_cluster):

@@ -11,7 +11,7 @@ from analysis.errors import ConfigError
 from analysis.widgets import (
     SensitivityExplorer,
     filter_frame,
-    log_range_sliders,
+    log_range_slider,
     multi_select,
     sync_figure,
 )
@@ -33,8 +33,8 @@ def explorer(sweep):
 
 
 def test_explorer_starts_with_every_run(explorer, sweep):
-    assert set(explorer.controls) >= {"stem", "model", "optimizer", "epochs", "preset",
-                                      "lr_min", "lr_max", "wd_min", "wd_max", "relative", "bootstrap"}
+    assert set(explorer.controls) >= {"stem", "model", "optimizer", "epochs", "preset", "lr adamw", "lr sgd",
+                                      "wd adamw", "wd sgd", "relative", "bootstrap"}
     assert len(explorer.filtered()) == len(sweep)
     assert sum(legend_n(explorer.edf_fig).values()) == sweep.error.notna().sum()
     runs = kind(explorer.scatter_fig, "runs")
@@ -44,19 +44,27 @@ def test_explorer_starts_with_every_run(explorer, sweep):
     assert explorer.edf_fig.layout.width == explorer.scatter_fig.layout.width == 860
 
 
-def test_lr_slider_narrows_both_figures_in_place(explorer, sweep):
+def test_lr_slider_of_one_optimizer_narrows_only_its_runs_in_place(explorer, sweep):
     edf_widget, scatter_widget = explorer.edf_fig, explorer.scatter_fig
     first_trace = scatter_widget.data[0]
-    explorer.controls["lr_max"].value = 1e-3
-    cap = explorer.controls["lr_max"].value
+    adamw = explorer.controls["lr adamw"]
+    low, high = adamw.bounds
+    assert low <= sweep[sweep.optimizer == "adamw"].lr.min() and high >= sweep[sweep.optimizer == "adamw"].lr.max()
+    assert high < sweep[sweep.optimizer == "sgd"].lr.min()  # each optimizer slides over its own range
+    adamw.value = (low, 1e-3)
     assert explorer.edf_fig is edf_widget and explorer.scatter_fig is scatter_widget
     assert scatter_widget.data[0] is first_trace  # same trace objects, new data
-    kept = sweep[(sweep.lr <= cap * (1 + 1e-9)) & sweep.error.notna()]
-    assert 0 < len(kept) < sweep.error.notna().sum()
+    assert adamw.readout.value.endswith("to 0.001") and adamw.slider.value[1] == pytest.approx(-3)
+    done = sweep[sweep.error.notna()]
+    kept = done[(done.optimizer == "sgd") | (done.lr <= 1e-3 * (1 + 1e-9))]
+    assert 0 < len(kept) < len(done) and (kept.optimizer == "sgd").sum() == (done.optimizer == "sgd").sum()
     expected = kept.groupby(["model", "optimizer"]).size()
     assert legend_n(edf_widget) == {f"{m} {o}": n for (m, o), n in expected.items()}
-    xs = np.concatenate([np.asarray(t.x, dtype=float) for t in scatter_widget.data])
-    assert len(xs) == len(kept) and xs.max() <= cap * (1 + 1e-9)
+    xs = np.concatenate([np.asarray(t.x, dtype=float) for t in scatter_widget.data if t.meta["group"].endswith("adamw")])
+    assert len(xs) == len(kept[kept.optimizer == "adamw"]) and xs.max() <= 1e-3 * (1 + 1e-9)
+    adamw.slider.value = (adamw.slider.min, adamw.slider.max)  # dragging the slider sets the value too
+    assert adamw.value == pytest.approx((low, high))
+    assert sum(legend_n(edf_widget).values()) == len(done)
 
 
 def test_optimizer_selection_and_empty_selection(explorer, sweep):
@@ -67,8 +75,9 @@ def test_optimizer_selection_and_empty_selection(explorer, sweep):
     assert "shown of 91" in explorer.status.value
 
     explorer.controls["optimizer"].value = ()
-    assert len(explorer.edf_fig.data) == 0
-    assert all(len(t.x) == 0 for t in explorer.scatter_fig.data)
+    for fig in (explorer.edf_fig, explorer.scatter_fig):  # a message in the plot, no stale axes
+        assert len(fig.data) == 0 and fig.layout.xaxis.visible is False
+        assert fig.layout.annotations[0].text.startswith("no runs selected")
     assert "no runs selected" in explorer.status.value
 
     explorer.controls["optimizer"].value = ("adamw", "sgd")
@@ -134,10 +143,11 @@ def test_sync_figure_in_place_and_swap():
 def test_control_factories_and_filter(sweep):
     select = multi_select(sweep["epochs"], "epochs")
     assert select.value == (10, 20, 40) and all(type(v) is int for v in select.value)
-    low, high = log_range_sliders(sweep["lr"], "lr")
-    assert low.value <= sweep.lr.min() and high.value >= sweep.lr.max()
-    assert log_range_sliders(sweep["lr"] * 0, "lr") is None
-    picked = filter_frame(sweep, {"optimizer": ["sgd"]}, {"lr": (0.5, 1.0), "wd": (low.value * 0, 1.0)})
+    slider = log_range_slider(sweep["lr"], "lr")
+    low, high = slider.value
+    assert low <= sweep.lr.min() and high >= sweep.lr.max() and (low, high) == slider.bounds
+    assert log_range_slider(sweep["lr"] * 0, "lr") is None
+    picked = filter_frame(sweep, {"optimizer": ["sgd"]}, {"lr": (0.5, 1.0), "wd": (0.0, 1.0)})
     assert len(picked) and set(picked.optimizer) == {"sgd"} and picked.lr.between(0.5, 1.0).all()
     with pytest.raises(ConfigError, match="missing column 'nope'"):
         filter_frame(sweep, {"nope": [1]})

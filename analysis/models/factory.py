@@ -3,10 +3,10 @@ from typing import Any, Dict, Optional
 
 from torch import nn
 
-from analysis.errors import ConfigError, one_of
+from analysis.errors import ConfigError
 from analysis.models.cnn import build_cnn
 from analysis.models.presets import get_preset
-from analysis.models.stems import STEMS, stem_stride
+from analysis.models.registry import lookup_stem
 from analysis.models.vit import build_vit
 
 
@@ -25,8 +25,6 @@ def resolve(preset: str, stem: Optional[str] = None, local_mlp: Optional[bool] =
                               f"allowed: local_mlp=None/False (local_mlp applies to ViT presets: vit_*)")
     else:
         if stem is not None:
-            if stem not in STEMS:
-                raise one_of("stem", stem, STEMS)
             s["stem"] = stem
         if local_mlp is not None:
             s["local_mlp"] = bool(local_mlp)
@@ -36,7 +34,9 @@ def resolve(preset: str, stem: Optional[str] = None, local_mlp: Optional[bool] =
                 raise ConfigError(f"{key} must be a positive integer, got {value!r}")
             s[key] = value
     if s["family"] == "vit":
-        stride = stem_stride(s["stem"], s["patch_size"], s["stem_strides"])
+        entry = lookup_stem(s["stem"])  # a registered name or an importable module.path:callable
+        # the suite's stems know their stride before they are built; others are checked when built
+        stride = entry.stride(s["patch_size"], s["stem_strides"]) if entry.stride else s["patch_size"]
         if s["img_size"] % stride:
             raise ConfigError(f"img_size {s['img_size']} is not divisible by the {s['stem']} stem's "
                               f"total stride {stride}; allowed: multiples of {stride}")

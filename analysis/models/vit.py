@@ -11,6 +11,7 @@ from torch import nn
 from timm.layers import Attention
 from timm.models.vision_transformer import VisionTransformer
 
+from analysis.models.registry import lookup_stem, stem_layer
 from analysis.models.stems import Stem
 
 
@@ -54,7 +55,8 @@ class LocalMlp(nn.Module):
 
 
 class StemViT(VisionTransformer):
-    """timm VisionTransformer whose patch_embed is a `Stem`; optional CCT sequence pooling.
+    """timm VisionTransformer whose patch_embed is a stem (a `Stem`, or any registered or import-path
+    stem, see analysis.models.registry); optional CCT sequence pooling.
 
     seq_pool=True: no class token; pooled features are a softmax-weighted average of the
     final (normed) tokens, weights from a learned Linear(d, 1).
@@ -128,7 +130,8 @@ def init_vit(model: StemViT) -> None:
     if model.pos_embed is not None:
         nn.init.normal_(model.pos_embed, std=0.02)
         done.add(id(model.pos_embed))
-    model.stem.init_weights()
+    if hasattr(model.stem, "init_weights"):  # a user's stem without it keeps its modules' own init
+        model.stem.init_weights()
     mark(model.stem)
     for block in model.blocks:
         _init_linear(block.attn.qkv, "xavier")
@@ -160,8 +163,8 @@ def init_vit(model: StemViT) -> None:
 def build_vit(s: Dict[str, Any], fused_attn: bool = True) -> StemViT:
     """Returns a StemViT from resolved preset settings `s` (see presets.py for the keys)."""
     stem = s["stem"]
-    embed = partial(Stem, kind=stem, channels=s["stem_channels"], strides=s["stem_strides"])
-    seq_pool = stem == "cct"
+    embed = stem_layer(stem, s["stem_channels"], s["stem_strides"])
+    seq_pool = lookup_stem(stem).seq_pool
     kwargs: Dict[str, Any] = {}
     if s["local_mlp"]:
         grid = (s["img_size"] // s["patch_size"],) * 2

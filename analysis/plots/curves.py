@@ -10,7 +10,7 @@ from plotly.subplots import make_subplots
 
 from analysis.errors import ConfigError, one_of
 from analysis.plots.frame import check_frame
-from analysis.plots.style import PALETTE, TEMPLATE
+from analysis.plots.style import TEMPLATE, color_map, integer_ticks
 
 METRICS_FILE = "metrics.jsonl"
 METRIC_KEYS = (
@@ -92,7 +92,8 @@ def curves_figure(
     """Return stacked panels (one per metric, shared x) of the chosen runs' curves, overlaid.
 
     `runs` is rows of the sweep frame (their run_dir, labelled by run) or run directories.
-    One trace per run and metric, a run keeps its colour across panels; trace meta holds
+    One trace per run and metric, a run keeps its colour across panels (the colour of the stem its
+    label names, see `style.color_map`), epochs tick on whole numbers; trace meta holds
     {"kind": metric, "group": label}. Runs without epochs yet give empty traces. Metrics
     named in `log_y` get a log y axis.
     """
@@ -101,16 +102,19 @@ def curves_figure(
         if name not in METRIC_KEYS:
             raise one_of("metric", name, METRIC_KEYS)
     chosen = _runs(runs, labels)
+    colors = color_map(label for label, _ in chosen)
     fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=True, vertical_spacing=0.04)
-    for i, (label, run_dir) in enumerate(chosen):
+    longest = 1.0
+    for label, run_dir in chosen:
         frame = read_metrics(run_dir)
-        color = PALETTE[i % len(PALETTE)]
+        color = colors[label]
+        longest = max(longest, float(frame[x].max()) if len(frame) else 1.0)
         for r, metric in enumerate(metrics, start=1):
             fig.add_trace(
                 go.Scatter(
                     x=frame[x],
                     y=frame[metric],
-                    mode="lines",
+                    mode="lines+markers",
                     line=dict(color=color),
                     name=label,
                     legendgroup=label,
@@ -123,5 +127,7 @@ def curves_figure(
             )
             fig.update_yaxes(title=TITLES[metric], type="log" if metric in log_y else None, row=r, col=1)
     fig.update_xaxes(title=TITLES[x], row=len(metrics), col=1)
+    if x == "epoch":
+        fig.update_xaxes(**integer_ticks(longest))
     fig.update_layout(template=TEMPLATE, title=title, height=max(300, 230 * len(metrics)))
     return fig

@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analysis.errors import ConfigError
-from analysis.plots.style import PALETTE, TEMPLATE
+from analysis.plots.style import NOTEBOOK_WIDTH, TEMPLATE, color_map, integer_ticks, wrap_title
 
 MAP_SCALE = "Inferno"
 SIGNED_SCALE = "RdBu_r"
@@ -57,14 +57,21 @@ def _map_trace(values, signed: bool = False, opacity: float = 1.0, showscale: bo
     return go.Heatmap(z=z, colorscale=MAP_SCALE, opacity=opacity, showscale=showscale)
 
 
-def _image_axes(fig: go.Figure) -> go.Figure:
-    """Square pixels, row 0 at the top, no ticks, on every panel that holds a trace."""
+def image_axes(fig: go.Figure) -> go.Figure:
+    """Square pixels, row 0 at the top, no ticks, on every panel that holds a trace (also used by
+    the explorers on their FigureWidgets)."""
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, constrain="domain")
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed")
     for trace in fig.data:
         x, y = trace.xaxis or "x", trace.yaxis or "y"
         fig.layout["yaxis" + y[1:]].scaleanchor = x
     return fig
+
+
+def _json_grid(z: np.ndarray) -> list:
+    """Return a 2-D array as nested lists with None for NaN: plotly draws None as a gap, and a
+    FigureWidget cannot send NaN (its messages must be strict JSON)."""
+    return [[None if v != v else float(v) for v in row] for row in z]
 
 
 def _grid(n: int, cols: int | None) -> tuple[int, int]:
@@ -83,7 +90,7 @@ def attention_overlay_figure(
     else:
         fig = go.Figure([_image_trace(image), _map_trace(attention, opacity=opacity)])
     fig.update_layout(template=TEMPLATE, title=title)
-    return _image_axes(fig)
+    return image_axes(fig)
 
 
 def head_maps_figure(maps, image=None, cols: int | None = None, title: str | None = None, opacity: float = 0.6) -> go.Figure:
@@ -100,13 +107,16 @@ def head_maps_figure(maps, image=None, cols: int | None = None, title: str | Non
             fig.add_trace(_image_trace(image), row=r + 1, col=c + 1)
         fig.add_trace(_map_trace(m, opacity=opacity if image is not None else 1.0, showscale=False), row=r + 1, col=c + 1)
     fig.update_layout(template=TEMPLATE, title=title, height=220 * rows + 80)
-    return _image_axes(fig)
+    return image_axes(fig)
 
 
-def distance_figure(frames: Mapping[str, pd.DataFrame], side_by_side: bool = False, title: str | None = None) -> go.Figure:
+def distance_figure(frames: Mapping[str, pd.DataFrame], side_by_side: bool = False, title: str | None = None,
+                    uniform: float | None = None) -> go.Figure:
     """Return mean attention distance (px) vs block, one colour per model (name -> frame of layer, head, distance_px).
 
     Overlaid: one scatter trace per model, offset slightly along x. Side by side: one panel per model.
+    uniform: the distance of evenly spread attention (analysis.probes.uniform_distance), drawn as a
+    dashed line: heads well below it attend locally, heads near it do not.
     """
     if not frames:
         raise ConfigError("distance_figure needs at least one model's frame")
@@ -115,13 +125,14 @@ def distance_figure(frames: Mapping[str, pd.DataFrame], side_by_side: bool = Fal
         if missing:
             raise ConfigError(f"frame for {name!r} lacks columns {sorted(missing)}; needs layer, head, distance_px")
     names = list(frames)
+    colors = color_map(names)
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, shared_yaxes=True) if side_by_side else go.Figure()
     for i, name in enumerate(names):
         df = frames[name]
         offset = 0.0 if side_by_side else 0.15 * (i - (len(names) - 1) / 2)
         trace = go.Scatter(
             x=df["layer"] + offset, y=df["distance_px"], mode="markers", name=name,
-            marker=dict(color=PALETTE[i % len(PALETTE)], size=8, opacity=0.8),
+            marker=dict(color=colors[name], size=8, opacity=0.8),
             customdata=np.stack([df["layer"], df["head"]], axis=-1),
             hovertemplate="block %{customdata[0]}, head %{customdata[1]}<br>%{y:.1f} px<extra>" + name + "</extra>",
         )
@@ -130,7 +141,10 @@ def distance_figure(frames: Mapping[str, pd.DataFrame], side_by_side: bool = Fal
         else:
             fig.add_trace(trace)
     fig.update_layout(template=TEMPLATE, title=title or "mean attention distance")
-    fig.update_xaxes(title_text="block")
+    if uniform is not None:
+        fig.add_hline(y=uniform, line=dict(dash="dash", color="#777"), annotation_text="uniform attention",
+                      annotation_position="bottom right")
+    fig.update_xaxes(title_text="block", **integer_ticks(max(float(df["layer"].max()) for df in frames.values())))
     if side_by_side:
         fig.update_yaxes(title_text="mean attention distance (px)", col=1)
     else:
@@ -162,16 +176,19 @@ def tiles_figure(tiles, explained_variance=None, cols: int | None = None, title:
         rgb = np.nan_to_num(grid, nan=1.0)
         trace = go.Image(z=(rgb * 255).round().astype(np.uint8))
     else:
-        trace = go.Heatmap(z=grid.mean(axis=-1), colorscale="gray", showscale=False)
+        trace = go.Heatmap(z=_json_grid(grid.mean(axis=-1)), colorscale="gray", showscale=False)
     n = _np(tiles).shape[0]
+    rows, cols = _grid(n, cols)
     if title is None:
         title = f"{n} filters"
     if explained_variance is not None:
         ev = _np(explained_variance)[:n]
         title += f" (explained variance: {100 * ev.sum():.1f}% in total, first {100 * ev[0]:.1f}%)"
     fig = go.Figure([trace])
-    fig.update_layout(template=TEMPLATE, title=title)
-    return _image_axes(fig)
+    tile_px = min(64.0, max(28.0, (NOTEBOOK_WIDTH - 40) / cols))  # tiles drawn 28-64 px wide
+    fig.update_layout(template=TEMPLATE, title=title, height=round(rows * tile_px) + 80,
+                      margin=dict(l=20, r=20, t=60, b=20))
+    return image_axes(fig)
 
 
 def position_similarity_figure(similarity, title: str | None = None) -> go.Figure:
@@ -187,9 +204,11 @@ def position_similarity_figure(similarity, title: str | None = None) -> go.Figur
     for r in range(gh):
         for c in range(gw):
             z[r * (gh + 1): r * (gh + 1) + gh, c * (gw + 1): c * (gw + 1) + gw] = s[r, c]
-    fig = go.Figure([go.Heatmap(z=z, colorscale="Viridis", zmin=-1, zmax=1, colorbar=dict(title="cos"))])
-    fig.update_layout(template=TEMPLATE, title=title or "position-embedding similarity")
-    return _image_axes(fig)
+    fig = go.Figure([go.Heatmap(z=_json_grid(z), colorscale="Viridis", zmin=-1, zmax=1, colorbar=dict(title="cos"))])
+    cell_px = min(12.0, max(4.0, 560 / z.shape[0]))  # the grid of grids drawn 4-12 px per cell
+    fig.update_layout(template=TEMPLATE, title=title or "position-embedding similarity",
+                      height=round(z.shape[0] * cell_px) + 90, margin=dict(t=60, b=30))
+    return image_axes(fig)
 
 
 def cka_figure(cka: pd.DataFrame, title: str | None = None, row_label: str | None = None, col_label: str | None = None) -> go.Figure:
@@ -201,7 +220,8 @@ def cka_figure(cka: pd.DataFrame, title: str | None = None, row_label: str | Non
         colorscale="Magma", zmin=0, zmax=1, colorbar=dict(title="CKA"),
         hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>",
     )])
-    fig.update_layout(template=TEMPLATE, title=title or "linear CKA")
+    fig.update_layout(template=TEMPLATE, title=title or "linear CKA", height=max(360, 30 * len(cka) + 160),
+                      margin=dict(t=60, b=60))
     fig.update_yaxes(autorange="reversed", title_text=row_label, scaleanchor="x")
     fig.update_xaxes(title_text=col_label, constrain="domain")
     return fig
@@ -223,11 +243,15 @@ def attribution_figure(images, maps: Mapping[str, object], max_images: int = 4, 
         if v.ndim != 3 or len(v) < b:
             raise ConfigError(f"maps[{k!r}] must be (B, H, W) with B >= {b}, got shape {v.shape}")
     cols = 1 + len(names)
-    titles = [t for _ in range(b) for t in ["image", *names]]
-    fig = make_subplots(rows=b, cols=cols, subplot_titles=titles, horizontal_spacing=0.02, vertical_spacing=0.04)
+    # column titles over the first row only, wrapped to the column width
+    titles = [wrap_title(t, NOTEBOOK_WIDTH / cols, 14) for t in ["image", *names]] + [""] * ((b - 1) * cols)
+    fig = make_subplots(rows=b, cols=cols, subplot_titles=titles, horizontal_spacing=0.02, vertical_spacing=0.02)
+    fig.update_annotations(font_size=14)
     for i in range(b):
         fig.add_trace(_image_trace(imgs[i]), row=i + 1, col=1)
         for j, k in enumerate(names):
             fig.add_trace(_map_trace(arrays[k][i], signed=signed and arrays[k].min() < 0, showscale=False), row=i + 1, col=j + 2)
-    fig.update_layout(template=TEMPLATE, title=title or "attributions", height=200 * b + 80)
-    return _image_axes(fig)
+    top = 60 + 18 * max(t.count("<br>") + 1 for t in titles)
+    fig.update_layout(template=TEMPLATE, title=title or "attributions", height=200 * b + top + 20,
+                      margin=dict(t=top, b=20))
+    return image_axes(fig)

@@ -22,7 +22,7 @@ from analysis.plots.frame import (
     diverged_mask,
     groups,
 )
-from analysis.plots.style import DIVERGED_COLOR, TEMPLATE, group_label, group_styles, with_alpha
+from analysis.plots.style import DIVERGED_COLOR, TEMPLATE, group_label, group_styles, log_ticks, with_alpha
 
 DEFAULT_BY = ("model", "optimizer")
 STATS = ("best", "median", "mean")
@@ -450,11 +450,13 @@ def sensitivity_figure(
     if not panels or not rows:
         raise ConfigError(f"no values in column {panel!r}" + (f" or {row!r}" if row else ""))
 
-    titles = [str(p) if r is None else f"{p} · {r}" for r in rows for p in panels]
-    # one optimizer per row: rows have their own lr/wd ranges, panels in a row share them
-    height = max(380, 360 * len(rows))
+    titles = [(str(p) if r is None else f"{p} · {r}") + ": lr (x), wd (y)" for r in rows for p in panels]
+    # one optimizer per row: rows have their own lr/wd ranges, panels in a row share them; the axes
+    # are named in the subplot titles, so no axis title runs into the row below
+    row_px, gap_px, top_px, bottom_px = 300, 60, 80, 70
+    height = top_px + bottom_px + row_px * len(rows) + gap_px * (len(rows) - 1)
     fig = make_subplots(rows=len(rows), cols=len(panels), subplot_titles=titles, shared_yaxes=True,
-                        horizontal_spacing=0.04, vertical_spacing=min(0.3, 90 / height))
+                        horizontal_spacing=0.04, vertical_spacing=gap_px / (height - top_px - bottom_px))
     cells = []  # (r, c, finished rows, their values, diverged rows)
     for r, row_value in enumerate(rows, start=1):
         for c, panel_value in enumerate(panels, start=1):
@@ -506,9 +508,10 @@ def sensitivity_figure(
         )
         legend_shown |= bool(len(diverged))
         first = (r - 1) * len(panels) + 1  # axis number of the row's first subplot
-        fig.update_xaxes(type="log", title="lr", row=r, col=c,
-                         matches=None if c == 1 else f"x{first if first > 1 else ''}")
-        fig.update_yaxes(type="log", title="wd" if c == 1 else None, row=r, col=c)
+        in_row = df[df[row].eq(rows[r - 1]).fillna(False).astype(bool)] if row else df
+        fig.update_xaxes(type="log", row=r, col=c, matches=None if c == 1 else f"x{first if first > 1 else ''}",
+                         **log_ticks(*_span(in_row["lr"])))
+        fig.update_yaxes(type="log", row=r, col=c, **log_ticks(*_span(in_row["wd"])))
 
     fig.update_layout(
         template=TEMPLATE,
@@ -520,6 +523,14 @@ def sensitivity_figure(
             colorbar=dict(title="error - best" if relative else "error (%)"),
         ),
         height=height,
-        legend=dict(orientation="h", y=-0.15),
+        margin=dict(t=top_px, b=bottom_px),
+        legend=dict(orientation="h", x=0, y=-bottom_px / 2 / (height - top_px - bottom_px), yanchor="top"),
     )
     return fig
+
+
+def _span(values: pd.Series) -> tuple[float, float]:
+    """(min, max) of the positive values (0, 0 when there are none)."""
+    v = pd.to_numeric(values, errors="coerce")
+    v = v[v > 0]
+    return (float(v.min()), float(v.max())) if len(v) else (0.0, 0.0)

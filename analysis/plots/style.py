@@ -1,5 +1,9 @@
-"""Shared look of the figures: stable colours per group and the group labels."""
+"""Shared look of the figures: one colour per stem, stable colours per group, group labels, axes
+that read well (whole-number epoch ticks, uncrowded log axes) and titles that fit their panel."""
 
+import math
+import re
+import textwrap
 from collections.abc import Hashable, Iterable
 
 import plotly.colors
@@ -10,6 +14,13 @@ PALETTE: list[str] = list(plotly.colors.qualitative.D3)
 DIVERGED_COLOR = "black"
 TEMPLATE = "plotly_white"
 
+# One colour per stem in every figure (ViT_P orange, ViT_C blue); a second model with the same stem
+# gets a shade of it. Keys that name no stem take the palette's other colours in turn.
+STEM_COLORS = {"patchify": PALETTE[1], "conv": PALETTE[0], "patchify_bn": PALETTE[3], "conv_ln": PALETTE[2],
+               "cct": PALETTE[4], "cnn": PALETTE[7]}
+MODEL_STEMS = {"vit_p": "patchify", "vit_c": "conv"}  # display names ViT_P/ViT_C and preset prefixes
+OTHER_COLORS = [c for c in PALETTE if c not in STEM_COLORS.values()]
+
 
 def group_label(key: Hashable) -> str:
     """Return a display label for a group key (a value or a tuple of values)."""
@@ -18,13 +29,57 @@ def group_label(key: Hashable) -> str:
     return str(key)
 
 
+def stem_of(key: Hashable) -> str | None:
+    """Return the stem a group key or label names, else None.
+
+    Recognised in any word of the label: a stem name ("conv"), a display name ("ViT_P-4GF",
+    "conv_ln-fmnist"), a preset or run id holding one ("0003-vit_p_fmnist_tiny-sgd") and the
+    CNN baselines (resnet*, regnet*), which share one colour.
+    """
+    for word in re.split(r"[\s\-,·/()]+", group_label(key)):
+        low = word.lower()
+        if low in STEM_COLORS:
+            return low
+        for prefix, stem in MODEL_STEMS.items():
+            if low == prefix or low.startswith(prefix + "_"):
+                return stem
+        if low.startswith(("resnet", "regnet")):
+            return "cnn"
+    return None
+
+
+def shade(color: str, k: int) -> str:
+    """Return the k-th shade of a "#rrggbb" colour: itself, then darker and lighter in turn."""
+    if k == 0:
+        return color
+    r, g, b = plotly.colors.hex_to_rgb(color)
+    step = (k + 1) // 2
+    if k % 2:  # darker
+        f = 0.7 ** step
+        r, g, b = (round(v * f) for v in (r, g, b))
+    else:  # lighter
+        f = 1 - 0.6 ** step
+        r, g, b = (round(v + (255 - v) * f) for v in (r, g, b))
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
 def color_map(keys: Iterable[Hashable]) -> dict[Hashable, str]:
-    """Return {key: colour}, cycling the palette in the order the keys are given.
+    """Return {key: colour}: the colour of the stem a key names (a shade of it for the second and
+    later keys of one stem), else the palette's other colours in the order the keys are given.
 
     Build it once from the full frame and pass it to the figure builders so a group
     keeps its colour when others are filtered away.
     """
-    return {key: PALETTE[i % len(PALETTE)] for i, key in enumerate(dict.fromkeys(keys))}
+    out, per_stem, others = {}, {}, 0
+    for key in dict.fromkeys(keys):
+        stem = stem_of(key)
+        if stem is None:
+            out[key] = OTHER_COLORS[others % len(OTHER_COLORS)]
+            others += 1
+        else:
+            out[key] = shade(STEM_COLORS[stem], per_stem.get(stem, 0))
+            per_stem[stem] = per_stem.get(stem, 0) + 1
+    return out
 
 
 def with_alpha(color: str, alpha: float) -> str:
@@ -64,14 +119,60 @@ def group_styles(
     """Return {key: (colour, dash)}: colour by the key's first value, dash by the rest.
 
     `colors` / `dashes` (from `style_maps` on a fuller set of keys) keep styles stable
-    across filtered frames; values they lack get the next free palette entries.
+    across filtered frames; values they lack get their own stem colour or the next free dash.
     """
     keys = list(keys)
     own_colors, own_dashes = style_maps(keys)
     colors = dict(colors or {})
     dashes = dict(dashes or {})
     for head in own_colors:
-        colors.setdefault(head, PALETTE[len(colors) % len(PALETTE)])
+        colors.setdefault(head, own_colors[head])
     for tail in own_dashes:
         dashes.setdefault(tail, DASHES[len(dashes) % len(DASHES)])
     return {k: (colors[split_key(k)[0]], dashes[split_key(k)[1]]) for k in keys}
+
+
+# ---------------------------------------------------------------- axes and titles
+
+
+def integer_ticks(high: float, most: int = 10) -> dict:
+    """Axis settings with ticks on whole numbers only (epochs), at most about `most` of them up to
+    `high`: a step of 1, 2, 5, 10, 20, 50, ..."""
+    step = 1
+    while high / step > most:
+        step *= 2.5 if str(step)[0] == "2" else 2
+        step = int(step)
+    return dict(tickmode="linear", tick0=0, dtick=step, tickformat="d")
+
+
+def _tick_text(v: float) -> str:
+    return f"{v:g}" if 1e-3 <= v < 1e4 else f"{v:.0e}".replace("e-0", "e-").replace("e+0", "e")
+
+
+def log_ticks(low: float, high: float, most: int = 6) -> dict:
+    """Log-axis settings with a few labelled ticks over [low, high], every label a full number:
+    1, 2 and 5 of each decade, thinned to decades on wide ranges and refined on narrow ones
+    (plotly's defaults label the minor digits alone, which crowd narrow panels and cannot be read
+    on ranges without a decade)."""
+    if not (low > 0 and high >= low):
+        return {}
+    lo, hi = low / 1.25, high * 1.25  # the markers' padding
+    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    ticks = []
+    for mantissas in ((1, 1.5, 2, 3, 4, 5, 6, 8), (1, 2, 5), (1, 3), (1,)):  # finest first
+        ticks = [m * 10.0**k for k in decades for m in mantissas if lo <= m * 10.0**k <= hi]
+        if len(ticks) <= most:
+            break
+    while len(ticks) > most:  # very wide ranges: every other decade
+        ticks = ticks[::2]
+    return dict(tickvals=ticks, ticktext=[_tick_text(t) for t in ticks])
+
+
+def wrap_title(text: str, width_px: float, font_px: float = 14) -> str:
+    """Return `text` broken into lines (plotly "<br>") that fit `width_px` at `font_px` (an
+    average glyph is taken as 0.6 of the font size)."""
+    chars = max(8, int(width_px / (0.6 * font_px)))
+    return "<br>".join(textwrap.wrap(text, chars, break_on_hyphens=False)) if len(text) > chars else text
+
+
+NOTEBOOK_WIDTH = 940  # px a figure gets in a notebook cell at the 1,000 px notebook width

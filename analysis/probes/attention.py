@@ -17,6 +17,7 @@ from torch import nn
 
 from analysis.errors import ConfigError, one_of
 from analysis.probes.layout import evaluating, target_classes, token_layout
+from analysis.runs import as_model
 
 HEAD_FUSIONS = ("mean", "max", "min")
 
@@ -36,12 +37,18 @@ def explicit_attention(model: nn.Module) -> Iterator[nn.Module]:
 
 def _block_attentions(model: nn.Module) -> list[nn.Module]:
     blocks = getattr(model, "blocks", None)
-    if blocks is None:
-        raise ConfigError("model has no `blocks`; expected a timm VisionTransformer")
-    mods = [getattr(b, "attn", None) for b in blocks]
+    mods = [getattr(b, "attn", None) for b in blocks] if blocks is not None else []
     if not mods or any(m is None or not hasattr(m, "attn_drop") for m in mods):
-        raise ConfigError("every block needs an `attn` with `attn_drop` (timm Attention)")
+        raise ConfigError(f"{type(model).__name__} has no attention to read: attention probes need a ViT whose "
+                          "blocks hold timm Attention (attn with attn_drop); CNNs have none")
     return mods
+
+
+def attention_model(source) -> nn.Module:
+    """as_model(source), checked to hold attention (one line saying so when it does not, e.g. a CNN)."""
+    model = as_model(source)
+    _block_attentions(model)
+    return model
 
 
 @contextmanager
@@ -69,8 +76,11 @@ def record_attention(model: nn.Module) -> Iterator[list[torch.Tensor | None]]:
                 h.remove()
 
 
-def capture_attention(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Return (logits, attentions): one (B, heads, N, N) softmaxed attention per block, eval mode, no grad."""
+def capture_attention(model, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Return (logits, attentions): one (B, heads, N, N) softmaxed attention per block, eval mode, no grad.
+
+    `model` is any source analysis.runs.as_model takes (so are the other probes' models)."""
+    model = attention_model(model)
     with evaluating(model), record_attention(model) as store, torch.no_grad():
         logits = model(images)
     return logits, list(store)
@@ -94,7 +104,7 @@ def to_image(maps: torch.Tensor, grid_size: tuple[int, int], size: tuple[int, in
 
 
 def class_token_attention(
-    model: nn.Module, images: torch.Tensor, upsample: bool = True, mode: str = "bilinear"
+    model, images: torch.Tensor, upsample: bool = True, mode: str = "bilinear"
 ) -> torch.Tensor:
     """Return (B, layers, heads, H, W) attention of the class token to every patch token.
 
@@ -103,6 +113,7 @@ def class_token_attention(
     token (num_prefix_tokens == 0, e.g. sequence pooling) the mean over all query tokens is used
     instead. Without `upsample` the last two dims are the grid (gh, gw).
     """
+    model = attention_model(model)
     layout = token_layout(model)
     _, attns = capture_attention(model, images)
     rows = torch.stack([_query_rows(a, layout.num_prefix_tokens) for a in attns], dim=1)
@@ -162,6 +173,7 @@ def rollout_maps(
     The class-token row of the rollout with all prefix tokens dropped; for a model without class
     token, the mean over query tokens.
     """
+    model = attention_model(model)
     layout = token_layout(model)
     _, attns = capture_attention(model, images)
     roll = rollout_matrix(attns, head_fusion, discard_ratio)
@@ -183,6 +195,7 @@ def gradient_rollout(
     identity and updates R <- R + A_bar @ R through the layers. Read the class-token row with all
     prefix tokens dropped (for a model without class token, the mean over query tokens).
     """
+    model = attention_model(model)
     layout = token_layout(model)
     with evaluating(model), record_attention(model) as store, torch.enable_grad():
         logits = model(images)

@@ -12,7 +12,8 @@ from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Noi
 from torch import nn
 
 from analysis.errors import ConfigError, one_of
-from analysis.probes.layout import evaluating, target_classes, token_layout
+from analysis.probes.layout import evaluating, first_conv, target_classes, token_layout
+from analysis.runs import as_model
 
 SMOOTHGRAD_BASES = ("saliency", "ig")
 
@@ -28,7 +29,7 @@ def _check(images: torch.Tensor) -> None:
 
 
 def integrated_gradients(
-    model: nn.Module,
+    model,
     images: torch.Tensor,
     target: int | torch.Tensor | None = None,
     steps: int = 32,
@@ -37,6 +38,7 @@ def integrated_gradients(
 ) -> torch.Tensor:
     """Return (B, H, W) Integrated Gradients from a constant `baseline` image, summed over channels."""
     _check(images)
+    model = as_model(model)
     with evaluating(model):
         classes = _targets(model, images, target)
         attr = IntegratedGradients(model).attribute(
@@ -46,7 +48,7 @@ def integrated_gradients(
 
 
 def smoothgrad(
-    model: nn.Module,
+    model,
     images: torch.Tensor,
     target: int | torch.Tensor | None = None,
     base: str = "saliency",
@@ -61,6 +63,7 @@ def smoothgrad(
     apply to the IG base only.
     """
     _check(images)
+    model = as_model(model)
     if base not in SMOOTHGRAD_BASES:
         raise one_of("smoothgrad base", base, SMOOTHGRAD_BASES)
     with evaluating(model):
@@ -76,7 +79,7 @@ def smoothgrad(
 
 
 def occlusion(
-    model: nn.Module,
+    model,
     images: torch.Tensor,
     target: int | torch.Tensor | None = None,
     window: int | None = None,
@@ -88,6 +91,9 @@ def occlusion(
     The window and its stride default to the stem's token pitch, so each window covers one token.
     """
     _check(images)
+    model = as_model(model)
+    if window is None and getattr(model, "patch_embed", None) is None:
+        raise ConfigError(f"{type(model).__name__} has no tokens to size the occlusion window by; pass window=")
     size = token_layout(model).stride if window is None else int(window)
     c = images.shape[1]
     with evaluating(model), torch.no_grad():
@@ -104,11 +110,12 @@ def occlusion(
 
 
 def stem_gradcam(
-    model: nn.Module, images: torch.Tensor, target: int | torch.Tensor | None = None, relu: bool = True
+    model, images: torch.Tensor, target: int | torch.Tensor | None = None, relu: bool = True
 ) -> torch.Tensor:
-    """Return (B, H, W) Grad-CAM on the stem's first conv (an NCHW layer), upsampled bilinearly to the image."""
+    """Return (B, H, W) Grad-CAM on the first conv (the stem's, an NCHW layer), upsampled bilinearly to the image."""
     _check(images)
-    layer = token_layout(model).first_conv
+    model = as_model(model)
+    layer = first_conv(model)
     with evaluating(model):
         classes = _targets(model, images, target)
         cam = LayerGradCam(model, layer).attribute(images, target=classes, relu_attributions=relu)

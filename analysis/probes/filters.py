@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from analysis.errors import ConfigError
-from analysis.probes.layout import token_layout
+from analysis.probes.layout import first_conv, token_layout
+from analysis.runs import as_model
 
 
-def first_layer_filters(model: nn.Module) -> np.ndarray:
-    """Return the stem's first-conv weights as (out, C, k, k): p x p patchify filters or 3x3 conv-stem filters."""
-    return token_layout(model).first_conv.weight.detach().cpu().double().numpy()
+def first_layer_filters(model) -> np.ndarray:
+    """Return the first conv's weights as (out, C, k, k): p x p patchify filters, 3x3 conv-stem
+    filters, or a CNN's first filters. `model` is any source analysis.runs.as_model takes."""
+    return first_conv(as_model(model)).weight.detach().cpu().double().numpy()
 
 
 @dataclass
@@ -37,13 +40,14 @@ class FilterPCA:
         return flat.reshape(-1, *self.mean.shape) + self.mean
 
 
-def filter_pca(weights: np.ndarray | torch.Tensor | nn.Module) -> FilterPCA:
-    """Return the FilterPCA of (d, C, k, k) weights (or of a model's first-layer filters).
+def filter_pca(weights) -> FilterPCA:
+    """Return the FilterPCA of (d, C, k, k) weights (or of a model's first-layer filters: any
+    source analysis.runs.as_model takes).
 
     Filters are centred on their mean; components come from an SVD, so all of them together
     rebuild the weights exactly.
     """
-    if isinstance(weights, nn.Module):
+    if isinstance(weights, (nn.Module, str, Path)):
         weights = first_layer_filters(weights)
     w = torch.as_tensor(weights).detach().cpu().double().numpy()
     if w.ndim != 4:
@@ -63,8 +67,9 @@ def filter_pca(weights: np.ndarray | torch.Tensor | nn.Module) -> FilterPCA:
     )
 
 
-def position_similarity(model: nn.Module) -> np.ndarray:
+def position_similarity(model) -> np.ndarray:
     """Return (gh, gw, gh, gw) cosine similarity of each position's embedding with every other, prefix tokens dropped."""
+    model = as_model(model)
     layout = token_layout(model)
     pos = getattr(model, "pos_embed", None)
     if pos is None:

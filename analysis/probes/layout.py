@@ -35,7 +35,8 @@ def token_layout(model: nn.Module) -> TokenLayout:
     """Return the TokenLayout of a timm VisionTransformer (grid from the stem, never sqrt(N))."""
     stem = getattr(model, "patch_embed", None)
     if stem is None or getattr(stem, "grid_size", None) is None:
-        raise ConfigError("model has no patch_embed with a grid_size; expected a timm VisionTransformer")
+        raise ConfigError(f"{type(model).__name__} has no patch_embed with a grid_size: it has no tokens to lay "
+                          "over the image; expected a ViT (timm VisionTransformer)")
     stride = getattr(stem, "stride", None)
     if stride is None:
         stride = stem.patch_size[0]
@@ -52,6 +53,25 @@ def token_layout(model: nn.Module) -> TokenLayout:
         first_conv=first_conv,
         kind=str(getattr(stem, "kind", "patchify")),
     )
+
+
+def first_conv(model: nn.Module) -> nn.Conv2d:
+    """The first convolution the image meets: a ViT stem's (token_layout), else timm's
+    `pretrained_cfg["first_conv"]`, else the model's first nn.Conv2d."""
+    if getattr(model, "patch_embed", None) is not None:
+        return token_layout(model).first_conv
+    name = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
+    if isinstance(name, str):
+        try:
+            conv = model.get_submodule(name)
+        except AttributeError:
+            conv = None
+        if isinstance(conv, nn.Conv2d):
+            return conv
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        raise ConfigError(f"{type(model).__name__} has no nn.Conv2d to read filters from")
+    return conv
 
 
 def target_classes(logits: torch.Tensor, target: int | torch.Tensor | None) -> torch.Tensor:

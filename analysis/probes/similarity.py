@@ -1,5 +1,8 @@
 """Linear CKA between layers: full batch for checking, and minibatch (streamed) for real data.
 
+Layers are read by analysis.probes.features (timm's forward_intermediates), so any two models
+compare: ViTs (stem output and every block, tokens flattened) and CNNs (stem and every stage).
+
 Minibatch CKA (Nguyen et al. 2021): for each batch of n >= 4 images, Gram matrices K = X X^T of
 every layer's flattened features, the unbiased HSIC_1 of every layer pair, summed over batches;
 CKA = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)) is formed from the sums at the end. Memory is
@@ -8,15 +11,15 @@ bounded by one batch of features plus a (layers x layers) table.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
-from analysis.errors import ConfigError
-from analysis.probes.layout import evaluating
+from analysis.errors import ConfigError, one_of
+from analysis.probes.features import block_features, iter_batches
+from analysis.runs import as_model
 
 MIN_BATCH = 4  # HSIC_1 divides by n (n - 3)
 
@@ -95,62 +98,60 @@ class MinibatchCKA:
         return cka_from_hsic(self.hsic_sum.cpu().numpy() / self.batches)
 
 
-def block_features(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Return {"stem": stem output, "block0": ..., "blockK": ...}, each flattened to (B, features), no grad."""
-    outputs: dict[str, torch.Tensor] = {}
-    modules = [("stem", model.patch_embed)] + [(f"block{i}", b) for i, b in enumerate(model.blocks)]
-
-    def hook_for(name: str):
-        def hook(module, inputs, output):
-            outputs[name] = output.detach().reshape(output.shape[0], -1)
-
-        return hook
-
-    handles = [m.register_forward_hook(hook_for(name)) for name, m in modules]
-    try:
-        with evaluating(model), torch.no_grad():
-            model(images)
-    finally:
-        for h in handles:
-            h.remove()
-    return {name: outputs[name] for name, _ in modules}
-
-
-def _images(batch) -> torch.Tensor:
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
-def _stream(models: Sequence[nn.Module], batches: Iterable, max_images: int | None) -> tuple[MinibatchCKA, list[list[str]]]:
-    acc, names, seen = MinibatchCKA(), [], 0
-    for batch in batches:
-        images = _images(batch)
-        if max_images is not None:
-            images = images[: max_images - seen]
-        if len(images) == 0:
-            break
-        feats = [block_features(m, images) for m in models]
+def _stream(models: Sequence, batches: Iterable, max_images: int | None,
+            prefix_tokens: bool) -> tuple[MinibatchCKA, list[list[str]]]:
+    models = [as_model(m) for m in models]
+    acc, names = MinibatchCKA(), []
+    for images, _ in iter_batches(batches, max_images):
+        feats = [block_features(m, images, prefix_tokens) for m in models]
         names = [list(f) for f in feats]
         acc.update([t for f in feats for t in f.values()])
-        seen += len(images)
-        if max_images is not None and seen >= max_images:
-            break
     return acc, names
 
 
-def cka_matrix(model: nn.Module, batches: Iterable, max_images: int | None = None) -> pd.DataFrame:
-    """Return the minibatch CKA between all layers (stem, block0, ...) of one model as a square DataFrame.
+def cka_matrix(model, batches: Iterable, max_images: int | None = None, prefix_tokens: bool = True) -> pd.DataFrame:
+    """Return the minibatch CKA between all layers (stem, block0, ... or a CNN's stages) of one model
+    as a square DataFrame.
 
+    `model` is any source analysis.runs.as_model takes (a model, a run folder, a preset or timm name).
     `batches` yields image tensors or (images, labels) pairs; batches under 4 images are skipped.
+    Without `prefix_tokens` a ViT's class/register tokens are left out of its block features.
     """
-    acc, names = _stream([model], batches, max_images)
+    acc, names = _stream([model], batches, max_images, prefix_tokens)
     return pd.DataFrame(acc.result(), index=names[0], columns=names[0])
 
 
-def cka_between(model_a: nn.Module, model_b: nn.Module, batches: Iterable, max_images: int | None = None) -> pd.DataFrame:
+def cka_between(model_a, model_b, batches: Iterable, max_images: int | None = None,
+                prefix_tokens: bool = True) -> pd.DataFrame:
     """Return the minibatch CKA between the layers of two models: rows model_a's layers, columns model_b's.
 
-    Both models see the same images; batches under 4 images are skipped.
+    Any two models (ViT against ViT or CNN, run folders, timm names, ...) see the same images;
+    batches under 4 images are skipped.
     """
-    acc, names = _stream([model_a, model_b], batches, max_images)
+    acc, names = _stream([model_a, model_b], batches, max_images, prefix_tokens)
     la = len(names[0])
     return pd.DataFrame(acc.result()[:la, la:], index=names[0], columns=names[1])
+
+
+def cka_pairs(models: Mapping[str, object], batches: Iterable, pairs: Sequence[tuple[str, str]] | None = None,
+              max_images: int | None = None, prefix_tokens: bool = True) -> dict[tuple[str, str], pd.DataFrame]:
+    """Return {(a, b): CKA DataFrame (rows a's layers, columns b's)} for pairs of labelled models,
+    all read in one pass over `batches` (Raghu et al.'s layer-by-layer heatmaps, e.g. ViT_P vs
+    ResNet, ViT_C vs ResNet, ViT_P vs ViT_C). `pairs` defaults to every pair in the given order."""
+    labels = list(models)
+    pairs = list(pairs) if pairs is not None else [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:]]
+    for a, b in pairs:
+        for label in (a, b):
+            if label not in models:
+                raise one_of("model label in pairs", label, labels)
+    if not pairs:
+        raise ConfigError("cka_pairs needs at least two models or one pair")
+    acc, names = _stream([models[k] for k in labels], batches, max_images, prefix_tokens)
+    table = acc.result()
+    start = np.cumsum([0] + [len(n) for n in names])
+    where = {k: (start[i], start[i + 1], names[i]) for i, k in enumerate(labels)}
+    out = {}
+    for a, b in pairs:
+        (a0, a1, na), (b0, b1, nb) = where[a], where[b]
+        out[(a, b)] = pd.DataFrame(table[a0:a1, b0:b1], index=na, columns=nb)
+    return out

@@ -1,16 +1,18 @@
-"""What one sweep job does: train a group of run directories one after another.
+"""What one sweep job does: train its run directories, one chunk after another.
 
-    run_group(["sweeps/s/runs/0000-...", "sweeps/s/runs/0001-..."], batch_runs=1)
+    run_group(["sweeps/s/runs/0000-...", "sweeps/s/runs/0001-..."], batch_runs=8)
 
-Complete runs are skipped. A failing run is recorded in its run directory (result.json "failed")
-and the group goes on; the job fails at the end if any run failed. With batch_runs > 1 and an
-`analysis.batched` module offering train_group(cfgs, outs), compatible runs (same config except
-lr, weight decay and seed) are trained together in chunks of batch_runs.
+Complete runs are skipped. With batch_runs > 1, compatible runs (equal in everything
+analysis.backends.SHARED lists) train together as one stacked group of up to batch_runs; the rest
+train one at a time. A failing run is recorded in its run directory (result.json "failed") and the
+job goes on; it fails at the end if any run failed. A run folder another live process is training
+(its lock is held) is left alone.
 
-Preemption/timeout: a USR2 handler asks the running Trainer to stop; it checkpoints at the next
-step boundary and raises Stopped; then submitit's own handler is called, which checkpoints this
-job (a resubmission of the same call), requeues it and exits. Under several tasks (one per GPU)
-torch.distributed is initialised from submitit's environment and the engine trains with DDP.
+Preemption/timeout: a USR2 handler asks the running Trainer (one run or a stacked group) to stop;
+it checkpoints every run at the next step and raises Stopped; then submitit's own handler is
+called, which checkpoints this job (a resubmission of the same call), requeues it and exits. Under
+several tasks (one per GPU) torch.distributed is initialised from submitit's environment and the
+engine trains with DDP.
 """
 
 from __future__ import annotations
@@ -22,10 +24,9 @@ import time
 from pathlib import Path
 
 from analysis import config, rundir
+from analysis.backends import check_compatible, shared_key
+from analysis.errors import ConfigError
 from analysis.train import Stopped, Trainer
-
-JOB_FILE = "job.json"  # which job trains (or last trained) this run directory
-
 
 class RunsFailed(RuntimeError):
     """Raised at the end of a group in which some runs failed."""
@@ -92,37 +93,24 @@ def init_distributed(env) -> int:
     return dist.get_rank()
 
 
-def batched_module():
-    """The analysis.batched module when it exists and offers train_group, else None."""
+def compatible_key(cfg: config.RunConfig) -> tuple | None:
+    """Runs with equal keys can train as one stacked group; None when this run cannot be stacked."""
     try:
-        from analysis import batched
-    except ImportError:
+        check_compatible([cfg, cfg])
+    except ConfigError:
         return None
-    return batched if hasattr(batched, "train_group") else None
+    return shared_key(cfg)
 
 
-def compatible_key(cfg: config.RunConfig, batched=None) -> tuple | None:
-    """Runs with equal keys can train as one batch (they differ only in lr, weight decay, seed and
-    what analysis.batched allows); None when this run cannot be batched at all."""
-    varying = getattr(batched, "VARYING", ("optim.lr", "optim.weight_decay", "train.seed"))
-    ignored = getattr(batched, "IGNORED", ("train.precision",))
-    if batched is not None and hasattr(batched, "check_compatible"):
-        try:
-            batched.check_compatible([cfg])
-        except ValueError:
-            return None
-    return tuple(sorted((k, repr(v)) for k, v in cfg.flat().items() if k not in varying and k not in ignored))
-
-
-def plan(run_dirs: list[str], batch_runs: int, batched=None) -> list[list[str]]:
+def plan(run_dirs: list[str], batch_runs: int) -> list[list[str]]:
     """Split the unfinished run dirs into chunks: singles, or compatible chunks of up to batch_runs
-    (in their given order) when a batched trainer is available."""
+    (in their given order)."""
     todo = [d for d in run_dirs if not rundir.is_complete(d)]
-    if batch_runs <= 1 or batched is None:
+    if batch_runs <= 1:
         return [[d] for d in todo]
     groups: dict[tuple, list[str]] = {}
     for i, d in enumerate(todo):
-        key = compatible_key(config.load(Path(d) / rundir.CONFIG), batched)
+        key = compatible_key(config.load(Path(d) / rundir.CONFIG))
         groups.setdefault(key if key is not None else ("solo", i), []).append(d)
     chunks = []
     for members in groups.values():
@@ -140,50 +128,35 @@ def _threads_from_allocation() -> None:
         torch.set_num_threads(int(cpus))
 
 
-def _mark(run_dir: str, env, rank: int) -> None:
-    if rank == 0:
-        rundir.write_json(Path(run_dir) / JOB_FILE, {
-            "job_id": env.job_id if env is not None else None, "host": socket.gethostname(),
-            "pid": os.getpid(), "started": time.time()})
-
-
 def run_group(run_dirs: list[str], batch_runs: int = 1) -> dict[str, str]:
-    """Train each run directory (its config.yaml) in turn; return {run_dir: final status}.
-
-    Raises RunsFailed when any run failed (after trying all of them)."""
+    """Train each run directory (its config.yaml), in stacked chunks where batch_runs > 1; return
+    {run_dir: final status}. Raises RunsFailed when any run failed (after trying all of them)."""
     env = job_env()
     _threads_from_allocation()
     rank = init_distributed(env)
-    batched = batched_module() if batch_runs > 1 else None
-    statuses: dict[str, str] = {}
-    for d in run_dirs:
-        result = rundir.read_result(d)
-        if result and rundir.is_complete(d):
-            statuses[d] = result["status"]
+    job = {"job_id": env.job_id if env is not None else None, "host": socket.gethostname(), "pid": os.getpid()}
+    statuses = {d: rundir.read_result(d)["status"] for d in run_dirs if rundir.is_complete(d)}
     with Preemption() as stop:
-        for chunk in plan(run_dirs, batch_runs, batched):
+        for chunk in plan(run_dirs, batch_runs):
             if stop.requested:
                 stop.hand_over()
-            cfgs = [config.load(Path(d) / rundir.CONFIG) for d in chunk]
-            for d in chunk:
-                _mark(d, env, rank)
-            if len(chunk) > 1:
-                try:
-                    results = batched.train_group(cfgs, chunk)
-                    statuses.update({d: r["status"] for d, r in zip(chunk, results)})
-                except Stopped:
-                    stop.hand_over()
-                except Exception as e:  # noqa: BLE001 - recorded per run, the group goes on
-                    for d in chunk:
-                        statuses[d] = _record_failure(d, e, rank)
-                continue
-            stop.trainer = Trainer(cfgs[0], chunk[0])
+            started = time.time()
             try:
-                statuses[chunk[0]] = stop.trainer.run()["status"]
+                stop.trainer = Trainer([config.load(Path(d) / rundir.CONFIG) for d in chunk], chunk, job=job)
+                if stop.requested:  # the signal came while the trainer was being made
+                    stop.trainer.request_stop()
+                results = stop.trainer.run()
+                statuses.update({d: r["status"] for d, r in zip(chunk, results) if r is not None})
             except Stopped:
                 stop.hand_over()
-            except Exception as e:  # noqa: BLE001 - the Trainer wrote result.json; the group goes on
-                statuses[chunk[0]] = _record_failure(chunk[0], e, rank)
+            except rundir.RunLocked as e:  # another live trainer owns the folder: not ours to record
+                print(f"skipped: {e}", flush=True)
+            except Exception as e:  # noqa: BLE001 - recorded per run, the job goes on
+                import traceback
+
+                print(f"chunk {', '.join(Path(d).name for d in chunk)} failed:\n{traceback.format_exc()}", flush=True)
+                for d in chunk:
+                    statuses[d] = _record_failure(d, e, rank, started)
             finally:
                 stop.trainer = None
     failed = sorted(Path(d).name for d, s in statuses.items() if s == "failed")
@@ -192,18 +165,21 @@ def run_group(run_dirs: list[str], batch_runs: int = 1) -> dict[str, str]:
     return statuses
 
 
-def _record_failure(run_dir: str, error: Exception, rank: int) -> str:
-    import traceback
-
-    if rundir.is_complete(run_dir):  # a finished member of a failed batched chunk
-        return rundir.read_result(run_dir)["status"]
-    print(f"run {run_dir} failed:\n{traceback.format_exc()}", flush=True)
-    if rank == 0 and not (rundir.read_result(run_dir) or {}).get("status") == "failed":
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".strip()
-        rundir.write_json(Path(run_dir) / rundir.RESULT, {"status": "failed", "reason": reason})
+def _record_failure(run_dir: str, error: Exception, rank: int, since: float) -> str:
+    """The run's final status after its chunk raised: the result the engine wrote in this attempt
+    (a finished member of a failed chunk keeps its own), else "failed" with this error, recorded
+    unless another live trainer holds the folder."""
+    result = rundir.read_result(run_dir)
+    status = (result or {}).get("status")
+    if status in ("completed", "diverged"):
+        return status
+    if status == "failed" and (Path(run_dir) / rundir.RESULT).stat().st_mtime >= since:
+        return status
+    if rank == 0 and rundir.lock_holder(run_dir) is None:
+        rundir.record_failure(run_dir, error)
     return "failed"
 
 
 def read_job_file(run_dir: str | Path) -> dict:
-    return rundir.read_json(Path(run_dir) / JOB_FILE) or {}
-
+    """The run's job.json: which sweep job trains (or last trained) it, from which host and pid."""
+    return rundir.read_json(Path(run_dir) / rundir.JOB) or {}

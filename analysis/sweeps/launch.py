@@ -3,7 +3,8 @@
     sweep = Sweep.from_yaml("jobs/fmnist_demo.yaml", root="sweeps")
     sweep.launch()                     # SLURM where a cluster answers, local processes elsewhere
     sweep.status()                     # one row per run (fresh scheduler state + progress)
-    sweep.wait(timeout=3600)
+    sweep.monitor()                    # a live widget for JupyterLab; the kernel stays free
+    sweep.wait(timeout=3600, callback=print)   # callback: each fresh status frame
     sweep.resubmit()                   # failed, cancelled, timed-out or never-started runs
     frame = sweep.collect()
 
@@ -11,15 +12,21 @@ The sweep folder holds everything needed to come back to it from a new process
 (`Sweep.open(folder)`): spec.yaml, runs.json/runs.csv (the sampled run table), runs/<run id>/
 (one run directory each), code/<launch>/analysis (the code each launch runs), submitit/ (job
 files and logs) and launches.json (job ids -> run ids for every launch).
+
+Nothing here unpickles a file of the sweep folder: states come from the scheduler (sacct), the
+local job processes and the run directories (see analysis.sweeps.status). Local jobs run in their
+own session (analysis.sweeps.local), so a Ctrl-C in the launching terminal leaves them running.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
+import signal
 import subprocess
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,39 +37,9 @@ import yaml
 from analysis import config as C
 from analysis import rundir
 from analysis.errors import ConfigError, one_of
-from analysis.sweeps.spec import Spec
+from analysis.sweeps.spec import Spec, check_launch
 
-# Launch options (spec `launch:` section or keyword arguments of launch()/resubmit()).
-LAUNCH_KEYS = {
-    "cluster": (str, type(None)),  # None/"auto": SLURM when sinfo answers, else "local"; or "slurm", "local"
-    "parallel": int,  # local: processes at once (default 1); SLURM: array parallelism (default unlimited)
-    "runs_per_job": int,  # SLURM: runs trained one after another by one array task (default 1)
-    "batch_runs": int,  # runs trained together by analysis.batched.train_group when it exists (default 1)
-    "max_retries": int,  # resubmit() relaunches a run at most this often (default 3)
-    "timeout_min": int,  # job time limit in minutes (default 24 h)
-    "partition": str, "account": str, "qos": str, "constraint": str,
-    "array_parallelism": int,  # SLURM name for `parallel`
-    "gpus_per_node": int, "cpus_per_task": int, "mem_gb": (int, float), "nodes": int,
-    "tasks_per_node": int,  # default: one task per GPU (DDP), else 1
-    "additional": dict,  # extra sbatch options, e.g. {exclude: "node[1-2]", reservation: "x"}
-    "signal_delay_s": int,  # SLURM: USR2 this long before the time limit (default 120)
-    "name": str,  # job name (default: the sweep's name)
-}
-CLUSTERS = ("auto", "slurm", "local")
-
-
-def check_launch(opts: dict) -> None:
-    """Raise a one-line ConfigError for an unknown launch option or a value of the wrong type."""
-    for k, v in opts.items():
-        if k not in LAUNCH_KEYS:
-            raise one_of("launch option", k, list(LAUNCH_KEYS))
-        types = LAUNCH_KEYS[k] if isinstance(LAUNCH_KEYS[k], tuple) else (LAUNCH_KEYS[k],)
-        if v is not None and (not isinstance(v, types) or isinstance(v, bool)):
-            raise ConfigError(f"launch option {k} must be {' or '.join(t.__name__ for t in types)}, got {v!r}")
-        if k == "cluster" and v is not None and v not in CLUSTERS:
-            raise one_of("launch cluster", v, CLUSTERS)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and v < (0 if k == "gpus_per_node" else 1):
-            raise ConfigError(f"launch option {k} must be >= {0 if k == 'gpus_per_node' else 1}, got {v}")
+ACTIVE = ("PENDING", "RUNNING", "UNKNOWN")  # run states wait() waits on (UNKNOWN: sacct did not answer)
 
 
 def detect_cluster() -> str:
@@ -113,10 +90,15 @@ class Sweep:
         spec_path = self.dir / "spec.yaml"
         if table is None or not spec_path.is_file():
             raise ConfigError(f"{sweep_dir} is not a sweep folder (no spec.yaml/runs.json)")
-        self.spec_dict = yaml.safe_load(spec_path.read_text())
-        self.table = table["runs"]
-        self.run_ids = [r["run"] for r in self.table]
-        self.configs = {r["run"]: C.RunConfig().replace(r["overrides"]) for r in self.table}
+        try:
+            self.spec_dict = yaml.safe_load(spec_path.read_text())
+            self.table = table["runs"]
+            self.run_ids = [r["run"] for r in self.table]
+            self.configs = {r["run"]: C.RunConfig().replace(r["overrides"]) for r in self.table}
+        except (yaml.YAMLError, KeyError, TypeError, AttributeError):
+            raise ConfigError(f"{sweep_dir}: unreadable spec.yaml or runs.json (not written by this package)") from None
+        if not isinstance(self.spec_dict, dict):
+            raise ConfigError(f"{sweep_dir}: spec.yaml is not a sweep spec")
         self._processes: dict[str, Any] = {}  # local job id -> Popen, for jobs launched by this object
 
     # -- creating -------------------------------------------------------------------------------
@@ -136,15 +118,14 @@ class Sweep:
     @classmethod
     def create(cls, spec: Spec, root: str | Path = "sweeps") -> "Sweep":
         """Write spec.yaml, runs.json, runs.csv and each run's config.yaml under root/<spec.name>.
-        An existing folder is reused when it holds the same spec; another spec is refused."""
+        An existing folder is reused when the spec gives the same runs (ids, in order, and configs);
+        a spec giving other runs (other values, or grid axes in another order) is refused."""
         folder = Path(root) / spec.name
         spec_text = yaml.safe_dump(spec.raw, sort_keys=False)
-        if (folder / "spec.yaml").is_file():
-            old = yaml.safe_load((folder / "spec.yaml").read_text())
-            if old != yaml.safe_load(spec_text):
-                raise ConfigError(f"{folder} holds a sweep with another spec; use another name or root, "
-                                  "or delete that folder")
         runs = spec.runs()
+        if (folder / "spec.yaml").is_file() and not _same_runs(folder, runs):
+            raise ConfigError(f"{folder} holds a sweep with another spec (other runs); use another name or root, "
+                              "or delete that folder")
         folder.mkdir(parents=True, exist_ok=True)
         for row in runs:
             d = folder / "runs" / row["run"]
@@ -170,7 +151,9 @@ class Sweep:
     @property
     def launches(self) -> list[dict]:
         """Every launch so far: id, time, cluster, code, options and jobs [{job_id, runs}]."""
-        return (rundir.read_json(self.dir / "launches.json") or {}).get("launches", [])
+        from analysis.sweeps.status import read_launches
+
+        return read_launches(self.dir)
 
     def _save_launches(self, launches: list[dict]) -> None:
         rundir.write_json(self.dir / "launches.json", {"launches": launches})
@@ -183,25 +166,25 @@ class Sweep:
 
     # -- launching ------------------------------------------------------------------------------
     def launch_options(self, **overrides) -> dict:
-        """The spec's launch section with keyword overrides (None values ignored), checked."""
-        opts = {**(self.spec_dict.get("launch") or {}), **{k: v for k, v in overrides.items() if v is not None}}
-        check_launch(opts)
-        return opts
+        """The spec's launch section with keyword overrides (None values ignored), checked and typed."""
+        return check_launch({**(self.spec_dict.get("launch") or {}),
+                             **{k: v for k, v in overrides.items() if v is not None}})
 
     def launch(self, runs: list[str] | None = None, wait: bool = False, timeout: float | None = None,
                code: str | Path | None = None, **options) -> list[str]:
         """Launch the runs that are not complete and not already queued or running (all of `runs`,
         default every run) as one job array; return the new job ids. Returns at once unless wait.
+        A run whose folder a live trainer holds (its lock) counts as running and is never started twice.
 
-        options: see LAUNCH_KEYS (cluster, parallel, partition, gpus_per_node, ...); code: the
-        `analysis` package folder to snapshot (default the imported one)."""
+        options: see analysis.sweeps.spec.LAUNCH_KEYS (cluster, parallel, partition, gpus_per_node,
+        ...); code: the `analysis` package folder to snapshot (default the imported one)."""
         opts = self.launch_options(**options)
         wanted = list(runs) if runs is not None else list(self.run_ids)
         unknown = [r for r in wanted if r not in self.configs]
         if unknown:
             raise one_of("run", unknown[0], self.run_ids[:5] + (["..."] if len(self.run_ids) > 5 else []))
-        status = self.status() if self.launches else None
-        busy = set() if status is None else set(status.loc[status["state"].isin(["PENDING", "RUNNING"]), "run"])
+        status = self.status()
+        busy = set(status.loc[status["state"].isin(["PENDING", "RUNNING"]), "run"])
         todo = [r for r in wanted if not rundir.is_complete(self.run_dir(r)) and r not in busy]
         ids = self._submit(todo, opts, code) if todo else []
         if wait:
@@ -213,37 +196,48 @@ class Sweep:
         import submitit
 
         from analysis.sweeps import boot
+        from analysis.sweeps.local import DetachedLocalExecutor
 
+        todo = [r for r in todo if rundir.lock_holder(self.run_dir(r)) is None]  # trained right now
+        if not todo:
+            return []
         cluster = opts.get("cluster") or "auto"
         cluster = detect_cluster() if cluster == "auto" else cluster
         launches = self.launches
         lid = len(launches)
         code_dir = snapshot_code(self.dir / "code" / f"launch-{lid:03d}", code)
+        from analysis.models.registry import snapshot_stem_code  # users' stems named by import path
+
+        snapshot_stem_code(code_dir, [self.configs[r].model.stem for r in todo])
         if cluster == "local":
             groups = split(todo, opts.get("parallel", 1))
+            executor = DetachedLocalExecutor(folder=self.dir / "submitit")
         else:
             per = opts.get("runs_per_job", 1)
             groups = [todo[i:i + per] for i in range(0, len(todo), per)]
-        executor = submitit.AutoExecutor(folder=self.dir / "submitit", cluster=cluster)
-        executor.update_parameters(**self._executor_params(opts, cluster))
+            executor = submitit.AutoExecutor(folder=self.dir / "submitit", cluster=cluster)
+        executor.update_parameters(**self.executor_params(opts, cluster))
         cloudpickle.register_pickle_by_value(boot)
         try:
             fn = boot.GroupJob(str(code_dir))
             run_dirs = [[str(self.run_dir(r)) for r in g] for g in groups]
-            jobs = executor.map_array(fn, run_dirs, [opts.get("batch_runs", 1)] * len(groups))
+            with _sigint_deferred():  # jobs started are on record in launches.json before a Ctrl-C lands
+                jobs = executor.map_array(fn, run_dirs, [opts.get("batch_runs", 1)] * len(groups))
+                for job in jobs:
+                    if getattr(job, "_process", None) is not None:
+                        self._processes[job.job_id] = job._process
+                launches.append({"launch": lid, "time": datetime.now().isoformat(timespec="seconds"),
+                                 "cluster": cluster, "code": str(code_dir.relative_to(self.dir)), "options": opts,
+                                 "jobs": [{"job_id": str(j.job_id), "runs": g} for j, g in zip(jobs, groups)],
+                                 "cancelled": []})
+                self._save_launches(launches)
         finally:
             cloudpickle.unregister_pickle_by_value(boot)
-        for job in jobs:
-            if getattr(job, "_process", None) is not None:
-                self._processes[job.job_id] = job._process
-        launches.append({"launch": lid, "time": datetime.now().isoformat(timespec="seconds"), "cluster": cluster,
-                         "code": str(code_dir.relative_to(self.dir)), "options": opts,
-                         "jobs": [{"job_id": str(j.job_id), "runs": g} for j, g in zip(jobs, groups)],
-                         "cancelled": []})
-        self._save_launches(launches)
         return [str(j.job_id) for j in jobs]
 
-    def _executor_params(self, opts: dict, cluster: str) -> dict:
+    def executor_params(self, opts: dict, cluster: str) -> dict:
+        """The submitit executor parameters for launch options `opts` on `cluster` ("slurm" or
+        "local"): what update_parameters() receives, and for SLURM what reaches the sbatch script."""
         gpus = opts.get("gpus_per_node", 0)
         params: dict[str, Any] = {
             "name": opts.get("name", self.name),
@@ -268,19 +262,34 @@ class Sweep:
     # -- watching -------------------------------------------------------------------------------
     def status(self):
         """StatusFrame, one row per run: state (NOT_LAUNCHED, PENDING, RUNNING, COMPLETED, FAILED,
-        CANCELLED, TIMEOUT, ...), result, job, attempts, epoch progress, latest metrics, log tail."""
+        CANCELLED, TIMEOUT, ...), result, job, attempts, epoch progress, latest metrics, the live
+        trainer (host:pid) and, for ended unfinished runs, a log tail (see analysis.sweeps.status)."""
         from analysis.sweeps.status import status_frame
 
-        return status_frame(self)
+        epochs = {r: cfg.train.epochs for r, cfg in self.configs.items()}
+        return status_frame(self.dir, self.run_ids, epochs, self._processes)
 
-    def wait(self, timeout: float | None = None, poll: float = 5.0, runs: list[str] | None = None):
+    def monitor(self, interval: float = 5.0, **options):
+        """A SweepMonitor widget of this sweep (display it in a notebook cell): it refreshes itself
+        from a background thread every `interval` seconds until no run is pending or running, so
+        the kernel stays free. options: see analysis.widgets.SweepMonitor."""
+        from analysis.widgets import SweepMonitor
+
+        return SweepMonitor(self, interval=interval, **options)
+
+    def wait(self, timeout: float | None = None, poll: float = 5.0, runs: list[str] | None = None,
+             callback=None):
         """Block until no run (of `runs`, default all) is PENDING or RUNNING (or UNKNOWN while sacct
-        fails); return the final status. Raises TimeoutError naming the unfinished runs after `timeout` seconds."""
+        fails); return the final status. callback(status) is called with each fresh status frame
+        (progress displays without a polling loop of their own). Raises TimeoutError naming the
+        unfinished runs after `timeout` seconds."""
         start = time.monotonic()
         while True:
             status = self.status()
+            if callback is not None:
+                callback(status)
             sel = status if runs is None else status[status["run"].isin(runs)]
-            active = sel[sel["state"].isin(["PENDING", "RUNNING", "UNKNOWN"])]  # UNKNOWN: sacct failed
+            active = sel[sel["state"].isin(ACTIVE)]
             if active.empty:
                 return status
             if timeout is not None and time.monotonic() - start > timeout:
@@ -288,17 +297,35 @@ class Sweep:
                 raise TimeoutError(f"{len(active)} run(s) still pending/running after {timeout:.0f} s: {names}")
             time.sleep(poll)
 
+    def still_running(self, status: pd.DataFrame, resume: str | None = None) -> str:
+        """One line for an interrupted wait: what still runs or waits (from `status`, the last frame
+        seen) and how to watch, cancel and resume it. resume: the command that picks the sweep up
+        again (default: sweep resubmit)."""
+        where = str(self.dir)
+        resume = resume or f"python -m analysis sweep resubmit {where}"
+        active = status[status["state"].isin(ACTIVE)]
+        if active.empty:
+            return f"interrupted; no run of {where} is running or queued; resume with: {resume}"
+        jobs = sorted({str(j) for j in active["job_id"] if j})
+        local = {str(j["job_id"]) for l in self.launches if l.get("cluster") != "slurm" for j in l["jobs"]}
+        kind = "local processes" if set(jobs) <= local else "jobs"
+        return (f"interrupted; {len(active)} of {len(status)} runs of {where} are still running or queued "
+                f"({kind} {', '.join(jobs[:6])}{' ...' if len(jobs) > 6 else ''} go on in the background); "
+                f"watch: python -m analysis sweep status {where} --wait; "
+                f"stop: python -m analysis sweep cancel {where}; then resume with: {resume}")
+
     def cancel(self, runs: list[str] | None = None) -> list[str]:
         """Cancel the jobs of the given runs (default: all) that are pending or running; return the
-        cancelled job ids. A job training a group of runs is cancelled as a whole."""
-        import os
-        import signal
-
+        cancelled job ids. A job training a group of runs is cancelled as a whole. A local trainer
+        that outlived its job's controller (state RUNNING, job ended) is stopped directly."""
         from analysis.sweeps.status import RUNNING, WAITING
 
         status = self.status()
         sel = status if runs is None else status[status["run"].isin(runs)]
         job_ids = sorted({j for j, s in zip(sel["job_id"], sel["job_state"]) if j and s in WAITING + RUNNING})
+        orphans = sel[(sel["state"] == "RUNNING") & ~sel["job_state"].isin(WAITING + RUNNING)]
+        stopped = [j for run, j in zip(orphans["run"], orphans["job_id"]) if self._stop_trainer(run) and j]
+        job_ids = sorted(set(job_ids) | set(stopped))
         if not job_ids:
             return []
         launches = self.launches
@@ -310,17 +337,45 @@ class Sweep:
                 subprocess.run(["scancel", *mine], check=False, capture_output=True)
             else:
                 for jid in mine:
-                    proc = self._processes.get(jid)
-                    try:
-                        if proc is not None:
-                            proc.send_signal(signal.SIGINT)
-                        else:
-                            os.kill(int(jid), signal.SIGINT)
-                    except ProcessLookupError:
-                        pass
+                    if jid not in stopped:
+                        self._interrupt_local(jid)
                 launch["cancelled"] = sorted(set(launch.get("cancelled", [])) | set(mine))
         self._save_launches(launches)
         return job_ids
+
+    def _interrupt_local(self, job_id: str) -> None:
+        """SIGINT to a local job's controller (it stops its task; the run keeps its last checkpoint)."""
+        import os
+
+        from analysis.sweeps.local import controller_alive
+
+        proc = self._processes.get(job_id)
+        try:
+            if proc is not None:
+                proc.send_signal(signal.SIGINT)
+            elif controller_alive(job_id, self.dir / "submitit"):
+                os.kill(int(job_id), signal.SIGINT)
+        except ProcessLookupError:
+            pass
+
+    def _stop_trainer(self, run: str) -> bool:
+        """SIGINT to the live trainer of `run` when it runs on this machine and holds the run's lock."""
+        import os
+        import socket
+
+        from analysis.sweeps.local import holds_open
+
+        holder = rundir.lock_holder(self.run_dir(run)) or {}
+        pid = holder.get("pid")
+        if holder.get("host") != socket.gethostname() or not isinstance(pid, int):
+            return False
+        if not holds_open(pid, self.run_dir(run) / rundir.LOCK):  # the record names a process that has it open
+            return False
+        try:
+            os.kill(pid, signal.SIGINT)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
 
     def resubmit(self, max_retries: int | None = None, wait: bool = False, timeout: float | None = None,
                  code: str | Path | None = None, **options) -> list[str]:
@@ -347,3 +402,32 @@ class Sweep:
         from analysis.sweeps.results import collect
 
         return collect(self.dir, **kwargs)
+
+
+def _same_runs(folder: Path, runs: list[dict]) -> bool:
+    """True when folder/runs.json lists exactly these runs: the same ids in the same order, equal configs."""
+    table = (rundir.read_json(folder / "runs.json") or {}).get("runs")
+    try:
+        old = [(r["run"], C.RunConfig().replace(r["overrides"]).flat()) for r in table]
+    except (TypeError, KeyError, AttributeError, ConfigError):
+        return False
+    return old == [(r["run"], r["cfg"].flat()) for r in runs]
+
+
+@contextmanager
+def _sigint_deferred():
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block and deliver it when the block ends, so
+    jobs just started are always on record. Only in the main thread (elsewhere: no change)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+    if caught and callable(previous):
+        previous(signal.SIGINT, caught[0])
+    elif caught and previous == signal.SIG_DFL:
+        raise KeyboardInterrupt

@@ -8,14 +8,17 @@ ema_error, diverged, epochs_done, seconds, params, flops, then cfg.<section>.<ke
 key and each sampled hyperparameter under its dotted key (e.g. optim.lr as sampled, for ref_batch).
 
 Missing or corrupt run directories are skipped or reported as failed with a warning naming each.
-Rows of run directories are cached in <folder>/.collect_cache.pkl, keyed by the size and mtime of
+Rows of run directories are cached in <folder>/.collect_cache.json, keyed by the size and mtime of
 config.yaml, result.json and metrics.jsonl, so re-collecting a large sweep reads only what changed.
+The cache is JSON (NaN kept as NaN; ints, floats, bools, strings and None keep their types, so a
+cached row equals a fresh one); nothing of a sweep folder is ever unpickled, so collecting someone
+else's folder runs no code from it. Scheduler states come from analysis.sweeps.status.
 """
 
 from __future__ import annotations
 
+import json
 import math
-import pickle
 import re
 import warnings
 from pathlib import Path
@@ -25,9 +28,10 @@ import yaml
 
 from analysis import config as C
 from analysis import rundir
+from analysis.errors import ConfigError
 
-CACHE = ".collect_cache.pkl"
-CACHE_VERSION = 1
+CACHE = ".collect_cache.json"
+CACHE_VERSION = 2
 COLUMNS = ["run", "run_dir", "status", "reason", "model", "preset", "stem", "optimizer", "epochs", "lr", "wd",
            "batch_size", "seed", "error", "best_error", "top5_error", "ema_error", "diverged", "epochs_done",
            "seconds", "params", "flops"]
@@ -47,6 +51,13 @@ def model_name(preset: str, stem: str | None) -> str:
     return f"{STEM_NAMES.get(stem, stem)}-{size}"
 
 
+def stem_of_config(cfg: C.RunConfig) -> str | None:
+    """The run's stem: its model.stem, else its preset's."""
+    from analysis.models import PRESETS
+
+    return cfg.model.stem or PRESETS.get(cfg.model.preset, {}).get("stem")
+
+
 def _stat(path: Path) -> tuple:
     try:
         st = path.stat()
@@ -56,14 +67,13 @@ def _stat(path: Path) -> tuple:
 
 
 def _nan(v) -> float:
-    return math.nan if v is None else float(v)
+    """A number of a result or metrics record as float; NaN when missing or not a number."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
 
 def run_row(run: str, run_dir: Path, cfg: C.RunConfig) -> dict:
     """The row of one run directory from its result.json and metrics.jsonl (status may be None:
     no result yet; the caller decides running/pending/failed)."""
-    from analysis.models import PRESETS
-
     result_path = run_dir / rundir.RESULT
     result = rundir.read_result(run_dir)
     reason = None
@@ -73,8 +83,8 @@ def run_row(run: str, run_dir: Path, cfg: C.RunConfig) -> dict:
     result = result or {}
     metrics = rundir.read_metrics(run_dir)
     status = result.get("status")
-    done = status in ("completed", "diverged")
-    stem = cfg.model.stem or PRESETS.get(cfg.model.preset, {}).get("stem")
+    done = rundir.is_complete(run_dir)
+    stem = stem_of_config(cfg)
     last = metrics[-1] if metrics else {}
     row = {
         "run": run, "run_dir": str(run_dir), "status": status, "reason": result.get("reason") or reason,
@@ -95,18 +105,30 @@ def run_row(run: str, run_dir: Path, cfg: C.RunConfig) -> dict:
 
 
 def _load_cache(folder: Path) -> dict:
+    """{run: (key, row)} from the JSON cache; anything not shaped like a cached row is ignored."""
     try:
-        with open(folder / CACHE, "rb") as f:
-            cache = pickle.load(f)
-        return cache["rows"] if cache.get("version") == CACHE_VERSION else {}
-    except Exception:  # noqa: BLE001 - a bad cache is rebuilt
+        cache = json.loads((folder / CACHE).read_text())
+    except (OSError, ValueError):
         return {}
+    rows = cache.get("rows") if isinstance(cache, dict) and cache.get("version") == CACHE_VERSION else None
+    if not isinstance(rows, dict):
+        return {}
+    fields = set(COLUMNS) - {"run_dir"} | {"_started"}
+    out = {}
+    for run, entry in rows.items():
+        if (isinstance(entry, dict) and isinstance(entry.get("key"), list) and isinstance(entry.get("row"), dict)
+                and fields <= set(entry["row"])):
+            out[run] = (tuple(tuple(k) if isinstance(k, list) else k for k in entry["key"]), entry["row"])
+    return out
 
 
 def _save_cache(folder: Path, rows: dict) -> None:
+    """Write {run: (key, row)} as JSON; run_dir is left out (it follows the folder when it moves)."""
+    data = {run: {"key": key, "row": {k: v for k, v in row.items() if k != "run_dir"}}
+            for run, (key, row) in rows.items()}
     try:
-        rundir.write_atomic(folder / CACHE, pickle.dumps({"version": CACHE_VERSION, "rows": rows}))
-    except OSError:
+        rundir.write_atomic(folder / CACHE, json.dumps({"version": CACHE_VERSION, "rows": data}).encode())
+    except (OSError, TypeError, ValueError):
         pass
 
 
@@ -114,8 +136,11 @@ def _runs_of(folder: Path) -> tuple[list[tuple[str, Path, C.RunConfig | None, li
     """[(run id, run dir, config or None when unreadable, sampled keys)], and whether it is a sweep."""
     table = rundir.read_json(folder / "runs.json")
     if table is not None:
-        return [(r["run"], folder / r["run_dir"], C.RunConfig().replace(r["overrides"]), r.get("sampled", []))
-                for r in table["runs"]], True
+        try:
+            return [(r["run"], folder / r["run_dir"], C.RunConfig().replace(r["overrides"]), list(r.get("sampled", [])))
+                    for r in table["runs"]], True
+        except (KeyError, TypeError, AttributeError):
+            raise ConfigError(f"{folder / 'runs.json'} is not a run table (written by Sweep.from_dict)") from None
     out = []
     for d in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if not (d / rundir.CONFIG).is_file():
@@ -136,8 +161,6 @@ def collect(folder: str | Path, scheduler: bool = True, cache: bool = True) -> p
     cancelled/killed runs read "failed"; otherwise runs with files are "running", others "pending"."""
     folder = Path(folder)
     if not folder.is_dir():
-        from analysis.errors import ConfigError
-
         raise ConfigError(f"not a folder: {folder}")
     runs, is_sweep = _runs_of(folder)
     cached = _load_cache(folder) if cache else {}
@@ -148,7 +171,7 @@ def collect(folder: str | Path, scheduler: bool = True, cache: bool = True) -> p
             continue
         key = tuple(_stat(d / f) for f in (rundir.CONFIG, rundir.RESULT, rundir.METRICS))
         hit = cached.get(run)
-        row = hit[1] if hit and hit[0] == key else run_row(run, d, cfg)
+        row = {**hit[1], "run": run, "run_dir": str(d)} if hit and hit[0] == key else run_row(run, d, cfg)
         if row["reason"] != "unreadable result.json":  # re-read (and warn) until it is fixed
             fresh[run] = (key, row)
         row = dict(row)
@@ -161,10 +184,11 @@ def collect(folder: str | Path, scheduler: bool = True, cache: bool = True) -> p
         _save_cache(folder, fresh)
     states = {}
     if is_sweep and scheduler and any(r["status"] is None for r in rows):
-        from analysis.sweeps.launch import Sweep
+        from analysis.sweeps.status import runs_state
 
-        status = Sweep(folder).status()
-        states = dict(zip(status["run"], status["state"]))
+        with warnings.catch_warnings():  # unreadable result.json files were warned about above
+            warnings.filterwarnings("ignore", message=".*unreadable result.json")
+            states = {r["run"]: r["state"] for r in runs_state(folder, [run for run, *_ in runs])}
     for r in rows:
         started = r.pop("_started")
         if r["status"] is not None:

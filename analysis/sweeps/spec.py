@@ -13,11 +13,13 @@ A spec is a mapping (YAML file or a dict in a cell):
       optim.weight_decay: {log_uniform: [0.02, 0.8], step: 0.01}
     samples: 8                   # draws per grid cell (1 when nothing is sampled)
     seed: 0                      # sampling seed
-    launch: {cluster: local, parallel: 1, timeout_min: 60}   # see analysis.sweeps.launch.LAUNCH_KEYS
+    launch: {cluster: local, parallel: 1, timeout_min: 60}   # see LAUNCH_KEYS below
 
 Samplers: {log_uniform: [low, high]}, {uniform: [low, high]} (closed ranges) and {choice: [a, b, ...]},
 each with an optional quantization `step` (values are rounded to multiples of it, within the range).
-Sampling is deterministic from the seed; duplicate configs are dropped.
+Sampling is deterministic from the seed; duplicate configs are dropped. Numbers take every spelling
+Python's float() accepts (`log_uniform: [1e-4, 1e-3]` from a YAML file arrives as strings and is read
+as numbers), in bounds, steps, values and launch options alike (see analysis.config.parse_number).
 """
 
 from __future__ import annotations
@@ -35,9 +37,52 @@ import yaml
 from analysis import config as C
 from analysis.errors import ConfigError, one_of
 
+# Launch options (spec `launch:` section, keyword arguments of Sweep.launch()/resubmit(), or
+# `--set launch.KEY=VALUE` on the command line), with their types.
+LAUNCH_KEYS = {
+    "cluster": (str, type(None)),  # None/"auto": SLURM when sinfo answers, else "local"; or "slurm", "local"
+    "parallel": int,  # local: processes at once (default 1); SLURM: array parallelism (default unlimited)
+    "runs_per_job": int,  # SLURM: runs trained one after another by one array task (default 1)
+    "batch_runs": int,  # compatible runs trained together as one stacked group (analysis.train.train_group; default 1)
+    "max_retries": int,  # resubmit() relaunches a run at most this often (default 3)
+    "timeout_min": int,  # job time limit in minutes (default 24 h)
+    "partition": str, "account": str, "qos": str, "constraint": str,
+    "array_parallelism": int,  # SLURM name for `parallel`
+    "gpus_per_node": int, "cpus_per_task": int, "mem_gb": (int, float), "nodes": int,
+    "tasks_per_node": int,  # default: one task per GPU (DDP), else 1
+    "additional": dict,  # extra sbatch options, e.g. {exclude: "node[1-2]", reservation: "x"}
+    "signal_delay_s": int,  # SLURM: USR2 this long before the time limit (default 120)
+    "name": str,  # job name (default: the sweep's name)
+}
+CLUSTERS = ("auto", "slurm", "local")
 ALIASES = {"preset": "model.preset", "stem": "model.stem", "optimizer": "optim.name", "epochs": "train.epochs"}
 SPEC_KEYS = ("name", "base", "grid", "sample", "samples", "seed", "launch", "description")
 SAMPLERS = ("log_uniform", "uniform", "choice")
+
+
+def check_launch(opts: dict) -> dict:
+    """Return the launch options with numbers parsed (`mem_gb: 1e2`, "2" from the command line);
+    raise a one-line ConfigError for an unknown option or a value of the wrong type."""
+    out = {}
+    for k, v in opts.items():
+        if k not in LAUNCH_KEYS:
+            raise one_of("launch option", k, list(LAUNCH_KEYS))
+        types = LAUNCH_KEYS[k] if isinstance(LAUNCH_KEYS[k], tuple) else (LAUNCH_KEYS[k],)
+        if isinstance(v, str) and str not in types:
+            v = C.parse_number(v, "int" if float not in types else "float", f"launch option {k}")
+        if isinstance(v, float) and float not in types and v.is_integer():
+            v = int(v)
+        if v is not None and (not isinstance(v, types) or isinstance(v, bool)):
+            raise ConfigError(f"launch option {k} must be {' or '.join(t.__name__ for t in types)}, got {v!r}")
+        if k == "cluster" and v is not None and v not in CLUSTERS:
+            raise one_of("launch cluster", v, CLUSTERS)
+        if isinstance(v, (int, float)) and not math.isfinite(v):
+            raise ConfigError(f"launch option {k} must be a finite number, got {v}")
+        least = 0 if k == "gpus_per_node" else 1
+        if isinstance(v, (int, float)) and v < least:
+            raise ConfigError(f"launch option {k} must be >= {least}, got {v}")
+        out[k] = v
+    return out
 
 
 def config_keys() -> dict[str, str]:
@@ -75,16 +120,17 @@ class Sampler:
             raise one_of(f"sampler for {key} in {where}", (extra or kinds or ["(none)"])[0], SAMPLERS)
         kind = kinds[0]
         arg, step = d[kind], d.get("step")
-        if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
-            raise ConfigError(f"{where}: {key} step must be a number > 0, got {step!r}")
+        if step is not None:
+            step = C.parse_number(step, "float", f"{where}: {key} step")
+            if step <= 0:
+                raise ConfigError(f"{where}: {key} step must be a number > 0, got {d['step']!r}")
         if kind == "choice":
             if not isinstance(arg, list) or not arg:
                 raise ConfigError(f"{where}: {key} choice needs a non-empty list of values, got {arg!r}")
-            return cls(key, kind, values=tuple(arg), step=step)
-        if (not isinstance(arg, list) or len(arg) != 2
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in arg)):
+            return cls(key, kind, values=tuple(C.coerce(key, v) for v in arg), step=step)
+        if not isinstance(arg, list) or len(arg) != 2:
             raise ConfigError(f"{where}: {key} {kind} needs [low, high] (two numbers), got {arg!r}")
-        low, high = float(arg[0]), float(arg[1])
+        low, high = (C.parse_number(v, "float", f"{where}: {key} {kind} bound") for v in arg)
         if not low <= high:
             raise ConfigError(f"{where}: {key} {kind} range [{arg[0]}, {arg[1]}] is empty (low > high)")
         if kind == "log_uniform" and low <= 0:
@@ -201,10 +247,7 @@ class Spec:
         launch = d.get("launch") or {}
         if not isinstance(launch, dict):
             raise ConfigError(f"spec launch must be a mapping of launch options, got {launch!r}")
-        from analysis.sweeps.launch import check_launch
-
-        check_launch(launch)
-        spec = cls(name, base, axes, sample, samples, seed, dict(launch), raw=copy.deepcopy(d))
+        spec = cls(name, base, axes, sample, samples, seed, check_launch(launch), raw=copy.deepcopy(d))
         spec.runs()  # every expanded config validates before anything is written or launched
         return spec
 
@@ -222,6 +265,7 @@ class Spec:
     def runs(self) -> list[dict]:
         """Expand grid x samples into run rows: {"run", "overrides", "sampled", "cfg"}, duplicates dropped."""
         from analysis.models import PRESETS
+        from analysis.models.registry import portable_stem
 
         rng = np.random.default_rng(self.seed)
         cells = itertools.product(*[cases for _, cases in self.axes]) if self.axes else [()]
@@ -239,10 +283,12 @@ class Spec:
             n = self.samples if samplers else 1
             for _ in range(n):
                 drawn = {k: samplers[k].draw(rng) for k in sorted(samplers)}
-                overrides = {**fixed, **drawn}
-                cfg = C.RunConfig().replace(_coerce_ints(overrides))
+                overrides = {k: C.coerce(k, v) for k, v in {**fixed, **drawn}.items()}  # typed: "1e-3" -> 0.001
+                cfg = C.RunConfig().replace(overrides)
                 if cfg.model.preset not in PRESETS:
                     raise one_of("model.preset", cfg.model.preset, list(PRESETS))
+                if cfg.model.stem is not None:  # jobs build it in another process: it must be importable there
+                    portable_stem(cfg.model.stem)
                 key = tuple(sorted((k, repr(v)) for k, v in cfg.flat().items()))
                 if key in seen:
                     self.dropped += 1
@@ -255,17 +301,6 @@ class Spec:
         return rows
 
 
-def _coerce_ints(overrides: dict[str, Any]) -> dict[str, Any]:
-    """Sampled floats for integer keys (e.g. train.epochs with step 1) become ints."""
-    types = config_keys()
-    out = {}
-    for k, v in overrides.items():
-        if types[k].startswith("int") and isinstance(v, float) and v.is_integer():
-            v = int(v)
-        out[k] = v
-    return out
-
-
 def _varying(rows: list[dict]) -> set[str]:
     keys = ("model.stem", "train.epochs", "train.seed", "data.name")
     return {k for k in keys if len({r["cfg"].flat()[k] for r in rows}) > 1}
@@ -275,7 +310,7 @@ def run_id(i: int, cfg: C.RunConfig, varies: set[str] = frozenset()) -> str:
     """Short readable run id, e.g. "0007-vit_c_fmnist_tiny-sgd" (+ stem/epochs/seed/data when they vary)."""
     parts = [f"{i:04d}", cfg.model.preset, cfg.optim.name]
     if "model.stem" in varies and cfg.model.stem:
-        parts.append(cfg.model.stem)
+        parts.append(cfg.model.stem.split(":")[-1])  # an import path's attribute: no ':' in folder names
     if "train.epochs" in varies:
         parts.append(f"e{cfg.train.epochs}")
     if "train.seed" in varies:

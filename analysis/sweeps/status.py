@@ -1,10 +1,18 @@
-"""Scheduler states, fresh: SLURM accounting (sacct) or the local job processes, and a per-run
-status table that adds progress read from each run directory."""
+"""Scheduler states, fresh, and a per-run status table with progress read from each run directory.
+
+Where states come from (no file of the sweep folder is ever unpickled):
+- SLURM jobs: accounting (`sacct`), parsed as text.
+- local jobs: the controller process (alive, on this machine) and the cancellations on record in
+  launches.json; a local job that ended is COMPLETED when all its runs are complete, else FAILED.
+- each run: its result.json (complete: COMPLETED), its training lock (a live trainer holds it:
+  RUNNING, whatever its job's state, e.g. after the local controller died), its job.json (which job
+  started it) and otherwise its job's state.
+submitit's own `job.result()` unpickles the job's result file; nothing here calls it.
+"""
 
 from __future__ import annotations
 
 import html
-import pickle
 import subprocess
 import warnings
 from pathlib import Path
@@ -23,6 +31,8 @@ RUNNING = ("RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING")
 KEEP = ("COMPLETED", "PENDING", "RUNNING", "UNKNOWN")
 COLORS = {"COMPLETED": "#c8e6c9", "RUNNING": "#bbdefb", "PENDING": "#eeeeee", "FAILED": "#ffcdd2",
           "CANCELLED": "#ffe0b2", "TIMEOUT": "#ffe0b2", "NOT_LAUNCHED": "#ffffff", "DIVERGED": "#f8bbd0"}
+COLUMNS = ["run", "state", "result", "job_id", "job_state", "attempts", "epoch", "epochs", "progress", "test_err",
+           "train_loss", "elapsed_s", "reason", "trainer", "log_tail"]
 
 
 def sacct_states(job_ids: list[str]) -> dict[str, str]:
@@ -44,46 +54,40 @@ def sacct_states(job_ids: list[str]) -> dict[str, str]:
     return {j: info[j]["State"].split()[0].rstrip("+") for j in job_ids if j in info}
 
 
-def _proc_alive(pid: int) -> bool:
-    """True when the process exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+def read_launches(folder: Path) -> list[dict]:
+    """The launches on record in folder/launches.json (entries that are not well-formed are left out)."""
+    launches = (rundir.read_json(Path(folder) / "launches.json") or {}).get("launches")
+    if not isinstance(launches, list):
+        return []
+    return [l for l in launches if isinstance(l, dict) and isinstance(l.get("jobs"), list)
+            and all(isinstance(j, dict) and "job_id" in j and isinstance(j.get("runs"), list) for j in l["jobs"])]
 
 
-def local_state(folder: Path, job_id: str, cancelled: bool, process=None) -> str:
-    """State of a local submitit job: RUNNING, COMPLETED, FAILED or CANCELLED."""
-    from submitit.core.utils import JobPaths
+def local_state(folder: Path, job_id: str, cancelled: bool, run_dirs: list[Path], process=None) -> str:
+    """State of a local submitit job of the sweep in `folder`: RUNNING while its controller lives, else
+    CANCELLED when cancelled, COMPLETED when all its runs are complete, else FAILED."""
+    from analysis.sweeps.local import controller_alive
 
-    result = JobPaths(folder, job_id, 0).result_pickle
-    alive = process.poll() is None if process is not None else _proc_alive(int(job_id))
-    if alive:
+    if controller_alive(job_id, Path(folder) / "submitit", process):
         return "RUNNING"
     if cancelled:
         return "CANCELLED"
-    if result.is_file():
-        try:
-            with open(result, "rb") as f:
-                outcome = pickle.load(f)[0]
-        except Exception:  # noqa: BLE001 - a torn pickle means the job did not end cleanly
-            return "FAILED"
-        return "COMPLETED" if outcome == "success" else "FAILED"
-    return "FAILED"  # died without a result: killed outside Python
+    return "COMPLETED" if all(rundir.is_complete(d) for d in run_dirs) else "FAILED"
 
 
-def scheduler_states(sweep) -> dict[str, str]:
-    """{job id: state} for every job of every launch of a sweep, read fresh."""
+def scheduler_states(folder: Path, launches: list[dict], processes: dict | None = None) -> dict[str, str]:
+    """{job id: state} for every job of the given launches of the sweep in `folder`, read fresh.
+    processes: {local job id: Popen} of the jobs this process started."""
     states, slurm_ids = {}, []
-    for launch in sweep.launches:
+    for launch in launches:
         for job in launch["jobs"]:
-            jid = job["job_id"]
-            if launch["cluster"] == "slurm":
+            jid = str(job["job_id"])
+            if launch.get("cluster") == "slurm":
                 slurm_ids.append(jid)
-            else:
-                states[jid] = local_state(sweep.dir / "submitit", jid, jid in launch.get("cancelled", []),
-                                          sweep._processes.get(jid))
+                continue
+            run_dirs = [Path(folder) / "runs" / str(r) for r in job["runs"]]
+            cancelled = jid in launch.get("cancelled", [])
+            states[jid] = local_state(folder, jid, cancelled, run_dirs, (processes or {}).get(jid))
     if slurm_ids:
         try:
             found, missing = sacct_states(slurm_ids), "PENDING"  # not in accounting yet: just submitted
@@ -94,13 +98,13 @@ def scheduler_states(sweep) -> dict[str, str]:
     return states
 
 
-def latest_jobs(sweep) -> dict[str, tuple[str, int]]:
+def latest_jobs(launches: list[dict]) -> dict[str, tuple[str, int]]:
     """{run id: (job id of its latest launch, number of launches that included it)}."""
     out: dict[str, tuple[str, int]] = {}
-    for launch in sweep.launches:
+    for launch in launches:
         for job in launch["jobs"]:
             for run in job["runs"]:
-                out[run] = (job["job_id"], out.get(run, ("", 0))[1] + 1)
+                out[run] = (str(job["job_id"]), out.get(run, ("", 0))[1] + 1)
     return out
 
 
@@ -112,17 +116,21 @@ def tail(path: Path, lines: int = 8) -> str:
     return "\n".join([l for l in text.splitlines() if l.strip()][-lines:])
 
 
-def job_log_tail(sweep, job_id: str, lines: int = 8) -> str:
+def job_log_tail(folder: Path, job_id: str, lines: int = 8) -> str:
+    """The last lines of a job's submitit log (stderr, else stdout)."""
     from submitit.core.utils import JobPaths
 
-    paths = JobPaths(sweep.dir / "submitit", job_id, 0)
+    paths = JobPaths(Path(folder) / "submitit", job_id, 0)
     return tail(paths.stderr, lines) or tail(paths.stdout, lines)
 
 
-def run_state(job_state: str | None, result: dict | None, started_by_job: bool) -> str:
-    """One state per run from its job's state and its run directory."""
-    if result and result.get("status") in ("completed", "diverged"):
+def run_state(job_state: str | None, complete: bool, started_by_job: bool, trained_now: bool = False) -> str:
+    """One state per run from its job's state and its run directory (complete: it has a final
+    result; trained_now: a live trainer holds its lock)."""
+    if complete:
         return "COMPLETED"
+    if trained_now:
+        return "RUNNING"
     if job_state is None:
         return "NOT_LAUNCHED"
     if job_state in RUNNING:
@@ -134,35 +142,67 @@ def run_state(job_state: str | None, result: dict | None, started_by_job: bool) 
     return job_state
 
 
-def status_frame(sweep) -> "StatusFrame":
-    """One row per run: state, job, progress and latest metrics; log tail for failed runs."""
-    states = scheduler_states(sweep)
-    jobs = latest_jobs(sweep)
+def _last_started(markers: dict[str, dict], jobs: dict[str, tuple[str, int]]) -> dict[str, str]:
+    """{job id: the run its job started last} (from each run's job.json), for jobs that started any."""
+    last: dict[str, tuple[float, str]] = {}
+    for run, marker in markers.items():
+        job_id = jobs.get(run, (None, 0))[0]
+        if job_id is not None and str(marker.get("job_id")) == job_id:
+            when = marker.get("started") if isinstance(marker.get("started"), (int, float)) else 0.0
+            if job_id not in last or when >= last[job_id][0]:
+                last[job_id] = (when, run)
+    return {job: run for job, (_, run) in last.items()}
+
+
+def runs_state(folder: Path, run_ids: list[str], processes: dict | None = None) -> list[dict]:
+    """Per run: run, state, result, job_id, job_state, attempts, reason, trainer ("host:pid" of a live
+    trainer) and log_tail (only lines about this run: its log.txt; its job's log when this run is the
+    last its job started, or when the job started none of its runs). Unreadable result.json: warned."""
+    folder = Path(folder)
+    launches = read_launches(folder)
+    states, jobs = scheduler_states(folder, launches, processes), latest_jobs(launches)
+    markers = {run: read_job_file(folder / "runs" / run) for run in run_ids}
+    last = _last_started(markers, jobs)
     rows = []
-    for run in sweep.run_ids:
-        d = sweep.dir / "runs" / run
+    for run in run_ids:
+        d = folder / "runs" / run
         job_id, attempts = jobs.get(run, (None, 0))
         job_state = states.get(job_id) if job_id else None
         result = rundir.read_result(d)
-        marker = read_job_file(d)
-        started = job_id is not None and str(marker.get("job_id")) == str(job_id)
-        state = run_state(job_state, result, started)
-        metrics = rundir.read_metrics(d)
-        last = metrics[-1] if metrics else {}
-        cfg = sweep.configs[run]
+        reason = (result or {}).get("reason")
+        if result is None and (d / rundir.RESULT).exists():
+            warnings.warn(f"{d}: unreadable result.json (not a JSON object); its state follows its job", stacklevel=3)
+            reason = "unreadable result.json"
+        holder = rundir.lock_holder(d)
+        started = job_id is not None and str(markers[run].get("job_id")) == job_id
+        state = run_state(job_state, rundir.is_complete(d), started, holder is not None)
         row = {"run": run, "state": state, "result": (result or {}).get("status"), "job_id": job_id,
-               "job_state": job_state, "attempts": attempts, "epoch": len(metrics), "epochs": cfg.train.epochs,
-               "progress": len(metrics) / cfg.train.epochs, "test_err": last.get("test_top1_err"),
-               "train_loss": last.get("train_loss"), "elapsed_s": last.get("elapsed"),
-               "reason": (result or {}).get("reason"), "log_tail": ""}
+               "job_state": job_state, "attempts": attempts, "reason": reason, "log_tail": "",
+               "trainer": f"{holder.get('host')}:{holder.get('pid')}" if holder else None}
         if state not in KEEP and state != "NOT_LAUNCHED":
-            row["log_tail"] = tail(d / rundir.LOG, 5) or job_log_tail(sweep, job_id)
-            if result and result.get("status") == "failed" and job_id:
-                row["log_tail"] = "\n".join(x for x in (row["log_tail"], job_log_tail(sweep, job_id, 4)) if x)
+            own = tail(d / rundir.LOG, 5)
+            about_me = last.get(job_id) == run if job_id in last else True
+            if not own and job_id in last and not started:
+                row["reason"] = reason or f"not started: its job {job_id} ended ({(job_state or '?').lower()}) before reaching it"
+            failed_inside = (result or {}).get("status") == "failed"
+            job_tail = job_log_tail(folder, job_id, 4 if own else 8) if about_me and (failed_inside or not own) else ""
+            row["log_tail"] = "\n".join(x for x in (own, job_tail) if x)
         rows.append(row)
-    return StatusFrame(rows, columns=["run", "state", "result", "job_id", "job_state", "attempts", "epoch",
-                                      "epochs", "progress", "test_err", "train_loss", "elapsed_s", "reason",
-                                      "log_tail"])
+    return rows
+
+
+def status_frame(folder: Path, run_ids: list[str], epochs: dict[str, int], processes: dict | None = None) -> "StatusFrame":
+    """One row per run: state, job, progress and latest metrics; log tail for ended, unfinished runs."""
+    rows = []
+    for row in runs_state(folder, run_ids, processes):
+        metrics = rundir.read_metrics(Path(folder) / "runs" / row["run"])
+        last = metrics[-1] if metrics else {}
+        total = epochs[row["run"]]
+        row.update({"epoch": len(metrics), "epochs": total, "progress": len(metrics) / total,
+                    "test_err": last.get("test_top1_err"), "train_loss": last.get("train_loss"),
+                    "elapsed_s": last.get("elapsed")})
+        rows.append(row)
+    return StatusFrame(rows, columns=COLUMNS)
 
 
 class StatusFrame(pd.DataFrame):
@@ -195,7 +235,7 @@ class StatusFrame(pd.DataFrame):
                     continue
                 text = "" if v is None or (isinstance(v, float) and pd.isna(v)) else (
                     f"{v:.4g}" if isinstance(v, float) else str(v))
-                cells.append(f"<td>{html.escape(text)}</td>")
+                cells.append(f'<td style="white-space:nowrap">{html.escape(text)}</td>')
             body.append(f'<tr style="background:{color}">{"".join(cells)}</tr>')
             if r["log_tail"]:
                 body.append(f'<tr><td colspan="{len(self.columns) - 1}"><pre style="margin:0;font-size:85%">'

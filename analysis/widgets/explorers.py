@@ -1,14 +1,11 @@
-"""Interactive explorers for JupyterLab (ipywidgets 8 + plotly FigureWidget).
+"""The explorers: sweep results (SensitivityExplorer) and trained runs (AttentionExplorer,
+FilterExplorer), ipywidgets 8 with plotly FigureWidgets.
 
 Each explorer composes figure builders from `analysis.plots`: its controls filter the input,
 the builders make fresh figures, and `sync_figure` copies them into long-lived FigureWidgets
-so the displayed widgets update in place. The generic pieces (control factories, frame
-filtering, figure syncing, the `Explorer` base) are meant to be shared by every explorer.
+so the displayed widgets update in place.
 """
 
-import html
-import math
-from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -20,141 +17,11 @@ import torch
 from plotly.subplots import make_subplots
 
 from analysis.errors import ConfigError, one_of
-from analysis.plots.frame import as_columns, check_frame, counted_errors, diverged_mask, group_keys, positive_range
-from analysis.plots.maps import attention_overlay_figure, tiles_figure
+from analysis.plots.frame import as_columns, check_frame, counted_errors, diverged_mask, group_keys
+from analysis.plots.maps import attention_overlay_figure, image_axes, tiles_figure
 from analysis.plots.stability import DEFAULT_BY, edf_figure, sensitivity_figure
-from analysis.plots.style import style_maps
-
-# ---------------------------------------------------------------- generic helpers
-
-
-def _plain(value):
-    """Return numpy scalars as Python scalars (widget options must serialise)."""
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def multi_select(values: Sequence, description: str, rows: int | None = None) -> widgets.SelectMultiple:
-    """Return a SelectMultiple over the distinct sorted `values`, all selected."""
-    options = sorted({_plain(v) for v in values if not pd.isna(v)})
-    return widgets.SelectMultiple(
-        options=[(str(v), v) for v in options],
-        value=tuple(options),
-        description=description,
-        rows=rows or min(6, max(2, len(options))),
-        layout=widgets.Layout(width="auto"),
-        style={"description_width": "initial"},
-    )
-
-
-def log_range_sliders(values: Sequence[float], description: str,
-                      step: float = 0.05) -> tuple[widgets.FloatLogSlider, widgets.FloatLogSlider] | None:
-    """Return (low, high) FloatLogSliders spanning the positive `values`, set to include all.
-
-    None when there is no positive value. Sliders only report on release
-    (continuous_update=False), so dragging does not redraw at every step.
-    """
-    span = positive_range(pd.Series(values))
-    if span is None:
-        return None
-    lo = math.floor(math.log10(span[0]) / step) * step
-    hi = math.ceil(math.log10(span[1]) / step) * step
-    hi = max(hi, lo + step)
-    common = dict(base=10, min=lo, max=hi, step=step, readout_format=".2e", continuous_update=False,
-                  style={"description_width": "initial"})
-    return (widgets.FloatLogSlider(value=10**lo, description=f"{description} from", **common),
-            widgets.FloatLogSlider(value=10**hi, description=f"{description} to", **common))
-
-
-def filter_frame(df: pd.DataFrame, selections: dict[str, Sequence] | None = None,
-                 ranges: dict[str, tuple[float, float]] | None = None) -> pd.DataFrame:
-    """Return the rows of `df` whose values are in `selections[col]` and within `ranges[col]`.
-
-    Ranges are closed; a small relative tolerance keeps values on a slider's end. Rows with a
-    missing value in a filtered column are dropped.
-    """
-    keep = pd.Series(True, index=df.index)
-    for column, allowed in (selections or {}).items():
-        check_frame(df, [column])
-        keep &= df[column].isin(list(allowed)).fillna(False).astype(bool)
-    for column, (lo, hi) in (ranges or {}).items():
-        check_frame(df, [column])
-        v = pd.to_numeric(df[column], errors="coerce")
-        keep &= ((v >= lo * (1 - 1e-9)) & (v <= hi * (1 + 1e-9))).fillna(False).astype(bool)
-    return df[keep]
-
-
-def _plain_json(trace) -> dict:
-    out = trace.to_plotly_json()
-    out.pop("uid", None)
-    return out
-
-
-def sync_figure(target: go.FigureWidget, source: go.Figure) -> None:
-    """Make the FigureWidget `target` show `source`, changing it in place.
-
-    When both have the same trace types in the same order, each trace's properties are
-    overwritten (old ones the source lacks are cleared), so the frontend gets a restyle;
-    otherwise the traces are swapped. The layout is overwritten key by key.
-    """
-    with target.batch_update():
-        same = len(target.data) == len(source.data) and all(
-            t.type == s.type for t, s in zip(target.data, source.data))
-        if same:
-            for t, s in zip(target.data, source.data):
-                new = _plain_json(s)
-                for key in _plain_json(t):
-                    new.setdefault(key, None)
-                new.pop("type", None)
-                t.update(new, overwrite=True)
-        else:
-            target.data = ()
-            target.add_traces(list(source.data))
-        old_layout = target.layout.to_plotly_json()
-        new_layout = source.layout.to_plotly_json()
-        changes = {k: v for k, v in new_layout.items() if old_layout.get(k) != v}
-        changes.update({k: None for k in old_layout if k not in new_layout and k != "template"})
-        if changes:
-            target.layout.update(changes, overwrite=True)
-
-
-def clear_figure(target: go.FigureWidget, keep_traces: bool = True) -> None:
-    """Empty the FigureWidget: blank each trace's x/y (keep_traces) or drop all traces."""
-    with target.batch_update():
-        if keep_traces:
-            for t in target.data:
-                t.update(x=[], y=[], text=None)
-        else:
-            target.data = ()
-
-
-class Explorer(ABC):
-    """Base of the explorers: named controls, a status line, a container widget, notebook display.
-
-    Subclasses fill `self.controls` (name -> widget with a `value`), build `self.widget`
-    and implement `update()`; `watch()` makes every control change call `update()`.
-    """
-
-    def __init__(self) -> None:
-        self.controls: dict[str, widgets.ValueWidget] = {}
-        self.status = widgets.HTML()
-        self.widget: widgets.Box = widgets.VBox()
-
-    def watch(self) -> None:
-        """Call `update()` whenever a control's value changes."""
-        for control in self.controls.values():
-            control.observe(lambda _change: self.update(), names="value")
-
-    def set_status(self, text: str) -> None:
-        """Show one line of text under the controls."""
-        self.status.value = f"<span style='font-family:monospace'>{html.escape(text)}</span>"
-
-    @abstractmethod
-    def update(self) -> None:
-        """Redraw the figures from the controls' current values."""
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
-
+from analysis.plots.style import TEMPLATE, style_maps, wrap_title
+from analysis.widgets.base import Explorer, filter_frame, log_range_slider, message_figure, multi_select, sync_figure
 
 # ---------------------------------------------------------------- hyperparameter sensitivity
 
@@ -163,13 +30,15 @@ class SensitivityExplorer(Explorer):
     """Explore how error depends on stem, optimizer, schedule length, lr and wd.
 
     Controls (in `.controls`): multi-selects "stem", "model", "optimizer", "epochs", "preset"
-    (those the frame has), log sliders "lr_min"/"lr_max" and "wd_min"/"wd_max", a "relative"
-    toggle (delta to each group's best) and a "bootstrap" toggle (pycls band on the EDF).
-    Figures: `.edf_fig` (EDF per `by` group) and `.scatter_fig` (error over lr x wd, one panel
-    per `panel` value and `row` value), both FigureWidgets updated in place. `.filtered()`
-    gives the runs currently shown. Colours, dashes, the panel grid and the colour scale come
-    from the full frame so they stay put while filtering. `width` sets both figures' width in
-    pixels (None: plotly's default).
+    (those the frame has); log range sliders narrowing lr and wd, one pair per `row` value (the
+    optimizer by default, whose lr ranges differ by 100x), named "lr <row value>" and "wd <row
+    value>" ("lr" and "wd" without rows); a "relative" toggle (delta to each group's best) and a
+    "bootstrap" toggle (pycls band on the EDF). Figures: `.edf_fig` (EDF per `by` group) and
+    `.scatter_fig` (error over lr x wd, one panel per `panel` value and `row` value), both
+    FigureWidgets updated in place; with no run selected both show a message instead.
+    `.filtered()` gives the runs currently shown. Colours, dashes, the panel grid and the colour
+    scale come from the full frame so they stay put while filtering. `width` sets both figures'
+    width in pixels (None: plotly's default).
     """
 
     SELECTS = ("stem", "model", "optimizer", "epochs", "preset")
@@ -186,28 +55,34 @@ class SensitivityExplorer(Explorer):
         for name in self.SELECTS:
             if name in df.columns and df[name].notna().any():
                 self.controls[name] = multi_select(df[name], name)
-        for name in ("lr", "wd"):
-            sliders = log_range_sliders(df[name], name)
-            if sliders is not None:
-                self.controls[f"{name}_min"], self.controls[f"{name}_max"] = sliders
+        self.panels = sorted(df[panel].dropna().unique().tolist())
+        self.rows = sorted(df[row].dropna().unique().tolist()) if row else None
+        slider_lines = []
+        for group in self.rows or [None]:
+            rows = df if group is None else df[df[row].eq(group)]
+            line = []
+            for name in ("lr", "wd"):
+                key = name if group is None else f"{name} {group}"
+                slider = log_range_slider(rows[name], key)
+                if slider is not None:
+                    self.controls[key] = slider
+                    line.append(slider)
+            slider_lines.append(widgets.HBox(line))
         self.controls["relative"] = widgets.ToggleButton(value=False, description="relative to best",
                                                          tooltip="error minus each group's best run")
         self.controls["bootstrap"] = widgets.ToggleButton(value=False, description="bootstrap band",
                                                           tooltip="2.5-97.5% of the best of 25% resamples")
 
         self.colors, self.dashes = style_maps(group_keys(df, self.by))
-        self.panels = sorted(df[panel].dropna().unique().tolist())
-        self.rows = sorted(df[row].dropna().unique().tolist()) if row else None
         self.color_ranges = {rel: self._color_range(rel) for rel in (False, True)}
 
         self.edf_fig = go.FigureWidget()
         self.scatter_fig = go.FigureWidget(self._scatter(df))
         selects = [self.controls[n] for n in self.SELECTS if n in self.controls]
-        sliders = [self.controls[n] for n in ("lr_min", "lr_max", "wd_min", "wd_max") if n in self.controls]
         self.widget = widgets.VBox([
             widgets.HBox(selects),
-            widgets.HBox([widgets.VBox(sliders), widgets.VBox([self.controls["relative"],
-                                                               self.controls["bootstrap"]])]),
+            widgets.HBox([widgets.VBox(slider_lines), widgets.VBox([self.controls["relative"],
+                                                                    self.controls["bootstrap"]])]),
             self.status,
             self.edf_fig,
             self.scatter_fig,
@@ -231,14 +106,27 @@ class SensitivityExplorer(Explorer):
         """Return {column: selected values} of the multi-selects."""
         return {n: tuple(self.controls[n].value) for n in self.SELECTS if n in self.controls}
 
-    def ranges(self) -> dict[str, tuple[float, float]]:
-        """Return {column: (low, high)} of the lr / wd sliders."""
-        return {n: (self.controls[f"{n}_min"].value, self.controls[f"{n}_max"].value)
-                for n in ("lr", "wd") if f"{n}_min" in self.controls}
+    def ranges(self) -> dict:
+        """Return {row value (None without rows): {"lr": (low, high), "wd": (low, high)}} of the sliders."""
+        out = {}
+        for group in self.rows or [None]:
+            keys = {name: name if group is None else f"{name} {group}" for name in ("lr", "wd")}
+            out[group] = {name: self.controls[key].value for name, key in keys.items() if key in self.controls}
+        return out
 
     def filtered(self) -> pd.DataFrame:
         """Return the runs the controls currently select."""
-        return filter_frame(self.df, self.selections(), self.ranges())
+        df = filter_frame(self.df, self.selections())
+        keep = pd.Series(False, index=df.index)
+        for group, ranges in self.ranges().items():
+            rows = df if group is None else df[df[self.row].eq(group).fillna(False).astype(bool)]
+            if len(rows):
+                keep[filter_frame(rows, ranges=ranges).index] = True
+        return df[keep]
+
+    def _show_message(self, text: str) -> None:
+        sync_figure(self.edf_fig, message_figure(text, width=self.width))
+        sync_figure(self.scatter_fig, message_figure(text, width=self.width))
 
     def update(self) -> None:
         """Redraw both figures from the current selection (in place)."""
@@ -246,19 +134,17 @@ class SensitivityExplorer(Explorer):
         relative = self.controls["relative"].value
         bootstrap = "band" if self.controls["bootstrap"].value else None
         if df.empty:
-            clear_figure(self.edf_fig, keep_traces=False)
-            clear_figure(self.scatter_fig)
+            self._show_message("no runs selected: widen the selection or the lr / wd ranges")
             self.set_status(f"no runs selected (of {len(self.df)})")
             return
         try:
             edf = edf_figure(df, by=self.by, relative=relative, bootstrap=bootstrap,
                              colors=self.colors, dashes=self.dashes)
-            sync_figure(self.edf_fig, edf.update_layout(width=self.width))
         except ConfigError as err:
-            clear_figure(self.edf_fig, keep_traces=False)
+            self._show_message(str(err))
             self.set_status(f"{len(df)} runs selected: {err}")
-            clear_figure(self.scatter_fig)
             return
+        sync_figure(self.edf_fig, edf.update_layout(width=self.width))
         sync_figure(self.scatter_fig, self._scatter(df, relative))
         counted = counted_errors(df)
         n_div = int(diverged_mask(df).loc[counted.index].sum())
@@ -277,33 +163,22 @@ def run_labels(run_dirs) -> dict[str, Path]:
     """Return {label: run_dir} from a {label: run_dir} mapping, one run directory or a list of them.
 
     Listed runs are labelled by their model name (e.g. "ViT_C-fmnist_tiny"); a repeated name gets
-    the folder name added.
+    the folder name added. A mapping's values may be any source analysis.runs.as_model takes.
     """
-    from analysis.models import PRESETS
     from analysis.runs import load_config
-    from analysis.sweeps import model_name
+    from analysis.sweeps.results import model_name, stem_of_config
 
     if isinstance(run_dirs, Mapping):
-        out = {str(k): Path(v) for k, v in run_dirs.items()}
+        out = {str(k): Path(v) if isinstance(v, (str, Path)) and Path(v).is_dir() else v for k, v in run_dirs.items()}
     else:
         out = {}
         for d in [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs):
             cfg = load_config(d)
-            stem = cfg.model.stem or PRESETS.get(cfg.model.preset, {}).get("stem")
-            label = model_name(cfg.model.preset, stem)
+            label = model_name(cfg.model.preset, stem_of_config(cfg))
             out[f"{label} ({Path(d).name})" if label in out else label] = Path(d)
     if not out:
         raise ConfigError("no runs given: pass {label: run_dir} or a list of run directories")
     return out
-
-
-def _square_pixels(fig: go.Figure) -> go.Figure:
-    """Hide ticks, put row 0 on top and keep pixels square on every panel that holds a trace."""
-    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, constrain="domain")
-    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed")
-    for trace in fig.data:
-        fig.layout["yaxis" + (trace.yaxis or "y")[1:]].scaleanchor = trace.xaxis or "x"
-    return fig
 
 
 class AttentionExplorer(Explorer):
@@ -318,18 +193,24 @@ class AttentionExplorer(Explorer):
 
     def __init__(self, run_dirs, images: torch.Tensor | None = None, n_images: int = 8,
                  opacity: float = 0.6) -> None:
-        from analysis.probes import token_layout
-        from analysis.runs import class_names, load_config, load_model, sample_images
+        from analysis.probes import as_model, token_layout
+        from analysis.probes.attention import attention_model
+        from analysis.probes.layout import evaluating
+        from analysis.runs import class_names, load_config, sample_images
 
         super().__init__()
         self.run_dirs = run_labels(run_dirs)
-        self.models = {label: load_model(d, fused_attn=False) for label, d in self.run_dirs.items()}
+        self.models = {label: as_model(d, fused_attn=False) for label, d in self.run_dirs.items()}
         for label, model in self.models.items():
-            if getattr(model, "family", "vit") != "vit":
-                raise ConfigError(f"{label} is not a ViT (family {model.family!r}); attention needs ViT runs")
-            token_layout(model)
-        cfg = load_config(next(iter(self.run_dirs.values())))
-        names = class_names(cfg)
+            try:
+                token_layout(attention_model(model))
+            except ConfigError as e:
+                raise ConfigError(f"{label}: {e}") from None
+        run_dir = next((d for d in self.run_dirs.values() if isinstance(d, Path)), None)
+        if run_dir is None and images is None:
+            raise ConfigError("no run folder among the models to take test images from; pass images=")
+        cfg = load_config(run_dir) if run_dir is not None else None
+        names = class_names(cfg) if cfg is not None else None
         if images is None:
             images, labels, _ = sample_images(cfg, n=n_images)
             options = [(f"{i}: {names[int(y)]}", i) for i, y in enumerate(labels)]
@@ -340,9 +221,12 @@ class AttentionExplorer(Explorer):
                 raise ConfigError(f"images must be (B, C, H, W) normalised test images, got shape {tuple(images.shape)}")
             options = [(f"image {i}", i) for i in range(len(images))]
         self.images, self.opacity = images, opacity
-        self.class_names = names
-        with torch.no_grad():
-            self.probs = {label: m(images).softmax(-1) for label, m in self.models.items()}
+        self.probs = {}
+        for label, m in self.models.items():
+            with evaluating(m), torch.no_grad():
+                self.probs[label] = m(images).softmax(-1)
+        classes = next(iter(self.probs.values())).shape[-1]
+        self.class_names = names or tuple(f"class {i}" for i in range(classes))
         self._maps: dict[tuple[str, str], torch.Tensor] = {}
 
         depth = max(len(m.blocks) for m in self.models.values())
@@ -362,7 +246,7 @@ class AttentionExplorer(Explorer):
         for i, label in enumerate(labels):
             for trace in (first if i == 0 else self._panel(label)).data:
                 self.fig.add_trace(trace, row=1, col=i + 2)
-        _square_pixels(self.fig)
+        image_axes(self.fig)
         self.fig.update_traces(showscale=False, selector=dict(type="heatmap"))  # each map has its own range: one colour bar would mislead
         self.fig.update_layout(template="plotly_white", height=360, margin=dict(l=10, r=10, t=80, b=10))
         c = self.controls
@@ -429,35 +313,36 @@ class FilterExplorer(Explorer):
     cumulative explained variance of the filters' PCA; both FigureWidgets change in place.
     """
 
+    TILES_WIDTH = 520  # px; with the 400 px variance curve beside it the pair fits a notebook cell
+
     def __init__(self, run_dirs, max_tiles: int = 64) -> None:
         super().__init__()
         self.run_dirs = run_labels(run_dirs)
         self._filters: dict[tuple[str, str], np.ndarray] = {}
         self.controls["model"] = widgets.Dropdown(options=list(self.run_dirs), description="model")
         self.controls["checkpoint"] = widgets.ToggleButtons(options=list(CHECKPOINTS), value="trained",
-                                                            description="weights")
+                                                            description="weights", style={"button_width": "auto"})
         self.controls["view"] = widgets.ToggleButtons(options=list(FILTER_VIEWS), value="filters",
-                                                      description="view")
+                                                      description="view", style={"button_width": "auto"})
         self.controls["count"] = widgets.IntSlider(value=min(32, max_tiles), min=1, max=max_tiles,
                                                    description="tiles", continuous_update=False)
         self.fig = go.FigureWidget()
         self.variance_fig = go.FigureWidget()
         c = self.controls
-        self.widget = widgets.VBox([widgets.HBox([c["model"], c["count"]]), c["checkpoint"], c["view"], self.status,
-                                    widgets.HBox([self.fig, self.variance_fig])])
+        self.widget = widgets.VBox([widgets.HBox([c["model"], c["count"]]), widgets.HBox([c["checkpoint"], c["view"]]),
+                                    self.status, widgets.HBox([self.fig, self.variance_fig])])
         self.update()
         self.watch()
 
     def filters(self, label: str, checkpoint: str) -> np.ndarray:
         """Return the (d, C, k, k) first-layer filters of one run's trained or initial weights (loaded once)."""
-        from analysis.probes import first_layer_filters
-        from analysis.runs import load_model
+        from analysis.probes import as_model, first_layer_filters
 
         if checkpoint not in CHECKPOINTS:
             raise one_of("checkpoint", checkpoint, CHECKPOINTS)
         key = (label, checkpoint)
         if key not in self._filters:
-            model = load_model(self.run_dirs[label], initial=checkpoint == "initial")
+            model = as_model(self.run_dirs[label], initial=checkpoint == "initial")
             self._filters[key] = first_layer_filters(model)
         return self._filters[key]
 
@@ -476,12 +361,15 @@ class FilterExplorer(Explorer):
             n = min(c["count"], len(pca.explained_variance_ratio))
             fig = tiles_figure(pca.top(n), explained_variance=pca.explained_variance_ratio[:n],
                                title=f"{name}: {n} principal components")
-        fig.update_layout(width=520, height=520)
+        title = wrap_title(fig.layout.title.text, self.TILES_WIDTH - 40, 15)
+        fig.update_layout(width=self.TILES_WIDTH, height=520, title=dict(text=title, font_size=15),
+                          margin=dict(t=30 + 20 * (title.count("<br>") + 1)))
         sync_figure(self.fig, fig)
         ratio = pca.explained_variance_ratio
         curve = go.Figure(go.Scatter(x=np.arange(1, len(ratio) + 1), y=ratio.cumsum(), mode="lines+markers",
                                      name=name))
-        curve.update_layout(template="plotly_white", title="cumulative explained variance", width=420, height=520,
+        curve.update_layout(template=TEMPLATE, title=dict(text="cumulative explained variance", font_size=15),
+                            width=400, height=520,
                             xaxis_title="components", yaxis=dict(title="explained variance", range=[0, 1.02]))
         sync_figure(self.variance_fig, curve)
         k = min(3, len(ratio))

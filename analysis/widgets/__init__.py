@@ -1,0 +1,25 @@
+"""Interactive widgets for JupyterLab (ipywidgets 8 + plotly FigureWidget).
+
+- `SensitivityExplorer`, `AttentionExplorer`, `FilterExplorer` (explorers.py): explore a sweep's
+  results and trained runs.
+- `SweepMonitor` (monitor.py): watch a running sweep live, from a background thread that keeps
+  the kernel free; cancel and resubmit runs.
+- base.py: the shared pieces (control factories, frame filtering, in-place figure syncing).
+"""
+
+from analysis.widgets.base import (
+    Explorer,
+    LogRangeSlider,
+    clear_figure,
+    filter_frame,
+    log_range_slider,
+    message_figure,
+    multi_select,
+    sync_figure,
+)
+from analysis.widgets.explorers import AttentionExplorer, FilterExplorer, SensitivityExplorer, run_labels
+from analysis.widgets.monitor import SweepMonitor
+
+__all__ = ["AttentionExplorer", "Explorer", "FilterExplorer", "LogRangeSlider", "SensitivityExplorer",
+           "SweepMonitor", "clear_figure", "filter_frame", "log_range_slider", "message_figure",
+           "multi_select", "run_labels", "sync_figure"]

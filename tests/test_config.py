@@ -1,0 +1,133 @@
+"""Config values in every spelling a user types: overrides, YAML run configs, sweep specs, launch options."""
+
+import math
+
+import pytest
+import yaml
+
+from analysis import config
+from analysis.errors import ConfigError
+from analysis.sweeps import Spec, Sweep, check_launch
+
+SMALL = {"data": {"train_per_class": 30, "test_per_class": 10}, "train": {"epochs": 1, "batch_size": 50}}
+
+
+@pytest.mark.parametrize("key, text, value", [
+    ("optim.lr", "1e-3", 1e-3),  # the example of `train --help`
+    ("optim.lr", "5e-2", 5e-2),
+    ("optim.lr", "5E-2", 5e-2),
+    ("optim.weight_decay", "1e4", 1e4),
+    ("optim.lr", "+1.5e-3", 1.5e-3),
+    ("optim.lr", ".5", 0.5),
+    ("optim.clip_grad", "1_000", 1000.0),
+    ("optim.clip_grad", "null", None),
+    ("train.ema_decay", "None", None),
+    ("train.epochs", "10", 10),
+    ("train.epochs", "1e1", 10),  # integer keys take whole numbers in any float spelling
+    ("train.epochs", "10.0", 10),
+    ("train.epochs", "010", 10),  # decimal, not YAML 1.1's octal 8
+    ("data.train_per_class", "5_000", 5000),
+    ("data.hflip", "false", False),
+])
+def test_numbers_in_any_float_spelling(key, text, value):
+    cfg = config.RunConfig().replace(config.parse_overrides([f"{key}={text}"]))
+    got = cfg.flat()[key]
+    assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize("key, text, words", [
+    ("optim.lr", "nan", "finite"),
+    ("optim.lr", "inf", "finite"),
+    ("optim.weight_decay", "-inf", "finite"),
+    ("optim.weight_decay", "NaN", "finite"),
+    ("optim.lr", "1e400", "finite"),
+    ("optim.lr", "fast", "must be float"),
+    ("train.epochs", "2.5", "whole number"),
+    ("train.epochs", "1.5e0", "whole number"),
+    ("train.epochs", "nan", "finite"),
+    ("train.epochs", "1:30", "must be int"),  # YAML 1.1 would read 90
+    ("train.epochs", "true", "must be int"),
+])
+def test_bad_numbers_are_one_line(key, text, words):
+    with pytest.raises(ConfigError) as e:
+        config.RunConfig().replace(config.parse_overrides([f"{key}={text}"]))
+    assert key in str(e.value) and words in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_non_finite_values_from_python_and_yaml_are_refused():
+    for value in (math.nan, math.inf, ".nan", ".inf"):
+        with pytest.raises(ConfigError, match="optim.weight_decay"):
+            config.RunConfig().replace({"optim.weight_decay": value})
+    with pytest.raises(ConfigError, match="whole number"):
+        config.RunConfig().replace({"train.epochs": 2.5})
+    assert config.RunConfig().replace({"train.epochs": 3.0}).train.epochs == 3
+
+
+def test_yaml_run_config_with_scientific_notation(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("optim: {lr: 1e-3, weight_decay: 5e-2, clip_grad: 1e0}\ntrain: {epochs: 1e1}\n")
+    assert isinstance(yaml.safe_load(path.read_text())["optim"]["lr"], str)  # what YAML 1.1 gives
+    cfg = config.load(path)
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.clip_grad, cfg.train.epochs) == (1e-3, 5e-2, 1.0, 10)
+    (tmp_path / "back.yaml").write_text(cfg.to_yaml())
+    assert config.load(tmp_path / "back.yaml") == cfg
+
+
+SPEC_YAML = """
+name: sci
+base: {data: {train_per_class: 3e1, test_per_class: 1e1}, optim: {warmup_epochs: 5e-1}}
+grid:
+  optimizer:
+    - {optim.name: adamw, optim.lr: {log_uniform: [1e-4, 1e-3]}}
+    - {optim.name: sgd, optim.lr: {uniform: [5e-2, 2e-1], step: 5e-2}}
+sample:
+  optim.weight_decay: {choice: [1e-4, 5e-4, 1e-3]}
+samples: 4
+launch: {cluster: local, mem_gb: 1e1, timeout_min: 6e1}
+"""
+
+
+def test_spec_file_with_scientific_notation(tmp_path):
+    path = tmp_path / "sci.yaml"
+    path.write_text(SPEC_YAML)
+    spec = Spec.from_yaml(path)
+    runs = spec.runs()
+    assert runs and spec.launch == {"cluster": "local", "mem_gb": 10.0, "timeout_min": 60}
+    for r in runs:
+        cfg = r["cfg"]
+        assert cfg.data.train_per_class == 30 and cfg.optim.warmup_epochs == 0.5
+        assert cfg.optim.weight_decay in (1e-4, 5e-4, 1e-3)
+        if cfg.optim.name == "adamw":
+            assert 1e-4 <= cfg.optim.lr <= 1e-3
+        else:
+            assert cfg.optim.lr in (0.05, 0.1, 0.15, 0.2)
+        assert all(not isinstance(v, str) for k, v in r["overrides"].items() if k != "optim.name")
+    sweep = Sweep.create(spec, root=tmp_path / "sweeps")
+    assert sweep.launch_options() == {"cluster": "local", "mem_gb": 10.0, "timeout_min": 60}
+    reopened = Sweep.open(sweep.dir)  # the run table holds typed values
+    assert [c.optim.lr for c in reopened.configs.values()] == [r["cfg"].optim.lr for r in runs]
+
+
+@pytest.mark.parametrize("sampler, words", [
+    ({"log_uniform": ["1e-4", "nan"]}, "finite"),
+    ({"uniform": [0, "inf"]}, "finite"),
+    ({"uniform": [0, ".inf"]}, "must be float"),
+    ({"log_uniform": ["1e-4", "big"]}, "must be float"),
+    ({"uniform": [0.1, 0.2], "step": "nan"}, "finite"),
+    ({"choice": ["1e-3", "nan"]}, "finite"),
+])
+def test_bad_sampler_numbers_are_one_line(tmp_path, sampler, words):
+    spec = {"base": SMALL, "sample": {"optim.lr": sampler}}
+    with pytest.raises(ConfigError) as e:
+        Sweep.from_dict(spec, root=tmp_path)
+    assert words in str(e.value) and "optim.lr" in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert not any(tmp_path.iterdir())
+
+
+def test_launch_options_take_numbers_as_strings():
+    assert check_launch({"parallel": "2", "mem_gb": "1e2", "timeout_min": "6e1", "partition": "7"}) == {
+        "parallel": 2, "mem_gb": 100.0, "timeout_min": 60, "partition": "7"}
+    for opts, words in (({"parallel": "two"}, "parallel must be int"), ({"parallel": "1.5"}, "whole number"),
+                        ({"mem_gb": "nan"}, "finite"), ({"parallel": 0}, ">= 1")):
+        with pytest.raises(ConfigError, match=words):
+            check_launch(opts)

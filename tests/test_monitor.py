@@ -1,0 +1,225 @@
+"""SweepMonitor and the incremental run-folder reader behind it.
+
+Fast tests write run folders by hand, the way a trainer does (append a metrics line, write
+result.json atomically), and refresh the monitor after each step. The slow ones drive the monitor
+on real small sweeps trained by the local launcher: states and progress change across refreshes,
+the same curve traces gain points, the EDF gains traces, the background refresh stops by itself,
+and the cancel and resubmit buttons act on the right runs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import plotly.graph_objects as go
+import pytest
+
+from analysis import rundir
+from analysis.sweeps import Sweep
+from analysis.sweeps.watch import SweepWatcher
+from analysis.widgets import SweepMonitor
+from analysis.widgets.monitor import runs_table_html
+
+GRID = {"preset": ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny"], "optim.name": ["adamw", "sgd"]}
+
+
+def spec(name: str, epochs: int = 3, per_class: int = 30, **extra) -> dict:
+    return {"name": name, "grid": GRID, "samples": 1,
+            "base": {"data": {"train_per_class": per_class, "test_per_class": 10},
+                     "train": {"epochs": epochs, "batch_size": 50, "precision": "fp32", "progress": "lines",
+                               "threads": 1, "checkpoint_minutes": 0}}, **extra}
+
+
+def epoch_row(epoch: int, err: float = 50.0) -> dict:
+    return {"epoch": epoch, "step": 6 * epoch, "train_loss": 2.0 / epoch, "test_top1_err": err,
+            "test_top5_err": err / 5, "ema_top1_err": None, "ema_top5_err": None, "lr": 1e-3, "seconds": 1.0,
+            "images_per_s": 300.0, "elapsed": 1.5 * epoch}
+
+
+def finish(run_dir, status: str = "completed", err: float = 40.0) -> None:
+    rundir.write_json(run_dir / rundir.RESULT, {"status": status, "top1_err": err, "best_top1_err": err,
+                                                "top5_err": err / 5, "reason": None, "epoch": 3, "step": 18})
+
+
+@pytest.fixture
+def hand_sweep(tmp_path):
+    """A sweep folder of four 3-epoch runs, none launched: the tests write their files."""
+    return Sweep.from_dict(spec("by_hand"), root=tmp_path)
+
+
+# ---------------------------------------------------------------- reading run folders
+
+
+def test_metrics_are_read_incrementally(hand_sweep):
+    watcher = SweepWatcher(hand_sweep)
+    run = hand_sweep.run_ids[0]
+    d = hand_sweep.run_dir(run)
+    assert watcher.refresh() == set() and watcher.runs[run].epoch == 0
+    rundir.append_metrics(d, epoch_row(1))
+    assert watcher.refresh() == {run}
+    w = watcher.runs[run]
+    assert w.epoch == 1 and w.steps_per_epoch == 6 and w._offset == (d / rundir.METRICS).stat().st_size
+    assert watcher.refresh() == set()  # nothing changed: nothing read
+    with open(d / rundir.METRICS, "a") as f:  # a line still being written is left for later
+        f.write(json.dumps(epoch_row(2))[:20])
+    watcher.refresh()
+    assert w.epoch == 1
+    with open(d / rundir.METRICS, "a") as f:
+        f.write(json.dumps(epoch_row(2))[20:] + "\n")
+    assert watcher.refresh() == {run} and [r["epoch"] for r in w.rows] == [1, 2]
+    rundir.truncate_metrics(d, 1)  # a resume from an older checkpoint replaces the file
+    watcher.refresh()
+    assert [r["epoch"] for r in w.rows] == [1]
+
+
+def test_final_runs_are_not_read_again_and_counts(hand_sweep):
+    watcher = SweepWatcher(hand_sweep)
+    a, b = hand_sweep.run_ids[:2]
+    for e in (1, 2, 3):
+        rundir.append_metrics(hand_sweep.run_dir(a), epoch_row(e))
+    finish(hand_sweep.run_dir(a))
+    finish(hand_sweep.run_dir(b), "diverged", 100.0)
+    assert watcher.refresh() == {a, b}
+    counts = watcher.counts()
+    assert counts["COMPLETED"] == 1 and counts["DIVERGED"] == 1 and counts["NOT_LAUNCHED"] == 2
+    assert not watcher.active() and watcher.epochs_done() == (6, 12)
+    (hand_sweep.run_dir(a) / rundir.METRICS).unlink()  # a final run is never looked at again
+    assert watcher.refresh() == set() and watcher.runs[a].epoch == 3
+    frame = watcher.frame()
+    assert list(frame["run"]) == [a, b] and list(frame["error"]) == [40.0, 100.0]
+    assert list(frame["diverged"]) == [False, True] and frame["model"].iloc[0] == "ViT_P-fmnist_tiny"
+
+
+def test_progress_estimates_the_running_epoch(hand_sweep):
+    watcher = SweepWatcher(hand_sweep)
+    run = hand_sweep.run_ids[0]
+    for e in (1, 2):
+        rundir.append_metrics(hand_sweep.run_dir(run), epoch_row(e))
+    watcher.refresh()
+    w = watcher.runs[run]
+    assert w.progress() == (2 / 3, 2 / 3)  # not running: no estimate
+    w.state = "RUNNING"
+    done, est = w.progress(now=w.metrics_mtime + 0.75)  # half of the last epoch's 1.5 s
+    assert done == pytest.approx(2 / 3) and est == pytest.approx(2.5 / 3)
+    assert "step ~15/18" in runs_table_html(watcher, now=w.metrics_mtime + 0.75)
+
+
+# ---------------------------------------------------------------- the widget, refreshed by hand
+
+
+def test_monitor_curves_grow_in_place_and_edf_gains_traces(hand_sweep):
+    m = SweepMonitor(hand_sweep, start=False, curves=2)
+    assert not m.running and "not launched" in m.header.value
+    assert isinstance(m.curves_fig, go.FigureWidget) and len(m.curves_fig.data) == 0
+    assert m.edf_fig.layout.annotations[0].text.startswith("no finished runs yet")
+    a, b, c, _ = hand_sweep.run_ids
+    rundir.append_metrics(hand_sweep.run_dir(a), epoch_row(1))
+    m.refresh()
+    assert m.select.value == (a,)  # the curves follow runs that start, until the user picks
+    loss, err = m.curves_fig.data
+    assert list(loss.y) == [2.0] and list(err.y) == [50.0]
+    rundir.append_metrics(hand_sweep.run_dir(a), epoch_row(2, 45.0))
+    m.refresh()
+    assert m.curves_fig.data[0] is loss and list(loss.x) == [1, 2] and list(err.y) == [50.0, 45.0]
+    assert "epochs 2/12" in m.header.value
+
+    finish(hand_sweep.run_dir(a))
+    m.refresh()
+    assert len([t for t in m.edf_fig.data if t.meta["kind"] == "edf"]) == 1
+    finish(hand_sweep.run_dir(b), err=42.0)
+    finish(hand_sweep.run_dir(c), err=30.0)
+    m.refresh()
+    groups = {t.meta["group"] for t in m.edf_fig.data if t.meta["kind"] == "edf"}
+    assert groups == {"ViT_P-fmnist_tiny adamw", "ViT_P-fmnist_tiny sgd", "ViT_C-fmnist_tiny adamw"}
+    assert "ViT_C-fmnist_tiny sgd 0/1" in m.claims.value  # the claims wait for the last group
+    finish(hand_sweep.run_dir(hand_sweep.run_ids[3]), err=31.0)
+    m.refresh()
+    assert "<table class=claims" in m.claims.value
+
+    m.select.value = (b, a)  # the user's pick: the traces follow it, a's keep their objects
+    assert [t.meta["group"] for t in m.curves_fig.data] == [b, b, a, a]
+    assert m.curves_fig.data[2] is loss
+    rundir.append_metrics(hand_sweep.run_dir(hand_sweep.run_ids[3]), epoch_row(1))
+    m.refresh()
+    assert m.select.value == (b, a)  # no longer follows
+
+
+def test_monitor_lists_logs_and_confirms(hand_sweep):
+    m = SweepMonitor(hand_sweep, start=False, max_rows=2)
+    a = hand_sweep.run_ids[0]
+    rundir.log_line(hand_sweep.run_dir(a), "epoch 1/3 loss 2.0")
+    m.select.value = (a,)
+    m.logs_button.value = True
+    assert "epoch 1/3 loss 2.0" in m.logs.value
+    assert "and 2 more" in m.table.value
+    m.listing.value = "RUNNING"
+    assert "no run is RUNNING" in m.table.value
+    m.cancel_button.click()
+    assert "none of the selected runs is pending or running" in m.message.value
+    assert m.confirm_box.layout.display == "none"
+    m.resubmit_button.click()  # four never-launched runs: asks first
+    assert "resubmit 4 run(s) (4 not_launched)?" in m.message.value and m.confirm_box.layout.display is None
+    m.back_button.click()
+    assert m.message.value.endswith("></span>") and m._pending is None
+    assert m._repr_mimebundle_()["application/vnd.jupyter.widget-view+json"]["model_id"] == m.widget.model_id
+
+
+# ---------------------------------------------------------------- real sweeps
+
+
+@pytest.mark.slow
+def test_monitor_follows_a_real_sweep_in_the_background(tmp_path):
+    sweep = Sweep.from_dict(spec("live", epochs=3, launch={"cluster": "local", "parallel": 2}), root=tmp_path)
+    sweep.launch()
+    m = sweep.monitor(interval=0.3, curves=4)
+    assert m.running
+    seen, epochs, edf_traces, first = set(), [], [], {}
+    deadline = time.monotonic() + 600
+    while m.running and time.monotonic() < deadline:
+        with m._lock:
+            seen |= {w.state for w in m.watcher.runs.values()}
+            epochs.append(m.watcher.epochs_done()[0])
+            edf_traces.append(len([t for t in m.edf_fig.data if t.meta and t.meta["kind"] == "edf"]))
+            for t in m.curves_fig.data:
+                first.setdefault((t.meta["group"], t.meta["kind"]), (t, len(t.x)))
+        time.sleep(0.1)
+    assert m.join(5), "the background refresh did not stop when the sweep ended"
+    assert "the sweep has ended" in m.header.value and m.last_error is None
+    assert {"RUNNING", "COMPLETED"} <= seen and m.watcher.counts()["COMPLETED"] == 4
+    assert epochs == sorted(epochs) and epochs[0] < epochs[-1] == 12
+    assert edf_traces[0] == 0 and edf_traces[-1] == 4 and len(set(edf_traces)) > 2  # traces came one by one
+    grown = [(t, n) for t, n in first.values() if t in m.curves_fig.data and len(t.x) > n]
+    assert grown, "no curve trace gained points in place"
+    assert all(len(t.x) == 3 for t in m.curves_fig.data)
+    assert "<table class=claims" in m.claims.value
+
+
+@pytest.mark.slow
+def test_monitor_cancels_and_resubmits_the_right_runs(tmp_path):
+    long = spec("cancel", epochs=30, per_class=100, launch={"cluster": "local", "parallel": 4})
+    long["grid"] = {"preset": ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny"]}
+    sweep = Sweep.from_dict(long, root=tmp_path)
+    sweep.launch()
+    a, b = sweep.run_ids
+    m = sweep.monitor(interval=0.5)
+    try:
+        m.select.value = (a,)
+        m.cancel_button.click()
+        assert f"cancel 1 run(s), job(s) {m.watcher.runs[a].job_id}?" in m.message.value
+        m.confirm_button.click()
+        assert "cancelled job(s)" in m.message.value
+        deadline = time.monotonic() + 120
+        while m.watcher.runs[a].state != "CANCELLED" and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert m.watcher.runs[a].state == "CANCELLED" and m.watcher.runs[b].state in ("PENDING", "RUNNING")
+        m.resubmit_button.click()
+        assert "resubmit 1 run(s) (1 cancelled)?" in m.message.value
+        m.confirm_button.click()
+        assert "resubmitted as job(s)" in m.message.value
+        assert sweep.launches[-1]["jobs"][0]["runs"] == [a] and len(sweep.launches) == 2
+        assert m.watcher.runs[a].state in ("PENDING", "RUNNING") and m.running
+    finally:
+        sweep.cancel()
+        assert m.join(120)
+    assert {w.state for w in m.watcher.runs.values()} <= {"CANCELLED", "COMPLETED"}
