@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import shutil
 import time
 from functools import partial
@@ -52,13 +53,14 @@ def fashion_mnist_root() -> Path:
     raw = CACHE / "FashionMNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for name in FMNIST_FILES:
-        if not (raw / name).is_file():
-            gz = src / f"{name}.gz"
+        if not (raw / name).is_file():  # written under a private name, then renamed: processes run side by side
+            gz, tmp = src / f"{name}.gz", raw / f".{name}.{os.getpid()}.tmp"
             if gz.is_file():
-                with gzip.open(gz, "rb") as f, open(raw / name, "wb") as g:
+                with gzip.open(gz, "rb") as f, open(tmp, "wb") as g:
                     shutil.copyfileobj(f, g)
             else:
-                shutil.copy(src / name, raw / name)
+                shutil.copy(src / name, tmp)
+            os.replace(tmp, raw / name)
     return CACHE
 
 
