@@ -62,7 +62,10 @@ def test_slurm_sweep_states_and_collect(tmp_path, slurm_cluster):
 
 
 def test_slurm_cancel_and_kill_then_resubmit(tmp_path, slurm_cluster):
-    spec = {"name": "cancel", "base": LONGER, "launch": launch_opts(slurm_cluster),
+    # scancel sends SIGTERM, which submitit lets pass, then SIGKILL KillWait (5 s) later: the runs must
+    # train well past that window, or a run cancelled near its end completes (and rightly reads COMPLETED)
+    base = {**LONGER, "train": {**LONGER["train"], "epochs": 6}}
+    spec = {"name": "cancel", "base": base, "launch": launch_opts(slurm_cluster),
             "grid": {"preset": ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny"]}}
     sweep = Sweep.from_dict(spec, root=tmp_path)
     sweep.launch()
