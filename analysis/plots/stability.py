@@ -250,62 +250,13 @@ def edf_figure(
 
     fig = go.Figure()
     for i, (key, err, values, div) in enumerate(parts):
-        label = group_label(key)
-        color, dash = styles[key]
-        x, y = edf(values)
-        fig.add_trace(
-            go.Scatter(
-                x=np.concatenate([x[:1], x]),
-                y=np.concatenate([[0.0], y]),
-                mode="lines",
-                line=dict(shape="hv", color=color, dash=dash, width=2),
-                name=_legend_label(key, err, int(div.sum())),
-                legendgroup=label,
-                meta={"kind": "edf", "group": label},
-                hovertemplate="error %{x:.2f}<br>F %{y:.3f}<extra>" + label + "</extra>",
-            )
-        )
-        n_div = int(div.sum())
+        label, color = group_label(key), styles[key][0]
+        fig.add_trace(_edf_trace(key, err, values, div, styles[key]))
         edge = right_edge if right_edge is not None else (DIVERGED_ERROR - (err.min() if relative else 0))
-        fig.add_trace(
-            go.Scatter(
-                x=[edge] if n_div else [],
-                y=[1.0 - n_div / len(err)] if n_div else [],
-                mode="markers+text" if n_div else "markers",
-                marker=dict(symbol="triangle-right", size=11, color=color, line=dict(color=DIVERGED_COLOR, width=1)),
-                text=[f"{n_div} div"] if n_div else [],
-                textposition="top left",
-                textfont=dict(color=color),
-                showlegend=False,
-                legendgroup=label,
-                meta={"kind": "diverged", "group": label, "count": n_div},
-                hovertemplate=f"{label}: {n_div} diverged runs (counted at 100% error)<extra></extra>",
-            )
-        )
+        fig.add_trace(_diverged_trace(label, color, int(div.sum()), len(err), edge))
         if bootstrap is not None:
             lo, med, hi = bootstrap_best(values, n_samples=n_samples, frac=frac, seed=seed)
-            meta = {"kind": "bootstrap", "group": label, "percentiles": [float(lo), float(med), float(hi)]}
-            hover = f"{label}: best of {frac:.0%} bootstrap {lo:.2f} / {med:.2f} / {hi:.2f}<extra></extra>"
-            if bootstrap == "band":
-                trace = go.Scatter(
-                    x=[lo, hi, hi, lo, lo, None, med, med],
-                    y=[0, 0, 1, 1, 0, None, 0, 1],
-                    mode="lines",
-                    fill="toself",
-                    fillcolor=with_alpha(color, 0.12),
-                    line=dict(color=with_alpha(color, 0.5), width=1, dash="dot"),
-                    hoveron="fills+points",
-                )
-            else:
-                trace = go.Scatter(
-                    x=[med],
-                    y=[-0.04 * (i + 1)],
-                    mode="markers",
-                    marker=dict(color=color, size=8, symbol="diamond"),
-                    error_x=dict(type="data", symmetric=False, array=[hi - med], arrayminus=[med - lo], color=color),
-                )
-            trace.update(showlegend=False, legendgroup=label, meta=meta, hovertemplate=hover)
-            fig.add_trace(trace)
+            fig.add_trace(_bootstrap_trace(label, color, bootstrap, (lo, med, hi), frac, row=i + 1))
 
     y_low = -0.04 * (len(parts) + 1) if bootstrap == "errorbar" else -0.02
     fig.update_layout(
@@ -319,6 +270,52 @@ def edf_figure(
     )
     return fig
 
+
+
+def _edf_trace(key, err: pd.Series, values: pd.Series, div: pd.Series, style: tuple) -> go.Scatter:
+    """One group's EDF as a step line starting at F = 0."""
+    label, (color, dash) = group_label(key), style
+    x, y = edf(values)
+    return go.Scatter(
+        x=np.concatenate([x[:1], x]), y=np.concatenate([[0.0], y]), mode="lines",
+        line=dict(shape="hv", color=color, dash=dash, width=2),
+        name=_legend_label(key, err, int(div.sum())), legendgroup=label,
+        meta={"kind": "edf", "group": label},
+        hovertemplate="error %{x:.2f}<br>F %{y:.3f}<extra>" + label + "</extra>",
+    )
+
+
+def _diverged_trace(label: str, color: str, n_div: int, n: int, edge: float) -> go.Scatter:
+    """A triangle at the right edge where a group's EDF stops short of 1 (empty when none diverged)."""
+    return go.Scatter(
+        x=[edge] if n_div else [], y=[1.0 - n_div / n] if n_div else [],
+        mode="markers+text" if n_div else "markers",
+        marker=dict(symbol="triangle-right", size=11, color=color, line=dict(color=DIVERGED_COLOR, width=1)),
+        text=[f"{n_div} div"] if n_div else [], textposition="top left", textfont=dict(color=color),
+        showlegend=False, legendgroup=label,
+        meta={"kind": "diverged", "group": label, "count": n_div},
+        hovertemplate=f"{label}: {n_div} diverged runs (counted at 100% error)<extra></extra>",
+    )
+
+
+def _bootstrap_trace(label: str, color: str, style: str, percentiles: tuple, frac: float, row: int) -> go.Scatter:
+    """The best-of-`frac` bootstrap range as a shaded band or an error bar below the axis."""
+    lo, med, hi = percentiles
+    if style == "band":
+        trace = go.Scatter(
+            x=[lo, hi, hi, lo, lo, None, med, med], y=[0, 0, 1, 1, 0, None, 0, 1], mode="lines", fill="toself",
+            fillcolor=with_alpha(color, 0.12), line=dict(color=with_alpha(color, 0.5), width=1, dash="dot"),
+            hoveron="fills+points",
+        )
+    else:
+        trace = go.Scatter(
+            x=[med], y=[-0.04 * row], mode="markers", marker=dict(color=color, size=8, symbol="diamond"),
+            error_x=dict(type="data", symmetric=False, array=[hi - med], arrayminus=[med - lo], color=color),
+        )
+    meta = {"kind": "bootstrap", "group": label, "percentiles": [float(lo), float(med), float(hi)]}
+    hover = f"{label}: best of {frac:.0%} bootstrap {lo:.2f} / {med:.2f} / {hi:.2f}<extra></extra>"
+    trace.update(showlegend=False, legendgroup=label, meta=meta, hovertemplate=hover)
+    return trace
 
 def epochs_figure(
     df: pd.DataFrame,
@@ -476,36 +473,8 @@ def sensitivity_figure(
     legend_shown = False
     for r, c, done, values, diverged in cells:
         where = f"{panels[c - 1]}" + (f" · {rows[r - 1]}" if row else "")
-        fig.add_trace(
-            go.Scatter(
-                x=done["lr"],
-                y=done["wd"],
-                mode="markers",
-                marker=dict(color=values, coloraxis="coloraxis", size=9, line=dict(color="white", width=0.5)),
-                text=done["run"] if "run" in done.columns else None,
-                hovertemplate="%{text}<br>lr %{x:.3g}<br>wd %{y:.3g}<br>error %{marker.color:.2f}<extra></extra>",
-                showlegend=False,
-                meta={"kind": "runs", "group": where},
-            ),
-            row=r,
-            col=c,
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=diverged["lr"],
-                y=diverged["wd"],
-                mode="markers",
-                marker=dict(symbol="x", color=DIVERGED_COLOR, size=9),
-                text=diverged["run"] if "run" in diverged.columns else None,
-                hovertemplate="%{text}<br>lr %{x:.3g}<br>wd %{y:.3g}<br>diverged<extra></extra>",
-                name="diverged",
-                legendgroup="diverged",
-                showlegend=bool(len(diverged)) and not legend_shown,
-                meta={"kind": "diverged", "group": where},
-            ),
-            row=r,
-            col=c,
-        )
+        for trace in _sensitivity_traces(done, values, diverged, where, show_legend=not legend_shown):
+            fig.add_trace(trace, row=r, col=c)
         legend_shown |= bool(len(diverged))
         first = (r - 1) * len(panels) + 1  # axis number of the row's first subplot
         in_row = df[df[row].eq(rows[r - 1]).fillna(False).astype(bool)] if row else df
@@ -528,6 +497,27 @@ def sensitivity_figure(
     )
     return fig
 
+
+
+def _sensitivity_traces(done: pd.DataFrame, values: pd.Series, diverged: pd.DataFrame, where: str,
+                        show_legend: bool) -> tuple[go.Scatter, go.Scatter]:
+    """One subplot's finished runs (coloured by error) and diverged runs (crosses) over lr and wd."""
+    runs = go.Scatter(
+        x=done["lr"], y=done["wd"], mode="markers",
+        marker=dict(color=values, coloraxis="coloraxis", size=9, line=dict(color="white", width=0.5)),
+        text=done["run"] if "run" in done.columns else None,
+        hovertemplate="%{text}<br>lr %{x:.3g}<br>wd %{y:.3g}<br>error %{marker.color:.2f}<extra></extra>",
+        showlegend=False, meta={"kind": "runs", "group": where},
+    )
+    crosses = go.Scatter(
+        x=diverged["lr"], y=diverged["wd"], mode="markers",
+        marker=dict(symbol="x", color=DIVERGED_COLOR, size=9),
+        text=diverged["run"] if "run" in diverged.columns else None,
+        hovertemplate="%{text}<br>lr %{x:.3g}<br>wd %{y:.3g}<br>diverged<extra></extra>",
+        name="diverged", legendgroup="diverged", showlegend=bool(len(diverged)) and show_legend,
+        meta={"kind": "diverged", "group": where},
+    )
+    return runs, crosses
 
 def _span(values: pd.Series) -> tuple[float, float]:
     """(min, max) of the positive values (0, 0 when there are none)."""
