@@ -185,10 +185,14 @@ def read_result(run_dir: str | Path) -> dict | None:
     return read_json(Path(run_dir) / RESULT)
 
 
+def is_final(result: dict | None) -> bool:
+    """True for a result.json object of a run that ended (completed or diverged): it need not run again."""
+    return bool(result) and result.get("status") in ("completed", "diverged")
+
+
 def is_complete(run_dir: str | Path) -> bool:
     """True when the run ended with a result (completed or diverged): it need not run again."""
-    result = read_result(run_dir)
-    return bool(result) and result.get("status") in ("completed", "diverged")
+    return is_final(read_result(run_dir))
 
 
 def check_out(run_dir: str | Path) -> None:

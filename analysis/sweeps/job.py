@@ -135,7 +135,8 @@ def run_group(run_dirs: list[str], batch_runs: int = 1) -> dict[str, str]:
     _threads_from_allocation()
     rank = init_distributed(env)
     job = {"job_id": env.job_id if env is not None else None, "host": socket.gethostname(), "pid": os.getpid()}
-    statuses = {d: rundir.read_result(d)["status"] for d in run_dirs if rundir.is_complete(d)}
+    results = {d: rundir.read_result(d) for d in run_dirs}
+    statuses = {d: r["status"] for d, r in results.items() if rundir.is_final(r)}
     with Preemption() as stop:
         for chunk in plan(run_dirs, batch_runs):
             if stop.requested:
@@ -171,7 +172,7 @@ def _record_failure(run_dir: str, error: Exception, rank: int, since: float) -> 
     unless another live trainer holds the folder."""
     result = rundir.read_result(run_dir)
     status = (result or {}).get("status")
-    if status in ("completed", "diverged"):
+    if rundir.is_final(result):
         return status
     if status == "failed" and (Path(run_dir) / rundir.RESULT).stat().st_mtime >= since:
         return status

@@ -38,8 +38,7 @@ from analysis import config as C
 from analysis import rundir
 from analysis.errors import ConfigError, one_of
 from analysis.sweeps.spec import Spec, check_launch
-
-ACTIVE = ("PENDING", "RUNNING", "UNKNOWN")  # run states wait() waits on (UNKNOWN: sacct did not answer)
+from analysis.sweeps.status import ACTIVE, KEEP, RUNNING, WAITING, runs_state
 
 
 def detect_cluster() -> str:
@@ -183,9 +182,8 @@ class Sweep:
         unknown = [r for r in wanted if r not in self.configs]
         if unknown:
             raise one_of("run", unknown[0], self.run_ids[:5] + (["..."] if len(self.run_ids) > 5 else []))
-        status = self.status()
-        busy = set(status.loc[status["state"].isin(["PENDING", "RUNNING"]), "run"])
-        todo = [r for r in wanted if not rundir.is_complete(self.run_dir(r)) and r not in busy]
+        state = {row["run"]: row["state"] for row in runs_state(self.dir, self.run_ids, self._processes)}
+        todo = [r for r in wanted if state[r] not in ("COMPLETED", "PENDING", "RUNNING")]
         ids = self._submit(todo, opts, code) if todo else []
         if wait:
             self.wait(timeout=timeout, poll=2.0)
@@ -269,6 +267,10 @@ class Sweep:
         epochs = {r: cfg.train.epochs for r, cfg in self.configs.items()}
         return status_frame(self.dir, self.run_ids, epochs, self._processes)
 
+    def _states(self) -> pd.DataFrame:
+        """Per run: state, job and attempts (status() without the progress and metrics columns)."""
+        return pd.DataFrame(runs_state(self.dir, self.run_ids, self._processes))
+
     def monitor(self, interval: float = 5.0, **options):
         """A SweepMonitor widget of this sweep (display it in a notebook cell): it refreshes itself
         from a background thread every `interval` seconds until no run is pending or running, so
@@ -318,9 +320,7 @@ class Sweep:
         """Cancel the jobs of the given runs (default: all) that are pending or running; return the
         cancelled job ids. A job training a group of runs is cancelled as a whole. A local trainer
         that outlived its job's controller (state RUNNING, job ended) is stopped directly."""
-        from analysis.sweeps.status import RUNNING, WAITING
-
-        status = self.status()
+        status = self._states()
         sel = status if runs is None else status[status["run"].isin(runs)]
         job_ids = sorted({j for j, s in zip(sel["job_id"], sel["job_state"]) if j and s in WAITING + RUNNING})
         orphans = sel[(sel["state"] == "RUNNING") & ~sel["job_state"].isin(WAITING + RUNNING)]
@@ -381,11 +381,9 @@ class Sweep:
                  code: str | Path | None = None, **options) -> list[str]:
         """Relaunch the runs that failed, were cancelled, timed out or never started, unless they were
         launched max_retries + 1 times already (warning naming them); return the new job ids."""
-        from analysis.sweeps.status import KEEP
-
         opts = self.launch_options(**options)
         cap = max_retries if max_retries is not None else opts.get("max_retries", 3)
-        status = self.status()
+        status = self._states()
         retry = status[~status["state"].isin(KEEP)]
         over = retry[retry["attempts"] > cap]
         if len(over):

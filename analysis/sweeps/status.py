@@ -28,7 +28,9 @@ WAITING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", 
 RUNNING = ("RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING")
 # Run states that resubmit() does not touch; every other state (FAILED, CANCELLED, TIMEOUT,
 # NOT_LAUNCHED, PREEMPTED, OUT_OF_MEMORY, NODE_FAIL, ...) is an ended, unfinished run.
-KEEP = ("COMPLETED", "PENDING", "RUNNING", "UNKNOWN")
+# DIVERGED: the monitor's name for a run that ended diverged (status() reads it as COMPLETED).
+KEEP = ("COMPLETED", "DIVERGED", "PENDING", "RUNNING", "UNKNOWN")
+ACTIVE = ("PENDING", "RUNNING", "UNKNOWN")  # run states a watcher waits on (UNKNOWN: sacct did not answer)
 COLORS = {"COMPLETED": "#c8e6c9", "RUNNING": "#bbdefb", "PENDING": "#eeeeee", "FAILED": "#ffcdd2",
           "CANCELLED": "#ffe0b2", "TIMEOUT": "#ffe0b2", "NOT_LAUNCHED": "#ffffff", "DIVERGED": "#f8bbd0"}
 COLUMNS = ["run", "state", "result", "job_id", "job_state", "attempts", "epoch", "epochs", "progress", "test_err",
@@ -175,7 +177,7 @@ def runs_state(folder: Path, run_ids: list[str], processes: dict | None = None) 
             reason = "unreadable result.json"
         holder = rundir.lock_holder(d)
         started = job_id is not None and str(markers[run].get("job_id")) == job_id
-        state = run_state(job_state, rundir.is_complete(d), started, holder is not None)
+        state = run_state(job_state, rundir.is_final(result), started, holder is not None)
         row = {"run": run, "state": state, "result": (result or {}).get("status"), "job_id": job_id,
                "job_state": job_state, "attempts": attempts, "reason": reason, "log_tail": "",
                "trainer": f"{holder.get('host')}:{holder.get('pid')}" if holder else None}

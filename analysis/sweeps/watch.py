@@ -28,10 +28,9 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import rundir
-from analysis.sweeps.status import KEEP, job_log_tail, latest_jobs, read_launches, run_state, scheduler_states, tail
+from analysis.sweeps.status import (ACTIVE, KEEP, job_log_tail, latest_jobs, read_launches, run_state,
+                                    scheduler_states, tail)
 
-ACTIVE = ("PENDING", "RUNNING", "UNKNOWN")  # UNKNOWN: the scheduler did not answer; keep watching
-FINAL_RESULTS = ("completed", "diverged")
 STATES = ("PENDING", "RUNNING", "COMPLETED", "DIVERGED", "FAILED", "CANCELLED")  # always counted
 
 
@@ -64,7 +63,7 @@ class RunWatch:
     @property
     def final(self) -> bool:
         """True once the run has a completed or diverged result: it will not change again."""
-        return bool(self.result) and self.result.get("status") in FINAL_RESULTS
+        return rundir.is_final(self.result)
 
     @property
     def epoch(self) -> int:
@@ -160,11 +159,12 @@ class SweepWatcher:
         self.runs: dict[str, RunWatch] = {
             run: RunWatch(run, sweep.run_dir(run), sweep.configs[run].train.epochs) for run in sweep.run_ids}
         self.refreshed: float | None = None  # time.time() of the last refresh
+        self._launches: list[dict] = []  # launches.json as of the last refresh
         self._rows: dict[str, dict] = {}  # run id -> collect() row of a run with a result
 
     def refresh(self) -> set[str]:
         """Read the scheduler and what changed in the run folders; return the runs that changed."""
-        launches = read_launches(self.sweep.dir)
+        launches = self._launches = read_launches(self.sweep.dir)
         states = scheduler_states(self.sweep.dir, launches, self.sweep._processes)
         jobs = latest_jobs(launches)
         changed = set()
@@ -172,9 +172,8 @@ class SweepWatcher:
             moved = False if w.final else w.read()
             job_id, attempts = jobs.get(run, (None, 0))
             started = job_id is not None and str(w.job.get("job_id")) == str(job_id)
-            complete = bool(w.result) and w.result.get("status") in ("completed", "diverged")
-            trained_now = not complete and rundir.lock_holder(w.dir) is not None
-            state = run_state(states.get(job_id) if job_id else None, complete, started, trained_now)
+            trained_now = not w.final and rundir.lock_holder(w.dir) is not None
+            state = run_state(states.get(job_id) if job_id else None, w.final, started, trained_now)
             if w.result and w.result.get("status") == "diverged":
                 state = "DIVERGED"
             if moved or state != w.state or job_id != w.job_id:
@@ -214,8 +213,8 @@ class SweepWatcher:
         return done, sum(w.epochs for w in self.runs.values())
 
     def launched(self) -> datetime | None:
-        """When the latest launch was submitted (None before the first)."""
-        launches = self.sweep.launches
+        """When the latest launch was submitted (None before the first), as of the last refresh."""
+        launches = self._launches
         return datetime.fromisoformat(launches[-1]["time"]) if launches else None
 
     def last_result_time(self) -> float | None:

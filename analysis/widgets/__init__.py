@@ -10,7 +10,6 @@
 from analysis.widgets.base import (
     Explorer,
     LogRangeSlider,
-    clear_figure,
     filter_frame,
     log_range_slider,
     message_figure,
@@ -21,5 +20,5 @@ from analysis.widgets.explorers import AttentionExplorer, FilterExplorer, Sensit
 from analysis.widgets.monitor import SweepMonitor
 
 __all__ = ["AttentionExplorer", "Explorer", "FilterExplorer", "LogRangeSlider", "SensitivityExplorer",
-           "SweepMonitor", "clear_figure", "filter_frame", "log_range_slider", "message_figure",
+           "SweepMonitor", "filter_frame", "log_range_slider", "message_figure",
            "multi_select", "run_labels", "sync_figure"]

@@ -147,16 +147,6 @@ def message_figure(text: str, height: int = 240, width: int | None = None) -> go
     return fig
 
 
-def clear_figure(target: go.FigureWidget, keep_traces: bool = True) -> None:
-    """Empty the FigureWidget: blank each trace's x/y (keep_traces) or drop all traces."""
-    with target.batch_update():
-        if keep_traces:
-            for t in target.data:
-                t.update(x=[], y=[], text=None)
-        else:
-            target.data = ()
-
-
 class Explorer(ABC):
     """Base of the explorers: named controls, a status line, a container widget, notebook display.
 

@@ -431,7 +431,7 @@ class SweepMonitor:
         with self._lock:
             retry = {}
             for w in self.watcher.runs.values():
-                if w.state not in KEEP and w.state != "DIVERGED":
+                if w.state not in KEEP:
                     retry[w.state] = retry.get(w.state, 0) + 1
             if not retry:
                 return self._say("nothing to resubmit: no run failed, was cancelled or is unlaunched")
