@@ -65,10 +65,10 @@ def _probe_figures(label: str, model, cfg) -> list[tuple[str, go.Figure]]:
     return figs
 
 
-def _best_vits(best: pd.DataFrame, skipped: list | None = None) -> dict:
-    """{model label: (trained model, its config)} for the ViTs among the best runs, each loaded once.
-    A run that cannot be loaded (unreadable checkpoint or config) is left out and added to `skipped`
-    as (run, reason)."""
+def _best_models(best: pd.DataFrame, skipped: list | None = None) -> dict:
+    """{model label: (trained model, its config)} of the best runs, each loaded once. A run that
+    cannot be loaded (unreadable checkpoint or config) is left out and added to `skipped` as
+    (run, reason)."""
     from analysis import rundir
     from analysis.runs import load_config, load_model
 
@@ -81,8 +81,7 @@ def _best_vits(best: pd.DataFrame, skipped: list | None = None) -> dict:
             if skipped is not None:
                 skipped.append((row["run"], rundir.failure_reason(e)))
             continue
-        if getattr(model, "family", "vit") == "vit":
-            out[row["model"]] = (model, cfg)
+        out[row["model"]] = (model, cfg)
     return out
 
 
@@ -98,34 +97,21 @@ def _distance_figure(vits: dict) -> go.Figure:
                            uniform=uniform.pop() if len(uniform) == 1 else None)
 
 
-def _cnn_figures(best: pd.DataFrame, vits: dict, skipped: list | None = None) -> list[tuple[str, go.Figure]]:
+def _cnn_figures(vits: dict, cnns: dict) -> list[tuple[str, go.Figure]]:
     """When the sweep trained a CNN baseline: layer-by-layer CKA of each best ViT against it and of
     the ViTs against each other (Raghu et al.), and layerwise linear probes of every model, fit on
-    the first half of CNN_IMAGES test images and scored on the second half. A CNN run that cannot be
-    loaded is left out and added to `skipped` as (run, reason)."""
-    from analysis import rundir
-    from analysis.models import PRESETS
+    the first half of CNN_IMAGES test images and scored on the second half. vits, cnns: {label:
+    (model, config)} of the loaded best runs."""
     from analysis.plots.representations import cka_pairs_figure, linear_probe_figure
     from analysis.probes import cka_pairs, linear_probes
-    from analysis.runs import as_model, load_config, sample_images
+    from analysis.runs import sample_images
 
-    cnns = best[best["preset"].map(lambda p: PRESETS.get(p, {}).get("family")) == "cnn"]
-    if cnns.empty or not vits:
+    if not cnns or not vits:
         return []
-    models = {label: model for label, (model, _) in sorted(vits.items(), key=lambda kv: "ViT_P" not in kv[0])}
-    for _, row in cnns.iterrows():
-        try:
-            models[row["model"]] = as_model(row["run_dir"])
-        except Exception as e:  # noqa: BLE001 - the report goes on without this run's probes
-            if skipped is not None:
-                skipped.append((row["run"], rundir.failure_reason(e)))
-    cnns = cnns[cnns["model"].isin(list(models))]
-    if cnns.empty:
-        return []
-    x, y, _ = sample_images(load_config(cnns.iloc[0]["run_dir"]), n=CNN_IMAGES, one_per_class=False)
-    labels = list(models)
-    vit_labels = [v for v in labels if v in vits]
-    pairs = [(v, c) for v in vit_labels for c in cnns["model"]]
+    vit_labels = sorted(vits, key=lambda label: "ViT_P" not in label)
+    models = {label: (vits | cnns)[label][0] for label in [*vit_labels, *cnns]}
+    x, y, _ = sample_images(next(iter(cnns.values()))[1], n=CNN_IMAGES, one_per_class=False)
+    pairs = [(v, c) for v in vit_labels for c in cnns]
     pairs += [(a, b) for i, a in enumerate(vit_labels) for b in vit_labels[i + 1:]]
     cka = cka_pairs(models, list(zip(x.split(64), y.split(64))), pairs)
     half = len(x) // 2
@@ -154,13 +140,14 @@ def figures(df: pd.DataFrame, probes: bool = True, skipped: list | None = None) 
     if not best.empty:
         out.append(("Training curves of each model's best run",
                     curves_figure(best, labels=list(best["model"] + " " + best["optimizer"]))))
-        vits = _best_vits(best, skipped) if probes else {}  # best_runs gives one run per model
+        loaded = _best_models(best, skipped) if probes else {}  # best_runs gives one run per model
+        vits = {k: v for k, v in loaded.items() if getattr(v[0], "family", "vit") == "vit"}
+        cnns = {k: v for k, v in loaded.items() if getattr(v[0], "family", "vit") == "cnn"}
         if vits:
             out.append(("Mean attention distance", _distance_figure(vits)))
         for label, (model, cfg) in vits.items():
             out += _probe_figures(label, model, cfg)
-        if probes:
-            out += _cnn_figures(best, vits, skipped)
+        out += _cnn_figures(vits, cnns)
     return out
 
 
