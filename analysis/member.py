@@ -137,8 +137,9 @@ class Member:
         if cfg.train.tensorboard and self.dist.main:
             self.writer = tensorboard_writer(self.out)
 
-    def restore(self, device: torch.device) -> dict | None:
-        """Load the run's checkpoint into model, optimizer and EMA; return it (None: start afresh).
+    def restore(self, device: torch.device) -> tuple[int, int, int] | None:
+        """Load the run's checkpoint into model, optimizer and EMA; return its (epoch, batch, step)
+        (None: start afresh). The checkpoint itself is not kept.
         A checkpoint that cannot be read, or does not fit this run, raises rundir.CheckpointError
         naming the file and --restart."""
         ckpt = rundir.load_checkpoint(self.out, map_location=device)
@@ -152,14 +153,14 @@ class Member:
             acc = ckpt["epoch_acc"]
             self.acc = json.loads(acc) if isinstance(acc, str) else dict(acc)
             self.run_start = time.time() - float(ckpt["elapsed"])
-            int(ckpt["epoch"]), int(ckpt["batch"]), int(ckpt["step"])
+            position = int(ckpt["epoch"]), int(ckpt["batch"]), int(ckpt["step"])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             what = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
             raise rundir.CheckpointError(
                 f"checkpoint {self.out / rundir.CHECKPOINT} does not fit this run ({type(e).__name__}: {what}); "
                 f"start the run over with `python -m analysis train --restart --out {self.out} ...` "
                 "(train(cfg, out, restart=True)) or delete that file") from None
-        return ckpt
+        return position
 
     def save(self, epoch: int, batch: int, step: int) -> None:
         if self.dist.main:

@@ -123,13 +123,13 @@ class Trainer:
             m.progress = self._progress_mode(m.cfg)
             m.prefix = f"{m.out.name}: " if len(todo) > 1 else ""
             try:
-                ckpt = m.restore(device)
+                position = m.restore(device)
             except rundir.CheckpointError as e:
                 m.failed(e)
                 if len(todo) == 1:
                     raise
                 continue
-            groups[(ckpt["epoch"], ckpt["batch"], ckpt["step"]) if ckpt else (0, 0, 0), precision].append(m)
+            groups[position or (0, 0, 0), precision].append(m)
         from analysis.models import complexity
 
         cx = complexity(todo[0].model, todo[0].model.img_size, todo[0].model.in_chans)
