@@ -470,6 +470,10 @@ def sensitivity_figure(
         finished = pd.concat([cell[3] for cell in cells])
         color_range = [float(finished.min()), float(finished.max())] if len(finished) else [0.0, 1.0]
 
+    ticks = {}  # row -> (lr ticks, wd ticks): a row's subplots share its ranges
+    for r, row_value in enumerate(rows, start=1):
+        in_row = df[df[row].eq(row_value).fillna(False).astype(bool)] if row else df
+        ticks[r] = (log_ticks(*_span(in_row["lr"])), log_ticks(*_span(in_row["wd"])))
     legend_shown = False
     for r, c, done, values, diverged in cells:
         where = f"{panels[c - 1]}" + (f" · {rows[r - 1]}" if row else "")
@@ -477,10 +481,9 @@ def sensitivity_figure(
             fig.add_trace(trace, row=r, col=c)
         legend_shown |= bool(len(diverged))
         first = (r - 1) * len(panels) + 1  # axis number of the row's first subplot
-        in_row = df[df[row].eq(rows[r - 1]).fillna(False).astype(bool)] if row else df
         fig.update_xaxes(type="log", row=r, col=c, matches=None if c == 1 else f"x{first if first > 1 else ''}",
-                         **log_ticks(*_span(in_row["lr"])))
-        fig.update_yaxes(type="log", row=r, col=c, **log_ticks(*_span(in_row["wd"])))
+                         **ticks[r][0])
+        fig.update_yaxes(type="log", row=r, col=c, **ticks[r][1])
 
     fig.update_layout(
         template=TEMPLATE,

@@ -25,7 +25,6 @@ from analysis.errors import ConfigError
 from analysis.probes.layout import evaluating
 from analysis.runs import as_model
 
-POOLS = ("class_token", "patch_mean", "global_avg")  # pooled features of a layer (see Layer.pooled)
 STEM_MODULES = ("act1", "stem")  # timm feature_info names of a CNN's stem output
 
 

@@ -56,13 +56,13 @@ def residual_strength(model, batches: Iterable, max_images: int | None = None) -
     model = as_model(model)
     blocks = _blocks(model)
     prefix = int(getattr(model, "num_prefix_tokens", 0))
-    sums: dict[tuple, float] = {}
+    sums: dict[tuple, torch.Tensor | int] = {}  # tensors until the end: no device sync per hook
 
     def hook_for(i: int, branch: str, side: str):
         def hook(module, inputs, output):
             x = inputs[0] if side == "residual" else output
             for key, value in _token_norms(x, prefix).items():
-                sums[(i, branch, side, key)] = sums.get((i, branch, side, key), 0.0) + float(value)
+                sums[(i, branch, side, key)] = sums.get((i, branch, side, key), 0) + value
 
         return hook
 
@@ -84,8 +84,8 @@ def residual_strength(model, batches: Iterable, max_images: int | None = None) -
     for i in range(len(blocks)):
         for branch in BRANCHES:
             for tokens in ("class", "patch") if prefix else ("patch",):
-                res = sums[(i, branch, "residual", tokens)] / sums[(i, branch, "residual", f"n_{tokens}")]
-                out = sums[(i, branch, "branch", tokens)] / sums[(i, branch, "branch", f"n_{tokens}")]
+                res = float(sums[(i, branch, "residual", tokens)]) / sums[(i, branch, "residual", f"n_{tokens}")]
+                out = float(sums[(i, branch, "branch", tokens)]) / sums[(i, branch, "branch", f"n_{tokens}")]
                 rows.append({"block": i, "branch": branch, "tokens": tokens, "residual_norm": res,
                              "branch_norm": out, "ratio": res / out if out > 0 else np.inf, "zero_branch": out == 0})
     return pd.DataFrame(rows)
