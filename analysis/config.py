@@ -52,9 +52,9 @@ class DataConfig:
     train_per_class: int | None = None  # keep the first N training images of each class (None: all)
     test_per_class: int | None = None  # keep the first N test images of each class (None: all)
     augment: str = "crop_flip"  # one of AUGMENTS; auto/randaugment go through timm's transforms
-    crop_padding: int = 2  # zero padding for the random crop (crop_flip)
+    crop_padding: int = 2  # zero padding for the random crop (crop_flip), in native pixels (scaled on resize)
     hflip: bool = True  # random horizontal flips (crop_flip)
-    img_size: int | None = None  # imagefolder only: input size; None takes the model's
+    img_size: int | None = None  # input side in pixels (arrays are resized on load); None takes the preset's
     workers: int = 4  # DataLoader workers (imagefolder and per-image augmentations)
     in_memory: bool = True  # small datasets: uint8 tensors on the device, batched augmentation
 

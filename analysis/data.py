@@ -8,6 +8,7 @@ any batch sees exactly the batches an uninterrupted run would.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import pickle
@@ -135,16 +136,48 @@ def first_per_class(data: ArrayData, n: int | None) -> ArrayData:
     return ArrayData(data.images[keep], labels[keep], data.classes, data.mean, data.std)
 
 
-def load_arrays(name: str, root: str | None, train: bool, per_class: int | None = None) -> ArrayData:
-    """Load a small dataset as arrays; raise ConfigError naming the searched path when missing."""
-    root = root or default_root(name)
-    if name == "fashion_mnist":
-        data = load_fashion_mnist(root, train)
-    elif name in ("cifar10", "cifar100"):
-        data = load_cifar(root, train, name)
-    else:
+NATIVE_SIZE = {"fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
+
+
+def resize(data: ArrayData, size: int | None) -> ArrayData:
+    """The images resized to size x size (bilinear, antialiased when shrinking), still uint8.
+
+    torchvision's uint8 resize, which matches PIL's bilinear resize to within one grey level.
+    None or the current size returns the data unchanged.
+    """
+    if size is None or data.images.shape[-1] == size and data.images.shape[-2] == size:
+        return data
+    from torchvision.transforms.v2 import functional as TF
+
+    images = torch.cat([TF.resize(chunk, [size, size], antialias=True)
+                        for chunk in data.images.split(8192)]) if len(data) else \
+        data.images.new_zeros((0, data.images.shape[1], size, size))
+    return ArrayData(images, data.labels, data.classes, data.mean, data.std)
+
+
+def load_arrays(name: str, root: str | None, train: bool, per_class: int | None = None,
+                img_size: int | None = None) -> ArrayData:
+    """Load a small dataset as uint8 arrays, the first `per_class` of each class, resized to img_size
+    (None keeps the native size); raise ConfigError naming the searched path when missing."""
+    if name not in NATIVE_SIZE:
         raise ConfigError(f"{name} has no array form; allowed: fashion_mnist, cifar10, cifar100")
-    return first_per_class(data, per_class)
+    data = _native_arrays(name, root or default_root(name), train)
+    return resize(first_per_class(data, per_class), img_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _native_arrays(name: str, root: str, train: bool) -> ArrayData:
+    """The whole split as read from its files, kept for the process: a sweep job training many runs
+    reads (and decompresses) each split once. Callers get copies (subsets, resizes) or must not write."""
+    if name == "fashion_mnist":
+        return load_fashion_mnist(root, train)
+    return load_cifar(root, train, name)
+
+
+def scaled_padding(padding: int, native: int, size: int) -> int:
+    """Crop padding for images resized from `native` to `size` pixels: the same share of the image
+    (rounded to whole pixels), so a resized run sees the same translations as a native one."""
+    return int(round(padding * size / native))
 
 
 def batch_seed(seed: int, epoch: int, index: int) -> int:
@@ -258,7 +291,7 @@ def timm_transform(train: bool, img_size: int, mean, std, augment: str, crop_pct
 
 
 def small_image_transform(train: bool, data: ArrayData, augment: str, pad: int, hflip: bool):
-    """Per-image transform for small arrays on the loader path (keeps the native size)."""
+    """Per-image transform for small arrays on the loader path (keeps the arrays' size)."""
     from torchvision import transforms as T
     from timm.data.auto_augment import auto_augment_transform, rand_augment_transform
 

@@ -76,13 +76,24 @@ def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimi
 
 
 def data_shape(cfg: RunConfig) -> dict:
-    """in_chans, num_classes and img_size implied by the dataset (imagefolder: the model's)."""
+    """in_chans and num_classes implied by the dataset, and img_size when data.img_size sets it
+    (otherwise the model keeps its preset's input size and the images are resized to it)."""
     name = cfg.data.name
+    shape = {}
     if name == "fashion_mnist":
-        return {"in_chans": 1, "num_classes": 10, "img_size": 28}
-    if name in ("cifar10", "cifar100"):
-        return {"in_chans": 3, "num_classes": 10 if name == "cifar10" else 100, "img_size": 32}
-    return {}
+        shape = {"in_chans": 1, "num_classes": 10}
+    elif name in ("cifar10", "cifar100"):
+        shape = {"in_chans": 3, "num_classes": 10 if name == "cifar10" else 100}
+    if cfg.data.img_size:
+        shape["img_size"] = cfg.data.img_size
+    return shape
+
+
+def input_size(cfg: RunConfig) -> int:
+    """The side in pixels the run's images are fed at: data.img_size, else the preset's img_size."""
+    from analysis.models.presets import get_preset
+
+    return cfg.data.img_size or get_preset(cfg.model.preset)["img_size"]
 
 
 def build_model(cfg: RunConfig) -> torch.nn.Module:
@@ -90,10 +101,7 @@ def build_model(cfg: RunConfig) -> torch.nn.Module:
     from analysis.models import create_model
 
     m = cfg.model
-    kwargs = data_shape(cfg)
-    if cfg.data.name == "imagefolder" and cfg.data.img_size:
-        kwargs["img_size"] = cfg.data.img_size
-    return create_model(m.preset, stem=m.stem, local_mlp=m.local_mlp, fused_attn=m.fused_attn, **kwargs)
+    return create_model(m.preset, stem=m.stem, local_mlp=m.local_mlp, fused_attn=m.fused_attn, **data_shape(cfg))
 
 
 @dataclass
@@ -124,14 +132,15 @@ def build_data(cfg: RunConfig, device: torch.device, img_size: int) -> Data:
         train_ds = D.imagefolder(root, True, img_size, d.augment)
         test_ds = D.imagefolder(root, False, img_size, "none")
         return _loader_data(train_ds, test_ds, cfg)
-    train = D.load_arrays(d.name, d.root, True, d.train_per_class)
-    test = D.load_arrays(d.name, d.root, False, d.test_per_class)
+    train = D.load_arrays(d.name, d.root, True, d.train_per_class, img_size)
+    test = D.load_arrays(d.name, d.root, False, d.test_per_class, img_size)
+    pad = D.scaled_padding(d.crop_padding, D.NATIVE_SIZE[d.name], img_size)
     if d.in_memory and d.augment in ("none", "crop_flip"):
         aug = d.augment == "crop_flip"
-        tr = D.DeviceLoader(train, t.batch_size, device, True, t.seed, d.crop_padding if aug else 0, d.hflip and aug)
+        tr = D.DeviceLoader(train, t.batch_size, device, True, t.seed, pad if aug else 0, d.hflip and aug)
         te = D.DeviceLoader(test, t.eval_batch_size, device, False)
         return Data(tr.batches, len(tr), te.__iter__, len(train), len(test), loader=tr)
-    train_ds = D.ArrayImageDataset(train, D.small_image_transform(True, train, d.augment, d.crop_padding, d.hflip))
+    train_ds = D.ArrayImageDataset(train, D.small_image_transform(True, train, d.augment, pad, d.hflip))
     test_ds = D.ArrayImageDataset(test, D.small_image_transform(False, test, "none", 0, False))
     return _loader_data(train_ds, test_ds, cfg)
 

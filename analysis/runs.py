@@ -128,7 +128,7 @@ def _load_weights(model: nn.Module, path: str | Path, ema: bool, name: str) -> N
 
 def sample_images(cfg: config.RunConfig, n: int = 8, one_per_class: bool = True, train: bool = False):
     """(normalised images (n, C, H, W), labels (n,), raw uint8 images (n, C, H, W)) from the run's
-    test set (training set with train=True): the first image of each class in turn when
+    test set at the run's input size (training set with train=True): the first image of each class in turn when
     one_per_class, else the first n."""
     if cfg.data.name == "imagefolder":
         raise ConfigError("sample_images reads array datasets (fashion_mnist, cifar10, cifar100); "
@@ -140,7 +140,10 @@ def sample_images(cfg: config.RunConfig, n: int = 8, one_per_class: bool = True,
         idx = idx.T.flatten()[:n]
     else:
         idx = torch.arange(n)
-    raw = data.images[idx]
+    from analysis.recipe import input_size
+
+    raw = D.resize(D.ArrayData(data.images[idx], data.labels[idx], data.classes, data.mean, data.std),
+                   input_size(cfg)).images
     mean = torch.tensor(data.mean).view(1, -1, 1, 1) * 255
     std = torch.tensor(data.std).view(1, -1, 1, 1) * 255
     return (raw.float() - mean) / std, data.labels[idx], raw
