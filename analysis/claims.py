@@ -34,8 +34,19 @@ Bootstrap (this suite's choice): `resamples` times, the runs of every group are 
 replacement (n of n), each group from its own generator seeded by (seed, group), so that every
 statistic involving a group sees the same resamples; the interval is the 2.5 and 97.5 percentiles
 of the statistic over the resamples and the estimate is the statistic of the runs themselves.
-Verdict: "reproduced" when the interval lies above 0 (the paper's direction), "contradicted" when
-it lies below, else "inconclusive"; level rows (a stem's own within_k or peak) have verdict "".
+Verdicts, by the test the paper's sentence calls for (column `test`):
+  difference claims (one-sided, "> 0"): "reproduced" when the interval lies above 0 (the paper's
+    direction), "contradicted" when it lies below, else "inconclusive";
+  insensitivity claims (equivalence, "within +-m"): ViT_C's optimizer gaps ("SGD within about a point
+    of AdamW") and ViT_C's schedule loss. Two one-sided tests read off the interval: "reproduced" when
+    the whole interval lies inside (-m, m) for the margin m (`margin`, stated before any run: 2 points
+    by default, the paper's "about a point" plus about a point of the seed-to-seed spread of these
+    small runs), "contradicted" when it lies wholly outside, else "inconclusive". A gap of the other
+    sign inside the margin (ViT_C a little better with SGD) supports the claim.
+  level rows (a stem's own within_k or peak) have verdict "".
+Diverged runs count at 100% (the paper's convention); every row says how many of its runs diverged
+(`diverged`) and the verdict the same runs give without them (`verdict_without_diverged`); when the
+two differ, `note` says the verdict rests on the diverged runs.
 A group with fewer than MIN_RUNS counted runs still gives its rows, with the estimate but no
 interval, marked "inconclusive" (levels: "") and the reason in `note`.
 """
@@ -52,24 +63,26 @@ import numpy as np
 import pandas as pd
 
 from analysis.errors import ConfigError, one_of
-from analysis.plots.frame import check_frame, counted_errors
+from analysis.plots.frame import check_frame, counted_errors, diverged_mask
+from analysis.stats import best_of_quantiles
 
 MIN_RUNS = 3
 STEMS = {"patchify": "ViT_P", "conv": "ViT_C"}
 PAIR_COLUMNS = ("cfg.data.name", "cfg.data.train_per_class", "cfg.data.test_per_class", "cfg.data.augment",
                 "cfg.model.local_mlp")
-COLUMNS = ["claim", "subject", "optimizer", "setting", "statistic", "estimate", "low", "high", "verdict",
-           "paper", "n", "excluded", "note"]
+COLUMNS = ["claim", "subject", "optimizer", "setting", "statistic", "estimate", "low", "high", "test", "verdict",
+           "paper", "n", "excluded", "diverged", "verdict_without_diverged", "note"]
+MARGIN = 2.0  # points: the equivalence margin of the insensitivity claims (see the module docstring)
 VERDICTS = ("reproduced", "contradicted", "inconclusive")
 PAPER = {  # what Xiao et al. found (ImageNet), one short phrase per claim
-    "optimizer_gap": {"ViT_P": "SGD worse, by up to 10 points", "ViT_C": "SGD slightly worse, under 1 point"},
+    "optimizer_gap": {"ViT_P": "SGD worse, by up to 10 points", "ViT_C": "SGD within about a point of AdamW"},
     "optimizer_gap_difference": "ViT_P's gap far larger than ViT_C's",
     "within_k": "higher for ViT_C",
     "within_k_difference": "ViT_C higher (about 60% vs under 20%, 18GF SGD)",
     "edf_area": "ViT_C's EDF above ViT_P's",
     "peak": "lower for ViT_C",
     "peak_difference": "ViT_C better by 0.9-3 points (400 epochs)",
-    "schedule_loss": "both lose on shorter schedules",
+    "schedule_loss": {"ViT_P": "loses on shorter schedules", "ViT_C": "loses little on shorter schedules"},
     "schedule_loss_difference": "ViT_P loses more",
 }
 
@@ -83,6 +96,7 @@ class Group:
     errors: np.ndarray  # (n,) counted errors
     boot: np.ndarray  # (resamples, n) errors resampled with replacement
     total: int  # rows of the frame in the group, failed and unfinished included
+    diverged: int = 0  # counted runs that diverged (at 100%)
 
     @property
     def small(self) -> bool:
@@ -98,14 +112,9 @@ class Group:
 
 
 def best_of(x: np.ndarray, subsample: float) -> np.ndarray:
-    """pycls' bootstrap best, exactly: the median over random draws of m = max(1, round(subsample*n))
-    runs (with replacement) of the best of the m. That median is the i-th smallest error with i the
-    least for which P(best of m <= i-th smallest) = 1 - ((n - i) / n)^m >= 1/2; bootstrap_best in
-    analysis.plots.stability estimates the same number by sampling."""
-    n = x.shape[1]
-    m = max(1, round(subsample * n))
-    i = max(1, math.ceil(n * (1.0 - 0.5 ** (1.0 / m)) - 1e-9))
-    return np.partition(x, i - 1, axis=1)[:, i - 1]
+    """pycls' bootstrap best, exactly: the median of the best of m = max(1, round(subsample*n)) runs
+    drawn with replacement (see analysis.stats.best_of_quantiles)."""
+    return best_of_quantiles(x, subsample, (0.5,))[..., 0]
 
 
 def within_fraction(x: np.ndarray, k: float) -> np.ndarray:
@@ -154,11 +163,13 @@ def make_group(rows: pd.DataFrame, name: str, resamples: int = 2000, seed: int =
     """The Group of `rows` (one model x optimizer): counted errors and `resamples` resamples of them
     with replacement, drawn from a generator seeded by (seed, name): a group's resamples depend on
     its name alone, so every table and figure that names it alike draws the same ones."""
-    err = counted_errors(rows).to_numpy(dtype=float)
+    counted = counted_errors(rows)
+    err = counted.to_numpy(dtype=float)
+    diverged = int(diverged_mask(rows).loc[counted.index].sum())
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     boot = err[rng.integers(0, len(err), size=(resamples, len(err)))] if len(err) else np.empty((resamples, 0))
     model = str(rows["model"].iloc[0]) if "model" in rows else name
-    return Group(model, str(rows["optimizer"].iloc[0]), err, boot, len(rows))
+    return Group(model, str(rows["optimizer"].iloc[0]), err, boot, len(rows), diverged)
 
 
 def _groups(df: pd.DataFrame, resamples: int, seed: int) -> dict:
@@ -190,18 +201,23 @@ def interval(values: np.ndarray) -> tuple[float, float]:
 # ---------------------------------------------------------------- rows
 
 
-def _verdict(low: float, high: float) -> str:
-    if low > 0:
+def _verdict(low: float, high: float, margin: float | None = None) -> str:
+    """One-sided (margin None): above 0 reproduces, below 0 contradicts. Equivalence: inside
+    (-margin, margin) reproduces, wholly outside it contradicts. Anything else is inconclusive."""
+    if margin is None:
+        return "reproduced" if low > 0 else "contradicted" if high < 0 else "inconclusive"
+    if -margin < low and high < margin:
         return "reproduced"
-    if high < 0:
+    if low >= margin or high <= -margin:
         return "contradicted"
     return "inconclusive"
 
 
 def _row(claim: str, subject: str, optimizer: str, setting: str, statistic: str, paper: str,
-         parts: list[tuple[Group, callable]], combine=None, level: bool = False) -> dict:
+         parts: list[tuple[Group, callable]], combine=None, level: bool = False,
+         margin: float | None = None) -> dict:
     """One table row: `combine` of the per-group statistics `parts` [(group, stat)], at the runs
-    themselves (estimate) and over the resamples (interval)."""
+    themselves (estimate) and over the resamples (interval); an equivalence test when `margin` is set."""
     combine = combine or (lambda *v: v[0])
     groups = [g for g, _ in parts]
     small = [g.label for g in groups if g.small]
@@ -210,16 +226,18 @@ def _row(claim: str, subject: str, optimizer: str, setting: str, statistic: str,
     low = high = math.nan
     if not small:
         low, high = interval(combine(*[f(g.boot) for g, f in parts]))
-    verdict = "" if level else "inconclusive" if small else _verdict(low, high)
+    verdict = "" if level else "inconclusive" if small else _verdict(low, high, margin)
     counted = sum(len(g.errors) for g in groups)
+    test = "" if level else "> 0" if margin is None else f"within ±{margin:g}"
     return {"claim": claim, "subject": subject, "optimizer": optimizer, "setting": setting,
-            "statistic": statistic, "estimate": estimate, "low": low, "high": high,
+            "statistic": statistic, "estimate": estimate, "low": low, "high": high, "test": test,
             "verdict": verdict, "paper": paper, "n": f"{counted}/{sum(g.total for g in groups)}",
-            "excluded": sum(g.total for g in groups) - counted,
+            "excluded": sum(g.total for g in groups) - counted, "diverged": sum(g.diverged for g in groups),
+            "verdict_without_diverged": "",
             "note": f"fewer than {MIN_RUNS} runs in {', '.join(small)}" if small else ""}
 
 
-def _gap_rows(G: dict, key: str, epochs, subsample: float) -> list[dict]:
+def _gap_rows(G: dict, key: str, epochs, subsample: float, margin: float) -> list[dict]:
     """optimizer_gap and optimizer_gap_best per stem, and their differences, for one setting."""
     setting = f"{key}, {epochs:g} epochs"
     have = [s for s in STEMS.values() if (key, epochs, s, "sgd") in G and (key, epochs, s, "adamw") in G]
@@ -230,7 +248,8 @@ def _gap_rows(G: dict, key: str, epochs, subsample: float) -> list[dict]:
         for s in have:
             sgd, adamw = G[key, epochs, s, "sgd"], G[key, epochs, s, "adamw"]
             rows.append(_row(claim, sgd.model, "", setting, f"{words} SGD - AdamW error (points)",
-                             PAPER["optimizer_gap"][s], [(sgd, f), (adamw, f)], np.subtract))
+                             PAPER["optimizer_gap"][s], [(sgd, f), (adamw, f)], np.subtract,
+                             margin=margin if s == "ViT_C" else None))
         if len(have) == 2:
             parts = [(G[key, epochs, s, o], f) for s in ("ViT_P", "ViT_C") for o in ("sgd", "adamw")]
             rows.append(_row(f"{claim}_difference", "ViT_P vs ViT_C", "", setting,
@@ -272,7 +291,7 @@ def _spread_rows(G: dict, key: str, epochs, within: float, area_range: float, su
     return rows
 
 
-def _schedule_rows(G: dict, key: str, lengths: list) -> list[dict]:
+def _schedule_rows(G: dict, key: str, lengths: list, margin: float) -> list[dict]:
     """schedule_loss per stem and optimizer, and its difference, between the shortest and longest schedule."""
     short, long = min(lengths), max(lengths)
     setting = f"{key}, {short:g} vs {long:g} epochs"
@@ -283,8 +302,8 @@ def _schedule_rows(G: dict, key: str, lengths: list) -> list[dict]:
         have = [s for s in ("ViT_P", "ViT_C") if (key, short, s, o) in G and (key, long, s, o) in G]
         for s in have:
             a, b = G[key, short, s, o], G[key, long, s, o]
-            rows.append(_row("schedule_loss", a.model, o, setting, words, PAPER["schedule_loss"],
-                             [(a, median), (b, median)], np.subtract))
+            rows.append(_row("schedule_loss", a.model, o, setting, words, PAPER["schedule_loss"][s],
+                             [(a, median), (b, median)], np.subtract, margin=margin if s == "ViT_C" else None))
         if len(have) == 2:
             parts = [(G[key, e, s, o], median) for s in ("ViT_P", "ViT_C") for e in (short, long)]
             rows.append(_row("schedule_loss_difference", "ViT_P vs ViT_C", o, setting,
@@ -294,28 +313,50 @@ def _schedule_rows(G: dict, key: str, lengths: list) -> list[dict]:
 
 
 def claims_table(df: pd.DataFrame, within: float = 4.0, resamples: int = 2000, seed: int = 0,
-                 subsample: float = 0.25, area_range: float = 20.0) -> pd.DataFrame:
+                 subsample: float = 0.25, area_range: float = 20.0, margin: float = MARGIN) -> pd.DataFrame:
     """Return one row per claim, stem and optimizer the sweep frame can speak to (see the module
     docstring): columns COLUMNS. `within`: the k of within_k (points); `resamples`: bootstrap
     resamples; `seed`: their seed; `subsample`: the fraction of a group's runs the best-of statistics
-    draw (pycls: 0.25); `area_range`: the span (points above best) of edf_area. A frame without
-    ViT_P or ViT_C runs gives an empty table; bad arguments raise ConfigError."""
-    if not within > 0 or not area_range > 0:
-        raise ConfigError(f"within and area_range must be positive points, got {within} and {area_range}")
+    draw (pycls: 0.25); `area_range`: the span (points above best) of edf_area; `margin`: the
+    equivalence margin (points) of the insensitivity claims. A frame without ViT_P or ViT_C runs gives
+    an empty table; bad arguments raise ConfigError."""
+    if not within > 0 or not area_range > 0 or not margin > 0:
+        raise ConfigError(f"within, area_range and margin must be positive points, "
+                          f"got {within}, {area_range} and {margin}")
     if not 0 < subsample <= 1:
         raise ConfigError(f"subsample must be in (0, 1], got {subsample}")
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 100:
         raise ConfigError(f"resamples must be an integer >= 100, got {resamples!r}")
     df = _frame(df)
+    args = (within, resamples, seed, subsample, area_range, margin)
+    table = _rows(df, *args)
+    div = diverged_mask(df)
+    if table.empty or not div.any():
+        table["verdict_without_diverged"] = table["verdict"]
+        return table
+    without = _rows(df[~div], *args).set_index(["claim", "subject", "optimizer", "setting"])["verdict"]
+    keys = list(zip(table["claim"], table["subject"], table["optimizer"], table["setting"]))
+    table["verdict_without_diverged"] = [without.get(k, "") for k in keys]
+    rests = (table["diverged"] > 0) & (table["verdict"] != table["verdict_without_diverged"])
+    table.loc[rests, "note"] = [
+        (f"{n} + " if n else "") + f"the verdict rests on {d} diverged run(s) at 100%; "
+        f"without them: {w or 'no row'}"
+        for n, d, w in zip(table.loc[rests, "note"], table.loc[rests, "diverged"],
+                           table.loc[rests, "verdict_without_diverged"])]
+    return table
+
+
+def _rows(df: pd.DataFrame, within, resamples, seed, subsample, area_range, margin) -> pd.DataFrame:
+    """The table's rows for a frame from _frame (see claims_table)."""
     G = _groups(df, resamples, seed)
     rows = []
     for key in sorted({k for (k, _, _, _) in G}):
         lengths = sorted({e for (k, e, _, _) in G if k == key})
         for epochs in lengths:
-            rows += _gap_rows(G, key, epochs, subsample)
+            rows += _gap_rows(G, key, epochs, subsample, margin)
             rows += _spread_rows(G, key, epochs, within, area_range, subsample)
         if len(lengths) > 1:
-            rows += _schedule_rows(G, key, lengths)
+            rows += _schedule_rows(G, key, lengths, margin)
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -334,7 +375,7 @@ def _display(table: pd.DataFrame) -> pd.DataFrame:
     out["estimate"] = table["estimate"].map(_number)
     out["95% interval"] = [f"[{_number(lo)}, {_number(hi)}]" if np.isfinite(lo) else "-"
                            for lo, hi in zip(table["low"], table["high"])]
-    for c in ("verdict", "n", "statistic", "paper", "note"):
+    for c in ("test", "verdict", "n", "diverged", "statistic", "paper", "note"):
         out[c] = table[c].astype(str)
     return out
 

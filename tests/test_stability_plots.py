@@ -116,15 +116,15 @@ def test_edf_x_range_and_any_grouping(sweep):
 
 def test_bootstrap_percentiles():
     e = np.arange(1.0, 21.0)
-    lo, med, hi = bootstrap_best(e, seed=3)
+    lo, med, hi = bootstrap_best(e)
     assert 1.0 <= lo <= med <= hi <= 20.0
     assert med < np.median(e)  # best of 5 draws is well below the median run
     # with all runs drawn, the best run is in most resamples, so the 2.5% point is the min
-    assert bootstrap_best(e, frac=1.0)[0] == 1.0
+    assert bootstrap_best(e, subsample=1.0)[0] == 1.0
     assert list(bootstrap_best([7.0] * 9)) == [7.0, 7.0, 7.0]
-    assert list(bootstrap_best(e, seed=5)) == list(bootstrap_best(e, seed=5))
-    with pytest.raises(ConfigError, match="frac"):
-        bootstrap_best(e, frac=0)
+    assert list(bootstrap_best(e[::-1])) == list(bootstrap_best(e))  # exact: no sampling, order-free
+    with pytest.raises(ConfigError, match="subsample"):
+        bootstrap_best(e, subsample=0)
 
 
 @pytest.mark.parametrize("style", ["band", "errorbar"])

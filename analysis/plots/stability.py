@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analysis.errors import ConfigError, one_of
+from analysis.stats import best_of_quantiles
 from analysis.plots.frame import (
     DIVERGED_ERROR,
     as_columns,
@@ -44,24 +45,16 @@ def edf(errors: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     return x, np.arange(1, x.size + 1) / x.size
 
 
-def bootstrap_best(
-    errors: Sequence[float], n_samples: int = 2500, frac: float = 0.25, seed: int = 0
-) -> np.ndarray:
-    """Return the 2.5/50/97.5 percentiles of the best error over bootstrap resamples.
-
-    Each of `n_samples` resamples draws max(1, round(frac * n)) runs with replacement and
-    keeps the lowest error (pycls' error bars for sweeps).
-    """
+def bootstrap_best(errors: Sequence[float], subsample: float = 0.25) -> np.ndarray:
+    """Return the 2.5/50/97.5 percentiles of pycls' best-of-`subsample` bootstrap of the errors
+    (the best of max(1, round(subsample * n)) runs drawn with replacement), computed exactly by
+    analysis.stats.best_of_quantiles: the same numbers the claims table's best-of statistics use."""
     e = np.asarray(errors, dtype=float)
     if e.size == 0:
         raise ConfigError("bootstrap needs at least one run with an error")
-    if not 0 < frac <= 1:
-        raise ConfigError(f"bootstrap frac must be in (0, 1], got {frac}")
-    if n_samples < 1:
-        raise ConfigError(f"bootstrap n_samples must be >= 1, got {n_samples}")
-    m = max(1, round(frac * e.size))
-    idx = np.random.default_rng(seed).integers(0, e.size, size=(n_samples, m))
-    return np.percentile(e[idx].min(axis=1), [2.5, 50.0, 97.5])
+    if not 0 < subsample <= 1:
+        raise ConfigError(f"bootstrap subsample must be in (0, 1], got {subsample}")
+    return best_of_quantiles(e, subsample)
 
 
 def _stat(values: pd.Series, stat: str) -> float:
@@ -211,9 +204,7 @@ def edf_figure(
     x_range: Sequence[float] | None = None,
     colors: dict | None = None,
     dashes: dict | None = None,
-    n_samples: int = 2500,
-    frac: float = 0.25,
-    seed: int = 0,
+    subsample: float = 0.25,
     title: str | None = None,
 ) -> go.Figure:
     """Return the EDF of error per group: F(e) = fraction of the group's runs with error < e.
@@ -221,7 +212,8 @@ def edf_figure(
     relative=True plots error minus the group's best run (delta top-1). Diverged runs count
     at 100% error, are counted in the legend ("div=k") and marked with a triangle at the right
     edge of the x range. bootstrap="band" shades, bootstrap="errorbar" draws below the axis,
-    the 2.5-97.5 percentile range of the best-of-25% bootstrap (median marked). Per group the
+    the 2.5-97.5 percentile range of the best-of-`subsample` bootstrap (median marked; exact, see
+    bootstrap_best). Per group the
     traces are, in order: "edf", "diverged" (possibly empty) and, if asked, "bootstrap".
     Groups with no counted run are left out; a frame without any raises ConfigError.
     """
@@ -255,8 +247,8 @@ def edf_figure(
         edge = right_edge if right_edge is not None else (DIVERGED_ERROR - (err.min() if relative else 0))
         fig.add_trace(_diverged_trace(label, color, int(div.sum()), len(err), edge))
         if bootstrap is not None:
-            lo, med, hi = bootstrap_best(values, n_samples=n_samples, frac=frac, seed=seed)
-            fig.add_trace(_bootstrap_trace(label, color, bootstrap, (lo, med, hi), frac, row=i + 1))
+            lo, med, hi = bootstrap_best(values, subsample)
+            fig.add_trace(_bootstrap_trace(label, color, bootstrap, (lo, med, hi), subsample, row=i + 1))
 
     y_low = -0.04 * (len(parts) + 1) if bootstrap == "errorbar" else -0.02
     fig.update_layout(
