@@ -145,7 +145,8 @@ def test_read_only_folder_is_refused_before_anything_is_written(tmp_path, monkey
 @pytest.mark.parametrize("overrides, words", [
     ({"model.preset": "vit_q"}, ["vit_q", "vit_c_fmnist"]),
     ({"model.stem": "spiral"}, ["spiral", "patchify"]),
-    ({"model.preset": "vit_p_1gf"}, ["img_size 28", "stride 16"]),  # 28 px Fashion-MNIST, 16 px patches
+    # images are resized to the preset's 224 px unless data.img_size says otherwise: 28 px, 16 px patches
+    ({"model.preset": "vit_p_1gf", "data.img_size": 28}, ["img_size 28", "stride 16"]),
 ])
 def test_bad_model_is_caught_before_the_folder_exists(tmp_path, overrides, words):
     with pytest.raises(ConfigError) as e:
