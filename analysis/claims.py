@@ -154,6 +154,14 @@ def _frame(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def setting_of(df: pd.DataFrame) -> pd.Series:
+    """The claims-table setting of each ViT_P / ViT_C row of a sweep frame ("<size>[, data], N epochs");
+    other rows get None."""
+    f = _frame(df)
+    named = f["key"] + ", " + pd.to_numeric(f["epochs"]).map(lambda e: f"{e:g}") + " epochs"
+    return named.reindex(df.index)
+
+
 def group_name(values) -> str:
     """The text a group's generator is seeded by: its key values joined by "|"."""
     return "|".join(str(v) for v in values)

@@ -175,7 +175,8 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, probes: b
     if df.empty:
         raise ConfigError(f"{sweep_dir} holds no runs to report on; launch the sweep first")
     out = Path(out) if out else sweep_dir / "report.html"
-    claims = claims_html(claims_table(df))
+    table = claims_table(df)
+    claims = claims_html(table)
     skipped: list[tuple[str, str]] = []
     figs = figures(df, probes=probes, skipped=skipped)
     counts = df["status"].value_counts().to_dict()
@@ -183,7 +184,7 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, probes: b
              f"<p class=meta>{len(df)} runs ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
              f"written {time.strftime('%Y-%m-%d %H:%M')}</p>",
              "<h2>The paper's claims (95% bootstrap intervals)</h2>", claims,
-             "<h2>Summary</h2>", _table_html(headline(df))]
+             *_regime_section(df, table), "<h2>Summary</h2>", _table_html(headline(df))]
     if skipped:
         items = "".join(f"<li>{html.escape(run)}: {html.escape(why)}</li>" for run, why in skipped)
         parts.append(f"<h2>Probes skipped</h2><p>These runs' attention maps and filters are left out:</p><ul>{items}</ul>")
@@ -200,6 +201,25 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, probes: b
     if png_dir:
         export_png([f for _, f in figs], png_dir)
     return out
+
+
+def _regime_section(df: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    """For a sweep with several settings (a regime study): each regime's cost and stability claims
+    reproduced, and the forest plot of the claims per regime. Nothing for a single setting."""
+    from analysis.plots import forest_figure
+    from analysis.regimes import regime_summary
+
+    if table.empty or table["setting"].nunique() < 2 or "seconds" not in df:
+        return []
+    summary = regime_summary(df, table)
+    shown = summary[["setting", "runs", "cpu_minutes", "seconds_per_run", "work_gflop", "fits_budget",
+                     "reproduced", "contradicted", "inconclusive"]]
+    return ["<h2>Regimes: the stability claims per setting</h2>",
+            "<p class=meta>reproduced / contradicted / inconclusive count the stability claims (optimizer-gap "
+            "differences, within-k and EDF-area differences per optimizer, ViT_C's optimizer gap); CPU minutes "
+            "are the runs' training seconds added up.</p>",
+            _table_html(shown.round(2)),
+            forest_figure(table).to_html(full_html=False, include_plotlyjs=False)]
 
 
 def export_png(figs: list[go.Figure], folder: str | Path) -> list[Path]:

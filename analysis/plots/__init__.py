@@ -1,6 +1,7 @@
 """Figure builders: pure functions, a DataFrame (or run directories) in, a plotly Figure out."""
 
 from analysis.plots.curves import curves_figure, read_metrics
+from analysis.plots.forest import forest_figure
 from analysis.plots.stability import (
     bootstrap_best,
     edf,
@@ -18,6 +19,7 @@ __all__ = [
     "curves_figure",
     "edf",
     "edf_figure",
+    "forest_figure",
     "epochs_figure",
     "epochs_table",
     "optimizer_gap_figure",
