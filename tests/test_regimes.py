@@ -62,3 +62,14 @@ def test_forest_figure_has_a_row_per_regime_and_marks_the_paper(study):
     assert short_setting("cifar_p16, data.train_per_class=50, 6 epochs") == "p16, 50/class, 6 ep"
     with pytest.raises(ConfigError, match="no rows"):
         forest_figure(table[table.claim == "peak"])
+
+
+def test_report_adds_the_regime_section_only_for_several_settings(study):
+    from analysis.report import _regime_section
+
+    df, table = study
+    parts = _regime_section(df, table)
+    assert "Regimes" in parts[0] and "fmnist_p16_tiny, data.train_per_class=100, 12 epochs" in parts[2]
+    assert "plotly" in parts[-1]
+    one = table[table.setting.str.contains("12 epochs")]
+    assert _regime_section(df, one) == []
