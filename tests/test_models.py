@@ -8,6 +8,7 @@ from torch import nn
 from timm.layers import Attention, LayerNorm2d
 
 from analysis.errors import ConfigError
+from analysis.models.presets import get_preset
 from analysis.models import (PRESETS, STEMS, LocalMlp, complexity, create_model, preset_names,
                              set_fused_attn)
 
@@ -297,3 +298,33 @@ def test_complexity_stem_matches_paper_table3():
         c = complexity(stem, 224, 3)
         assert c["flops"] / 1e6 == pytest.approx(mflops, rel=0.02)
         assert c["params"] / 1e6 == pytest.approx(mparams, abs=0.05)
+
+
+# The presets at the paper's stem geometry on small images (16 tokens): flops, params and acts as the
+# README's table states them; ViT_C's flops within the ratio the paper's width rule gives.
+P16_PRESETS = [
+    ("vit_p_fmnist_p16_tiny", 3973898, 227018, 52884),
+    ("vit_c_fmnist_p16_tiny", 3993738, 197506, 57874),
+    ("vit_p_fmnist_p16", 20664330, 1194378, 147238),
+    ("vit_c_fmnist_p16", 21211914, 1110010, 157218),
+    ("vit_p_cifar_p16_tiny", 4498186, 259786, 52884),
+    ("vit_c_cifar_p16_tiny", 4141194, 197650, 57874),
+    ("vit_p_cifar_p16", 21712906, 1259914, 147238),
+    ("vit_c_cifar_p16", 21506826, 1110298, 157218),
+    ("vit_p_fmnist_p8_tiny", 3777290, 214730, 52884),
+    ("vit_c_fmnist_p8_tiny", 3661962, 196410, 49682),
+]
+
+
+@pytest.mark.parametrize("name, flops, params, acts", P16_PRESETS, ids=[p[0] for p in P16_PRESETS])
+def test_small_image_presets_at_the_papers_geometry(name, flops, params, acts):
+    p = get_preset(name)
+    model = create_model(name)
+    assert complexity(model, p["img_size"], p["in_chans"]) == {"flops": flops, "params": params, "acts": acts}
+    assert (p["img_size"] // p["patch_size"]) ** 2 == 16 and p["patch_size"] in (8, 16)
+    x = torch.zeros(2, p["in_chans"], p["img_size"], p["img_size"])
+    assert model(x).shape == (2, 10)
+    if p["stem"] == "conv":  # one block fewer than ViT_P, flops within the paper-rule ratio
+        twin = name.replace("vit_c_", "vit_p_")
+        assert p["depth"] == get_preset(twin)["depth"] - 1
+        assert 0.92 <= flops / {n: f for n, f, _, _ in P16_PRESETS}[twin] <= 1.03

@@ -52,8 +52,13 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     **_vit_pair("fmnist_tiny", 64, 192, 2, 5, [48, 96], [2, 2], 28, 1, 10),
     **_vit_pair("cifar_tiny", 64, 192, 2, 5, [48, 96], [2, 2], 32, 3, 10),
     # small images at the paper's stem geometry: patch 16 on 64 px (four stride-2 3x3 convs, widths
-    # d/8..d, then the 1x1), patch 8 on 32 px (three stride-2 convs, d/4..d): 16 tokens each
+    # d/8..d, then the 1x1), patch 8 on 32 px (three stride-2 convs, d/4..d): 16 tokens each; images
+    # are resized on load. The widths follow the paper's rule, so ViT_C's flops land where that rule
+    # puts them: 0.92-1.03x ViT_P's (README, Presets)
     **_vit_pair("fmnist_p16_tiny", 64, 192, 2, 5, [8, 16, 32, 64], _S16, 64, 1, 10),
+    **_vit_pair("fmnist_p16", 128, 384, 4, 7, [16, 32, 64, 128], _S16, 64, 1, 10),
+    **_vit_pair("cifar_p16_tiny", 64, 192, 2, 5, [8, 16, 32, 64], _S16, 64, 3, 10),
+    **_vit_pair("cifar_p16", 128, 384, 4, 7, [16, 32, 64, 128], _S16, 64, 3, 10),
     **_vit_pair("fmnist_p8_tiny", 64, 192, 2, 5, [16, 32, 64], [2, 2, 2], 32, 1, 10),
     # CNN baselines
     "regnety_1.6gf": _cnn("regnety_016", 224, 3, 1000),
