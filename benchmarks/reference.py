@@ -88,8 +88,10 @@ def first_per_class(labels, n: int | None) -> list[int]:
     return sorted(keep.tolist())
 
 
-def datasets(dataset: str, train_per_class: int | None, test_per_class: int | None, cifar_n: int = 5000):
-    """(train, test) per-sample datasets with the standard torchvision transforms."""
+def datasets(dataset: str, train_per_class: int | None, test_per_class: int | None, cifar_n: int = 5000,
+             img_size: int | None = None):
+    """(train, test) per-sample datasets with the standard torchvision transforms; `img_size` other
+    than the native size resizes each image first (antialiased) and scales the crop padding."""
     from torchvision import datasets as tvd, transforms as T
 
     if dataset == "fashion_mnist":
@@ -104,13 +106,22 @@ def datasets(dataset: str, train_per_class: int | None, test_per_class: int | No
                                 rng.integers(0, 10, cifar_n), None)
         test = PerSampleArrays(rng.integers(0, 256, (cifar_n // 5, 32, 32, 3), dtype=np.uint8),
                                rng.integers(0, 10, cifar_n // 5), None)
-    aug = T.Compose([T.RandomCrop(size, padding=2), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
-    plain = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+    resize = [T.Resize(img_size, antialias=True)] if img_size and img_size != size else []
+    side = img_size or size
+    aug = T.Compose([*resize, T.RandomCrop(side, padding=round(2 * side / size)), T.RandomHorizontalFlip(),
+                     T.ToTensor(), T.Normalize(mean, std)])
+    plain = T.Compose([*resize, T.ToTensor(), T.Normalize(mean, std)])
     train.transform, test.transform = aug, plain
     train_labels = train.targets if hasattr(train, "targets") else train.labels
     test_labels = test.targets if hasattr(test, "targets") else test.labels
     return (torch.utils.data.Subset(train, first_per_class(train_labels, train_per_class)),
             torch.utils.data.Subset(test, first_per_class(test_labels, test_per_class)))
+
+
+def _img_size(preset: str) -> int:
+    from analysis.models import resolve
+
+    return resolve(preset)["img_size"]
 
 
 def run(preset: str, dataset: str, epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int,
@@ -119,7 +130,7 @@ def run(preset: str, dataset: str, epochs: int, batch_size: int, lr: float, weig
     """Train one run with the plain loop; return per-epoch train seconds, images/s and test error."""
     torch.manual_seed(seed)
     model = reference_model(preset)
-    train_ds, test_ds = datasets(dataset, train_per_class, test_per_class)
+    train_ds, test_ds = datasets(dataset, train_per_class, test_per_class, img_size=_img_size(preset))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     loader = torch.utils.data.DataLoader(train_ds, batch_size=batch_size, shuffle=True, drop_last=True,
                                          num_workers=workers)

@@ -1,5 +1,5 @@
-"""Sweep throughput on this machine's cores, for the main job's kind of sweep (tiny presets on a
-Fashion-MNIST subset, log-uniform lr/wd, AdamW and SGD), in these layouts:
+"""Sweep throughput on this machine's cores, for the main job's kind of sweep (its presets, read from
+jobs/fmnist_demo.yaml, on a Fashion-MNIST subset, log-uniform lr/wd, AdamW and SGD), in these layouts:
 
 - engine_process_per_run: one run per process, as many one-thread processes side by side as there
   are cores, each training its share one run after another (the main job's layout; the best
@@ -27,15 +27,21 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-PRESETS = ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny"]
 RANGES = {"adamw": ((2.5e-4, 8e-3), (0.02, 0.8)), "sgd": ((0.025, 0.8), (1.25e-5, 4e-4))}
 
 
-def sample_runs(samples: int, seed: int = 0) -> list[dict]:
+def main_job_presets() -> list[str]:
+    """The main job's preset pair (jobs/fmnist_demo.yaml's grid)."""
+    import yaml
+
+    return list(yaml.safe_load((REPO / "jobs" / "fmnist_demo.yaml").read_text())["grid"]["preset"])
+
+
+def sample_runs(samples: int, seed: int = 0, presets: list[str] | None = None) -> list[dict]:
     """Dotted overrides of every run: preset x optimizer x `samples` log-uniform (lr, wd) pairs."""
     rng = np.random.default_rng(seed)
     out = []
-    for preset in PRESETS:
+    for preset in presets or main_job_presets():
         for name, ((lr_lo, lr_hi), (wd_lo, wd_hi)) in RANGES.items():
             for i in range(samples):
                 out.append({"model.preset": preset, "optim.name": name, "train.seed": i,
@@ -65,7 +71,7 @@ def worker(spec: str) -> None:
         for out, cfg in cfgs:
             train(cfg, out)
         return
-    for preset in PRESETS:
+    for preset in dict.fromkeys(c.model.preset for _, c in cfgs):
         mine = [(o, c) for o, c in cfgs if c.model.preset == preset]
         if mine:
             train_group([c for _, c in mine], [o for o, _ in mine])
@@ -108,7 +114,8 @@ def run(quick: bool = False) -> dict:
     """Time each layout once (a sweep is long), interleaving nothing: the layouts run in turn."""
     samples, epochs, per_class, test_per_class = (2, 1, 100, 50) if quick else (4, 2, 300, 100)
     batch, cores = 128, os.cpu_count() or 1
-    runs = sample_runs(samples)
+    presets = main_job_presets()
+    runs = sample_runs(samples, presets=presets)
     base = base_overrides(epochs, per_class, test_per_class, batch)
     walls = {}
     with tempfile.TemporaryDirectory() as d:
@@ -121,6 +128,6 @@ def run(quick: bool = False) -> dict:
     rows = {k: {"wall_s": w, "runs_per_hour": n / w * 3600, "vs_engine_process_per_run": ref / w}
             for k, w in walls.items()}
     return {"runs": n, "epochs": epochs, "train_images": per_class * 10, "test_images": test_per_class * 10,
-            "batch_size": batch, "cores": cores, "presets": PRESETS, "results": rows,
+            "batch_size": batch, "cores": cores, "presets": presets, "results": rows,
             "notes": "one measurement of each layout, one after another; processes of one thread each "
                      "(stacked_one_process: one process with a thread per core)"}

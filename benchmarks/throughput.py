@@ -6,7 +6,7 @@ epochs, the second timed the same way. Engine and reference alternate, repeated;
 median of the per-pair ratios are reported. Achieved FLOP/s = images/s x flops (MACs, pycls
 convention) x 2 FLOP/MAC x 3 (forward + backward), over the matmul peak measured here.
 
-CPU: the small presets. CUDA (when available, or --big): the 1GF and 4GF presets at 224 px on a
+CPU: the small presets, the 16-token ones (p16 on 64 px, p8 on 32 px) included. CUDA (when available, or --big): the 1GF and 4GF presets at 224 px on a
 synthetic ImageFolder.
 """
 
@@ -25,7 +25,8 @@ from analysis.data import default_root
 from benchmarks import reference
 from benchmarks.common import CACHE, matmul_peak, spread
 
-SMALL = ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny", "vit_p_fmnist", "vit_c_fmnist", "vit_p_cifar", "vit_c_cifar"]
+SMALL = ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny", "vit_p_fmnist_p16_tiny", "vit_c_fmnist_p16_tiny",
+         "vit_p_fmnist_p8_tiny", "vit_c_fmnist_p8_tiny", "vit_p_fmnist", "vit_c_fmnist", "vit_p_cifar", "vit_c_cifar"]
 BIG = ["vit_p_1gf", "vit_c_1gf", "vit_p_4gf", "vit_c_4gf"]
 
 
@@ -150,7 +151,7 @@ def measure(preset: str, engine_kw: dict, ref_fn, repeats: int) -> dict:
 def run(quick: bool = False, big: bool = False) -> dict:
     """Measure every preset; returns the JSON payload."""
     repeats = 1 if quick else 3
-    presets = SMALL[:2] + (["vit_c_cifar"] if quick else SMALL[2:])
+    presets = SMALL[:4] + (["vit_c_cifar"] if quick else SMALL[4:])
     per_class, batch = (100, 128) if quick else (200, 128)
     rows = []
     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
