@@ -92,15 +92,12 @@ def as_model(source: nn.Module | str | Path, checkpoint_path: str | Path | None 
 
 
 def _named_model(name: str, pretrained: bool, fused_attn: bool | None, kwargs: dict) -> nn.Module:
-    """A suite preset or a timm model by name."""
+    """A model by name from timm's registry, which holds every suite preset (analysis.models.timm_presets)."""
     import timm
 
-    from analysis.models import PRESETS, create_model, set_fused_attn
+    from analysis.models import PRESETS, set_fused_attn, timm_name
 
-    if name in PRESETS:
-        if pretrained:
-            raise ConfigError(f"{name} is a suite preset: it has no pretrained weights; pass checkpoint_path")
-        return create_model(name, fused_attn=True if fused_attn is None else fused_attn, **kwargs)
+    name = timm_name(name) if name in PRESETS else name
     if not timm.is_model(name):
         raise ConfigError(f"cannot make a model of {name!r}: not a run folder, a suite preset "
                           "(python -m analysis presets) or a timm model name (timm.list_models())")

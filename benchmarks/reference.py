@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +33,14 @@ def reference_model(preset: str) -> torch.nn.Module:
     from timm.models.vision_transformer import VisionTransformer
 
     from analysis.models import resolve
-    from analysis.models.stems import Stem
+    from analysis.models.registry import lookup_stem, stem_layer
 
     s = resolve(preset)
     kwargs = dict(img_size=s["img_size"], patch_size=s["patch_size"], in_chans=s["in_chans"],
                   num_classes=s["num_classes"], embed_dim=s["embed_dim"], depth=s["depth"],
                   num_heads=s["num_heads"], mlp_ratio=s["mlp_ratio"], qkv_bias=True)
     if s["stem"] != "patchify":
-        kwargs["embed_layer"] = partial(Stem, kind=s["stem"], channels=s["stem_channels"], strides=s["stem_strides"])
+        kwargs["embed_layer"] = stem_layer(lookup_stem(s["stem"]), s["stem_channels"], s["stem_strides"])
     return VisionTransformer(**kwargs)
 
 

@@ -328,3 +328,42 @@ def test_small_image_presets_at_the_papers_geometry(name, flops, params, acts):
         twin = name.replace("vit_c_", "vit_p_")
         assert p["depth"] == get_preset(twin)["depth"] - 1
         assert 0.92 <= flops / {n: f for n, f, _, _ in P16_PRESETS}[twin] <= 1.03
+
+
+def test_presets_are_models_in_timms_registry():
+    import timm
+
+    from analysis.models import timm_name
+
+    assert set(timm.list_models("vit_c_*")) == {n for n in preset_names("vit") if n.startswith("vit_c_")}
+    assert {timm_name(n) for n in PRESETS} <= set(timm.list_models())
+    assert timm_name("regnety_1.6gf") == "regnety_1_6gf"  # timm reads what follows a '.' as a weight tag
+    for name, cfg in (("vit_c_fmnist_tiny", ((1, 28, 28), 10, (0.2860,))), ("vit_p_fmnist_p16_tiny", ((1, 64, 64), 10, (0.2860,))),
+                      ("vit_c_cifar", ((3, 32, 32), 10, (0.4914, 0.4822, 0.4465))),
+                      ("vit_p_1gf", ((3, 224, 224), 1000, (0.485, 0.456, 0.406)))):
+        got = timm.get_pretrained_cfg(name)
+        assert (got.input_size, got.num_classes, got.mean) == cfg and not got.has_weights
+    # timm.create_model and create_model build the same model, attributes and weights
+    torch.manual_seed(0)
+    ours = create_model("vit_c_fmnist_tiny", stem="cct", num_classes=7)
+    torch.manual_seed(0)
+    theirs = timm.create_model("vit_c_fmnist_tiny", stem="cct", num_classes=7)
+    assert type(theirs) is type(ours) and theirs.settings == ours.settings and theirs.stem_name == "cct"
+    for (k, a), (k2, b) in zip(ours.state_dict().items(), theirs.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    assert theirs.pretrained_cfg["input_size"] == (1, 28, 28) and theirs.pretrained_cfg["num_classes"] == 7
+    assert timm.data.resolve_model_data_config(theirs)["mean"] == (0.2860,)
+    cnn = timm.create_model("resnet_fmnist")
+    assert cnn.preset == "resnet_fmnist" and cnn.pretrained_cfg["input_size"] == (1, 28, 28)
+    assert create_model("regnety_1.6gf").preset == "regnety_1.6gf"
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda: __import__("timm").create_model("vit_c_fmnist_tiny", pretrained=True), ["no pretrained weights"]),
+    (lambda: __import__("timm").create_model("vit_c_fmnist_tiny", drop_rate=0.1), ["drop_rate", "allowed: stem"]),
+    (lambda: __import__("timm").create_model("vit_c_fmnist_tiny", stem="nope"), ["unknown stem 'nope'"]),
+])
+def test_timm_create_model_errors_are_one_line(call, words):
+    with pytest.raises(ConfigError) as e:
+        call()
+    assert "\n" not in str(e.value) and all(w in str(e.value) for w in words)

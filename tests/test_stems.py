@@ -11,7 +11,9 @@ import torch
 from analysis import rundir
 from analysis.config import RunConfig
 from analysis.errors import ConfigError
-from analysis.models import STEMS, complexity, create_model, register_stem, stem_names
+from analysis.models import (STEMS, CCTStem, ConvStem, PatchifyStem, complexity, create_model, register_stem,
+                             stem_names)
+from analysis.models.registry import lookup_stem, portable_stem, stem_layer
 from analysis.sweeps import Spec, Sweep
 from tests import user_stems
 
@@ -30,6 +32,50 @@ def test_registry_keeps_the_suite_stems_and_adds_users():
     assert pooled.cls_token is None and pooled.seq_pool is not None  # the registered seq_pool travels with the path
     with pytest.raises(ConfigError, match="one of the suite's stems"):
         register_stem("conv")(user_stems.two_conv)
+
+
+BUILTIN = {"patchify": (PatchifyStem, {}), "conv": (ConvStem, {}), "patchify_bn": (PatchifyStem, {"bn": True}),
+           "conv_ln": (ConvStem, {"norm": "ln"}), "cct": (CCTStem, {})}
+
+
+@pytest.mark.parametrize("name", STEMS)
+def test_every_suite_stem_round_trips_through_the_registry(name):
+    assert set(BUILTIN) == set(STEMS)
+    cls, defaults = BUILTIN[name]
+    entry = lookup_stem(name)
+    assert entry.build is cls and entry.defaults == defaults and entry.builtin
+    assert entry.seq_pool == (name == "cct")
+    portable_stem(name)  # a suite stem is registered in every process that imports analysis
+    args = dict(img_size=32, patch_size=4, in_chans=3, embed_dim=64)
+    layout = dict(channels=[48, 96], strides=[2, 2])
+    via_registry = stem_layer(entry, **layout)(**args)
+    assert type(via_registry) is cls and via_registry.kind == name
+    assert entry.stride(4, layout["strides"]) == via_registry.stride == 4
+    # the class built directly with the registered arguments: the same modules, the same weights
+    torch.manual_seed(0)
+    direct = cls(**args, **({} if cls is PatchifyStem else layout), **defaults)
+    direct.init_weights()
+    torch.manual_seed(0)
+    again = stem_layer(entry, **layout)(**args)
+    again.init_weights()
+    assert str(direct) == str(again)
+    for (k, a), (k2, b) in zip(direct.state_dict().items(), again.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    # and the model of that stem is the one the registry names, by name and by import path
+    model = create_model("vit_c_cifar_tiny", stem=name)
+    by_path = create_model("vit_c_cifar_tiny", stem=f"analysis.models.stems:{cls.__name__}")
+    assert type(model.stem) is type(by_path.stem) is cls
+    assert model.stem.kind == name and (by_path.stem.kind == name) == (not defaults)
+
+
+def test_a_users_class_registered_under_two_names_with_bound_arguments():
+    register_stem("two_conv_narrow", width=8)(user_stems.TwoConvStem)
+    register_stem("two_conv_wide", width=32)(user_stems.TwoConvStem)
+    narrow = create_model("vit_c_fmnist_tiny", stem="two_conv_narrow")
+    wide = create_model("vit_c_fmnist_tiny", stem="two_conv_wide")
+    assert narrow.stem.first_conv.out_channels == 8 and wide.stem.first_conv.out_channels == 32
+    with pytest.raises(ConfigError, match="one of the suite's stems"):
+        register_stem("conv_ln", norm="bn")(ConvStem)
 
 
 def test_complexity_counts_a_users_stem():

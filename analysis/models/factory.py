@@ -1,11 +1,16 @@
-"""create_model: a preset name plus overrides -> a ready model with its settings attached."""
+"""create_model: a preset name plus overrides -> a ready model with its settings attached.
+
+Every preset is a model in timm's registry (analysis.models.timm_presets): `create_model` looks it up
+there, as `timm.create_model` does; timm's entrypoint calls `build`, the one builder of presets.
+"""
 from typing import Any, Dict, Optional
 
+import timm
 from torch import nn
 
 from analysis.errors import ConfigError
 from analysis.models.cnn import build_cnn
-from analysis.models.presets import get_preset
+from analysis.models.presets import get_preset, timm_name
 from analysis.models.registry import lookup_stem
 from analysis.models.vit import build_vit
 
@@ -35,7 +40,7 @@ def resolve(preset: str, stem: Optional[str] = None, local_mlp: Optional[bool] =
             s[key] = value
     if s["family"] == "vit":
         entry = lookup_stem(s["stem"])  # a registered name or an importable module.path:callable
-        # the suite's stems know their stride before they are built; others are checked when built
+        # stems that state their stride before they are built (the suite's) are checked here, others when built
         stride = entry.stride(s["patch_size"], s["stem_strides"]) if entry.stride else s["patch_size"]
         if s["img_size"] % stride:
             raise ConfigError(f"img_size {s['img_size']} is not divisible by the {s['stem']} stem's "
@@ -43,15 +48,10 @@ def resolve(preset: str, stem: Optional[str] = None, local_mlp: Optional[bool] =
     return s
 
 
-def create_model(preset: str, stem: Optional[str] = None, local_mlp: Optional[bool] = None,
-                 num_classes: Optional[int] = None, in_chans: Optional[int] = None,
-                 img_size: Optional[int] = None, fused_attn: bool = True) -> nn.Module:
-    """Returns a freshly initialised model for a preset; keyword arguments override the preset.
-
-    fused_attn=False switches every attention module to the explicit softmax path (needed to
-    read attention maps). The model carries `preset`, `family`, `img_size`, `in_chans`,
-    `num_classes`, `settings` (the resolved preset dict) and, for ViTs, `stem_name`.
-    """
+def build(preset: str, stem: Optional[str] = None, local_mlp: Optional[bool] = None,
+          num_classes: Optional[int] = None, in_chans: Optional[int] = None,
+          img_size: Optional[int] = None, fused_attn: bool = True) -> nn.Module:
+    """Returns a freshly initialised model for a preset (the arguments of `create_model`)."""
     s = resolve(preset, stem, local_mlp, num_classes, in_chans, img_size)
     model = build_vit(s, fused_attn) if s["family"] == "vit" else build_cnn(s)
     model.preset = preset
@@ -61,3 +61,19 @@ def create_model(preset: str, stem: Optional[str] = None, local_mlp: Optional[bo
     model.num_classes = s["num_classes"]
     model.settings = s
     return model
+
+
+def create_model(preset: str, stem: Optional[str] = None, local_mlp: Optional[bool] = None,
+                 num_classes: Optional[int] = None, in_chans: Optional[int] = None,
+                 img_size: Optional[int] = None, fused_attn: bool = True) -> nn.Module:
+    """Returns a freshly initialised model for a preset; keyword arguments override the preset.
+
+    The same as `timm.create_model(preset, ...)` (with `regnety_1.6gf` as timm's `regnety_1_6gf`).
+    fused_attn=False switches every attention module to the explicit softmax path (needed to
+    read attention maps). The model carries `preset`, `family`, `img_size`, `in_chans`,
+    `num_classes`, `settings` (the resolved preset dict), timm's `pretrained_cfg` and, for ViTs,
+    `stem_name`.
+    """
+    get_preset(preset)  # an unknown preset: one line naming the presets
+    return timm.create_model(timm_name(preset), stem=stem, local_mlp=local_mlp, num_classes=num_classes,
+                             in_chans=in_chans, img_size=img_size, fused_attn=fused_attn)

@@ -6,6 +6,8 @@ Every preset is a plain JSON-able dict. ViT keys:
   stem_channels / stem_strides (the conv stem's 3x3 layers, then a 1x1 conv to d; kept on
   ViT_P presets too so that any stem can be swapped in); local_mlp (LocalViT MLP).
 CNN keys: family "cnn"; arch ("regnety_016", ..., or "resnet_small"); img_size, in_chans, num_classes.
+Both: dataset ("imagenet", "fashion_mnist" or "cifar10"), the data the preset is shaped for; its
+mean/std go into the preset's pretrained_cfg in timm's registry (analysis.models.timm_presets).
 
 ViT_C has one block fewer than ViT_P (the conv stem costs about one block).
 Small presets use patch 4: two stride-2 3x3 convs doubling the width, then the 1x1 to d; the
@@ -19,53 +21,57 @@ FAMILIES = ("vit", "cnn")
 
 
 def _vit_pair(name: str, d: int, mlp: int, heads: int, blocks_p: int, channels: List[int],
-              strides: List[int], img_size: int, in_chans: int, num_classes: int) -> Dict[str, dict]:
+              strides: List[int], img_size: int, in_chans: int, num_classes: int, dataset: str) -> Dict[str, dict]:
     """Returns {vit_p_<name>: ..., vit_c_<name>: ...}: same widths, C with the conv stem, one block fewer."""
     patch = 1
     for s in strides:
         patch *= s
-    base = dict(family="vit", img_size=img_size, in_chans=in_chans, num_classes=num_classes,
+    base = dict(family="vit", dataset=dataset, img_size=img_size, in_chans=in_chans, num_classes=num_classes,
                 embed_dim=d, num_heads=heads, mlp_ratio=mlp / d, patch_size=patch,
                 stem_channels=list(channels), stem_strides=list(strides), local_mlp=False)
     return {f"vit_p_{name}": dict(base, stem="patchify", depth=blocks_p),
             f"vit_c_{name}": dict(base, stem="conv", depth=blocks_p - 1)}
 
 
-def _cnn(arch: str, img_size: int, in_chans: int, num_classes: int) -> dict:
+def _cnn(arch: str, img_size: int, in_chans: int, num_classes: int, dataset: str) -> dict:
     """Returns a CNN preset dict."""
-    return dict(family="cnn", arch=arch, img_size=img_size, in_chans=in_chans, num_classes=num_classes)
+    return dict(family="cnn", dataset=dataset, arch=arch, img_size=img_size, in_chans=in_chans,
+                num_classes=num_classes)
 
 
+
+
+IMAGENET, FMNIST, CIFAR = "imagenet", "fashion_mnist", "cifar10"
 _S16 = [2, 2, 2, 2]
 _S16_DEEP = [2, 2, 1, 2, 1, 2]
 _DEEP = [64, 128, 128, 256, 256, 512]
 
 PRESETS: Dict[str, Dict[str, Any]] = {
     # Table 1 (224 px ImageNet)
-    **_vit_pair("1gf", 192, 576, 3, 12, [24, 48, 96, 192], _S16, 224, 3, 1000),
-    **_vit_pair("4gf", 384, 1152, 6, 12, [48, 96, 192, 384], _S16, 224, 3, 1000),
-    **_vit_pair("18gf", 768, 3072, 12, 12, _DEEP, _S16_DEEP, 224, 3, 1000),
-    **_vit_pair("36gf", 1024, 4096, 16, 14, _DEEP, _S16_DEEP, 224, 3, 1000),
+    **_vit_pair("1gf", 192, 576, 3, 12, [24, 48, 96, 192], _S16, 224, 3, 1000, IMAGENET),
+    **_vit_pair("4gf", 384, 1152, 6, 12, [48, 96, 192, 384], _S16, 224, 3, 1000, IMAGENET),
+    **_vit_pair("18gf", 768, 3072, 12, 12, _DEEP, _S16_DEEP, 224, 3, 1000, IMAGENET),
+    **_vit_pair("36gf", 1024, 4096, 16, 14, _DEEP, _S16_DEEP, 224, 3, 1000, IMAGENET),
     # small images, patch 4
-    **_vit_pair("fmnist", 128, 384, 4, 7, [96, 192], [2, 2], 28, 1, 10),
-    **_vit_pair("cifar", 128, 384, 4, 7, [96, 192], [2, 2], 32, 3, 10),
-    **_vit_pair("fmnist_tiny", 64, 192, 2, 5, [48, 96], [2, 2], 28, 1, 10),
-    **_vit_pair("cifar_tiny", 64, 192, 2, 5, [48, 96], [2, 2], 32, 3, 10),
+    **_vit_pair("fmnist", 128, 384, 4, 7, [96, 192], [2, 2], 28, 1, 10, FMNIST),
+    **_vit_pair("cifar", 128, 384, 4, 7, [96, 192], [2, 2], 32, 3, 10, CIFAR),
+    **_vit_pair("fmnist_tiny", 64, 192, 2, 5, [48, 96], [2, 2], 28, 1, 10, FMNIST),
+    **_vit_pair("cifar_tiny", 64, 192, 2, 5, [48, 96], [2, 2], 32, 3, 10, CIFAR),
     # small images at the paper's stem geometry: patch 16 on 64 px (four stride-2 3x3 convs, widths
     # d/8..d, then the 1x1), patch 8 on 32 px (three stride-2 convs, d/4..d): 16 tokens each; images
     # are resized on load. The widths follow the paper's rule, so ViT_C's flops land where that rule
     # puts them: 0.92-1.03x ViT_P's (README, Presets)
-    **_vit_pair("fmnist_p16_tiny", 64, 192, 2, 5, [8, 16, 32, 64], _S16, 64, 1, 10),
-    **_vit_pair("fmnist_p16", 128, 384, 4, 7, [16, 32, 64, 128], _S16, 64, 1, 10),
-    **_vit_pair("cifar_p16_tiny", 64, 192, 2, 5, [8, 16, 32, 64], _S16, 64, 3, 10),
-    **_vit_pair("cifar_p16", 128, 384, 4, 7, [16, 32, 64, 128], _S16, 64, 3, 10),
-    **_vit_pair("fmnist_p8_tiny", 64, 192, 2, 5, [16, 32, 64], [2, 2, 2], 32, 1, 10),
+    **_vit_pair("fmnist_p16_tiny", 64, 192, 2, 5, [8, 16, 32, 64], _S16, 64, 1, 10, FMNIST),
+    **_vit_pair("fmnist_p16", 128, 384, 4, 7, [16, 32, 64, 128], _S16, 64, 1, 10, FMNIST),
+    **_vit_pair("cifar_p16_tiny", 64, 192, 2, 5, [8, 16, 32, 64], _S16, 64, 3, 10, CIFAR),
+    **_vit_pair("cifar_p16", 128, 384, 4, 7, [16, 32, 64, 128], _S16, 64, 3, 10, CIFAR),
+    **_vit_pair("fmnist_p8_tiny", 64, 192, 2, 5, [16, 32, 64], [2, 2, 2], 32, 1, 10, FMNIST),
     # CNN baselines
-    "regnety_1.6gf": _cnn("regnety_016", 224, 3, 1000),
-    "regnety_4gf": _cnn("regnety_040", 224, 3, 1000),
-    "regnety_16gf": _cnn("regnety_160", 224, 3, 1000),
-    "resnet_fmnist": _cnn("resnet_small", 28, 1, 10),
-    "resnet_cifar": _cnn("resnet_small", 32, 3, 10),
+    "regnety_1.6gf": _cnn("regnety_016", 224, 3, 1000, IMAGENET),
+    "regnety_4gf": _cnn("regnety_040", 224, 3, 1000, IMAGENET),
+    "regnety_16gf": _cnn("regnety_160", 224, 3, 1000, IMAGENET),
+    "resnet_fmnist": _cnn("resnet_small", 28, 1, 10, FMNIST),
+    "resnet_cifar": _cnn("resnet_small", 32, 3, 10, CIFAR),
 }
 
 
@@ -76,6 +82,12 @@ def preset_names(kind: Optional[str] = None) -> List[str]:
     if kind not in FAMILIES:
         raise one_of("preset kind", kind, FAMILIES)
     return [n for n, p in PRESETS.items() if p["family"] == kind]
+
+
+def timm_name(preset: str) -> str:
+    """The preset's name in timm's model registry: the same, with '.' as '_' (timm reads what follows a
+    '.' as a weight tag, so `regnety_1.6gf` is `regnety_1_6gf` there)."""
+    return preset.replace(".", "_")
 
 
 def get_preset(name: str) -> Dict[str, Any]:

@@ -6,6 +6,11 @@
     def my_stem(img_size, patch_size, in_chans, embed_dim, **kwargs) -> nn.Module:
         ...
 
+    register_stem("my_stem_ln", norm="ln")(MyStem)   # a class, under a name, with bound arguments
+
+The suite's stems (STEMS: patchify, conv, patchify_bn, conv_ln, cct) are the classes of
+analysis.models.stems, registered at the end of this module by the same `register_stem`.
+
 `model.stem` names a stem in one of two forms:
   my_stem                        a registered name (the suite's, or one registered in this process)
   mypackage.stems:my_stem        an import path module:attribute, imported where the run builds its
@@ -21,7 +26,9 @@ What a stem is (checked when the model is built; a miss is one line naming it):
     patch_size), grid_size ((gh, gw) tokens for img_size), num_patches (gh * gw), first_conv (its
     first nn.Conv2d: the filter and Grad-CAM probes read it) and kind (a short name for figures);
   - optionally init_weights(), called after timm's initialisation (without it the stem keeps
-    timm's 'jax' initialisation), and timm's set_input_size / feat_ratio / dynamic_feat_size.
+    timm's 'jax' initialisation), and timm's set_input_size / feat_ratio / dynamic_feat_size;
+  - optionally, on the callable, total_stride(patch_size, strides) -> its stride before it is built
+    (a static method of the class; lets a config's img_size be checked without building the stem).
   - register_stem(..., seq_pool=True) builds the ViT without class token, pooling by CCT's
     sequence pooling (as the `cct` stem does).
 """
@@ -35,8 +42,7 @@ import re
 import shutil
 import site
 import sysconfig
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -44,7 +50,7 @@ from timm.layers import to_2tuple
 from torch import nn
 
 from analysis.errors import ConfigError
-from analysis.models.stems import STEMS, Stem, stem_stride
+from analysis.models.stems import CCTStem, ConvStem, PatchifyStem
 
 REQUIRED = ("stride", "grid_size", "num_patches", "first_conv", "kind")
 _IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
@@ -57,28 +63,43 @@ class StemEntry:
     name: str  # registered name or import path
     build: Callable[..., nn.Module]
     seq_pool: bool = False  # no class token; CCT sequence pooling
-    builtin: bool = False
-    stride: Optional[Callable[[int, Sequence[int]], int]] = None  # (patch_size, strides) -> stride, before building
+    defaults: dict = field(default_factory=dict)  # keyword arguments bound at registration
+
+    @property
+    def builtin(self) -> bool:
+        """Whether this is one of the suite's stems (registered whenever analysis.models is imported)."""
+        return self.name in STEMS
+
+    @property
+    def stride(self) -> Optional[Callable[[int, Sequence[int]], int]]:
+        """(patch_size, strides) -> the stem's stride, before building it; None when the stem does not say."""
+        return getattr(self.build, "total_stride", None)
+
+    def __call__(self, **kwargs) -> nn.Module:
+        """Builds the stem from the arguments its signature takes, plus the registered defaults."""
+        return self.build(**{**_accepted(self.build, kwargs), **self.defaults})
 
 
 _REGISTRY: dict[str, StemEntry] = {}
+STEMS: tuple[str, ...] = ()  # the suite's stem names, set once they are registered (end of this module)
 
 
-def register_stem(name: str | Callable | None = None, *, seq_pool: bool = False):
+def register_stem(name: str | Callable | None = None, *, seq_pool: bool = False, **defaults):
     """Decorator registering a stem factory (function or class) under `name` (default: its __name__).
 
-    Registering a name again replaces the earlier stem (a re-run notebook cell); the suite's
-    stems cannot be replaced. Returns the factory unchanged.
+    `defaults` are keyword arguments always passed to it (one class under several names, e.g.
+    register_stem("conv_ln", norm="ln")(ConvStem)). Registering a name again replaces the earlier stem
+    (a re-run notebook cell); the suite's stems cannot be replaced. Returns the factory unchanged.
     """
     def add(fn: Callable) -> Callable:
-        key = name if isinstance(name, str) else fn.__name__
+        key = name if isinstance(name, str) else getattr(fn, "__name__", None)
         if not callable(fn):
             raise ConfigError(f"register_stem needs a function or class, got {type(fn).__name__}")
-        if not re.fullmatch(r"[A-Za-z_][\w.-]*", key):
+        if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][\w.-]*", key):
             raise ConfigError(f"stem name {key!r} must start with a letter or '_' and use letters, digits, '_', '.', '-'")
         if key in STEMS:
             raise ConfigError(f"stem name {key!r} is one of the suite's stems ({', '.join(STEMS)}); choose another")
-        _REGISTRY[key] = StemEntry(key, fn, seq_pool=seq_pool)
+        _REGISTRY[key] = StemEntry(key, fn, seq_pool=seq_pool, defaults=dict(defaults))
         return fn
 
     return add(name) if callable(name) and not isinstance(name, str) else add
@@ -125,12 +146,13 @@ def _import(path: str) -> object:
 
 
 def lookup_stem(name: str) -> StemEntry:
-    """The StemEntry for a registered name or an import path (imported here); one-line ConfigError."""
+    """The StemEntry for a registered name or an import path (imported here); one-line ConfigError.
+    Every model.stem value is resolved by this function, and only here."""
     check_stem_name(name)
     if ":" not in name:
         return _REGISTRY[name]
     obj = _import(name)
-    registered = next((e for e in _REGISTRY.values() if e.build is obj), None)
+    registered = next((e for e in _REGISTRY.values() if e.build is obj and not e.defaults), None)
     return StemEntry(name, obj, seq_pool=registered.seq_pool if registered else False)
 
 
@@ -182,26 +204,24 @@ def check_stem(stem: object, name: str, patch_size=None, img_size=None) -> None:
         raise ConfigError(f"stem {name!r} has num_patches {stem.num_patches}, its grid {grid} holds {grid[0] * grid[1]}")
 
 
-def stem_layer(name: str, channels: Sequence[int], strides: Sequence[int]) -> Callable[..., nn.Module]:
-    """The embed_layer for timm's VisionTransformer: builds the named stem and checks it."""
-    entry = lookup_stem(name)
+def stem_layer(entry: StemEntry, channels: Sequence[int], strides: Sequence[int]) -> Callable[..., nn.Module]:
+    """The embed_layer for timm's VisionTransformer: builds the stem of `entry` (see lookup_stem) and checks it."""
 
     def build(**kwargs) -> nn.Module:
-        args = {**kwargs, "channels": list(channels), "strides": list(strides)}
-        stem = entry.build(**_accepted(entry.build, args))
-        check_stem(stem, name, kwargs.get("patch_size"), kwargs.get("img_size"))
+        stem = entry(**kwargs, channels=list(channels), strides=list(strides))
+        check_stem(stem, entry.name, kwargs.get("patch_size"), kwargs.get("img_size"))
         return stem
 
     return build
 
 
-def _register_builtins() -> None:
-    for kind in STEMS:
-        _REGISTRY[kind] = StemEntry(kind, partial(Stem, kind=kind), seq_pool=kind == "cct", builtin=True,
-                                    stride=partial(stem_stride, kind))
-
-
-_register_builtins()
+# The suite's stems, registered as a user registers theirs; their names, in this order, are STEMS.
+register_stem("patchify")(PatchifyStem)
+register_stem("conv")(ConvStem)
+register_stem("patchify_bn", bn=True)(PatchifyStem)
+register_stem("conv_ln", norm="ln")(ConvStem)
+register_stem("cct", seq_pool=True)(CCTStem)
+STEMS = tuple(_REGISTRY)
 
 
 # -- sweep jobs import import-path stems from the launch's code snapshot ---------------------------

@@ -1,15 +1,16 @@
 """ViT stems: the module that turns an image into a grid of d-dim tokens.
 
-`Stem` plugs into timm's VisionTransformer as `embed_layer`, the way timm's PatchEmbed does
+Every stem plugs into timm's VisionTransformer as `embed_layer`, the way timm's PatchEmbed does
 (num_patches, grid_size, feat_ratio, dynamic_feat_size, set_input_size), and exposes for the
 analyses: `stride` (token pitch in pixels), `grid_size`, `first_conv` and `kind`.
 
-Kinds (Xiao et al. 2021 and the related designs):
-  patchify     Conv2d(in, d, p, stride p, bias)                                  (ViT_P)
-  conv         [3x3 conv (no bias) -> BN -> ReLU] x n, then 1x1 conv (bias) to d   (ViT_C)
-  patchify_bn  patchify, then BN -> ReLU                                          (ablation)
-  conv_ln      the conv stem with LayerNorm over channels instead of BN           (ablation)
-  cct          CCT tokenizer: [3x3 conv (no bias) -> ReLU -> 3x3/2 max-pool] per stride-2 step
+The suite's stems (Xiao et al. 2021 and the related designs), one class each; the registry
+(analysis.models.registry) names them with `register_stem`, as a user's stem is named:
+  PatchifyStem           Conv2d(in, d, p, stride p, bias)                        patchify (ViT_P)
+  PatchifyStem(bn=True)  patchify, then BN -> ReLU                               patchify_bn (ablation)
+  ConvStem               [3x3 conv (no bias) -> BN -> ReLU] x n, 1x1 conv (bias)  conv (ViT_C)
+  ConvStem(norm="ln")    the conv stem with LayerNorm over channels instead      conv_ln (ablation)
+  CCTStem                CCT tokenizer: [3x3 conv (no bias) -> ReLU -> 3x3/2 max-pool] per stride-2 step
 """
 import math
 from typing import Optional, Sequence, Tuple, Union
@@ -20,7 +21,7 @@ from timm.layers import Format, LayerNorm2d, nchw_to, to_2tuple
 
 from analysis.errors import one_of
 
-STEMS: Tuple[str, ...] = ("patchify", "conv", "patchify_bn", "conv_ln", "cct")
+NORMS = ("bn", "ln")
 
 
 def conv_stack(in_chans: int, channels: Sequence[int], strides: Sequence[int], embed_dim: int,
@@ -62,55 +63,24 @@ def patchify_stack(in_chans: int, patch_size: int, embed_dim: int, bias: bool, b
     return nn.Sequential(*layers)
 
 
-def stem_stride(kind: str, patch_size: int, strides: Sequence[int]) -> int:
-    """Returns the total stride (token pitch in pixels) a stem of this kind would have."""
-    return patch_size if kind in ("patchify", "patchify_bn") else math.prod(strides)
-
-
 class Stem(nn.Module):
-    """Image -> tokens (B, N, d), a drop-in `embed_layer` for timm's VisionTransformer.
+    """The base of the suite's stems: timm's PatchEmbed interface around `self.body` (an nn.Sequential).
 
-    Build with functools.partial(Stem, kind=..., channels=..., strides=...); timm supplies
-    img_size, patch_size, in_chans, embed_dim. `channels`/`strides` describe the conv stem's
-    3x3 layers (ignored by the patchify kinds; the cct kind uses the stride-2 ones).
+    A subclass builds its body, then calls `finish`; it defines `total_stride(patch_size, strides)`
+    (the stride it will have, known before it is built) and `init_weights()`.
     """
 
-    def __init__(
-            self,
-            img_size: Union[int, Tuple[int, int]] = 224,
-            patch_size: int = 16,
-            in_chans: int = 3,
-            embed_dim: int = 768,
-            kind: str = "patchify",
-            channels: Sequence[int] = (),
-            strides: Sequence[int] = (),
-            bias: bool = True,
-            flatten: bool = True,
-            output_fmt: Optional[str] = None,
-            strict_img_size: bool = True,
-            dynamic_img_pad: bool = False,
-            device=None,
-            dtype=None,
-    ) -> None:
-        super().__init__()
-        dd = {"device": device, "dtype": dtype}
-        if kind not in STEMS:
-            raise one_of("stem", kind, STEMS)
+    kind: str
+
+    def finish(self, body: nn.Sequential, stride: int, patch_size: int, img_size, embed_dim: int,
+               flatten: bool, output_fmt: Optional[str], strict_img_size: bool, dynamic_img_pad: bool) -> None:
+        """Sets the body and timm's PatchEmbed attributes; raises ValueError on a stride != patch_size."""
         if dynamic_img_pad:
             raise ValueError("Stem does not pad images; use an img_size divisible by its stride")
-        patch_size = int(to_2tuple(patch_size)[0])
-        if kind in ("patchify", "patchify_bn"):
-            self.body = patchify_stack(in_chans, patch_size, embed_dim, bias, kind == "patchify_bn", **dd)
-        elif kind in ("conv", "conv_ln"):
-            if len(channels) != len(strides) or not channels:
-                raise ValueError("conv stem needs equal-length, non-empty channels and strides")
-            self.body = conv_stack(in_chans, channels, strides, embed_dim, "bn" if kind == "conv" else "ln", **dd)
-        else:
-            self.body = cct_stack(in_chans, channels, strides, embed_dim, **dd)
-        self.kind = kind
-        self.stride = stem_stride(kind, patch_size, strides)
+        self.body = body
+        self.stride = stride
         if self.stride != patch_size:
-            raise ValueError(f"{kind} stem stride {self.stride} != patch_size {patch_size}")
+            raise ValueError(f"{self.kind} stem stride {self.stride} != patch_size {patch_size}")
         self.patch_size = (self.stride, self.stride)
         self.embed_dim = embed_dim
         self.first_conv: nn.Conv2d = self.body[0]
@@ -139,42 +109,18 @@ class Stem(nn.Module):
 
     def dynamic_feat_size(self, img_size: Tuple[int, int]) -> Tuple[int, int]:
         """Returns the token grid (h, w) produced for an image of size img_size."""
-        if self.kind in ("patchify", "patchify_bn"):
-            return img_size[0] // self.stride, img_size[1] // self.stride
         # padded stride-2 convs / pools round up at every step
         return math.ceil(img_size[0] / self.stride), math.ceil(img_size[1] / self.stride)
 
-    @torch.no_grad()
-    def init_weights(self) -> None:
-        """Initialises every stem parameter; returns nothing.
+    def convs(self) -> list:
+        """The body's convs, in order."""
+        return [m for m in self.body if isinstance(m, nn.Conv2d)]
 
-        The paper's stems follow its code (pycls `vitconfigs`, `init_weights_vit`):
-          patchify  the p x p conv trunc_normal(std=sqrt(1/fan_in), cut at +-2 absolute,
-                    torch's default bounds, as pycls), bias 0;
-          conv      the 3x3 convs keep PyTorch's default Conv2d init (kaiming_uniform with
-                    a=sqrt(5): U(+-1/sqrt(fan_in)); no bias), the final 1x1
-                    normal(std=sqrt(2/out_channels)), bias 0; BN weight 1, bias 0.
-        The other kinds are this suite's choices (the paper's code has no such stems):
-          patchify_bn  as patchify, BN 1/0;  conv_ln  as conv, LayerNorm 1/0;
-          cct          3x3 convs He-normal over fan_in (kaiming_normal_, gain sqrt(2)), as CCT's
-                       tokenizer code does.
-        """
-        convs = [m for m in self.body if isinstance(m, nn.Conv2d)]
-        for i, m in enumerate(convs):
-            if self.kind in ("patchify", "patchify_bn"):
-                fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
-                nn.init.trunc_normal_(m.weight, std=math.sqrt(1.0 / fan_in))
-            elif self.kind == "cct":
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            elif i == len(convs) - 1:  # the conv stem's final 1x1
-                nn.init.normal_(m.weight, std=math.sqrt(2.0 / m.out_channels))
-            else:
-                m.reset_parameters()  # PyTorch's default; these convs have no bias
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+    def reset_norms(self) -> None:
+        """Norm weights 1, biases 0 (and fresh BN running statistics)."""
         for m in self.body:
             if isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
-                m.reset_parameters()  # weight 1, bias 0 (and fresh BN running statistics)
+                m.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Returns tokens (B, N, d) (or NCHW/NHWC maps when built with output_fmt)."""
@@ -192,3 +138,116 @@ class Stem(nn.Module):
         if self.output_fmt != Format.NCHW:
             return nchw_to(x, self.output_fmt)
         return x
+
+
+class PatchifyStem(Stem):
+    """One p x p conv with stride p (ViT_P); bn=True adds BN -> ReLU after it (the paper's ablation).
+
+    Init (the paper's code, pycls `init_weights_vit`): the conv trunc_normal(std=sqrt(1/fan_in), cut
+    at +-2 absolute, torch's default bounds, as pycls), bias 0; BN (the suite's choice) 1/0.
+    """
+
+    def __init__(self, img_size: Union[int, Tuple[int, int]] = 224, patch_size: int = 16, in_chans: int = 3,
+                 embed_dim: int = 768, bn: bool = False, bias: bool = True, flatten: bool = True,
+                 output_fmt: Optional[str] = None, strict_img_size: bool = True, dynamic_img_pad: bool = False,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        self.kind = "patchify_bn" if bn else "patchify"
+        patch_size = int(to_2tuple(patch_size)[0])
+        body = patchify_stack(in_chans, patch_size, embed_dim, bias, bn, device=device, dtype=dtype)
+        self.finish(body, self.total_stride(patch_size), patch_size, img_size, embed_dim, flatten, output_fmt,
+                    strict_img_size, dynamic_img_pad)
+
+    @staticmethod
+    def total_stride(patch_size: int, strides: Sequence[int] = ()) -> int:
+        """The stem's stride: the patch size."""
+        return patch_size
+
+    def dynamic_feat_size(self, img_size: Tuple[int, int]) -> Tuple[int, int]:
+        """Returns the token grid (h, w) produced for an image of size img_size."""
+        return img_size[0] // self.stride, img_size[1] // self.stride
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialises every stem parameter as the class docstring says; returns nothing."""
+        for m in self.convs():
+            fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+            nn.init.trunc_normal_(m.weight, std=math.sqrt(1.0 / fan_in))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        self.reset_norms()
+
+
+def check_layout(channels: Sequence[int], strides: Sequence[int]) -> None:
+    """Raises ValueError unless channels and strides are equal-length and non-empty."""
+    if len(channels) != len(strides) or not channels:
+        raise ValueError("conv stem needs equal-length, non-empty channels and strides")
+
+
+class ConvStem(Stem):
+    """The conv stem (ViT_C): [3x3 conv (no bias) -> norm -> ReLU] per (channels, strides) layer, then
+    a 1x1 conv with bias to d. norm "bn" (the paper's) or "ln" (LayerNorm over channels, the ablation).
+
+    Init (the paper's code, pycls `init_weights_vit`): the 3x3 convs keep PyTorch's default Conv2d
+    init (kaiming_uniform with a=sqrt(5): U(+-1/sqrt(fan_in)); no bias), the final 1x1
+    normal(std=sqrt(2/out_channels)), bias 0; norms 1/0.
+    """
+
+    def __init__(self, img_size: Union[int, Tuple[int, int]] = 224, patch_size: int = 16, in_chans: int = 3,
+                 embed_dim: int = 768, channels: Sequence[int] = (), strides: Sequence[int] = (),
+                 norm: str = "bn", bias: bool = True, flatten: bool = True, output_fmt: Optional[str] = None,
+                 strict_img_size: bool = True, dynamic_img_pad: bool = False, device=None, dtype=None) -> None:
+        super().__init__()
+        if norm not in NORMS:
+            raise one_of("conv stem norm", norm, NORMS)
+        self.kind = "conv" if norm == "bn" else "conv_ln"
+        check_layout(channels, strides)
+        body = conv_stack(in_chans, channels, strides, embed_dim, norm, device=device, dtype=dtype)
+        self.finish(body, self.total_stride(patch_size, strides), int(to_2tuple(patch_size)[0]), img_size,
+                    embed_dim, flatten, output_fmt, strict_img_size, dynamic_img_pad)
+
+    @staticmethod
+    def total_stride(patch_size: int, strides: Sequence[int]) -> int:
+        """The stem's stride: the product of its conv strides."""
+        return math.prod(strides)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialises every stem parameter as the class docstring says; returns nothing."""
+        convs = self.convs()
+        for m in convs[:-1]:
+            m.reset_parameters()  # PyTorch's default; these convs have no bias
+        nn.init.normal_(convs[-1].weight, std=math.sqrt(2.0 / convs[-1].out_channels))
+        nn.init.zeros_(convs[-1].bias)
+        self.reset_norms()
+
+
+class CCTStem(Stem):
+    """CCT's tokenizer: [3x3 conv (no bias) -> ReLU -> 3x3/2 max-pool] per stride-2 layer of the conv
+    stem's layout (channels, strides), the last one to d. Registered with sequence pooling (no class token).
+
+    Init (the suite's choice; the paper's code has no such stem): the convs He-normal over fan_in
+    (kaiming_normal_, gain sqrt(2)), as CCT's tokenizer code does.
+    """
+
+    def __init__(self, img_size: Union[int, Tuple[int, int]] = 224, patch_size: int = 16, in_chans: int = 3,
+                 embed_dim: int = 768, channels: Sequence[int] = (), strides: Sequence[int] = (),
+                 bias: bool = True, flatten: bool = True, output_fmt: Optional[str] = None,
+                 strict_img_size: bool = True, dynamic_img_pad: bool = False, device=None, dtype=None) -> None:
+        super().__init__()
+        self.kind = "cct"
+        check_layout(channels, strides)
+        body = cct_stack(in_chans, channels, strides, embed_dim, device=device, dtype=dtype)
+        self.finish(body, self.total_stride(patch_size, strides), int(to_2tuple(patch_size)[0]), img_size,
+                    embed_dim, flatten, output_fmt, strict_img_size, dynamic_img_pad)
+
+    @staticmethod
+    def total_stride(patch_size: int, strides: Sequence[int]) -> int:
+        """The stem's stride: the product of the conv stem's strides (each stride-2 step a max-pool)."""
+        return math.prod(strides)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialises every stem parameter as the class docstring says; returns nothing."""
+        for m in self.convs():
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")

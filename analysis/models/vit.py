@@ -1,7 +1,7 @@
 """ViTs with pluggable stems, built on timm's VisionTransformer.
 
 Adds what timm lacks: sequence pooling (CCT) and LocalViT's depthwise-conv MLP. Weights follow
-the paper's reference code (pycls), module by module: see `init_vit` and `Stem.init_weights`.
+the paper's reference code (pycls), module by module: see `init_vit` and the stems' `init_weights`.
 """
 from functools import partial
 from typing import Any, Dict, Optional, Tuple
@@ -12,7 +12,6 @@ from timm.layers import Attention
 from timm.models.vision_transformer import VisionTransformer
 
 from analysis.models.registry import lookup_stem, stem_layer
-from analysis.models.stems import Stem
 
 
 class LocalMlp(nn.Module):
@@ -55,8 +54,8 @@ class LocalMlp(nn.Module):
 
 
 class StemViT(VisionTransformer):
-    """timm VisionTransformer whose patch_embed is a stem (a `Stem`, or any registered or import-path
-    stem, see analysis.models.registry); optional CCT sequence pooling.
+    """timm VisionTransformer whose patch_embed is a stem (any registered or import-path stem, see
+    analysis.models.registry); optional CCT sequence pooling.
 
     seq_pool=True: no class token; pooled features are a softmax-weighted average of the
     final (normed) tokens, weights from a learned Linear(d, 1).
@@ -69,7 +68,7 @@ class StemViT(VisionTransformer):
         self.seq_pool = nn.Linear(self.embed_dim, 1) if seq_pool else None
 
     @property
-    def stem(self) -> Stem:
+    def stem(self) -> nn.Module:
         """The stem module (same object as patch_embed)."""
         return self.patch_embed
 
@@ -114,7 +113,7 @@ def init_vit(model: StemViT) -> None:
     class token 0; position embedding normal(0.02); attention qkv xavier_uniform, bias 0;
     attention output projection PyTorch's default Linear weight (kaiming_uniform with a=sqrt(5):
     U(+-1/sqrt(fan_in))), bias 0; MLP linears xavier_uniform, bias normal(1e-6); norms 1/0;
-    head 0; the stem as in `Stem.init_weights`.
+    head 0; the stem by its own `init_weights` (analysis.models.stems).
     This suite's choices for parts the paper's code lacks: CCT's sequence-pooling Linear
     trunc_normal(0.02), bias 0 (as CCT's code); LocalViT's depthwise conv PyTorch's default
     Conv2d init (weight and bias U(+-1/sqrt(9))).
@@ -163,8 +162,9 @@ def init_vit(model: StemViT) -> None:
 def build_vit(s: Dict[str, Any], fused_attn: bool = True) -> StemViT:
     """Returns a StemViT from resolved preset settings `s` (see presets.py for the keys)."""
     stem = s["stem"]
-    embed = stem_layer(stem, s["stem_channels"], s["stem_strides"])
-    seq_pool = lookup_stem(stem).seq_pool
+    entry = lookup_stem(stem)
+    embed = stem_layer(entry, s["stem_channels"], s["stem_strides"])
+    seq_pool = entry.seq_pool
     kwargs: Dict[str, Any] = {}
     if s["local_mlp"]:
         grid = (s["img_size"] // s["patch_size"],) * 2
