@@ -30,6 +30,10 @@ RESULT = "result.json"
 LOG = "log.txt"
 LOCK = "train.lock"
 JOB = "job.json"  # which sweep job trains (or last trained) the run
+METRIC_KEYS = (  # the keys of a metrics.jsonl row (Member.train writes them)
+    "epoch", "step", "train_loss", "test_top1_err", "test_top5_err", "ema_top1_err",
+    "ema_top5_err", "lr", "seconds", "images_per_s", "elapsed",
+)
 
 
 def _umask() -> int:
@@ -136,6 +140,16 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     except OSError:
         return []
     return [rows[e] for e in sorted(rows)]
+
+
+def file_key(path: str | Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime_ns) of a file, None when it does not exist: what says a file changed
+    (the inode catches a file replaced by a rename with the same size and mtime)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def truncate_metrics(run_dir: str | Path, last_epoch: int) -> None:
