@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from analysis.errors import ConfigError
+from analysis.errors import CheckpointError, ConfigError, RunLocked
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -165,10 +165,6 @@ def save_checkpoint(run_dir: str | Path, state: dict) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
     write_atomic(Path(run_dir) / CHECKPOINT, buf.getvalue())
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint that cannot be read safely; the message names the file and what to do."""
 
 
 def load_checkpoint(run_dir: str | Path, map_location="cpu") -> dict | None:
@@ -357,10 +353,6 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
-
-
-class RunLocked(ConfigError):
-    """Another live process holds the run folder's training lock (one line naming it)."""
 
 
 def _read_holder(path: Path) -> dict | None:
