@@ -100,6 +100,10 @@ class Sweep:
             raise ConfigError(f"{sweep_dir}: spec.yaml is not a sweep spec")
         self._processes: dict[str, Any] = {}  # local job id -> Popen, for jobs launched by this object
 
+    def local_processes(self) -> dict[str, Any]:
+        """{local job id: Popen} of the local jobs this Sweep object started (their controllers)."""
+        return dict(self._processes)
+
     # -- creating -------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: dict, root: str | Path = "sweeps", name: str | None = None) -> "Sweep":

@@ -155,7 +155,7 @@ class SweepWatcher:
     def refresh(self) -> set[str]:
         """Read the scheduler and what changed in the run folders; return the runs that changed."""
         launches = self._launches = read_launches(self.sweep.dir)
-        states = scheduler_states(self.sweep.dir, launches, self.sweep._processes)
+        states = scheduler_states(self.sweep.dir, launches, self.sweep.local_processes())
         jobs = latest_jobs(launches)
         changed = set()
         for run, w in self.runs.items():
