@@ -38,7 +38,7 @@ from analysis import config as C
 from analysis import rundir
 from analysis.errors import ConfigError, one_of
 from analysis.sweeps.spec import Spec, check_launch
-from analysis.sweeps.status import ACTIVE, KEEP, RUNNING, WAITING, runs_state
+from analysis.sweeps.status import ACTIVE, FINAL, KEEP, RUNNING, WAITING, runs_state
 
 
 def detect_cluster() -> str:
@@ -187,7 +187,7 @@ class Sweep:
         if unknown:
             raise one_of("run", unknown[0], self.run_ids[:5] + (["..."] if len(self.run_ids) > 5 else []))
         state = {row["run"]: row["state"] for row in runs_state(self.dir, self.run_ids, self._processes)}
-        todo = [r for r in wanted if state[r] not in ("COMPLETED", "PENDING", "RUNNING")]
+        todo = [r for r in wanted if state[r] not in (*FINAL, "PENDING", "RUNNING")]
         ids = self._submit(todo, opts, code) if todo else []
         if wait:
             self.wait(timeout=timeout, poll=2.0)

@@ -163,9 +163,8 @@ class SweepWatcher:
             job_id, attempts = jobs.get(run, (None, 0))
             started = job_id is not None and str(w.job.get("job_id")) == str(job_id)
             trained_now = not w.final and rundir.lock_holder(w.dir) is not None
-            state = run_state(states.get(job_id) if job_id else None, w.final, started, trained_now)
-            if w.result and w.result.get("status") == "diverged":
-                state = "DIVERGED"
+            state = run_state(states.get(job_id) if job_id else None, w.final, started, trained_now,
+                              bool(w.result) and w.result.get("status") == "diverged")
             if moved or state != w.state or job_id != w.job_id:
                 changed.add(run)
                 if w.result is not None:
