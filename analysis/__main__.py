@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from analysis.errors import ConfigError
+from analysis.errors import ConfigError, UserError
 
 
 def _train(args) -> None:
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _warning_line
     try:
         args.func(args)
-    except ConfigError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import html
 import math
-import re
 import zlib
 from dataclasses import dataclass
 
@@ -63,11 +62,11 @@ import numpy as np
 import pandas as pd
 
 from analysis.errors import ConfigError, one_of
+from analysis.names import STEM_NAMES, preset_size
 from analysis.plots.frame import check_frame, counted_errors, diverged_mask
 from analysis.stats import best_of_quantiles
 
 MIN_RUNS = 3
-STEMS = {"patchify": "ViT_P", "conv": "ViT_C"}
 PAIR_COLUMNS = ("cfg.data.name", "cfg.data.train_per_class", "cfg.data.test_per_class", "cfg.data.augment",
                 "cfg.model.local_mlp")
 COLUMNS = ["claim", "subject", "optimizer", "setting", "statistic", "estimate", "low", "high", "test", "verdict",
@@ -134,18 +133,13 @@ def median(x: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- groups and settings
 
 
-def _size(preset: str) -> str:
-    size = re.sub(r"^vit_[a-z]+_", "", str(preset))
-    return size.upper() if re.fullmatch(r"\d+(\.\d+)?gf", size) else size
-
-
 def _frame(df: pd.DataFrame) -> pd.DataFrame:
     """The ViT_P / ViT_C rows with the columns that group and pair them: size, data (the data
     columns that vary in the frame, as text; "" when none do), key (size and data) and stem_name."""
     check_frame(df, ["model", "preset", "stem", "optimizer", "epochs", "error"])
-    df = df[df["stem"].isin(list(STEMS))].copy()
-    df["size"] = df["preset"].map(_size)
-    df["stem_name"] = df["stem"].map(STEMS)
+    df = df[df["stem"].isin(list(STEM_NAMES))].copy()
+    df["size"] = df["preset"].map(preset_size)
+    df["stem_name"] = df["stem"].map(STEM_NAMES)
     df["data"] = ""
     for c in PAIR_COLUMNS:
         if c in df.columns and df[c].astype(str).nunique() > 1:
@@ -248,7 +242,7 @@ def _row(claim: str, subject: str, optimizer: str, setting: str, statistic: str,
 def _gap_rows(G: dict, key: str, epochs, subsample: float, margin: float) -> list[dict]:
     """optimizer_gap and optimizer_gap_best per stem, and their differences, for one setting."""
     setting = f"{key}, {epochs:g} epochs"
-    have = [s for s in STEMS.values() if (key, epochs, s, "sgd") in G and (key, epochs, s, "adamw") in G]
+    have = [s for s in STEM_NAMES.values() if (key, epochs, s, "sgd") in G and (key, epochs, s, "adamw") in G]
     best = group_stat("best_of", subsample)
     rows = []
     for claim, words, f in (("optimizer_gap", "median", median),

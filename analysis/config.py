@@ -127,7 +127,7 @@ class RunConfig:
         return from_dict(d)
 
 
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig}
 
 
 NULLS = ("", "null", "none", "~")
@@ -184,21 +184,21 @@ def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
 def coerce(key: str, value: Any) -> Any:
     """The value of dotted config key `key` ("optim.lr") as its type, checked like an override."""
     section, _, name = key.partition(".")
-    known = {f.name: f for f in fields(_SECTIONS[section])} if section in _SECTIONS else {}
+    known = {f.name: f for f in fields(SECTIONS[section])} if section in SECTIONS else {}
     if name not in known:
-        raise one_of("config key", key, [f"{s}.<key>" for s in _SECTIONS])
+        raise one_of("config key", key, [f"{s}.<key>" for s in SECTIONS])
     return _coerce(section, known[name], value)
 
 
 def from_dict(d: dict) -> RunConfig:
     """Build and validate a RunConfig from nested dicts; missing keys take their defaults."""
     if not isinstance(d, dict):
-        raise ConfigError(f"a run config must be a mapping of sections {list(_SECTIONS)}, got {type(d).__name__}")
+        raise ConfigError(f"a run config must be a mapping of sections {list(SECTIONS)}, got {type(d).__name__}")
     for section in d:
-        if section not in _SECTIONS:
-            raise one_of("config section", section, list(_SECTIONS))
+        if section not in SECTIONS:
+            raise one_of("config section", section, list(SECTIONS))
     built = {}
-    for section, cls in _SECTIONS.items():
+    for section, cls in SECTIONS.items():
         given = d.get(section) or {}
         if not isinstance(given, dict):
             raise ConfigError(f"config section {section!r} must be a mapping, got {given!r}")

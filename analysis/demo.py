@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.sweeps.status import FINAL
+
 SPECS = {"short": "jobs/fmnist_demo.yaml", "full": "jobs/fmnist_demo_full.yaml"}
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,10 +44,10 @@ class Progress:
             self.last_line = line
             with self.bar.external_write_mode():
                 self.echo(f"[{time.time() - self.t0:5.0f}s] {line}")
-        done = int((status["state"] == "COMPLETED").sum())
+        done = int(status["state"].isin(FINAL).sum())
         self.bar.update(done - self.bar.n)
         self.bar.set_postfix_str(", ".join(f"{v} {k.lower()}" for k, v in status["state"].value_counts().items()
-                                           if k not in ("COMPLETED", "PENDING", "RUNNING")))
+                                           if k not in (*FINAL, "PENDING", "RUNNING")))
 
     def close(self) -> None:
         self.bar.close()

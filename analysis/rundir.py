@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from analysis.errors import ConfigError
+from analysis.errors import CheckpointError, ConfigError, RunLocked
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -30,6 +30,10 @@ RESULT = "result.json"
 LOG = "log.txt"
 LOCK = "train.lock"
 JOB = "job.json"  # which sweep job trains (or last trained) the run
+METRIC_KEYS = (  # the keys of a metrics.jsonl row (Member.train writes them)
+    "epoch", "step", "train_loss", "test_top1_err", "test_top5_err", "ema_top1_err",
+    "ema_top5_err", "lr", "seconds", "images_per_s", "elapsed",
+)
 
 
 def _umask() -> int:
@@ -138,6 +142,16 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return [rows[e] for e in sorted(rows)]
 
 
+def file_key(path: str | Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime_ns) of a file, None when it does not exist: what says a file changed
+    (the inode catches a file replaced by a rename with the same size and mtime)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def truncate_metrics(run_dir: str | Path, last_epoch: int) -> None:
     """Drop metrics rows after `last_epoch` (used when resuming from an older checkpoint)."""
     rows = [r for r in read_metrics(run_dir) if r["epoch"] <= last_epoch]
@@ -151,10 +165,6 @@ def save_checkpoint(run_dir: str | Path, state: dict) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
     write_atomic(Path(run_dir) / CHECKPOINT, buf.getvalue())
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint that cannot be read safely; the message names the file and what to do."""
 
 
 def load_checkpoint(run_dir: str | Path, map_location="cpu") -> dict | None:
@@ -343,10 +353,6 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
-
-
-class RunLocked(ConfigError):
-    """Another live process holds the run folder's training lock (one line naming it)."""
 
 
 def _read_holder(path: Path) -> dict | None:

@@ -17,6 +17,7 @@ import pytest
 
 from analysis import rundir
 from analysis.sweeps import Sweep
+from analysis.sweeps.status import FINAL, KEEP, runs_state
 from analysis.sweeps.watch import SweepWatcher
 from analysis.widgets import SweepMonitor
 from analysis.widgets.monitor import runs_table_html
@@ -83,6 +84,9 @@ def test_final_runs_are_not_read_again_and_counts(hand_sweep):
     assert watcher.refresh() == {a, b}
     counts = watcher.counts()
     assert counts["COMPLETED"] == 1 and counts["DIVERGED"] == 1 and counts["NOT_LAUNCHED"] == 2
+    # status() says the same: diverged is a state of its own, final like completed (resubmit keeps it)
+    states = {r["run"]: r["state"] for r in runs_state(hand_sweep.dir, [a, b])}
+    assert states == {a: "COMPLETED", b: "DIVERGED"} and "DIVERGED" in FINAL and set(FINAL) <= set(KEEP)
     assert not watcher.active() and watcher.epochs_done() == (6, 12)
     (hand_sweep.run_dir(a) / rundir.METRICS).unlink()  # a final run is never looked at again
     assert watcher.refresh() == set() and watcher.runs[a].epoch == 3

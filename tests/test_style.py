@@ -9,23 +9,44 @@ import torch
 
 from analysis.plots import curves_figure, edf_figure, sensitivity_figure
 from analysis.plots.maps import attribution_figure, distance_figure, position_similarity_figure, tiles_figure
-from analysis.plots.style import STEM_COLORS, color_map, integer_ticks, log_ticks, stem_of, wrap_title
+from analysis.names import model_name, preset_size, stem_of_label
+from analysis.plots.style import STEM_COLORS, color_map, head_stems, integer_ticks, log_ticks, wrap_title
 from tests.fixtures_sweep import sweep, sweep_frame  # noqa: F401  (pytest fixtures)
 
 
-def test_stems_are_found_in_names_presets_and_run_ids():
-    assert stem_of("ViT_P-fmnist_tiny") == "patchify" and stem_of(("ViT_C-4GF", "sgd")[0]) == "conv"
-    assert stem_of("0003-vit_p_fmnist_tiny-sgd") == "patchify" and stem_of("vit_c_1gf") == "conv"
-    assert stem_of("conv_ln-fmnist") == "conv_ln" and stem_of("resnet_fmnist") == "cnn"
-    assert stem_of("ViT_P-fmnist_tiny grad rollout") == "patchify" and stem_of("adamw") is None
+def test_names_of_models_and_sizes():
+    assert model_name("vit_c_4gf", "conv") == "ViT_C-4GF" and model_name("vit_p_fmnist_tiny", "conv_ln") == \
+        "conv_ln-fmnist_tiny"
+    assert model_name("resnet_fmnist", None) == "resnet_fmnist" and preset_size("vit_p_1.6gf") == "1.6GF"
+
+
+def test_labels_without_a_frame_name_their_stem():
+    assert stem_of_label("ViT_P-fmnist_tiny") == "patchify" and stem_of_label("ViT_C-4GF") == "conv"
+    assert stem_of_label("0003-vit_p_fmnist_tiny-sgd") == "patchify" and stem_of_label("vit_c_1gf") == "conv"
+    assert stem_of_label("conv_ln-fmnist") == "conv_ln" and stem_of_label("resnet_fmnist") == "cnn"
+    assert stem_of_label("ViT_P-fmnist_tiny grad rollout") == "patchify" and stem_of_label("adamw") is None
     colors = color_map(["ViT_C-1GF", "ViT_P-1GF", "ViT_C-4GF", "other"])
     assert colors["ViT_P-1GF"] == STEM_COLORS["patchify"] and colors["ViT_C-1GF"] == STEM_COLORS["conv"]
     assert colors["ViT_C-4GF"] not in (colors["ViT_C-1GF"], colors["ViT_P-1GF"])  # a shade of ViT_C's
     assert colors["other"] not in STEM_COLORS.values()
 
 
+def test_colours_follow_the_stem_column_not_the_label(sweep):  # noqa: F811
+    # a model named like neither stem still takes its stem's colour from the frame's stem column
+    frame = sweep.assign(model=sweep["model"].map({"ViT_C-fmnist": "alpha", "ViT_P-fmnist": "beta"}))
+    assert head_stems(frame, ["model", "optimizer"]) == {"alpha": "conv", "beta": "patchify"}
+    colors = color_map(["alpha", "beta"], head_stems(frame, "model"))
+    assert colors == {"alpha": STEM_COLORS["conv"], "beta": STEM_COLORS["patchify"]}
+    edf = edf_figure(frame)
+    assert {t.line.color for t in edf.data if t.meta["kind"] == "edf" and t.meta["group"].startswith("beta")} == \
+        {STEM_COLORS["patchify"]}
+    mixed = frame.assign(stem=[("conv", "patchify")[i % 2] for i in range(len(frame))])
+    assert head_stems(mixed, "model") == {}  # a group of two stems has no stem colour
+
+
 def test_one_colour_per_stem_in_curves_edfs_and_distances(sweep):  # noqa: F811
-    curves = curves_figure(sweep.head(3), labels=["ViT_P-fmnist", "ViT_C-fmnist", "x"])
+    rows = sweep.groupby("model").head(1)  # one ViT_C and one ViT_P run, coloured by their stem column
+    curves = curves_figure(rows, labels=list(rows["model"]))
     edf = edf_figure(sweep)
     distance = distance_figure({name: _distances() for name in ("ViT_C-fmnist", "ViT_P-fmnist")})
     for stem, name in (("patchify", "ViT_P-fmnist"), ("conv", "ViT_C-fmnist")):

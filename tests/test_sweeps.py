@@ -6,7 +6,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -238,7 +237,7 @@ def test_local_cancel_then_resubmit_completes(tmp_path):
 
 
 @pytest.mark.slow
-def test_preemption_signal_checkpoints_and_resume_matches(tmp_path):
+def test_preemption_signal_checkpoints_and_resume_matches(tmp_path, monkeypatch):
     """USR2 during run_group: the trainer checkpoints and stops; rerunning resumes to the same end."""
     cfg = RunConfig().replace({"data.train_per_class": 60, "data.test_per_class": 10, "train.epochs": 2,
                                "train.batch_size": 50, "train.precision": "fp32", "train.progress": "none"})
@@ -248,17 +247,24 @@ def test_preemption_signal_checkpoints_and_resume_matches(tmp_path):
         (d / "config.yaml").write_text(cfg.to_yaml())
     run_group([str(dirs[0])])
 
-    def signal_when_started():
-        while not (dirs[1] / rundir.LOG).exists():
-            time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGUSR2)
+    # the signal comes with the run's first log line (written as it starts, in the training thread), so
+    # it always arrives before the run's 24 steps end: the real log_line still writes, then USR2 is sent
+    log_line = rundir.log_line
 
-    threading.Thread(target=signal_when_started, daemon=True).start()
+    def signal_when_started(run_dir, text):
+        log_line(run_dir, text)
+        if Path(run_dir) == dirs[1] and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+    sent = []
+    monkeypatch.setattr(rundir, "log_line", signal_when_started)
     with pytest.raises(Stopped):
         run_group([str(dirs[1])])
     assert (dirs[1] / rundir.CHECKPOINT).exists() and not rundir.is_complete(dirs[1])
     assert "stopped and checkpointed" in (dirs[1] / rundir.LOG).read_text()
-    assert signal.getsignal(signal.SIGUSR2) in (signal.SIG_DFL, None)
+    assert signal.getsignal(signal.SIGUSR2) in (signal.SIG_DFL, None) and sent == [True]
+    monkeypatch.undo()
     run_group([str(dirs[1])])
     a, b = rundir.read_metrics(dirs[0]), rundir.read_metrics(dirs[1])
     for key in ("test_top1_err", "test_top5_err", "train_loss"):
@@ -329,8 +335,11 @@ def test_collect_tolerates_partial_and_corrupt_dirs(tmp_path, monkeypatch):
     collect(tmp_path)
     assert sorted(calls) == ["torn"]  # unreadable result: not cached as final... but only it
     calls.clear()
-    time.sleep(0.01)
+    # a rewrite is seen with no wait: write_json renames a new file into place, and the cache key holds
+    # the inode (rundir.file_key), so equal size and a coarse mtime cannot hide it
+    before = rundir.file_key(tmp_path / "done" / "result.json")
     rundir.write_json(tmp_path / "done" / "result.json", {**done, "top1_err": 11.0})
+    assert rundir.file_key(tmp_path / "done" / "result.json")[0] != before[0]
     again = collect(tmp_path).set_index("run")
     assert "done" in calls and "running" not in calls
     assert again.loc["done", "error"] == 11.0

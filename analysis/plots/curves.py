@@ -1,6 +1,5 @@
 """Training curves of chosen runs, read from each run directory's metrics.jsonl."""
 
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -8,15 +7,12 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from analysis import rundir
 from analysis.errors import ConfigError, one_of
 from analysis.plots.frame import check_frame
-from analysis.plots.style import TEMPLATE, color_map, integer_ticks
+from analysis.plots.style import TEMPLATE, color_map, head_stems, integer_ticks
+from analysis.rundir import METRIC_KEYS
 
-METRICS_FILE = "metrics.jsonl"
-METRIC_KEYS = (
-    "epoch", "step", "train_loss", "test_top1_err", "test_top5_err", "ema_top1_err",
-    "ema_top5_err", "lr", "seconds", "images_per_s", "elapsed",
-)
 TITLES = {
     "train_loss": "train loss",
     "test_top1_err": "top-1 error (%)",
@@ -33,30 +29,15 @@ TITLES = {
 
 
 def read_metrics(run_dir: str | Path) -> pd.DataFrame:
-    """Return a run's metrics.jsonl as a DataFrame, one row per epoch (nulls become NaN).
+    """Return a run's metrics.jsonl as a DataFrame, one row per epoch (nulls become NaN), read by
+    rundir.read_metrics: the last row per epoch kept, torn or malformed lines skipped.
 
     A run that has not written an epoch yet gives an empty frame with the standard columns.
-    A torn last line (the file is appended while the run trains) is skipped; a torn line
-    anywhere else raises ConfigError naming the file and line.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"run directory {str(run_dir)!r} does not exist")
-    path = run_dir / METRICS_FILE
-    if not path.exists():
-        return pd.DataFrame(columns=list(METRIC_KEYS), dtype=float)
-    lines = path.read_text().splitlines()
-    records = []
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines):
-                break
-            raise ConfigError(f"{path}: line {i} is not valid JSON") from None
-    frame = pd.DataFrame.from_records(records)
+    frame = pd.DataFrame.from_records(rundir.read_metrics(run_dir))
     for key in METRIC_KEYS:
         if key not in frame.columns:
             frame[key] = float("nan")
@@ -92,9 +73,9 @@ def curves_figure(
     """Return stacked panels (one per metric, shared x) of the chosen runs' curves, overlaid.
 
     `runs` is rows of the sweep frame (their run_dir, labelled by run) or run directories.
-    One trace per run and metric, a run keeps its colour across panels (the colour of the stem its
-    label names, see `style.color_map`), epochs tick on whole numbers; trace meta holds
-    {"kind": metric, "group": label}. Runs without epochs yet give empty traces. Metrics
+    One trace per run and metric, a run keeps its colour across panels (the colour of its row's
+    `stem`, else of the stem its label names; see `style.color_map`), epochs tick on whole numbers;
+    trace meta holds {"kind": metric, "group": label}. Runs without epochs yet give empty traces. Metrics
     named in `log_y` get a log y axis.
     """
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
@@ -102,7 +83,10 @@ def curves_figure(
         if name not in METRIC_KEYS:
             raise one_of("metric", name, METRIC_KEYS)
     chosen = _runs(runs, labels)
-    colors = color_map(label for label, _ in chosen)
+    stems = {}
+    if isinstance(runs, pd.DataFrame):  # colour by the frame's stem column
+        stems = head_stems(runs.assign(label=[label for label, _ in chosen]), "label")
+    colors = color_map((label for label, _ in chosen), stems)
     fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=True, vertical_spacing=0.04)
     longest = 1.0
     for label, run_dir in chosen:

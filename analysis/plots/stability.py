@@ -23,7 +23,8 @@ from analysis.plots.frame import (
     diverged_mask,
     groups,
 )
-from analysis.plots.style import DIVERGED_COLOR, TEMPLATE, group_label, group_styles, log_ticks, with_alpha
+from analysis.plots.style import (DIVERGED_COLOR, TEMPLATE, group_label, group_styles, head_stems, log_ticks,
+                                  with_alpha)
 
 DEFAULT_BY = ("model", "optimizer")
 STATS = ("best", "median", "mean")
@@ -235,7 +236,7 @@ def edf_figure(
     if not parts:
         raise ConfigError("no run in the sweep frame has an error yet (all failed or unfinished)")
 
-    styles = group_styles([p[0] for p in parts], colors, dashes)
+    styles = group_styles([p[0] for p in parts], colors, dashes, head_stems(df, columns))
     if x_range is None:
         x_range = _default_x_range([p[2] for p in parts], [p[3] for p in parts])
     right_edge = x_range[1] if x_range is not None else None
@@ -324,7 +325,7 @@ def epochs_figure(
     columns = as_columns(by)
     table = epochs_table(df, by=columns, stat=stat)
     keyed = groups(table, columns)
-    styles = group_styles([k for k, _ in keyed], colors, dashes)
+    styles = group_styles([k for k, _ in keyed], colors, dashes, head_stems(df, columns))
     fig = go.Figure()
     for key, g in keyed:
         g = g.sort_values("epochs")
@@ -370,7 +371,7 @@ def optimizer_gap_figure(
     table["plus"] = (table["high"] - table["gap"]).fillna(0.0)
     table["minus"] = (table["gap"] - table["low"]).fillna(0.0)
     keyed = groups(table, columns)
-    styles = group_styles([k for k, _ in keyed], colors)
+    styles = group_styles([k for k, _ in keyed], colors, stems=head_stems(df, columns))
     hover = "%{y:+.2f} points (95% interval %{customdata[0]:.2f} to %{customdata[1]:.2f})<extra></extra>"
     fig = go.Figure()
     if table["epochs"].nunique() == 1:

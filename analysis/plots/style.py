@@ -2,13 +2,14 @@
 that read well (whole-number epoch ticks, uncrowded log axes) and titles that fit their panel."""
 
 import math
-import re
 import textwrap
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 
+import pandas as pd
 import plotly.colors
 
 from analysis.errors import ConfigError
+from analysis.names import colour_key, stem_of_label
 
 PALETTE: list[str] = list(plotly.colors.qualitative.D3)
 DIVERGED_COLOR = "black"
@@ -18,7 +19,6 @@ TEMPLATE = "plotly_white"
 # gets a shade of it. Keys that name no stem take the palette's other colours in turn.
 STEM_COLORS = {"patchify": PALETTE[1], "conv": PALETTE[0], "patchify_bn": PALETTE[3], "conv_ln": PALETTE[2],
                "cct": PALETTE[4], "cnn": PALETTE[7]}
-MODEL_STEMS = {"vit_p": "patchify", "vit_c": "conv"}  # display names ViT_P/ViT_C and preset prefixes
 OTHER_COLORS = [c for c in PALETTE if c not in STEM_COLORS.values()]
 
 
@@ -29,23 +29,19 @@ def group_label(key: Hashable) -> str:
     return str(key)
 
 
-def stem_of(key: Hashable) -> str | None:
-    """Return the stem a group key or label names, else None.
-
-    Recognised in any word of the label: a stem name ("conv"), a display name ("ViT_P-4GF",
-    "conv_ln-fmnist"), a preset or run id holding one ("0003-vit_p_fmnist_tiny-sgd") and the
-    CNN baselines (resnet*, regnet*), which share one colour.
-    """
-    for word in re.split(r"[\s\-,·/()]+", group_label(key)):
-        low = word.lower()
-        if low in STEM_COLORS:
-            return low
-        for prefix, stem in MODEL_STEMS.items():
-            if low == prefix or low.startswith(prefix + "_"):
-                return stem
-        if low.startswith(("resnet", "regnet")):
-            return "cnn"
-    return None
+def head_stems(df: pd.DataFrame, by: str | Sequence[str]) -> dict[Hashable, str]:
+    """{group head: colour key} from the frame's `stem` column (a CNN preset: "cnn"): the values of
+    the first `by` column whose rows share one stem. Empty when the frame has no stem column."""
+    if "stem" not in df.columns or df.empty:
+        return {}
+    head = [by] if isinstance(by, str) else list(by)
+    keys = [colour_key(s, p) for s, p in zip(df["stem"], df["preset"] if "preset" in df.columns else [None] * len(df))]
+    out = {}
+    for value, stems in pd.Series(keys, index=df.index).groupby(df[head[0]], sort=False):
+        found = set(stems.dropna())
+        if len(found) == 1:
+            out[value] = found.pop()
+    return out
 
 
 def shade(color: str, k: int) -> str:
@@ -63,17 +59,20 @@ def shade(color: str, k: int) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
-def color_map(keys: Iterable[Hashable]) -> dict[Hashable, str]:
-    """Return {key: colour}: the colour of the stem a key names (a shade of it for the second and
-    later keys of one stem), else the palette's other colours in the order the keys are given.
+def color_map(keys: Iterable[Hashable], stems: dict[Hashable, str] | None = None) -> dict[Hashable, str]:
+    """Return {key: colour}: the colour of the key's stem (a shade of it for the second and later
+    keys of one stem), else the palette's other colours in the order the keys are given.
+
+    `stems` ({key: stem}, e.g. `head_stems` of the frame) gives the stem from the frame's `stem`
+    column; keys it lacks take the stem their label names (`names.stem_of_label`).
 
     Build it once from the full frame and pass it to the figure builders so a group
     keeps its colour when others are filtered away.
     """
     out, per_stem, others = {}, {}, 0
     for key in dict.fromkeys(keys):
-        stem = stem_of(key)
-        if stem is None:
+        stem = stems[key] if stems and key in stems else stem_of_label(group_label(key))
+        if stem not in STEM_COLORS:
             out[key] = OTHER_COLORS[others % len(OTHER_COLORS)]
             others += 1
         else:
@@ -103,10 +102,12 @@ def split_key(key: Hashable) -> tuple[Hashable, tuple]:
     return key, ()
 
 
-def style_maps(keys: Iterable[Hashable]) -> tuple[dict[Hashable, str], dict[tuple, str]]:
-    """Return ({head: colour}, {tail: dash}) for group keys, in the order given."""
+def style_maps(
+    keys: Iterable[Hashable], stems: dict[Hashable, str] | None = None
+) -> tuple[dict[Hashable, str], dict[tuple, str]]:
+    """Return ({head: colour}, {tail: dash}) for group keys, in the order given; `stems` as in color_map."""
     keys = list(keys)
-    colors = color_map(split_key(k)[0] for k in keys)
+    colors = color_map((split_key(k)[0] for k in keys), stems)
     tails = dict.fromkeys(split_key(k)[1] for k in keys)
     return colors, {t: DASHES[i % len(DASHES)] for i, t in enumerate(tails)}
 
@@ -115,6 +116,7 @@ def group_styles(
     keys: Iterable[Hashable],
     colors: dict[Hashable, str] | None = None,
     dashes: dict[tuple, str] | None = None,
+    stems: dict[Hashable, str] | None = None,
 ) -> dict[Hashable, tuple[str, str]]:
     """Return {key: (colour, dash)}: colour by the key's first value, dash by the rest.
 
@@ -122,7 +124,7 @@ def group_styles(
     across filtered frames; values they lack get their own stem colour or the next free dash.
     """
     keys = list(keys)
-    own_colors, own_dashes = style_maps(keys)
+    own_colors, own_dashes = style_maps(keys, stems)
     colors = dict(colors or {})
     dashes = dict(dashes or {})
     for head in own_colors:

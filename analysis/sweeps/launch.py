@@ -38,7 +38,7 @@ from analysis import config as C
 from analysis import rundir
 from analysis.errors import ConfigError, one_of
 from analysis.sweeps.spec import Spec, check_launch
-from analysis.sweeps.status import ACTIVE, KEEP, RUNNING, WAITING, runs_state
+from analysis.sweeps.status import ACTIVE, FINAL, KEEP, RUNNING, WAITING, runs_state
 
 
 def detect_cluster() -> str:
@@ -99,6 +99,10 @@ class Sweep:
         if not isinstance(self.spec_dict, dict):
             raise ConfigError(f"{sweep_dir}: spec.yaml is not a sweep spec")
         self._processes: dict[str, Any] = {}  # local job id -> Popen, for jobs launched by this object
+
+    def local_processes(self) -> dict[str, Any]:
+        """{local job id: Popen} of the local jobs this Sweep object started (their controllers)."""
+        return dict(self._processes)
 
     # -- creating -------------------------------------------------------------------------------
     @classmethod
@@ -183,7 +187,7 @@ class Sweep:
         if unknown:
             raise one_of("run", unknown[0], self.run_ids[:5] + (["..."] if len(self.run_ids) > 5 else []))
         state = {row["run"]: row["state"] for row in runs_state(self.dir, self.run_ids, self._processes)}
-        todo = [r for r in wanted if state[r] not in ("COMPLETED", "PENDING", "RUNNING")]
+        todo = [r for r in wanted if state[r] not in (*FINAL, "PENDING", "RUNNING")]
         ids = self._submit(todo, opts, code) if todo else []
         if wait:
             self.wait(timeout=timeout, poll=2.0)

@@ -7,6 +7,10 @@ so a Ctrl-C meant for a waiting `sweep launch --wait` or `make demo` also reache
 (each prints a KeyboardInterrupt traceback and kills its task). Here the controller starts in a new
 session: Ctrl-C stops only the waiting process, the jobs go on like SLURM jobs do, and
 `Sweep.cancel()` (SIGINT to the controller, which stops its task) is how they are stopped.
+
+This overrides submitit's private `LocalExecutor._submit_command` and rebuilds the environment of
+submitit's `start_controller`, so it holds for one submitit release line only (SUBMITIT_LINE; the
+executor refuses others, and tests/test_local_backend.py fails when submitit changes what is relied on).
 """
 
 from __future__ import annotations
@@ -16,25 +20,45 @@ import subprocess
 import sys
 from pathlib import Path
 
+import submitit
 from submitit.local.local import LocalExecutor, LocalJob
+
+from analysis.errors import UserError
 
 CONTROLLER = "submitit.local._local"
 CONTROLLER_LOG = "controllers.log"  # in the submitit folder: what the controllers themselves print
+SUBMITIT_LINE = "1.5."  # the submitit releases whose private LocalExecutor._submit_command is overridden
+
+
+def check_submitit(version: str = submitit.__version__) -> None:
+    """Raise UserError unless submitit is of the release line the local back-end is written for."""
+    if not version.startswith(SUBMITIT_LINE):
+        raise UserError(f"submitit {version} is not supported by the local back-end (it overrides a private "
+                        f"method of submitit {SUBMITIT_LINE}x); install submitit>=1.5.4,<1.6")
+
+
+def controller_env(command: str, ntasks: int, gpus: range, timeout_min: float, signal_delay_s: int) -> dict:
+    """The controller's environment, as submitit 1.5's start_controller sets it (without `setup`)."""
+    return {**os.environ,
+            "SUBMITIT_LOCAL_NTASKS": str(ntasks), "SUBMITIT_LOCAL_COMMAND": command,
+            "SUBMITIT_LOCAL_TIMEOUT_S": str(int(60 * timeout_min)),
+            "SUBMITIT_LOCAL_SIGNAL_DELAY_S": str(int(signal_delay_s)),
+            "SUBMITIT_LOCAL_NODEID": "0", "SUBMITIT_LOCAL_JOB_NUM_NODES": "1",
+            "SUBMITIT_STDERR_TO_STDOUT": "", "SUBMITIT_EXECUTOR": "local",
+            "CUDA_VISIBLE_DEVICES": ",".join(str(k) for k in gpus), "SUBMITIT_LOCAL_WITH_SHELL": ""}
 
 
 class DetachedLocalExecutor(LocalExecutor):
     """submitit's LocalExecutor whose job controllers start in their own session (see module doc)."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        check_submitit()
+        super().__init__(*args, **kwargs)
+
     def _submit_command(self, command: str) -> LocalJob:
         ntasks = self.parameters.get("tasks_per_node", 1)
-        gpus = range(self.parameters.get("gpus_per_node", 0))
-        env = {**os.environ,
-               "SUBMITIT_LOCAL_NTASKS": str(ntasks), "SUBMITIT_LOCAL_COMMAND": command,
-               "SUBMITIT_LOCAL_TIMEOUT_S": str(int(60 * self.parameters.get("timeout_min", 2.0))),
-               "SUBMITIT_LOCAL_SIGNAL_DELAY_S": str(int(self.parameters.get("signal_delay_s", 30))),
-               "SUBMITIT_LOCAL_NODEID": "0", "SUBMITIT_LOCAL_JOB_NUM_NODES": "1",
-               "SUBMITIT_STDERR_TO_STDOUT": "", "SUBMITIT_EXECUTOR": "local",
-               "CUDA_VISIBLE_DEVICES": ",".join(str(k) for k in gpus), "SUBMITIT_LOCAL_WITH_SHELL": ""}
+        env = controller_env(command, ntasks, range(self.parameters.get("gpus_per_node", 0)),
+                             self.parameters.get("timeout_min", 2.0), self.parameters.get("signal_delay_s", 30))
         with open(Path(self.folder) / CONTROLLER_LOG, "ab") as log:
             process = subprocess.Popen([sys.executable, "-m", CONTROLLER, str(self.folder)], env=env,
                                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

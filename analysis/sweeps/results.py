@@ -8,8 +8,8 @@ ema_error, diverged, epochs_done, seconds, params, flops, then cfg.<section>.<ke
 key and each sampled hyperparameter under its dotted key (e.g. optim.lr as sampled, for ref_batch).
 
 Missing or corrupt run directories are skipped or reported as failed with a warning naming each.
-Rows of run directories are cached in <folder>/.collect_cache.json, keyed by the size and mtime of
-config.yaml, result.json and metrics.jsonl, so re-collecting a large sweep reads only what changed.
+Rows of run directories are cached in <folder>/.collect_cache.json, keyed by rundir.file_key (inode,
+size, mtime) of config.yaml, result.json and metrics.jsonl, so re-collecting a large sweep reads only what changed.
 The cache is JSON (NaN kept as NaN; ints, floats, bools, strings and None keep their types, so a
 cached row equals a fresh one); nothing of a sweep folder is ever unpickled, so collecting someone
 else's folder runs no code from it. Scheduler states come from analysis.sweeps.status.
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import warnings
 from pathlib import Path
 
@@ -29,41 +28,13 @@ import yaml
 from analysis import config as C
 from analysis import rundir
 from analysis.errors import ConfigError
+from analysis.names import model_name, stem_of_config
 
 CACHE = ".collect_cache.json"
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: files keyed by rundir.file_key (inode, size, mtime)
 COLUMNS = ["run", "run_dir", "status", "reason", "model", "preset", "stem", "optimizer", "epochs", "lr", "wd",
            "batch_size", "seed", "error", "best_error", "top5_error", "ema_error", "diverged", "epochs_done",
            "seconds", "params", "flops"]
-STEM_NAMES = {"patchify": "ViT_P", "conv": "ViT_C"}
-
-
-def model_name(preset: str, stem: str | None) -> str:
-    """Display name: ViT_P/ViT_C by the stem (other stems by their name), then the preset's size."""
-    from analysis.models import PRESETS
-
-    info = PRESETS.get(preset, {})
-    if info.get("family") == "cnn":
-        return preset
-    size = re.sub(r"^vit_[a-z]+_", "", preset)
-    if re.fullmatch(r"\d+(\.\d+)?gf", size):
-        size = size.upper()
-    return f"{STEM_NAMES.get(stem, stem)}-{size}"
-
-
-def stem_of_config(cfg: C.RunConfig) -> str | None:
-    """The run's stem: its model.stem, else its preset's."""
-    from analysis.models import PRESETS
-
-    return cfg.model.stem or PRESETS.get(cfg.model.preset, {}).get("stem")
-
-
-def _stat(path: Path) -> tuple:
-    try:
-        st = path.stat()
-    except OSError:
-        return (None,)
-    return (st.st_mtime_ns, st.st_size)
 
 
 def _nan(v) -> float:
@@ -169,7 +140,7 @@ def collect(folder: str | Path, scheduler: bool = True, cache: bool = True) -> p
         if not d.is_dir():
             warnings.warn(f"{d}: run directory missing; skipped", stacklevel=2)
             continue
-        key = tuple(_stat(d / f) for f in (rundir.CONFIG, rundir.RESULT, rundir.METRICS))
+        key = tuple(rundir.file_key(d / f) for f in (rundir.CONFIG, rundir.RESULT, rundir.METRICS))
         hit = cached.get(run)
         row = {**hit[1], "run": run, "run_dir": str(d)} if hit and hit[0] == key else run_row(run, d, cfg)
         if row["reason"] != "unreadable result.json":  # re-read (and warn) until it is fixed

@@ -87,16 +87,15 @@ def check_launch(opts: dict) -> dict:
 
 def config_keys() -> dict[str, str]:
     """Return {"section.key": type string} for every run config key."""
-    sections = {"model": C.ModelConfig, "data": C.DataConfig, "optim": C.OptimConfig, "train": C.TrainConfig}
-    return {f"{s}.{f.name}": f.type for s, cls in sections.items() for f in fields(cls)}
+    return {f"{s}.{f.name}": f.type for s, cls in C.SECTIONS.items() for f in fields(cls)}
 
 
 def _key(key: str, where: str) -> str:
     """Resolve an alias and check that a dotted key names a run config key."""
     key = ALIASES.get(key, key)
     if key not in config_keys():
-        raise ConfigError(f"{where}: unknown config key {key!r}; use section.key (sections model, data, optim, "
-                          f"train; see analysis/config.py) or one of the aliases {', '.join(ALIASES)}")
+        raise ConfigError(f"{where}: unknown config key {key!r}; use section.key (sections "
+                          f"{', '.join(C.SECTIONS)}; see analysis/config.py) or one of the aliases {', '.join(ALIASES)}")
     return key
 
 

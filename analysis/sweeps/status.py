@@ -28,8 +28,9 @@ WAITING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", 
 RUNNING = ("RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING")
 # Run states that resubmit() does not touch; every other state (FAILED, CANCELLED, TIMEOUT,
 # NOT_LAUNCHED, PREEMPTED, OUT_OF_MEMORY, NODE_FAIL, ...) is an ended, unfinished run.
-# DIVERGED: the monitor's name for a run that ended diverged (status() reads it as COMPLETED).
-KEEP = ("COMPLETED", "DIVERGED", "PENDING", "RUNNING", "UNKNOWN")
+# DIVERGED: a run that ended diverged (a final result, like COMPLETED: resubmit leaves it alone).
+FINAL = ("COMPLETED", "DIVERGED")  # run states of a run with a final result: never trained again
+KEEP = (*FINAL, "PENDING", "RUNNING", "UNKNOWN")
 ACTIVE = ("PENDING", "RUNNING", "UNKNOWN")  # run states a watcher waits on (UNKNOWN: sacct did not answer)
 COLORS = {"COMPLETED": "#c8e6c9", "RUNNING": "#bbdefb", "PENDING": "#eeeeee", "FAILED": "#ffcdd2",
           "CANCELLED": "#ffe0b2", "TIMEOUT": "#ffe0b2", "NOT_LAUNCHED": "#ffffff", "DIVERGED": "#f8bbd0"}
@@ -126,11 +127,12 @@ def job_log_tail(folder: Path, job_id: str, lines: int = 8) -> str:
     return tail(paths.stderr, lines) or tail(paths.stdout, lines)
 
 
-def run_state(job_state: str | None, complete: bool, started_by_job: bool, trained_now: bool = False) -> str:
+def run_state(job_state: str | None, complete: bool, started_by_job: bool, trained_now: bool = False,
+              diverged: bool = False) -> str:
     """One state per run from its job's state and its run directory (complete: it has a final
-    result; trained_now: a live trainer holds its lock)."""
+    result, diverged: that result says so; trained_now: a live trainer holds its lock)."""
     if complete:
-        return "COMPLETED"
+        return "DIVERGED" if diverged else "COMPLETED"
     if trained_now:
         return "RUNNING"
     if job_state is None:
@@ -177,7 +179,8 @@ def runs_state(folder: Path, run_ids: list[str], processes: dict | None = None) 
             reason = "unreadable result.json"
         holder = rundir.lock_holder(d)
         started = job_id is not None and str(markers[run].get("job_id")) == job_id
-        state = run_state(job_state, rundir.is_final(result), started, holder is not None)
+        state = run_state(job_state, rundir.is_final(result), started, holder is not None,
+                          (result or {}).get("status") == "diverged")
         row = {"run": run, "state": state, "result": (result or {}).get("status"), "job_id": job_id,
                "job_state": job_state, "attempts": attempts, "reason": reason, "log_tail": "",
                "trainer": f"{holder.get('host')}:{holder.get('pid')}" if holder else None}
@@ -224,7 +227,7 @@ class StatusFrame(pd.DataFrame):
         body = []
         for r in self.itertuples(index=False):
             r = r._asdict()
-            color = COLORS.get(r["result"].upper() if r["result"] == "diverged" else r["state"], "#ffffff")
+            color = COLORS.get(r["state"], "#ffffff")
             cells = []
             for c in self.columns:
                 v = r[c]

@@ -19,7 +19,6 @@ since the last epoch ended and the last epoch's duration; views mark it as an es
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,15 +31,6 @@ from analysis.sweeps.status import (ACTIVE, KEEP, job_log_tail, latest_jobs, rea
                                     scheduler_states, tail)
 
 STATES = ("PENDING", "RUNNING", "COMPLETED", "DIVERGED", "FAILED", "CANCELLED")  # always counted
-
-
-def _stat(path: Path) -> tuple[int, int, int] | None:
-    """(inode, size, mtime_ns) of a file, None when it does not exist."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 @dataclass
@@ -58,7 +48,7 @@ class RunWatch:
     attempts: int = 0
     metrics_mtime: float | None = None  # seconds since the epoch; when the last epoch was written
     _offset: int = 0  # bytes of metrics.jsonl parsed so far
-    _stats: dict = field(default_factory=dict)  # file name -> last _stat()
+    _stats: dict = field(default_factory=dict)  # file name -> last rundir.file_key()
 
     @property
     def final(self) -> bool:
@@ -97,7 +87,7 @@ class RunWatch:
 
     # -- reading ---------------------------------------------------------------------------------
     def _changed(self, name: str) -> tuple[bool, tuple | None]:
-        st = _stat(self.dir / name)
+        st = rundir.file_key(self.dir / name)
         return st != self._stats.get(name), st
 
     def read(self) -> bool:
@@ -165,7 +155,7 @@ class SweepWatcher:
     def refresh(self) -> set[str]:
         """Read the scheduler and what changed in the run folders; return the runs that changed."""
         launches = self._launches = read_launches(self.sweep.dir)
-        states = scheduler_states(self.sweep.dir, launches, self.sweep._processes)
+        states = scheduler_states(self.sweep.dir, launches, self.sweep.local_processes())
         jobs = latest_jobs(launches)
         changed = set()
         for run, w in self.runs.items():
@@ -173,9 +163,8 @@ class SweepWatcher:
             job_id, attempts = jobs.get(run, (None, 0))
             started = job_id is not None and str(w.job.get("job_id")) == str(job_id)
             trained_now = not w.final and rundir.lock_holder(w.dir) is not None
-            state = run_state(states.get(job_id) if job_id else None, w.final, started, trained_now)
-            if w.result and w.result.get("status") == "diverged":
-                state = "DIVERGED"
+            state = run_state(states.get(job_id) if job_id else None, w.final, started, trained_now,
+                              bool(w.result) and w.result.get("status") == "diverged")
             if moved or state != w.state or job_id != w.job_id:
                 changed.add(run)
                 if w.result is not None:
@@ -186,15 +175,16 @@ class SweepWatcher:
 
     # -- summaries -------------------------------------------------------------------------------
     def plan(self) -> pd.DataFrame:
-        """One row per run from its config alone: run, model (display name), optimizer, epochs."""
-        from analysis.sweeps.results import model_name, stem_of_config
+        """One row per run from its config alone: run, model (display name), preset, stem, optimizer, epochs."""
+        from analysis.names import model_name, stem_of_config
 
         rows = []
         for run in self.runs:
             cfg = self.sweep.configs[run]
-            rows.append({"run": run, "model": model_name(cfg.model.preset, stem_of_config(cfg)),
-                         "optimizer": cfg.optim.name, "epochs": cfg.train.epochs})
-        return pd.DataFrame(rows, columns=["run", "model", "optimizer", "epochs"])
+            stem = stem_of_config(cfg)
+            rows.append({"run": run, "model": model_name(cfg.model.preset, stem), "preset": cfg.model.preset,
+                         "stem": stem, "optimizer": cfg.optim.name, "epochs": cfg.train.epochs})
+        return pd.DataFrame(rows, columns=["run", "model", "preset", "stem", "optimizer", "epochs"])
 
     def counts(self) -> dict[str, int]:
         """{state: runs}, the six main states always present, others when they occur."""

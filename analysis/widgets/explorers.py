@@ -20,7 +20,7 @@ from analysis.errors import ConfigError, one_of
 from analysis.plots.frame import as_columns, check_frame, counted_errors, diverged_mask, group_keys
 from analysis.plots.maps import attention_overlay_figure, image_axes, tiles_figure
 from analysis.plots.stability import DEFAULT_BY, edf_figure, sensitivity_figure
-from analysis.plots.style import TEMPLATE, style_maps, wrap_title
+from analysis.plots.style import TEMPLATE, head_stems, style_maps, wrap_title
 from analysis.widgets.base import Explorer, filter_frame, log_range_slider, message_figure, multi_select, sync_figure
 
 # ---------------------------------------------------------------- hyperparameter sensitivity
@@ -73,7 +73,7 @@ class SensitivityExplorer(Explorer):
         self.controls["bootstrap"] = widgets.ToggleButton(value=False, description="bootstrap band",
                                                           tooltip="2.5-97.5% of the best of 25% resamples")
 
-        self.colors, self.dashes = style_maps(group_keys(df, self.by))
+        self.colors, self.dashes = style_maps(group_keys(df, self.by), head_stems(df, self.by))
         self.color_ranges = {rel: self._color_range(rel) for rel in (False, True)}
 
         self.edf_fig = go.FigureWidget()
@@ -166,7 +166,7 @@ def run_labels(run_dirs) -> dict[str, Path]:
     the folder name added. A mapping's values may be any source analysis.runs.as_model takes.
     """
     from analysis.runs import load_config
-    from analysis.sweeps.results import model_name, stem_of_config
+    from analysis.names import model_name, stem_of_config
 
     if isinstance(run_dirs, Mapping):
         out = {str(k): Path(v) if isinstance(v, (str, Path)) and Path(v).is_dir() else v for k, v in run_dirs.items()}

@@ -23,7 +23,7 @@ from plotly.subplots import make_subplots
 
 from analysis.claims import MIN_RUNS
 from analysis.plots.stability import edf_figure
-from analysis.plots.style import TEMPLATE, color_map, integer_ticks, style_maps
+from analysis.plots.style import TEMPLATE, color_map, head_stems, integer_ticks, style_maps
 from analysis.sweeps.status import COLORS, KEEP
 from analysis.sweeps.watch import STATES, SweepWatcher
 from analysis.widgets.base import message_figure, sync_figure
@@ -128,8 +128,9 @@ class SweepMonitor:
         self.resubmit_options = dict(resubmit_options or {})
         self.watcher = SweepWatcher(sweep)
         self.plan = self.watcher.plan()
-        self.colors, self.dashes = style_maps(self.plan.groupby(["model", "optimizer"]).size().index)
-        self.run_colors = color_map(sweep.run_ids)
+        self.colors, self.dashes = style_maps(self.plan.groupby(["model", "optimizer"]).size().index,
+                                              head_stems(self.plan, "model"))
+        self.run_colors = color_map(sweep.run_ids, head_stems(self.plan, "run"))
         self.refreshes, self.last_error, self.ended = 0, None, None
         self._lock, self._stop = threading.RLock(), threading.Event()
         self._thread: threading.Thread | None = None

@@ -1,0 +1,36 @@
+"""The local back-end overrides submitit's private LocalExecutor._submit_command: these tests fail
+when submitit changes what that override relies on (read from submitit's own source, no mocks)."""
+
+import importlib.util
+import inspect
+import os
+import re
+
+import pytest
+import submitit
+from submitit.local import local as submitit_local
+
+from analysis.errors import UserError
+from analysis.sweeps import local
+
+ENV_KEY = re.compile(r"\b(SUBMITIT_[A-Z_]+|CUDA_VISIBLE_DEVICES)\b")
+
+
+def test_submitit_is_of_the_supported_line_and_others_are_refused():
+    local.check_submitit()  # the installed one
+    assert submitit.__version__.startswith(local.SUBMITIT_LINE)
+    with pytest.raises(UserError, match=r"submitit 1\.6\.0 is not supported.*<1\.6"):
+        local.check_submitit("1.6.0")
+
+
+def test_the_overridden_method_and_the_controller_are_as_relied_on(monkeypatch):
+    assert "_submit_command" in vars(submitit_local.LocalExecutor)
+    assert list(inspect.signature(submitit_local.LocalExecutor._submit_command).parameters) == ["self", "command"]
+    assert {"folder", "job_id", "tasks", "process"} <= set(inspect.signature(submitit_local.LocalJob).parameters)
+    assert importlib.util.find_spec(local.CONTROLLER) is not None
+    source = inspect.getsource(submitit_local.start_controller)
+    assert f'"-m", "{local.CONTROLLER}", str(folder)' in source  # how the controller is started
+    for key in [k for k in os.environ if ENV_KEY.fullmatch(k)]:
+        monkeypatch.delenv(key)  # only the variables controller_env sets itself
+    ours = {k for k in local.controller_env("cmd", 1, range(0), 2.0, 30) if ENV_KEY.fullmatch(k)}
+    assert set(ENV_KEY.findall(source)) == ours  # the same environment variables as submitit sets
