@@ -13,18 +13,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from analysis import config, rundir
+from analysis import config, rundir, trust
 from analysis import data as D
 from analysis.errors import ConfigError
 
 
 def load_config(run_dir: str | Path) -> config.RunConfig:
-    """The run's resolved config."""
+    """The run's resolved config, vetted as data of the folder it was read from (analysis.trust)."""
     path = Path(run_dir) / rundir.CONFIG
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no {rundir.CONFIG}); train one with "
                           "`python -m analysis train --out DIR`")
-    return config.load(path)
+    cfg = config.load(path)
+    trust.check_config(cfg, run_dir)
+    return cfg
 
 
 def load_model(run_dir: str | Path, ema: bool = False, initial: bool = False, device: str = "cpu",

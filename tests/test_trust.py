@@ -1,0 +1,128 @@
+"""A run or sweep folder is data: no code from it, no writes outside it, bounded work whatever it holds."""
+
+import os
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis import config, data as D, trust
+from analysis.errors import ConfigError
+
+PACKAGE = Path(__file__).resolve().parent.parent / "analysis"
+
+
+class Payload:
+    """Unpickling this runs a shell command that writes a marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error)
+    assert "\n" not in text, text
+    return text
+
+
+def write_cifar(folder: Path, protocol: int, n: int = 20, data=None) -> None:
+    """A CIFAR-10 folder in the real python format: dicts of bytes keys, uint8 arrays, label lists."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"batch_label": b"testing", b"labels": [i % 10 for i in range(n)],
+                 b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8) if data is None else data,
+                 b"filenames": [f"img_{i}.png".encode() for i in range(n)]}
+        with open(folder / name, "wb") as fh:
+            pickle.dump(batch, fh, protocol=protocol)
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump({b"label_names": [c.encode() for c in D.CIFAR10_CLASSES], b"num_vis": 3072}, fh,
+                    protocol=protocol)
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_the_real_cifar_format_still_loads(tmp_path, protocol):
+    write_cifar(tmp_path / "cifar-10-batches-py", protocol)
+    test = D.load_arrays("cifar10", str(tmp_path), train=False)
+    train = D.load_arrays("cifar10", str(tmp_path), train=True)
+    assert test.images.shape == (20, 3, 32, 32) and len(train) == 100
+    assert test.classes == D.CIFAR10_CLASSES and test.labels.tolist()[:3] == [0, 1, 2]
+
+
+def test_a_cifar_payload_is_refused_with_one_line_and_nothing_runs(tmp_path):
+    marker = tmp_path / "marker"
+    write_cifar(tmp_path / "cifar", 2, data=Payload(marker))
+    with pytest.raises(ConfigError) as e:
+        D.load_arrays("cifar10", str(tmp_path / "cifar"), train=False)
+    assert "refused" in one_line(e.value) and "posix.system" in str(e.value)
+    assert not marker.exists()
+
+
+def test_a_payload_in_the_meta_file_is_refused_too(tmp_path):
+    marker = tmp_path / "marker"
+    write_cifar(tmp_path / "cifar", 2)
+    with open(tmp_path / "cifar" / "batches.meta", "wb") as fh:
+        pickle.dump({b"label_names": Payload(marker)}, fh)
+    with pytest.raises(ConfigError, match="refused"):
+        D.load_arrays("cifar10", str(tmp_path / "cifar"), train=True)
+    assert not marker.exists()
+
+
+def test_a_pickle_of_another_shape_is_one_line(tmp_path):
+    write_cifar(tmp_path / "cifar", 2)
+    with open(tmp_path / "cifar" / "test_batch", "wb") as fh:
+        pickle.dump([1, 2, 3], fh)
+    with pytest.raises(ConfigError, match="not a CIFAR python batch"):
+        D.load_arrays("cifar10", str(tmp_path / "cifar"), train=False)
+    (tmp_path / "cifar" / "test_batch").write_bytes(b"\x80\x02garbage")
+    with pytest.raises(ConfigError) as e:
+        D.load_arrays("cifar10", str(tmp_path / "cifar"), train=False)
+    one_line(e.value)
+
+
+def test_no_module_unpickles_outside_the_restricted_unpickler():
+    """pickle is used only by analysis/trust.py; torch.load always with weights_only=True."""
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        if path.name != "trust.py":
+            assert not re.search(r"pickle\.(load|loads|Unpickler)\b|import pickle|from pickle", text), path
+        for call in re.finditer(r"torch\.load\(([^)]*)\)", text):
+            assert "weights_only=True" in call.group(1), (path, call.group(0))
+
+
+def make_sweep(root: Path) -> Path:
+    """A folder laid out like a sweep (spec.yaml, runs.json) holding one run folder."""
+    (root / "runs" / "r0").mkdir(parents=True)
+    (root / "spec.yaml").write_text("name: x\n")
+    (root / "runs.json").write_text('{"runs": []}')
+    return root / "runs" / "r0"
+
+
+@pytest.mark.parametrize("where", ["run", "sweep"])
+def test_a_data_root_inside_the_folder_being_read_is_refused(tmp_path, where):
+    from analysis.runs import load_config
+
+    run = make_sweep(tmp_path / "sweep")
+    data_root = (run if where == "run" else tmp_path / "sweep") / "data"
+    marker = tmp_path / "marker"
+    write_cifar(data_root, 2, data=Payload(marker))
+    cfg = config.RunConfig().replace({"data.name": "cifar10", "data.root": str(data_root)})
+    (run / "config.yaml").write_text(cfg.to_yaml())
+    with pytest.raises(ConfigError) as e:
+        load_config(run)
+    assert "lies inside the folder being read" in one_line(e.value)
+    assert not marker.exists()
+
+
+def test_a_data_root_outside_the_folder_is_followed(tmp_path):
+    from analysis.runs import load_config
+
+    run = make_sweep(tmp_path / "sweep")
+    cfg = config.RunConfig().replace({"data.name": "cifar10", "data.root": str(tmp_path / "data")})
+    (run / "config.yaml").write_text(cfg.to_yaml())
+    assert load_config(run).data.root == str(tmp_path / "data")
