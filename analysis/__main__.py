@@ -44,7 +44,8 @@ def _presets(args) -> None:
 def _report(args) -> None:
     from analysis.report import write_report
 
-    out = write_report(args.sweep_dir, args.out, probes=not args.no_probes, png_dir=args.png)
+    out = write_report(args.sweep_dir, args.out, probes=not args.no_probes, png_dir=args.png,
+                       trust_code=args.trust_code)
     print(f"report: {out}")
 
 
@@ -208,6 +209,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="the HTML file (default SWEEP_DIR/report.html)")
     r.add_argument("--png", metavar="DIR", help="also export every figure as PNG into DIR (needs Chromium)")
     r.add_argument("--no-probes", action="store_true", help="leave out attention maps and filters")
+    r.add_argument("--trust-code", action="store_true",
+                   help="import the stem import paths the runs' configs name (never from inside the sweep)")
     r.set_defaults(func=_report)
 
     c = sub.add_parser("claims", help="the paper's claims as statistics of a sweep",

@@ -136,3 +136,29 @@ def check_config(cfg, run_dir: str | Path) -> None:
     if cfg.data.root and is_inside(cfg.data.root, folder):
         raise ConfigError(f"{run_dir}: data.root {cfg.data.root} lies inside the folder being read ({folder}); "
                           "a folder's config may not name data inside that folder: set data.root elsewhere")
+
+
+def check_stem(stem: str | None, run_dir: str | Path, trust_code: bool) -> None:
+    """Allow a run folder's stem import path (`pkg.mod:fn`) to be imported only when trust_code is
+    True, and never from a module inside the folder being read. Registered names pass; nothing is
+    imported here but the packages above the stem's module once found outside the folder."""
+    if not stem or ":" not in stem:
+        return
+    folder = folder_read(run_dir)
+    if not trust_code:
+        raise ConfigError(f"refused to import stem {stem!r} named by {run_dir}/config.yaml: code named by a folder "
+                          "runs only when allowed; pass trust_code=True (CLI: --trust-code) if you trust that code")
+    module = stem.split(":")[0].split(".")
+    for i in range(1, len(module) + 1):
+        name = ".".join(module[:i])
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            return  # not importable: the registry's import says so in one line
+        if spec is None:
+            return
+        places = [spec.origin, *(spec.submodule_search_locations or [])]
+        inside = next((p for p in places if p and p not in ("built-in", "frozen") and is_inside(p, folder)), None)
+        if inside:
+            raise ConfigError(f"refused to import stem {stem!r}: its module {name} lies inside the folder being "
+                              f"read ({folder}); code is never imported from a folder being read")

@@ -126,3 +126,52 @@ def test_a_data_root_outside_the_folder_is_followed(tmp_path):
     cfg = config.RunConfig().replace({"data.name": "cifar10", "data.root": str(tmp_path / "data")})
     (run / "config.yaml").write_text(cfg.to_yaml())
     assert load_config(run).data.root == str(tmp_path / "data")
+
+
+def plant_stem_sweep(root: Path, marker: Path) -> Path:
+    """sweeps/evil under root holding a package whose import writes `marker`, and a run naming it."""
+    sweep = root / "sweeps" / "evil"
+    run = make_sweep(sweep)
+    pkg = sweep / "evilpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n"
+                                     "from analysis.models.stems import Stem\nstem = Stem\n")
+    (root / "sweeps" / "__init__.py").write_text("")
+    (sweep / "__init__.py").write_text("")
+    return run
+
+
+@pytest.mark.parametrize("trust_code", [False, True])
+def test_a_stem_planted_in_the_sweep_is_never_imported(tmp_path, monkeypatch, trust_code):
+    from analysis.runs import load_model
+
+    marker = tmp_path / "marker"
+    run = plant_stem_sweep(tmp_path, marker)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = config.RunConfig().replace({"model.stem": "sweeps.evil.evilpkg:stem"})
+    (run / "config.yaml").write_text(cfg.to_yaml())
+    with pytest.raises(ConfigError) as e:
+        load_model(run, initial=True, trust_code=trust_code)
+    text = one_line(e.value)
+    assert "sweeps.evil.evilpkg:stem" in text
+    assert ("lies inside the folder being read" if trust_code else "trust_code=True") in text
+    assert not marker.exists()
+
+
+def test_a_stem_import_path_is_imported_when_trusted(tmp_path):
+    from analysis.runs import as_model, load_model
+
+    cfg = config.RunConfig().replace({"model.stem": "tests.user_stems:two_conv"})
+    (tmp_path / "config.yaml").write_text(cfg.to_yaml())
+    with pytest.raises(ConfigError, match="--trust-code"):
+        as_model(tmp_path, initial=True)
+    model = load_model(tmp_path, initial=True, trust_code=True)
+    assert model.patch_embed.kind is not None
+
+
+def test_the_report_command_takes_trust_code():
+    from analysis.__main__ import parser
+
+    assert parser().parse_args(["report", "sweeps/x", "--trust-code"]).trust_code is True
+    assert parser().parse_args(["report", "sweeps/x"]).trust_code is False
