@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
+from analysis import trust
 from analysis.errors import ConfigError
 
 PROBE_IMAGES = 6
@@ -174,10 +175,13 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, probes: b
     from analysis.sweeps import collect
 
     sweep_dir = Path(sweep_dir)
+    if not out:
+        out = sweep_dir / "report.html"
+        trust.check_inside(sweep_dir, [out])
     df = collect(sweep_dir)
     if df.empty:
         raise ConfigError(f"{sweep_dir} holds no runs to report on; launch the sweep first")
-    out = Path(out) if out else sweep_dir / "report.html"
+    out = Path(out)
     claims = claims_html(claims_table(df))
     skipped: list[tuple[str, str]] = []
     figs = figures(df, probes=probes, skipped=skipped, trust_code=trust_code)

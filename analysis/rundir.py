@@ -30,6 +30,7 @@ RESULT = "result.json"
 LOG = "log.txt"
 LOCK = "train.lock"
 JOB = "job.json"  # which sweep job trains (or last trained) the run
+WRITTEN = (CONFIG, METRICS, CHECKPOINT, RESULT, LOG, LOCK, JOB)  # what the suite writes in a run folder
 
 
 def _umask() -> int:

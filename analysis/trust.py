@@ -162,3 +162,26 @@ def check_stem(stem: str | None, run_dir: str | Path, trust_code: bool) -> None:
         if inside:
             raise ConfigError(f"refused to import stem {stem!r}: its module {name} lies inside the folder being "
                               f"read ({folder}); code is never imported from a folder being read")
+
+
+def _link_on_the_way(root: Path, path: Path) -> Path | None:
+    """The first symbolic link on the way from root down to path, if any."""
+    current = root
+    for part in path.relative_to(root).parts if path.is_relative_to(root) else path.parts:
+        current = current / part
+        if current.is_symlink():
+            return current
+    return None
+
+
+def check_inside(root: str | Path, paths) -> None:
+    """Raise a one-line ConfigError naming the link unless every path (written under root) resolves
+    inside root: a symlinked run folder or file is never followed out of the sweep."""
+    root = Path(root).absolute()
+    real = root.resolve()
+    for path in paths:
+        path = Path(path).absolute()
+        if not path.resolve().is_relative_to(real):
+            link = _link_on_the_way(root, path) or path
+            raise ConfigError(f"{link} is a symbolic link leading out of {root} (to {link.resolve()}); the suite "
+                              "writes only inside the sweep: replace the link by a folder or file")

@@ -175,3 +175,58 @@ def test_the_report_command_takes_trust_code():
 
     assert parser().parse_args(["report", "sweeps/x", "--trust-code"]).trust_code is True
     assert parser().parse_args(["report", "sweeps/x"]).trust_code is False
+
+
+def tiny_spec(name="contained"):
+    return {"name": name, "base": {"data": {"train_per_class": 5, "test_per_class": 2},
+                                   "train": {"epochs": 1, "batch_size": 10, "precision": "fp32", "progress": "none"}},
+            "grid": {"optimizer": ["adamw", "sgd"]}, "launch": {"cluster": "local"}}
+
+
+def files_under(folder: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def test_resubmit_never_writes_through_a_symlinked_run_folder(tmp_path):
+    from analysis.sweeps import Sweep
+
+    sweep = Sweep.from_dict(tiny_spec(), root=tmp_path / "sweeps")
+    run = sweep.run_dir(sweep.run_ids[0])
+    elsewhere = tmp_path / "elsewhere"
+    run.rename(elsewhere)
+    run.symlink_to(elsewhere, target_is_directory=True)
+    before = files_under(elsewhere)
+    for act in (sweep.resubmit, sweep.launch):
+        with pytest.raises(ConfigError) as e:
+            act()
+        assert str(run) in one_line(e.value) and "symbolic link" in str(e.value)
+    with pytest.raises(ConfigError, match="symbolic link"):
+        Sweep.from_dict(tiny_spec(), root=tmp_path / "sweeps")
+    assert files_under(elsewhere) == before
+    assert sweep.launches == [] and not (sweep.dir / "code").exists()
+
+
+def test_a_symlinked_file_in_a_run_folder_is_refused(tmp_path):
+    from analysis.sweeps import Sweep
+
+    sweep = Sweep.from_dict(tiny_spec(), root=tmp_path / "sweeps")
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep me")
+    link = sweep.run_dir(sweep.run_ids[1]) / "metrics.jsonl"
+    link.symlink_to(outside)
+    with pytest.raises(ConfigError, match="metrics.jsonl is a symbolic link"):
+        sweep.launch()
+    assert outside.read_text() == "keep me"
+
+
+def test_the_report_does_not_write_through_a_symlink(tmp_path):
+    from analysis.report import write_report
+
+    outside = tmp_path / "precious.html"
+    outside.write_text("keep me")
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "report.html").symlink_to(outside)
+    with pytest.raises(ConfigError, match="report.html is a symbolic link"):
+        write_report(sweep)
+    assert outside.read_text() == "keep me"

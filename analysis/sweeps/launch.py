@@ -35,7 +35,7 @@ import pandas as pd
 import yaml
 
 from analysis import config as C
-from analysis import rundir
+from analysis import rundir, trust
 from analysis.errors import ConfigError, one_of
 from analysis.sweeps.spec import Spec, check_launch
 from analysis.sweeps.status import ACTIVE, KEEP, RUNNING, WAITING, runs_state
@@ -125,6 +125,8 @@ class Sweep:
         if (folder / "spec.yaml").is_file() and not _same_runs(folder, runs):
             raise ConfigError(f"{folder} holds a sweep with another spec (other runs); use another name or root, "
                               "or delete that folder")
+        trust.check_inside(folder, [folder / name for name in ("spec.yaml", "runs.json", "runs.csv")] +
+                           [folder / "runs" / row["run"] / rundir.CONFIG for row in runs])
         folder.mkdir(parents=True, exist_ok=True)
         for row in runs:
             d = folder / "runs" / row["run"]
@@ -199,6 +201,8 @@ class Sweep:
         todo = [r for r in todo if rundir.lock_holder(self.run_dir(r)) is None]  # trained right now
         if not todo:
             return []
+        trust.check_inside(self.dir, [self.dir / "code", self.dir / "submitit", self.dir / "launches.json",
+                                      *(self.run_dir(r) / name for r in todo for name in rundir.WRITTEN)])
         cluster = opts.get("cluster") or "auto"
         cluster = detect_cluster() if cluster == "auto" else cluster
         launches = self.launches
