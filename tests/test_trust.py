@@ -230,3 +230,42 @@ def test_the_report_does_not_write_through_a_symlink(tmp_path):
     with pytest.raises(ConfigError, match="report.html is a symbolic link"):
         write_report(sweep)
     assert outside.read_text() == "keep me"
+
+
+BAD_RESULTS = {  # result.json text: words of the reason
+    "nan": ('{"status": "completed", "top1_err": NaN}', "NaN is not a number"),
+    "infinity": ('{"status": "completed", "top1_err": 5.0, "top5_err": -Infinity}', "Infinity is not a number"),
+    "overflow": ('{"status": "completed", "top1_err": 1e400}', "is not a number"),
+    "missing": ('{"status": "completed", "reason": null}', "no top1_err"),
+    "string": ('{"status": "completed", "top1_err": "3.0"}', "top1_err is '3.0'"),
+    "range": ('{"status": "completed", "top1_err": 150}', "top1_err is 150"),
+    "status": ('{"status": "great", "top1_err": 1}', "status 'great'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RESULTS))
+def test_a_bad_result_makes_the_run_failed_with_a_warning(tmp_path, case):
+    from analysis.claims import claims_table
+    from analysis.sweeps import Sweep, collect
+
+    text, words = BAD_RESULTS[case]
+    sweep = Sweep.from_dict(tiny_spec(), root=tmp_path)
+    good, bad = (sweep.run_dir(r) for r in sweep.run_ids)
+    (good / "result.json").write_text('{"status": "completed", "reason": null, "top1_err": 12.5, "top5_err": 1.0}')
+    (bad / "result.json").write_text(text)
+    with pytest.warns(UserWarning, match=re.escape(str(bad / "result.json"))):
+        frame = collect(sweep.dir, scheduler=False, cache=False)
+    row = frame.set_index("run").loc[bad.name]
+    assert row["status"] == "failed" and words in row["reason"] and "invalid result.json" in row["reason"]
+    assert np.isfinite(frame["error"].dropna()).all() and list(frame["error"].dropna()) == [12.5]
+    claims_text = claims_table(frame).to_string()
+    assert "inf" not in claims_text.lower().replace("info", "")
+
+
+def test_bad_metrics_rows_are_skipped():
+    from analysis import rundir
+
+    lines = ['{"epoch": 0, "test_top1_err": 20.0}', '{"epoch": 1, "test_top1_err": NaN}',
+             '{"epoch": 2, "test_top1_err": 101}', '{"epoch": -1}', '{"epoch": 3, "train_loss": Infinity}',
+             '{"epoch": "4"}', '[1, 2]', '{"epoch": 5, "test_top1_err": 9.5}']
+    assert sorted(rundir.metric_rows(lines)) == [0, 5]
