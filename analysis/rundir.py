@@ -137,11 +137,36 @@ def metric_row_ok(row) -> bool:
     return all(value is None or _number(value, 0, 100) for key, value in row.items() if key.endswith("_err"))
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """Return the per-epoch rows, last row per epoch kept, a torn last line ignored."""
+MAX_METRICS_BYTES = 8 << 20  # read at most the last 8 MiB of a metrics.jsonl (some 25,000 epochs)
+MAX_LINE_BYTES = 64 << 10  # a longer line is not a metrics row
+
+
+def _lines(f, limit: int):
+    """The whole lines of a binary file from its position on, each read with a bounded buffer;
+    overlong lines skipped."""
+    while True:
+        line = f.readline(limit + 1)
+        if not line:
+            return
+        if len(line) > limit:
+            while line and not line.endswith(b"\n"):
+                line = f.readline(limit + 1)
+            continue
+        yield line
+
+
+def read_metrics(run_dir: str | Path, max_bytes: int = MAX_METRICS_BYTES) -> list[dict]:
+    """Return the per-epoch rows, last row per epoch kept, a torn last line ignored. Streamed in
+    bounded memory: a file over max_bytes is read from its last max_bytes on (a warning says so)."""
     path = Path(run_dir) / METRICS
     try:
-        rows = metric_rows(path.read_text(errors="replace").splitlines())
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > max_bytes:
+                warnings.warn(f"{path}: over {max_bytes} bytes; read from its last {max_bytes} bytes", stacklevel=2)
+                f.seek(size - max_bytes)
+                f.readline()  # the rest of a cut line
+            rows = metric_rows(_lines(f, MAX_LINE_BYTES))
     except OSError:
         return []
     return [rows[e] for e in sorted(rows)]

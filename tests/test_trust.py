@@ -3,6 +3,7 @@
 import os
 import pickle
 import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -269,3 +270,124 @@ def test_bad_metrics_rows_are_skipped():
              '{"epoch": 2, "test_top1_err": 101}', '{"epoch": -1}', '{"epoch": 3, "train_loss": Infinity}',
              '{"epoch": "4"}', '[1, 2]', '{"epoch": 5, "test_top1_err": 9.5}']
     assert sorted(rundir.metric_rows(lines)) == [0, 5]
+
+
+def peak_mb(code: str, cwd: Path) -> tuple[float, str]:
+    """Run code in a fresh interpreter; (its peak resident memory above the imports in MB, its output)."""
+    import subprocess
+    import sys
+
+    script = ("import resource, analysis.sweeps, analysis.runs, analysis.report\n"
+              "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+              f"try:\n{textwrap.indent(code, '    ')}\n"
+              "except Exception as e:\n    print(type(e).__name__, str(e))\n"
+              "print('PEAK', (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=cwd,
+                         env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    peak = float(out.stdout.rsplit("PEAK", 1)[1])
+    return peak, out.stdout
+
+
+@pytest.mark.parametrize("spec", [{"samples": 1_000_000, "sample": {"optim.lr": {"log_uniform": [1e-4, 1e-2]}}},
+                                  {"grid": {"optim.lr": list(range(1, 1001)), "train.seed": list(range(1000))}}])
+def test_a_huge_spec_is_refused_before_anything_is_built(tmp_path, spec):
+    peak, out = peak_mb(f"from analysis.sweeps import Sweep\nSweep.from_dict({{'name': 'big', **{spec!r}}}, "
+                        f"root={str(tmp_path)!r})", tmp_path)
+    assert "ConfigError" in out and "over the limit of 10000 runs" in out or "over 10000 runs" in out, out
+    assert peak < 200 and not (tmp_path / "big").exists()
+
+
+def test_the_run_cap_can_be_raised(monkeypatch):
+    from analysis.sweeps import Spec
+
+    spec = {"name": "wide", "grid": {"train.seed": list(range(30))}}
+    monkeypatch.setenv("STEMLAB_MAX_RUNS", "20")
+    with pytest.raises(ConfigError, match="STEMLAB_MAX_RUNS"):
+        Spec.from_dict(spec)
+    monkeypatch.setenv("STEMLAB_MAX_RUNS", "30")
+    assert Spec.from_dict(spec).count() == 30
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi")) + "model: {preset: *i}\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_in_bounded_memory(tmp_path):
+    (tmp_path / "config.yaml").write_text(BOMB)
+    peak, out = peak_mb(f"from analysis.runs import load_model\nload_model({str(tmp_path)!r})", tmp_path)
+    assert "ConfigError" in out and "aliases expand to over" in out, out
+    assert peak < 100
+
+
+def test_a_big_yaml_file_is_refused(tmp_path):
+    (tmp_path / "config.yaml").write_text("model: {preset: vit_c_fmnist_tiny}\n" + "# padding\n" * 200_000)
+    with pytest.raises(ConfigError, match="over 1048576 bytes"):
+        config.load(tmp_path / "config.yaml")
+
+
+def test_a_huge_metrics_file_is_read_in_bounded_memory(tmp_path):
+    from analysis.sweeps import Sweep
+
+    sweep = Sweep.from_dict(tiny_spec(), root=tmp_path)
+    run = sweep.run_dir(sweep.run_ids[0])
+    (run / "result.json").write_text('{"status": "completed", "reason": null, "top1_err": 12.5}')
+    row = '{"epoch": %d, "step": 1, "train_loss": 1.5, "test_top1_err": 20.0, "lr": 0.001, "pad": "%s"}\n'
+    with open(run / "metrics.jsonl", "w") as f:
+        block = "".join(row % (e, "x" * 100) for e in range(20_000))
+        for _ in range(20):  # some 55 MB, over the 8 MiB read
+            f.write(block)
+    peak, out = peak_mb(f"import warnings; warnings.simplefilter('ignore')\n"
+                        f"from analysis.sweeps import Sweep, collect\nfrom analysis.plots import curves_figure\n"
+                        f"s = Sweep({str(sweep.dir)!r})\nprint(len(collect(s.dir, scheduler=False, cache=False)))\n"
+                        f"print(s.status()['epoch'].max())\n"
+                        f"fig = curves_figure([{str(run)!r}])\nprint('points', max(len(t.x) for t in fig.data))",
+                        tmp_path)
+    assert "points 2000" in out or "points 2001" in out, out
+    assert peak < 400, out
+
+
+def test_a_key_given_twice_is_refused():
+    from analysis.__main__ import _launch_set
+
+    with pytest.raises(ConfigError, match="optim.lr is given twice"):
+        config.parse_overrides(["optim.lr=1e-3", "train.epochs=2", "optim.lr=2e-3"])
+    with pytest.raises(ConfigError, match="partition is given twice"):
+        _launch_set(["launch.partition=a", "partition=b"])
+
+
+def test_os_errors_a_user_can_cause_are_one_line(tmp_path, capsys):
+    from analysis.__main__ import main
+    from analysis.sweeps import Sweep
+
+    assert main(["train", "--out", str(tmp_path / "r"), "data.root=" + "d" * 300]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data.root is longer than a file system allows" in err
+    sweep = Sweep.from_dict(tiny_spec(), root=tmp_path)
+    assert main(["sweep", "collect", str(sweep.dir), "--out", "/dev/full"]) == 2  # writing there: ENOSPC
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err, err
+
+
+def test_two_launches_of_one_spec_at_once_start_each_run_once(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from analysis.sweeps import Sweep
+
+    (tmp_path / "race.yaml").write_text(yaml.safe_dump(tiny_spec("race")))
+    cmd = [sys.executable, "-m", "analysis", "sweep", "launch", str(tmp_path / "race.yaml"), "--root", str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert all("Traceback" not in err for _, err in outs), outs
+    sweep = Sweep(tmp_path / "race")
+    sweep.wait(timeout=300)
+    assert len(sweep.launches) == 1 and sorted(r for j in sweep.launches[0]["jobs"] for r in j["runs"]) == \
+        sorted(sweep.run_ids)
+    assert [p.name for p in (sweep.dir / "code").iterdir()] == ["launch-000"]
+    assert set(sweep.collect()["status"]) == {"completed"}

@@ -1,6 +1,5 @@
 """Training curves of chosen runs, read from each run directory's metrics.jsonl."""
 
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from analysis.errors import ConfigError, one_of
 from analysis.plots.frame import check_frame
 from analysis.plots.style import TEMPLATE, color_map, integer_ticks
 
-METRICS_FILE = "metrics.jsonl"
+MAX_POINTS = 2000  # points per curve at most (evenly spaced epochs, the last one kept)
 METRIC_KEYS = (
     "epoch", "step", "train_loss", "test_top1_err", "test_top5_err", "ema_top1_err",
     "ema_top5_err", "lr", "seconds", "images_per_s", "elapsed",
@@ -36,26 +35,17 @@ def read_metrics(run_dir: str | Path) -> pd.DataFrame:
     """Return a run's metrics.jsonl as a DataFrame, one row per epoch (nulls become NaN).
 
     A run that has not written an epoch yet gives an empty frame with the standard columns.
-    A torn last line (the file is appended while the run trains) is skipped; a torn line
-    anywhere else raises ConfigError naming the file and line.
+    Rows are read by analysis.rundir.read_metrics: streamed in bounded memory, torn and invalid
+    lines skipped, the last row of an epoch kept.
     """
+    from analysis.rundir import read_metrics as read_rows
+
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"run directory {str(run_dir)!r} does not exist")
-    path = run_dir / METRICS_FILE
-    if not path.exists():
+    records = read_rows(run_dir)
+    if not records:
         return pd.DataFrame(columns=list(METRIC_KEYS), dtype=float)
-    lines = path.read_text().splitlines()
-    records = []
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines):
-                break
-            raise ConfigError(f"{path}: line {i} is not valid JSON") from None
     frame = pd.DataFrame.from_records(records)
     for key in METRIC_KEYS:
         if key not in frame.columns:
@@ -107,6 +97,8 @@ def curves_figure(
     longest = 1.0
     for label, run_dir in chosen:
         frame = read_metrics(run_dir)
+        if len(frame) > MAX_POINTS:  # at most MAX_POINTS per curve, the last epoch kept
+            frame = frame.iloc[sorted({*range(0, len(frame), -(-len(frame) // MAX_POINTS)), len(frame) - 1})]
         color = colors[label]
         longest = max(longest, float(frame[x].max()) if len(frame) else 1.0)
         for r, metric in enumerate(metrics, start=1):
