@@ -169,7 +169,10 @@ def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
         if value.strip().lower() in NULLS:
             value = None
         elif kind == "bool":
-            value = yaml.safe_load(value)
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise ConfigError(f"{where} must be bool, got {value!r}") from None
     if value is None:
         if "None" in f.type:
             return None

@@ -95,8 +95,9 @@ def load_yaml(path: str | Path, max_bytes: int = MAX_YAML_BYTES, max_nodes: int 
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
     if len(raw) > max_bytes:
         raise ConfigError(f"{path}: over {max_bytes} bytes, the limit for a YAML file of a run or sweep folder")
-    loader = yaml.SafeLoader(io.BytesIO(raw))
+    loader = None
     try:
+        loader = yaml.SafeLoader(io.BytesIO(raw))
         node = loader.get_single_node()
         if node is None:
             return None
@@ -108,7 +109,8 @@ def load_yaml(path: str | Path, max_bytes: int = MAX_YAML_BYTES, max_nodes: int 
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply to read as YAML") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def is_inside(path: str | Path, folder: str | Path) -> bool:

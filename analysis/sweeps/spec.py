@@ -248,6 +248,8 @@ class Spec:
                     cases.append({_key(axis, "grid"): v})
             axes.append((str(axis), cases))
         sample = {}
+        if not isinstance(d.get("sample") or {}, dict):
+            raise ConfigError(f"spec sample must be a mapping of key -> sampler, got {d.get('sample')!r}")
         for k, v in (d.get("sample") or {}).items():
             kk = _key(k, "sample")
             if not _is_sampler(v):
