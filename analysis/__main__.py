@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from analysis.errors import ConfigError, UserError
@@ -44,7 +45,8 @@ def _presets(args) -> None:
 def _report(args) -> None:
     from analysis.report import write_report
 
-    out = write_report(args.sweep_dir, args.out, probes=not args.no_probes, png_dir=args.png)
+    out = write_report(args.sweep_dir, args.out, probes=not args.no_probes, png_dir=args.png,
+                       trust_code=args.trust_code)
     print(f"report: {out}")
 
 
@@ -88,6 +90,8 @@ def _launch_set(items: list[str]) -> dict:
                                   f"got {value!r}") from None
         elif value.strip().lower() in ("null", "none", "~"):
             value = None
+        if key in opts:
+            raise ConfigError(f"--set launch.{key} is given twice; give it once")
         opts[key] = value
     return opts
 
@@ -208,6 +212,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="the HTML file (default SWEEP_DIR/report.html)")
     r.add_argument("--png", metavar="DIR", help="also export every figure as PNG into DIR (needs Chromium)")
     r.add_argument("--no-probes", action="store_true", help="leave out attention maps and filters")
+    r.add_argument("--trust-code", action="store_true",
+                   help="import the stem import paths the runs' configs name (never from inside the sweep)")
     r.set_defaults(func=_report)
 
     c = sub.add_parser("claims", help="the paper's claims as statistics of a sweep",
@@ -249,6 +255,15 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
     print(f"warning: {message}", file=file or sys.stderr)
 
 
+USER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OS error a user can cause (no space, name too long, read-only, permissions)."""
+    where = f": {e.filename}" if e.filename else ""
+    return f"{e.strerror or type(e).__name__}{where}"[:500]
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -258,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in USER_ERRNOS:
+            raise
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

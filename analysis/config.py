@@ -169,7 +169,10 @@ def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
         if value.strip().lower() in NULLS:
             value = None
         elif kind == "bool":
-            value = yaml.safe_load(value)
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise ConfigError(f"{where} must be bool, got {value!r}") from None
     if value is None:
         if "None" in f.type:
             return None
@@ -261,6 +264,10 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{what} must be >= 1 or null, got {value}")
     if (cfg.train.mixup or cfg.train.cutmix) and cfg.train.batch_size % 2:
         raise ConfigError(f"mixup/CutMix need an even train.batch_size, got {cfg.train.batch_size}")
+    if cfg.data.root is not None and (len(cfg.data.root.encode()) > 4095
+                                      or any(len(part.encode()) > 255 for part in Path(cfg.data.root).parts)):
+        raise ConfigError(f"data.root is longer than a file system allows (a name over 255 bytes or a path over "
+                          f"4095): {cfg.data.root[:60]}...")
     if cfg.model.stem is not None:  # the form only; an import path is imported when the model is built
         from analysis.models.registry import check_stem_name
 
@@ -268,23 +275,24 @@ def validate(cfg: RunConfig) -> None:
 
 
 def load(path: str | Path) -> RunConfig:
-    """Read a run config from YAML (safe loading)."""
+    """Read a run config from YAML (safe loading, bounded: analysis.trust.load_yaml)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        d = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    return from_dict(d)
+    from analysis.trust import load_yaml  # size and alias limits
+
+    return from_dict(load_yaml(path) or {})
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """Parse CLI overrides of the form section.key=value (values stay strings; `replace` parses them)."""
+    """Parse CLI overrides of the form section.key=value (values stay strings; `replace` parses them).
+    A key given twice is refused."""
     out = {}
     for item in items:
         key, eq, value = item.partition("=")
         if not eq or "." not in key:
             raise ConfigError(f"override {item!r} must look like section.key=value, e.g. optim.lr=1e-3")
+        if key.strip() in out:
+            raise ConfigError(f"override {key.strip()} is given twice ({out[key.strip()]!r} and {value!r}); give it once")
         out[key.strip()] = value
     return out

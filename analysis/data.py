@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import gzip
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from analysis.errors import ConfigError
+from analysis.trust import load_pickle
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -95,6 +95,14 @@ def load_fashion_mnist(root: str, train: bool) -> ArrayData:
     return ArrayData(images, labels, FASHION_MNIST_CLASSES, mean, std)
 
 
+def _cifar_part(path: Path, keys: tuple[bytes, ...]) -> dict:
+    """One CIFAR batch or meta file, read by the restricted unpickler (analysis.trust): a dict with `keys`."""
+    part = load_pickle(path)
+    if not isinstance(part, dict) or not all(k in part for k in keys):
+        raise ConfigError(f"{path}: not a CIFAR python batch (a dict with {', '.join(map(repr, keys))})")
+    return part
+
+
 def load_cifar(root: str, train: bool, name: str) -> ArrayData:
     """CIFAR-10/100 from the python-pickle folder (cifar-10-batches-py / cifar-100-python)."""
     folder = Path(root)
@@ -112,14 +120,16 @@ def load_cifar(root: str, train: bool, name: str) -> ArrayData:
                        "or set data.root / STEMLAB_DATA")
     images, labels = [], []
     for f in files:
-        with open(folder / f, "rb") as fh:
-            batch = pickle.load(fh, encoding="bytes")
-        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        batch = _cifar_part(folder / f, (b"data", label_key))
+        try:
+            images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        except (ValueError, TypeError):
+            raise ConfigError(f"{folder / f}: its data is not CIFAR images (N x 3072 bytes)") from None
         labels.extend(batch[label_key])
     classes = CIFAR10_CLASSES
     if (folder / meta).is_file():
-        with open(folder / meta, "rb") as fh:
-            classes = tuple(c.decode() for c in pickle.load(fh, encoding="bytes")[names_key])
+        names = _cifar_part(folder / meta, (names_key,))[names_key]
+        classes = tuple(c.decode() if isinstance(c, bytes) else str(c) for c in names)
     mean, std = STATS[name]
     return ArrayData(torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64),
                      classes, mean, std)

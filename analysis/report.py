@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
+from analysis import trust
 from analysis.errors import ConfigError
 
 PROBE_IMAGES = 6
@@ -65,17 +66,17 @@ def _probe_figures(label: str, model, cfg) -> list[tuple[str, go.Figure]]:
     return figs
 
 
-def _best_models(best: pd.DataFrame, skipped: list | None = None) -> dict:
+def _best_models(best: pd.DataFrame, skipped: list | None = None, trust_code: bool = False) -> dict:
     """{model label: (trained model, its config)} of the best runs, each loaded once. A run that
-    cannot be loaded (unreadable checkpoint or config) is left out and added to `skipped` as
-    (run, reason)."""
+    cannot be loaded (unreadable checkpoint or config, a stem import path not trusted) is left out
+    and added to `skipped` as (run, reason)."""
     from analysis import rundir
     from analysis.runs import load_config, load_model
 
     out = {}
     for _, row in best.iterrows():
         try:
-            model = load_model(row["run_dir"])
+            model = load_model(row["run_dir"], trust_code=trust_code)
             cfg = load_config(row["run_dir"])
         except Exception as e:  # noqa: BLE001 - the report goes on without this run's probes
             if skipped is not None:
@@ -121,9 +122,11 @@ def _cnn_figures(vits: dict, cnns: dict) -> list[tuple[str, go.Figure]]:
              linear_probe_figure(probes))]
 
 
-def figures(df: pd.DataFrame, probes: bool = True, skipped: list | None = None) -> list[tuple[str, go.Figure]]:
+def figures(df: pd.DataFrame, probes: bool = True, skipped: list | None = None,
+            trust_code: bool = False) -> list[tuple[str, go.Figure]]:
     """(heading, figure) pairs of the report, in order. Runs whose probes were left out (their
-    checkpoint could not be loaded) are appended to `skipped` as (run, reason)."""
+    checkpoint could not be loaded) are appended to `skipped` as (run, reason). trust_code: import
+    the stem import paths the runs' configs name (analysis.trust)."""
     from analysis.plots.curves import curves_figure
     from analysis.plots.stability import edf_figure, epochs_figure, optimizer_gap_figure, sensitivity_figure
 
@@ -140,7 +143,7 @@ def figures(df: pd.DataFrame, probes: bool = True, skipped: list | None = None) 
     if not best.empty:
         out.append(("Training curves of each model's best run",
                     curves_figure(best, labels=list(best["model"] + " " + best["optimizer"]))))
-        loaded = _best_models(best, skipped) if probes else {}  # best_runs gives one run per model
+        loaded = _best_models(best, skipped, trust_code) if probes else {}  # best_runs gives one run per model
         vits = {k: v for k, v in loaded.items() if getattr(v[0], "family", "vit") == "vit"}
         cnns = {k: v for k, v in loaded.items() if getattr(v[0], "family", "vit") == "cnn"}
         if vits:
@@ -162,23 +165,27 @@ border-bottom:1px solid #eee;text-align:right}.meta{color:#666}"""
 
 
 def write_report(sweep_dir: str | Path, out: str | Path | None = None, probes: bool = True,
-                 png_dir: str | Path | None = None) -> Path:
+                 png_dir: str | Path | None = None, trust_code: bool = False) -> Path:
     """Collect the sweep, build every figure and write one offline HTML file; return its path.
-    With png_dir, each figure is also exported as PNG through kaleido (needs Chromium)."""
+    With png_dir, each figure is also exported as PNG through kaleido (needs Chromium). A run whose
+    stem is an import path is probed only with trust_code=True (analysis.trust)."""
     import plotly.offline
 
     from analysis.claims import claims_html, claims_table
     from analysis.sweeps import collect
 
     sweep_dir = Path(sweep_dir)
+    if not out:
+        out = sweep_dir / "report.html"
+        trust.check_inside(sweep_dir, [out])
     df = collect(sweep_dir)
     if df.empty:
         raise ConfigError(f"{sweep_dir} holds no runs to report on; launch the sweep first")
-    out = Path(out) if out else sweep_dir / "report.html"
+    out = Path(out)
     table = claims_table(df)
     claims = claims_html(table)
     skipped: list[tuple[str, str]] = []
-    figs = figures(df, probes=probes, skipped=skipped)
+    figs = figures(df, probes=probes, skipped=skipped, trust_code=trust_code)
     counts = df["status"].value_counts().to_dict()
     parts = [f"<h1>Conv vs patchify stems: {html.escape(sweep_dir.name)}</h1>",
              f"<p class=meta>{len(df)} runs ({', '.join(f'{v} {k}' for k, v in counts.items())}); "

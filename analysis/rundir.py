@@ -16,6 +16,7 @@ import os
 import socket
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ METRIC_KEYS = (  # the keys of a metrics.jsonl row (Member.train writes them)
     "epoch", "step", "train_loss", "test_top1_err", "test_top5_err", "ema_top1_err",
     "ema_top5_err", "lr", "seconds", "images_per_s", "elapsed",
 )
+WRITTEN = (CONFIG, METRICS, CHECKPOINT, RESULT, LOG, LOCK, JOB)  # what the suite writes in a run folder
 
 
 def _umask() -> int:
@@ -119,24 +121,56 @@ def append_metrics(run_dir: str | Path, row: dict) -> None:
 
 def metric_rows(lines) -> dict[int, dict]:
     """{epoch: row} from metrics.jsonl lines (str or bytes): the last row per epoch kept; torn,
-    malformed and epoch-less lines skipped."""
+    malformed and invalid rows (metric_row_ok) skipped."""
     rows = {}
     for line in lines:
         try:
-            row = json.loads(line)
+            row = loads_finite(line)
         except ValueError:
             continue
-        epoch = row.get("epoch") if isinstance(row, dict) else None
-        if isinstance(epoch, int) and not isinstance(epoch, bool):
-            rows[epoch] = row
+        if metric_row_ok(row):
+            rows[row["epoch"]] = row
     return rows
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """Return the per-epoch rows, last row per epoch kept, a torn last line ignored."""
+def metric_row_ok(row) -> bool:
+    """Whether a metrics.jsonl row is valid: an object with an int epoch >= 0, its numbers finite
+    (NaN/Infinity are not JSON numbers), its error rates (*_err) in [0, 100] or null."""
+    if not isinstance(row, dict) or not _number(row.get("epoch"), 0, math.inf) or not isinstance(row["epoch"], int):
+        return False
+    return all(value is None or _number(value, 0, 100) for key, value in row.items() if key.endswith("_err"))
+
+
+MAX_METRICS_BYTES = 8 << 20  # read at most the last 8 MiB of a metrics.jsonl (some 25,000 epochs)
+MAX_LINE_BYTES = 64 << 10  # a longer line is not a metrics row
+
+
+def _lines(f, limit: int):
+    """The whole lines of a binary file from its position on, each read with a bounded buffer;
+    overlong lines skipped."""
+    while True:
+        line = f.readline(limit + 1)
+        if not line:
+            return
+        if len(line) > limit:
+            while line and not line.endswith(b"\n"):
+                line = f.readline(limit + 1)
+            continue
+        yield line
+
+
+def read_metrics(run_dir: str | Path, max_bytes: int = MAX_METRICS_BYTES) -> list[dict]:
+    """Return the per-epoch rows, last row per epoch kept, a torn last line ignored. Streamed in
+    bounded memory: a file over max_bytes is read from its last max_bytes on (a warning says so)."""
     path = Path(run_dir) / METRICS
     try:
-        rows = metric_rows(path.read_text(errors="replace").splitlines())
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > max_bytes:
+                warnings.warn(f"{path}: over {max_bytes} bytes; read from its last {max_bytes} bytes", stacklevel=2)
+                f.seek(size - max_bytes)
+                f.readline()  # the rest of a cut line
+            rows = metric_rows(_lines(f, MAX_LINE_BYTES))
     except OSError:
         return []
     return [rows[e] for e in sorted(rows)]
@@ -191,8 +225,72 @@ def load_checkpoint(run_dir: str | Path, map_location="cpu") -> dict | None:
     return ckpt
 
 
+_ERRORS = ("top1_err", "top5_err", "best_top1_err", "ema_top1_err")  # percent, in [0, 100]
+_COUNTS = ("epoch", "step", "params", "flops", "acts", "seconds", "images_per_s")  # >= 0
+STATUSES = ("completed", "diverged", "failed")
+MAX_RESULT_BYTES = 1 << 20
+
+
+def _number(value, low: float, high: float) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and low <= value <= high)
+
+
+def result_problem(result: dict) -> str | None:
+    """What is wrong with a result.json object (None: valid): status one of STATUSES, reason a string
+    or null, error rates finite in [0, 100] (top1_err required for a completed or diverged run),
+    counts and times finite and >= 0 or null."""
+    status = result.get("status")
+    if status not in STATUSES:
+        return f"status {status!r} is not one of {', '.join(STATUSES)}"
+    if not isinstance(result.get("reason"), (str, type(None))):
+        return "reason is not a string"
+    if status != "failed" and "top1_err" not in result:
+        return "no top1_err"
+    for key, (low, high) in [*((k, (0, 100)) for k in _ERRORS), *((k, (0, math.inf)) for k in _COUNTS)]:
+        value = result.get(key)
+        if (value is not None or key == "top1_err" and status != "failed") and not _number(value, low, high):
+            return f"{key} is {value!r}, not a finite number in [{low}, {high}]"
+    return None
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not a number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        _no_constants(text)
+    return value
+
+
+def loads_finite(text: str | bytes):
+    """json.loads refusing NaN, Infinity and overflowing numbers (ValueError "... is not a number")."""
+    return json.loads(text, parse_constant=_no_constants, parse_float=_finite)
+
+
 def read_result(run_dir: str | Path) -> dict | None:
-    return read_json(Path(run_dir) / RESULT)
+    """The run's result.json, validated (result_problem): None when missing or not a JSON object; a
+    record breaking the schema (NaN, Infinity, over MAX_RESULT_BYTES included) reads as a failed run
+    with the reason, and a warning names the file."""
+    path = Path(run_dir) / RESULT
+    try:
+        if path.stat().st_size > MAX_RESULT_BYTES:
+            problem, result = f"over {MAX_RESULT_BYTES} bytes", None
+        else:
+            result = loads_finite(path.read_text())
+            problem = result_problem(result) if isinstance(result, dict) else None
+    except OSError:
+        return None
+    except ValueError as e:
+        if "is not a number" not in str(e):
+            return None  # not JSON: the callers report an unreadable result.json
+        problem, result = str(e), None
+    if problem is None:
+        return result if isinstance(result, dict) else None
+    warnings.warn(f"{path}: invalid result ({problem}); the run counts as failed", stacklevel=2)
+    return {"status": "failed", "reason": f"invalid result.json: {problem}"}
 
 
 def is_final(result: dict | None) -> bool:

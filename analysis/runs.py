@@ -13,27 +13,31 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from analysis import config, rundir
+from analysis import config, rundir, trust
 from analysis import data as D
 from analysis.errors import ConfigError
 
 
 def load_config(run_dir: str | Path) -> config.RunConfig:
-    """The run's resolved config."""
+    """The run's resolved config, vetted as data of the folder it was read from (analysis.trust)."""
     path = Path(run_dir) / rundir.CONFIG
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no {rundir.CONFIG}); train one with "
                           "`python -m analysis train --out DIR`")
-    return config.load(path)
+    cfg = config.load(path)
+    trust.check_config(cfg, run_dir)
+    return cfg
 
 
 def load_model(run_dir: str | Path, ema: bool = False, initial: bool = False, device: str = "cpu",
-               fused_attn: bool = True) -> torch.nn.Module:
+               fused_attn: bool = True, trust_code: bool = False) -> torch.nn.Module:
     """The run's model in eval mode: the last checkpoint's weights (its EMA weights with ema=True),
-    or the untrained initialisation the run started from with initial=True."""
+    or the untrained initialisation the run started from with initial=True. A stem import path in
+    the run's config is imported only with trust_code=True, never from inside the folder (analysis.trust)."""
     from analysis.recipe import build_model, seed_everything
 
     cfg = load_config(run_dir)
+    trust.check_stem(cfg.model.stem, run_dir, trust_code)
     cfg.model.fused_attn = fused_attn
     seed_everything(cfg.train.seed)
     model = build_model(cfg)
@@ -51,11 +55,11 @@ def load_model(run_dir: str | Path, ema: bool = False, initial: bool = False, de
 
 def as_model(source: nn.Module | str | Path, checkpoint_path: str | Path | None = None, *, pretrained: bool = False,
              ema: bool = False, initial: bool = False, fused_attn: bool | None = None, device: str = "cpu",
-             **kwargs) -> nn.Module:
+             trust_code: bool = False, **kwargs) -> nn.Module:
     """A model ready to probe, from any of:
 
     - an nn.Module: returned as it is (probes switch it to eval mode only while they read it);
-    - a run folder (it holds config.yaml), or its checkpoint.pt: `load_model(folder, ema, initial)`;
+    - a run folder (it holds config.yaml), or its checkpoint.pt: `load_model(folder, ema, initial, trust_code)`;
     - a suite preset name (analysis.models.PRESETS): `create_model(name, **kwargs)`, freshly initialised;
     - a timm model name: `timm.create_model(name, pretrained=pretrained, **kwargs)`, the path users take
       with pretrained weights (which need timm's download or a local cache);
@@ -82,7 +86,7 @@ def as_model(source: nn.Module | str | Path, checkpoint_path: str | Path | None 
             raise ConfigError(f"{source} is a run folder: its config builds the model; checkpoint_path and "
                               f"model arguments {sorted(kwargs)} do not apply")
         return load_model(path, ema=ema, initial=initial, device=device,
-                          fused_attn=True if fused_attn is None else fused_attn)
+                          fused_attn=True if fused_attn is None else fused_attn, trust_code=trust_code)
     if initial:
         raise ConfigError(f"initial=True needs a run folder (it rebuilds the run's initialisation); got {source!r}")
     model = _named_model(str(source), pretrained, fused_attn, kwargs)

@@ -29,6 +29,18 @@ SWEEP_SPEC = {**REAL_SPEC, "name": "nb_stability", "samples": 1,
               "base": {**REAL_SPEC["base"], "data": {"train_per_class": 10, "test_per_class": 10},
                        "train": {**REAL_SPEC["base"]["train"], "epochs": 1}}}
 
+# 09's regime study: two regimes (patch 4 on 28 px, patch 16 on 64 px) x stems x optimizers, three
+# (lr, wd) pairs each (the least the claims table's intervals take), one epoch on 100 images.
+REGIME_SPEC = {
+    "name": "nb_regimes", "samples": 3, "seed": 1,
+    "base": {"data": {"train_per_class": 10, "test_per_class": 10},
+             "train": {"epochs": 1, "batch_size": 50, "threads": 1, "precision": "fp32", "progress": "lines"}},
+    "grid": {"preset": ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny", "vit_p_fmnist_p16_tiny", "vit_c_fmnist_p16_tiny"],
+             "optimizer": REAL_SPEC["grid"]["optimizer"]},
+    "sample": REAL_SPEC["sample"],
+    "launch": {"cluster": "local", "parallel": 2, "timeout_min": 30, "max_retries": 1},
+}
+
 # Per notebook: tiny parameters (the root is filled in by the test), and the least number of
 # plotly figures and of widgets (an explorer is one widget) its outputs must hold.
 CASES = {
@@ -43,6 +55,7 @@ CASES = {
     "06_representations": (dict(TINY_TRAIN, n_images=2, cka_images=40, cka_batch=20, ig_steps=4), 5, 0),
     "07_cluster": ({"spec": "jobs/fmnist_peak.yaml"}, 0, 1),
     "08_see_like_cnns": (dict(TINY_TRAIN, fractions=[0.7], probe_images=40, probe_batch=20), 6, 0),
+    "09_where_the_stem_matters": ({"spec": REGIME_SPEC, "cluster": "local", "timeout": 900, "resamples": 200}, 1, 0),
 }
 
 

@@ -332,6 +332,8 @@ def test_curves_partial_and_bad_runs(sweep, tmp_path):
     (run / "metrics.jsonl").write_text('{"epoch": 1, "tr\n' + good + "\n" + good.replace("2.0", "1.5") + "\n")
     frame = read_metrics(run)  # the training engine's reader: torn lines skipped, the last row per epoch kept
     assert list(frame["epoch"]) == [1] and list(frame["train_loss"]) == [1.5]
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "tr\n' + good + "\n" + '{"epoch": 2, "lr": NaN}\n')
+    assert list(read_metrics(run)["epoch"]) == [1]  # torn and invalid rows skipped
     with pytest.raises(ConfigError, match="does not exist"):
         curves_figure([tmp_path / "missing"])
     with pytest.raises(ConfigError, match="unknown metric 'accuracy'"):

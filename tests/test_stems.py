@@ -175,8 +175,9 @@ def test_probes_read_the_runs_of_the_sweep(own_stem_sweep, tmp_path):
 
     runs = {row["cfg.model.preset"] + ("_own" if row["stem"] == PATH else ""): row["run_dir"]
             for _, row in own_stem_sweep.collect().iterrows()}
-    vit_run, resnet_run = runs["vit_c_fmnist_tiny_own"], runs["resnet_fmnist"]
-    x, y, _ = sample_images(load_config(vit_run), n=40, one_per_class=False)
+    vit_dir, resnet_run = runs["vit_c_fmnist_tiny_own"], runs["resnet_fmnist"]
+    vit_run = as_model(vit_dir, trust_code=True)  # the run names a stem import path: imported when trusted
+    x, y, _ = sample_images(load_config(vit_dir), n=40, one_per_class=False)
     cka = cka_between(vit_run, resnet_run, [(x[:20], y[:20]), (x[20:], y[20:])])
     assert list(cka.index) == ["stem", "block0", "block1", "block2", "block3"]
     assert list(cka.columns) == ["stem", "layer1", "layer2", "layer3", "layer4"]
@@ -187,12 +188,12 @@ def test_probes_read_the_runs_of_the_sweep(own_stem_sweep, tmp_path):
     assert first_layer_filters(vit_run).shape == (16, 1, 3, 3)
     assert stem_gradcam(vit_run, x[:2]).shape == (2, 28, 28)
     assert len(residual_strength(vit_run, [x])) == 4 * 2 * 2
-    tx, ty, _ = sample_images(load_config(vit_run), n=30, one_per_class=False, train=True)
+    tx, ty, _ = sample_images(load_config(vit_dir), n=30, one_per_class=False, train=True)
     assert set(linear_probes(vit_run, [(tx, ty)], [(x, y)])["pool"]) == {"class_token", "patch_mean"}
     # a run folder, its checkpoint file and the preset name with that checkpoint: the same features
-    ckpt = Path(vit_run) / rundir.CHECKPOINT
+    ckpt = Path(vit_dir) / rundir.CHECKPOINT
     want = block_features(vit_run, x[:4])
-    for source in (as_model(ckpt), as_model("vit_c_fmnist_tiny", checkpoint_path=ckpt, stem=PATH)):
+    for source in (as_model(ckpt, trust_code=True), as_model("vit_c_fmnist_tiny", checkpoint_path=ckpt, stem=PATH)):
         got = block_features(source, x[:4])
         for name in want:
             torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)
@@ -202,5 +203,5 @@ def test_probes_read_the_runs_of_the_sweep(own_stem_sweep, tmp_path):
 def test_report_compares_the_vits_with_the_cnn_baseline(own_stem_sweep, tmp_path):
     from analysis.report import write_report
 
-    page = write_report(own_stem_sweep.dir, tmp_path / "report.html").read_text()
+    page = write_report(own_stem_sweep.dir, tmp_path / "report.html", trust_code=True).read_text()
     assert "against the CNN baseline" in page and "resnet_fmnist" in page

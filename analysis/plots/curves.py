@@ -13,6 +13,7 @@ from analysis.plots.frame import check_frame
 from analysis.plots.style import TEMPLATE, color_map, head_stems, integer_ticks
 from analysis.rundir import METRIC_KEYS
 
+MAX_POINTS = 2000  # points per curve at most (evenly spaced epochs, the last one kept)
 TITLES = {
     "train_loss": "train loss",
     "test_top1_err": "top-1 error (%)",
@@ -32,12 +33,16 @@ def read_metrics(run_dir: str | Path) -> pd.DataFrame:
     """Return a run's metrics.jsonl as a DataFrame, one row per epoch (nulls become NaN), read by
     rundir.read_metrics: the last row per epoch kept, torn or malformed lines skipped.
 
-    A run that has not written an epoch yet gives an empty frame with the standard columns.
+    A run that has not written an epoch yet gives an empty frame with the standard columns; the
+    reader streams the file in bounded memory and skips invalid rows (non-finite or out-of-range numbers).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"run directory {str(run_dir)!r} does not exist")
-    frame = pd.DataFrame.from_records(rundir.read_metrics(run_dir))
+    records = rundir.read_metrics(run_dir)
+    if not records:
+        return pd.DataFrame(columns=list(METRIC_KEYS), dtype=float)
+    frame = pd.DataFrame.from_records(records)
     for key in METRIC_KEYS:
         if key not in frame.columns:
             frame[key] = float("nan")
@@ -91,6 +96,8 @@ def curves_figure(
     longest = 1.0
     for label, run_dir in chosen:
         frame = read_metrics(run_dir)
+        if len(frame) > MAX_POINTS:  # at most MAX_POINTS per curve, the last epoch kept
+            frame = frame.iloc[sorted({*range(0, len(frame), -(-len(frame) // MAX_POINTS)), len(frame) - 1})]
         color = colors[label]
         longest = max(longest, float(frame[x].max()) if len(frame) else 1.0)
         for r, metric in enumerate(metrics, start=1):

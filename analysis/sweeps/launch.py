@@ -20,9 +20,11 @@ own session (analysis.sweeps.local), so a Ctrl-C in the launching terminal leave
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import warnings
@@ -35,10 +37,13 @@ import pandas as pd
 import yaml
 
 from analysis import config as C
-from analysis import rundir
+from analysis import rundir, trust
 from analysis.errors import ConfigError, one_of
-from analysis.sweeps.spec import Spec, check_launch
+from analysis.sweeps.spec import MAX_RUNS_ENV, Spec, check_launch, max_runs
 from analysis.sweeps.status import ACTIVE, FINAL, KEEP, RUNNING, WAITING, runs_state
+
+
+LAUNCH_LOCK = ".launch.lock"
 
 
 def detect_cluster() -> str:
@@ -60,10 +65,15 @@ def snapshot_code(dest: Path, source: Path | None = None) -> Path:
     source = Path(source) if source else Path(analysis.__file__).parent
     if not (source / "__init__.py").is_file():
         raise ConfigError(f"code source {source} is not a Python package folder (no __init__.py)")
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp / "analysis", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
-    tmp.rename(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    try:
+        os.chmod(tmp, 0o777 & ~rundir._umask())  # mkdtemp makes 0700; follow the umask like mkdir
+        shutil.copytree(source, tmp / "analysis", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return dest
 
 
@@ -90,8 +100,11 @@ class Sweep:
         if table is None or not spec_path.is_file():
             raise ConfigError(f"{sweep_dir} is not a sweep folder (no spec.yaml/runs.json)")
         try:
-            self.spec_dict = yaml.safe_load(spec_path.read_text())
+            self.spec_dict = trust.load_yaml(spec_path)
             self.table = table["runs"]
+            if len(self.table) > max_runs():
+                raise ConfigError(f"{sweep_dir}: runs.json lists {len(self.table)} runs, over the limit of "
+                                  f"{max_runs()} (set {MAX_RUNS_ENV} to allow more)")
             self.run_ids = [r["run"] for r in self.table]
             self.configs = {r["run"]: C.RunConfig().replace(r["overrides"]) for r in self.table}
         except (yaml.YAMLError, KeyError, TypeError, AttributeError):
@@ -129,6 +142,8 @@ class Sweep:
         if (folder / "spec.yaml").is_file() and not _same_runs(folder, runs):
             raise ConfigError(f"{folder} holds a sweep with another spec (other runs); use another name or root, "
                               "or delete that folder")
+        trust.check_inside(folder, [folder / name for name in ("spec.yaml", "runs.json", "runs.csv")] +
+                           [folder / "runs" / row["run"] / rundir.CONFIG for row in runs])
         folder.mkdir(parents=True, exist_ok=True)
         for row in runs:
             d = folder / "runs" / row["run"]
@@ -168,6 +183,20 @@ class Sweep:
         return f"Sweep({str(self.dir)!r}, runs={len(self.run_ids)}, launches={len(self.launches)})"
 
     # -- launching ------------------------------------------------------------------------------
+    @contextmanager
+    def _launching(self):
+        """Hold the sweep's launch lock (.launch.lock): a second launch or resubmit of this sweep waits
+        for the first, then sees its jobs and starts only what is still to do."""
+        import fcntl
+
+        trust.check_inside(self.dir, [self.dir / LAUNCH_LOCK])
+        with open(self.dir / LAUNCH_LOCK, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
     def launch_options(self, **overrides) -> dict:
         """The spec's launch section with keyword overrides (None values ignored), checked and typed."""
         return check_launch({**(self.spec_dict.get("launch") or {}),
@@ -186,9 +215,10 @@ class Sweep:
         unknown = [r for r in wanted if r not in self.configs]
         if unknown:
             raise one_of("run", unknown[0], self.run_ids[:5] + (["..."] if len(self.run_ids) > 5 else []))
-        state = {row["run"]: row["state"] for row in runs_state(self.dir, self.run_ids, self._processes)}
-        todo = [r for r in wanted if state[r] not in (*FINAL, "PENDING", "RUNNING")]
-        ids = self._submit(todo, opts, code) if todo else []
+        with self._launching():
+            state = {row["run"]: row["state"] for row in runs_state(self.dir, self.run_ids, self._processes)}
+            todo = [r for r in wanted if state[r] not in (*FINAL, "PENDING", "RUNNING")]
+            ids = self._submit(todo, opts, code) if todo else []
         if wait:
             self.wait(timeout=timeout, poll=2.0)
         return ids
@@ -203,6 +233,8 @@ class Sweep:
         todo = [r for r in todo if rundir.lock_holder(self.run_dir(r)) is None]  # trained right now
         if not todo:
             return []
+        trust.check_inside(self.dir, [self.dir / "code", self.dir / "submitit", self.dir / "launches.json",
+                                      *(self.run_dir(r) / name for r in todo for name in rundir.WRITTEN)])
         cluster = opts.get("cluster") or "auto"
         cluster = detect_cluster() if cluster == "auto" else cluster
         launches = self.launches
@@ -349,7 +381,6 @@ class Sweep:
 
     def _interrupt_local(self, job_id: str) -> None:
         """SIGINT to a local job's controller (it stops its task; the run keeps its last checkpoint)."""
-        import os
 
         from analysis.sweeps.local import controller_alive
 
@@ -364,7 +395,6 @@ class Sweep:
 
     def _stop_trainer(self, run: str) -> bool:
         """SIGINT to the live trainer of `run` when it runs on this machine and holds the run's lock."""
-        import os
         import socket
 
         from analysis.sweeps.local import holds_open
@@ -387,14 +417,15 @@ class Sweep:
         launched max_retries + 1 times already (warning naming them); return the new job ids."""
         opts = self.launch_options(**options)
         cap = max_retries if max_retries is not None else opts.get("max_retries", 3)
-        status = self._states()
-        retry = status[~status["state"].isin(KEEP)]
-        over = retry[retry["attempts"] > cap]
-        if len(over):
-            warnings.warn(f"not resubmitted (launched {cap + 1} times already): {', '.join(over['run'])}",
-                          stacklevel=2)
-        todo = list(retry.loc[retry["attempts"] <= cap, "run"])
-        ids = self._submit(todo, opts, code) if todo else []
+        with self._launching():
+            status = self._states()
+            retry = status[~status["state"].isin(KEEP)]
+            over = retry[retry["attempts"] > cap]
+            if len(over):
+                warnings.warn(f"not resubmitted (launched {cap + 1} times already): {', '.join(over['run'])}",
+                              stacklevel=2)
+            todo = list(retry.loc[retry["attempts"] <= cap, "run"])
+            ids = self._submit(todo, opts, code) if todo else []
         if wait:
             self.wait(timeout=timeout, poll=2.0)
         return ids

@@ -27,15 +27,16 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from analysis import config as C
 from analysis.errors import ConfigError, one_of
+from analysis.trust import load_yaml
 
 # Launch options (spec `launch:` section, keyword arguments of Sweep.launch()/resubmit(), or
 # `--set launch.KEY=VALUE` on the command line), with their types.
@@ -58,6 +59,18 @@ CLUSTERS = ("auto", "slurm", "local")
 ALIASES = {"preset": "model.preset", "stem": "model.stem", "optimizer": "optim.name", "epochs": "train.epochs"}
 SPEC_KEYS = ("name", "base", "grid", "sample", "samples", "seed", "launch", "description")
 SAMPLERS = ("log_uniform", "uniform", "choice")
+MAX_RUNS = 10_000  # runs one spec may expand to; the environment variable below overrides it
+MAX_RUNS_ENV = "STEMLAB_MAX_RUNS"
+
+
+def max_runs() -> int:
+    """The cap on the runs of one spec: $STEMLAB_MAX_RUNS when set (a positive integer), else MAX_RUNS."""
+    value = os.environ.get(MAX_RUNS_ENV)
+    if value is None:
+        return MAX_RUNS
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ConfigError(f"{MAX_RUNS_ENV} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def check_launch(opts: dict) -> dict:
@@ -234,6 +247,8 @@ class Spec:
                     cases.append({_key(axis, "grid"): v})
             axes.append((str(axis), cases))
         sample = {}
+        if not isinstance(d.get("sample") or {}, dict):
+            raise ConfigError(f"spec sample must be a mapping of key -> sampler, got {d.get('sample')!r}")
         for k, v in (d.get("sample") or {}).items():
             kk = _key(k, "sample")
             if not _is_sampler(v):
@@ -247,6 +262,7 @@ class Spec:
         if not isinstance(launch, dict):
             raise ConfigError(f"spec launch must be a mapping of launch options, got {launch!r}")
         spec = cls(name, base, axes, sample, samples, seed, check_launch(launch), raw=copy.deepcopy(d))
+        spec.count()  # counted before anything is built
         spec.runs()  # every expanded config validates before anything is written or launched
         return spec
 
@@ -255,11 +271,27 @@ class Spec:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"sweep spec not found: {path}")
-        try:
-            d = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        return cls.from_dict(d, name=path.stem)
+        return cls.from_dict(load_yaml(path), name=path.stem)
+
+    def count(self) -> int:
+        """The number of runs the spec expands to (before duplicates are dropped), computed without
+        building any; over max_runs() a one-line ConfigError."""
+        cap = max_runs()
+        cells = math.prod(len(cases) for _, cases in self.axes)
+        if cells > cap:
+            raise ConfigError(f"spec {self.name!r} expands to {cells} grid cells, over the limit of {cap} runs "
+                              f"(set {MAX_RUNS_ENV} to allow more)")
+        total = 0
+        for cell in itertools.product(*[cases for _, cases in self.axes]) if self.axes else [()]:
+            sampled = set(self.sample)
+            for case in cell:
+                for k, v in case.items():
+                    (sampled.add if isinstance(v, Sampler) else sampled.discard)(k)
+            total += self.samples if sampled else 1
+            if total > cap:
+                raise ConfigError(f"spec {self.name!r} expands to over {cap} runs (grid {cells} cells x samples "
+                                  f"{self.samples}), the limit; set {MAX_RUNS_ENV} to allow more")
+        return total
 
     def runs(self) -> list[dict]:
         """Expand grid x samples into run rows: {"run", "overrides", "sampled", "cfg"}, duplicates dropped."""

@@ -114,10 +114,14 @@ class RunWatch:
             changed = False
         try:
             with open(self.dir / rundir.METRICS, "rb") as f:
-                f.seek(self._offset)
-                chunk = f.read()
+                skip = max(0, st[1] - self._offset - rundir.MAX_METRICS_BYTES)  # read the tail only
+                f.seek(self._offset + skip)
+                chunk = f.read(rundir.MAX_METRICS_BYTES)
         except OSError:
             return changed
+        if skip:
+            cut = chunk.find(b"\n") + 1  # the rest of a cut line
+            self._offset, chunk = self._offset + skip + cut, chunk[cut:]
         end = chunk.rfind(b"\n") + 1  # a line without its newline is still being written
         by_epoch = {r["epoch"]: r for r in self.rows}
         parsed = rundir.metric_rows(chunk[:end].splitlines())

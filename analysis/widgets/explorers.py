@@ -192,7 +192,7 @@ class AttentionExplorer(Explorer):
     """
 
     def __init__(self, run_dirs, images: torch.Tensor | None = None, n_images: int = 8,
-                 opacity: float = 0.6) -> None:
+                 opacity: float = 0.6, trust_code: bool = False) -> None:
         from analysis.probes import as_model, token_layout
         from analysis.probes.attention import attention_model
         from analysis.probes.layout import evaluating
@@ -200,7 +200,7 @@ class AttentionExplorer(Explorer):
 
         super().__init__()
         self.run_dirs = run_labels(run_dirs)
-        self.models = {label: as_model(d, fused_attn=False) for label, d in self.run_dirs.items()}
+        self.models = {label: as_model(d, fused_attn=False, trust_code=trust_code) for label, d in self.run_dirs.items()}
         for label, model in self.models.items():
             try:
                 token_layout(attention_model(model))
@@ -315,9 +315,10 @@ class FilterExplorer(Explorer):
 
     TILES_WIDTH = 520  # px; with the 400 px variance curve beside it the pair fits a notebook cell
 
-    def __init__(self, run_dirs, max_tiles: int = 64) -> None:
+    def __init__(self, run_dirs, max_tiles: int = 64, trust_code: bool = False) -> None:
         super().__init__()
         self.run_dirs = run_labels(run_dirs)
+        self.trust_code = trust_code  # import the runs' stem import paths (analysis.trust)
         self._filters: dict[tuple[str, str], np.ndarray] = {}
         self.controls["model"] = widgets.Dropdown(options=list(self.run_dirs), description="model")
         self.controls["checkpoint"] = widgets.ToggleButtons(options=list(CHECKPOINTS), value="trained",
@@ -342,7 +343,7 @@ class FilterExplorer(Explorer):
             raise one_of("checkpoint", checkpoint, CHECKPOINTS)
         key = (label, checkpoint)
         if key not in self._filters:
-            model = as_model(self.run_dirs[label], initial=checkpoint == "initial")
+            model = as_model(self.run_dirs[label], initial=checkpoint == "initial", trust_code=self.trust_code)
             self._filters[key] = first_layer_filters(model)
         return self._filters[key]
 
