@@ -104,9 +104,16 @@ def test_all_job_specs_validate():
     assert len(specs) >= 13
     sizes = {p.stem: len(Spec.from_yaml(p).runs()) for p in specs}
     assert sizes["imagenet_lrwd_stability"] == 6 * 2 * 64
-    assert sizes["fmnist_demo"] == 2 * 2 * 16  # >= 16 runs per model and optimizer: evidence, not anecdote
+    assert sizes["fmnist_demo"] == 2 * 2 * 24  # >= 24 runs per model and optimizer: evidence, not anecdote
     assert sizes["fmnist_demo_full"] == 2 * 2 * 64  # the paper's 64 per distribution
     demo = Spec.from_yaml(REPO / "jobs" / "fmnist_demo.yaml").runs()
+    study = Spec.from_yaml(REPO / "jobs" / "fmnist_regimes.yaml").runs()
+    # the main job is one of the study's regimes, trained on seeds the study never saw
+    regime = {(r["cfg"].model.preset, r["cfg"].train.epochs, r["cfg"].data.train_per_class) for r in study}
+    assert {(r["cfg"].model.preset, r["cfg"].train.epochs, r["cfg"].data.train_per_class) for r in demo} <= regime
+    assert not {r["cfg"].train.seed for r in demo} & {r["cfg"].train.seed for r in study}
+    assert not {(r["cfg"].optim.lr, r["cfg"].optim.weight_decay) for r in demo} & \
+        {(r["cfg"].optim.lr, r["cfg"].optim.weight_decay) for r in study}
     for r in demo:  # small-data lrs are stated for the run's own batch: no rescaling
         cfg = r["cfg"]
         assert cfg.optim.ref_batch == cfg.train.batch_size
