@@ -105,3 +105,28 @@ def test_notebook_runs(path, notebook_root, notebook_kernel, tmp_path):
     found = mimes(nb)
     assert found.count(PLOTLY) >= min_plots, json.dumps(found)
     assert found.count(WIDGET) >= min_widgets, json.dumps(found)
+
+
+def test_relative_roots_resolve_from_the_notebook_folder(tmp_path):
+    from analysis.paths import notebook_base, resolve_root
+
+    (tmp_path / "repo" / "notebooks").mkdir(parents=True)
+    (tmp_path / "repo" / "pyproject.toml").write_text("")
+    assert notebook_base(tmp_path / "repo" / "notebooks") == tmp_path / "repo"  # the repository holding it
+    assert resolve_root("sweeps", tmp_path / "repo" / "notebooks") == tmp_path / "repo" / "sweeps"
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    assert resolve_root("runs/x", alone) == alone / "runs/x"  # no repository: the folder itself
+    assert resolve_root(tmp_path / "abs", alone) == tmp_path / "abs"
+
+
+@pytest.mark.slow
+def test_notebook_run_from_another_folder_writes_under_that_folder(notebook_kernel, tmp_path):
+    """07 with its default relative root, run by papermill in a folder outside any repository: its
+    sweep folder is written there, not into the checkout the package comes from."""
+    (tmp_path / "work").mkdir()
+    in_checkout = REPO / "sweeps" / "fmnist_peak"
+    before = in_checkout.stat().st_mtime_ns if in_checkout.exists() else None
+    execute_notebook(NOTEBOOKS / "07_cluster.ipynb", {"spec": "jobs/fmnist_peak.yaml"}, cwd=tmp_path / "work")
+    assert (tmp_path / "work" / "sweeps" / "fmnist_peak" / "runs.csv").exists()
+    assert (in_checkout.stat().st_mtime_ns if in_checkout.exists() else None) == before
