@@ -247,7 +247,7 @@ def _collect(page: Page) -> dict:
 def _open_and_run(page: Page, url: str, timeout: float, dialogs: list[str], run_all: bool = True) -> None:
     """Opens the notebook at `url`, waits for its kernel, runs all cells (unless not `run_all`)
     and waits until they have finished and their outputs have rendered."""
-    page.goto(url)
+    page.goto(url, timeout=timeout * 1000)  # a busy machine serves the first page slowly
     page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=timeout * 1000)
     _fit_notebook_width(page)
     _wait_until(page, _KERNEL_READY, timeout, "no idle kernel", dialogs)
