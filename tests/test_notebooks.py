@@ -42,7 +42,7 @@ CASES = {
     "05_filters_and_embeddings": (dict(TINY_TRAIN, n_images=2, n_components=8), 9, 1),
     "06_representations": (dict(TINY_TRAIN, n_images=2, cka_images=40, cka_batch=20, ig_steps=4), 5, 0),
     "07_cluster": ({"spec": "jobs/fmnist_peak.yaml"}, 0, 1),
-    "08_see_like_cnns": (dict(TINY_TRAIN, fractions=[0.7], probe_images=40, probe_batch=20), 6, 0),
+    "08_see_like_cnns": (dict(TINY_TRAIN, cnn_epochs=1, fractions=[0.7], probe_images=40, probe_batch=20), 6, 0),
 }
 
 
@@ -104,6 +104,22 @@ def test_notebook_runs(path, notebook_root, notebook_kernel, tmp_path):
     assert errors == []
     found = mimes(nb)
     assert found.count(PLOTLY) >= min_plots, json.dumps(found)
+    assert silent_long_cells(nb) == [], "cells that ran long without printing progress"
+
+
+LONG = 10.0  # seconds a cell may run (with the tiny parameters) without a progress bar or printed lines
+
+
+def silent_long_cells(nb) -> list[tuple[str, float]]:
+    """(cell id, seconds) of the code cells that ran longer than LONG without a tqdm bar (a widget
+    output) or printed lines (a stream output)."""
+    silent = []
+    for cell in nb.cells:
+        seconds = cell.metadata.get("papermill", {}).get("duration") or 0.0
+        shown = {o.output_type for o in cell.get("outputs", [])} | set(mimes(nbformat.v4.new_notebook(cells=[cell])))
+        if cell.cell_type == "code" and seconds > LONG and not shown & {"stream", WIDGET}:
+            silent.append((cell.id, round(seconds, 1)))
+    return silent
     assert found.count(WIDGET) >= min_widgets, json.dumps(found)
 
 
