@@ -37,13 +37,14 @@ CHROMIUM_ARGS = [
     "--disable-quic",
     "--no-first-run",
 ]
-# Lab settings for a quiet, read-only run: no autosave, no news or update checks, and every
-# cell kept in the DOM (no windowing), so counts and the screenshot cover the whole notebook.
+# Lab settings for a quiet, read-only run: no autosave, no news or update checks. NO_WINDOWING
+# keeps every cell in the DOM, so counts and the screenshot cover the whole notebook; without it
+# JupyterLab windows the notebook as it does by default (cells far off screen are detached).
 LAB_SETTINGS = {
     "@jupyterlab/docmanager-extension/plugin": {"autosave": False},
-    "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
     "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
 }
+NO_WINDOWING = {"@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"}}
 WIDGETS = ".jupyter-widgets"
 PLOTS = ".js-plotly-plot"
 STDERR = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
@@ -86,18 +87,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _write_lab_settings(settings_dir: Path) -> None:
-    """Writes LAB_SETTINGS as user settings files under `settings_dir`."""
-    for plugin, values in LAB_SETTINGS.items():
+def _write_lab_settings(settings_dir: Path, windowing: bool = False) -> None:
+    """Writes LAB_SETTINGS (and NO_WINDOWING unless `windowing`) as user settings files under `settings_dir`."""
+    for plugin, values in {**LAB_SETTINGS, **({} if windowing else NO_WINDOWING)}.items():
         package, name = plugin.rsplit("/", 1)
         target = settings_dir / package / f"{name}.jupyterlab-settings"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(values))
 
 
-def start_jupyterlab(root: Path, home: Path, port: int, token: str) -> subprocess.Popen:
+def start_jupyterlab(root: Path, home: Path, port: int, token: str, windowing: bool = False) -> subprocess.Popen:
     """Starts `jupyter lab` on the project's Python serving `root`; config, settings, workspaces
-    and runtime files live under `home`. Returns the server process (in its own process group)."""
+    and runtime files live under `home`; `windowing`: JupyterLab's default cell windowing.
+    Returns the server process (in its own process group)."""
     python = project_python()
     ensure_kernel(python)
     env = jupyter_env(python)
@@ -106,7 +108,7 @@ def start_jupyterlab(root: Path, home: Path, port: int, token: str) -> subproces
                      ("JUPYTERLAB_WORKSPACES_DIR", "workspaces")]:
         (home / sub).mkdir(parents=True, exist_ok=True)
         env[var] = str(home / sub)
-    _write_lab_settings(home / "settings")
+    _write_lab_settings(home / "settings", windowing)
     cmd = [str(python), "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={port}",
            "--ip=127.0.0.1", f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
            "--ServerApp.port_retries=0", "--LabApp.news_url=None",
@@ -242,13 +244,15 @@ def _collect(page: Page) -> dict:
     }
 
 
-def _open_and_run(page: Page, url: str, timeout: float, dialogs: list[str]) -> None:
-    """Opens the notebook at `url`, waits for its kernel, runs all cells and waits until they
-    have finished and their outputs have rendered."""
-    page.goto(url)
+def _open_and_run(page: Page, url: str, timeout: float, dialogs: list[str], run_all: bool = True) -> None:
+    """Opens the notebook at `url`, waits for its kernel, runs all cells (unless not `run_all`)
+    and waits until they have finished and their outputs have rendered."""
+    page.goto(url, timeout=timeout * 1000)  # a busy machine serves the first page slowly
     page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=timeout * 1000)
     _fit_notebook_width(page)
     _wait_until(page, _KERNEL_READY, timeout, "no idle kernel", dialogs)
+    if not run_all:
+        return
     _run_all_cells(page)
     _wait_until(page, _RUN_FINISHED, timeout, "cells not finished", dialogs)
     _wait_for_render(page, timeout=60)
@@ -281,7 +285,8 @@ def wait_idle(page: Page, timeout: float) -> None:
 
 
 def run_notebook_in_jupyterlab(notebook_path: str | Path, screenshot_path: str | Path,
-                               timeout: float = 180, interact=None) -> dict:
+                               timeout: float = 180, interact=None, windowing: bool = False,
+                               run_all: bool = True) -> dict:
     """Opens a temporary copy of `notebook_path` in JupyterLab in headless Chromium, runs all
     cells, waits for the kernel and the rendering, and saves a full-page screenshot.
 
@@ -293,7 +298,9 @@ def run_notebook_in_jupyterlab(notebook_path: str | Path, screenshot_path: str |
     "console_errors" (browser console errors), "dialogs" (titles of dialogs accepted),
     "seconds" (wall time, start to end).
     With `interact`, `interact(page)` runs once the cells have finished, before the screenshot;
-    what it returns is under "interaction".
+    what it returns is under "interaction". `windowing=True` keeps JupyterLab's default
+    windowing (cells far off screen leave the DOM: the counts then cover what is near the view).
+    `run_all=False` only opens the notebook and waits for its kernel.
     A failing cell stops the run, as Run All does: its traceback is in "errors" and
     "executed" < "cells". Raises TimeoutError when the kernel or the cells do not finish within
     `timeout` seconds (the screenshot is still saved), RuntimeError when the server does not start.
@@ -308,11 +315,11 @@ def run_notebook_in_jupyterlab(notebook_path: str | Path, screenshot_path: str |
     shutil.copy2(notebook_path, root / notebook_path.name)
     port, token = free_port(), secrets.token_hex(16)
     base = f"http://127.0.0.1:{port}"
-    server = start_jupyterlab(root, home, port, token)
+    server = start_jupyterlab(root, home, port, token, windowing)
     console_errors: list[str] = []
     dialogs: list[str] = []
     try:
-        wait_until_answers(server, f"{base}/api/status?token={token}", home / "server.log", 60)
+        wait_until_answers(server, f"{base}/api/status?token={token}", home / "server.log", 180)  # a busy machine starts it slowly
         with sync_playwright() as pw:
             context = pw.chromium.launch_persistent_context(
                 str(home / "chromium-profile"), executable_path=str(CHROMIUM), headless=True,
@@ -325,7 +332,7 @@ def run_notebook_in_jupyterlab(notebook_path: str | Path, screenshot_path: str |
                 page.set_default_timeout(30_000)  # single UI steps; waits on the run get `timeout`
                 try:
                     _open_and_run(page, f"{base}/lab/tree/{notebook_path.name}?token={token}",
-                                  timeout, dialogs)
+                                  timeout, dialogs, run_all)
                     interaction = interact(page) if interact is not None else None
                 except BaseException:
                     with contextlib.suppress(Exception):  # keep the picture of what went wrong

@@ -137,3 +137,102 @@ def test_notebook_02_monitors_a_slurm_sweep_in_jupyterlab(notebook_root, slurm_c
     assert len(seen["refresh_stamps"]) >= 5  # the page saw the refreshes one by one
     assert result["plots"] >= 6  # monitor curves and EDF, two EDF cells, the explorer's two figures
     assert shot.stat().st_size > 20_000
+
+
+# The monitor's plots in its cell: per plot, [markers drawn, lines with a path] of its scatter traces.
+_MONITOR_POINTS = """() => {
+  const cell = document.querySelector('.monitor-progress')?.closest('.jp-Cell');
+  if (!cell) return null;
+  return [...cell.querySelectorAll('.js-plotly-plot')].map(p => [
+    p.querySelectorAll('.scatterlayer .trace .point').length,
+    [...p.querySelectorAll('.scatterlayer .trace path.js-line')].filter(l => (l.getAttribute('d') || '').length > 2).length,
+  ]);
+}"""
+
+
+def monitor_notebook(root: Path, folder: Path) -> Path:
+    """A notebook that launches a short local sweep under `root` and shows its monitor, followed by
+    enough tall cells that scrolling to the end takes the monitor out of view."""
+    spec = {"name": "lab_live", "grid": {"preset": ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny"],
+                                         "optim.name": ["adamw", "sgd"]}, "samples": 1,
+            "base": {"data": {"train_per_class": 30, "test_per_class": 10},
+                     "train": {"epochs": 4, "batch_size": 50, "precision": "fp32", "threads": 1,
+                               "checkpoint_minutes": 0}},
+            "launch": {"cluster": "local", "parallel": 2}}
+    code = (f"from analysis.sweeps import Sweep\nsweep = Sweep.from_dict({spec!r}, root={str(root)!r})\n"
+            "sweep.launch()\nmonitor = sweep.monitor(interval=1)\ndisplay(monitor)")
+    filler = "\n\n".join(f"Filler paragraph {i}: text that keeps the monitor far above." for i in range(12))
+    cells = [nbformat.v4.new_code_cell(code)]
+    cells += [nbformat.v4.new_markdown_cell(f"## Section {i}\n\n{filler}") for i in range(12)]
+    cells.append(nbformat.v4.new_code_cell("print('end of notebook')"))
+    path = folder / "live_monitor.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), path)
+    return path
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_monitor_draws_live_curves_with_default_windowing(tmp_path):
+    """JupyterLab with its default cell windowing: the monitor's curves and EDF have points on the
+    page while the sweep runs, and again after the notebook is scrolled away and back."""
+    from tests.browser import _SCROLLERS, run_notebook_in_jupyterlab
+
+    scroll = f"(top) => document.querySelectorAll({_SCROLLERS}).forEach(el => el.scrollTop = top ? 0 : el.scrollHeight)"
+    shots = {k: ARTIFACTS / f"monitor_windowed_{k}.png" for k in ("live", "scrolled_back")}
+
+    def interact(page) -> dict:
+        page.evaluate(scroll, True)  # Run All left the last cell in view
+        page.locator(".monitor-progress").first.wait_for(timeout=60_000)
+        seen, deadline = [], time.monotonic() + 420
+        cell = page.locator(".jp-Cell").filter(has=page.locator(".monitor-progress"))
+
+        def header() -> str:  # textContent: innerText is empty for cells the windowing skips
+            return page.locator(".monitor-progress").first.locator("xpath=..").text_content()
+
+        while time.monotonic() < deadline:  # until both figures have points while it refreshes
+            points = page.evaluate(_MONITOR_POINTS)
+            seen.append((header(), points))
+            if "refreshing every" in seen[-1][0] and points and len(points) == 2 and min(sum(p) for p in points):
+                break
+            page.wait_for_timeout(500)
+        live = seen[-1]
+        ARTIFACTS.mkdir(exist_ok=True)
+        cell.screenshot(path=str(shots["live"]))
+        page.evaluate(scroll, False)
+        page.wait_for_timeout(3000)
+        away = page.evaluate(_MONITOR_POINTS)
+        page.evaluate(scroll, True)
+        page.locator(".monitor-progress").first.wait_for(timeout=30_000)
+        page.wait_for_timeout(3000)
+        back = page.evaluate(_MONITOR_POINTS)
+        cell.screenshot(path=str(shots["scrolled_back"]))
+        return {"live": live, "away": away, "back": back, "seen": seen[-5:]}
+
+    path = monitor_notebook(tmp_path / "sweeps", tmp_path)
+    result = run_notebook_in_jupyterlab(path, ARTIFACTS / "monitor_windowed_end.png", timeout=600,
+                                        interact=interact, windowing=True)
+    seen = result["interaction"]
+    assert result["errors"] == [], result["errors"]
+    header, points = seen["live"]
+    assert "refreshing every" in header, seen["seen"]  # caught while the sweep ran
+    assert len(points) == 2 and points[0][0] > 0 and sum(points[1]) > 0, seen["seen"]  # curves' markers, EDF
+    assert seen["away"] is None  # windowing took the monitor's cell out of the page
+    assert len(seen["back"]) == 2 and seen["back"][0][0] >= points[0][0] and sum(seen["back"][1]) > 0, seen
+    assert all(shot.stat().st_size > 20_000 for shot in shots.values())
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["02_stability_sweeps", "08_see_like_cnns"])
+def test_notebook_opens_unmodified(name):
+    """Opening a committed notebook in JupyterLab (default settings) and starting its kernel leaves it
+    unmodified: its metadata, widget state and nbformat version are those JupyterLab would write."""
+    from tests.browser import run_notebook_in_jupyterlab
+
+    def interact(page) -> bool:
+        page.wait_for_timeout(3000)
+        return page.evaluate("() => window.jupyterapp.shell.currentWidget.context.model.dirty")
+
+    result = run_notebook_in_jupyterlab(NOTEBOOKS / f"{name}.ipynb", ARTIFACTS / f"opened_{name}.png",
+                                        interact=interact, windowing=True, run_all=False)
+    assert result["interaction"] is False

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import time
 
-import plotly.graph_objects as go
 import pytest
 
 from analysis import rundir
@@ -21,6 +20,7 @@ from analysis.sweeps.status import FINAL, KEEP, runs_state
 from analysis.sweeps.watch import SweepWatcher
 from analysis.widgets import SweepMonitor
 from analysis.widgets.monitor import runs_table_html
+from tests.test_widgets import shown_figure
 
 GRID = {"preset": ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny"], "optim.name": ["adamw", "sgd"]}
 
@@ -115,8 +115,10 @@ def test_progress_estimates_the_running_epoch(hand_sweep):
 def test_monitor_curves_grow_in_place_and_edf_gains_traces(hand_sweep):
     m = SweepMonitor(hand_sweep, start=False, curves=2)
     assert not m.running and "not launched" in m.header.value
-    assert isinstance(m.curves_fig, go.FigureWidget) and len(m.curves_fig.data) == 0
+    assert len(m.curves_fig.data) == 0 and shown_figure(m.curves_view)["data"] == []
     assert m.edf_fig.layout.annotations[0].text.startswith("no finished runs yet")
+    assert shown_figure(m.edf_view)["layout"]["annotations"][0]["text"].startswith("no finished runs yet")
+    assert m.curves_view in m.widget.children and m.edf_view in m.widget.children
     a, b, c, _ = hand_sweep.run_ids
     rundir.append_metrics(hand_sweep.run_dir(a), epoch_row(1))
     m.refresh()
@@ -126,6 +128,8 @@ def test_monitor_curves_grow_in_place_and_edf_gains_traces(hand_sweep):
     rundir.append_metrics(hand_sweep.run_dir(a), epoch_row(2, 45.0))
     m.refresh()
     assert m.curves_fig.data[0] is loss and list(loss.x) == [1, 2] and list(err.y) == [50.0, 45.0]
+    shown = shown_figure(m.curves_view)["data"]  # what the page draws: the new points, in a new output
+    assert [t["x"] for t in shown] == [[1, 2], [1, 2]] and shown[1]["y"] == [50.0, 45.0]
     assert "epochs 2/12" in m.header.value
 
     finish(hand_sweep.run_dir(a))
@@ -135,6 +139,7 @@ def test_monitor_curves_grow_in_place_and_edf_gains_traces(hand_sweep):
     finish(hand_sweep.run_dir(c), err=30.0)
     m.refresh()
     groups = {t.meta["group"] for t in m.edf_fig.data if t.meta["kind"] == "edf"}
+    assert len([t for t in shown_figure(m.edf_view)["data"] if t["meta"]["kind"] == "edf"]) == 3
     assert groups == {"ViT_P-fmnist_tiny adamw", "ViT_P-fmnist_tiny sgd", "ViT_C-fmnist_tiny adamw"}
     assert "ViT_C-fmnist_tiny sgd 0/1" in m.claims.value  # the claims wait for the last group
     finish(hand_sweep.run_dir(hand_sweep.run_ids[3]), err=31.0)
@@ -147,6 +152,18 @@ def test_monitor_curves_grow_in_place_and_edf_gains_traces(hand_sweep):
     rundir.append_metrics(hand_sweep.run_dir(hand_sweep.run_ids[3]), epoch_row(1))
     m.refresh()
     assert m.select.value == (b, a)  # no longer follows
+
+
+def test_monitor_elapsed_time_counts_from_the_first_launch(hand_sweep):
+    from datetime import datetime, timedelta
+
+    now = datetime.now()
+    launches = [{"id": i, "time": (now - ago).isoformat(), "jobs": []}
+                for i, ago in enumerate((timedelta(hours=2), timedelta(minutes=1)))]
+    rundir.write_json(hand_sweep.dir / "launches.json", {"launches": launches})
+    m = SweepMonitor(hand_sweep, start=False)
+    assert "elapsed 2h 00m since" in m.header.value  # a resubmission keeps the sweep's whole time
+    assert f"(resubmitted {now - timedelta(minutes=1):%H:%M:%S})" in m.header.value
 
 
 def test_monitor_lists_logs_and_confirms(hand_sweep):

@@ -54,7 +54,7 @@ CASES = {
     "05_filters_and_embeddings": (dict(TINY_TRAIN, n_images=2, n_components=8), 9, 1),
     "06_representations": (dict(TINY_TRAIN, n_images=2, cka_images=40, cka_batch=20, ig_steps=4), 5, 0),
     "07_cluster": ({"spec": "jobs/fmnist_peak.yaml"}, 0, 1),
-    "08_see_like_cnns": (dict(TINY_TRAIN, fractions=[0.7], probe_images=40, probe_batch=20), 6, 0),
+    "08_see_like_cnns": (dict(TINY_TRAIN, cnn_epochs=1, fractions=[0.7], probe_images=40, probe_batch=20), 6, 0),
     "09_where_the_stem_matters": ({"spec": REGIME_SPEC, "cluster": "local", "timeout": 900, "resamples": 200}, 1, 0),
 }
 
@@ -117,4 +117,45 @@ def test_notebook_runs(path, notebook_root, notebook_kernel, tmp_path):
     assert errors == []
     found = mimes(nb)
     assert found.count(PLOTLY) >= min_plots, json.dumps(found)
+    assert silent_long_cells(nb) == [], "cells that ran long without printing progress"
+
+
+LONG = 10.0  # seconds a cell may run (with the tiny parameters) without a progress bar or printed lines
+
+
+def silent_long_cells(nb) -> list[tuple[str, float]]:
+    """(cell id, seconds) of the code cells that ran longer than LONG without a tqdm bar (a widget
+    output) or printed lines (a stream output)."""
+    silent = []
+    for cell in nb.cells:
+        seconds = cell.metadata.get("papermill", {}).get("duration") or 0.0
+        shown = {o.output_type for o in cell.get("outputs", [])} | set(mimes(nbformat.v4.new_notebook(cells=[cell])))
+        if cell.cell_type == "code" and seconds > LONG and not shown & {"stream", WIDGET}:
+            silent.append((cell.id, round(seconds, 1)))
+    return silent
     assert found.count(WIDGET) >= min_widgets, json.dumps(found)
+
+
+def test_relative_roots_resolve_from_the_notebook_folder(tmp_path):
+    from analysis.paths import notebook_base, resolve_root
+
+    (tmp_path / "repo" / "notebooks").mkdir(parents=True)
+    (tmp_path / "repo" / "pyproject.toml").write_text("")
+    assert notebook_base(tmp_path / "repo" / "notebooks") == tmp_path / "repo"  # the repository holding it
+    assert resolve_root("sweeps", tmp_path / "repo" / "notebooks") == tmp_path / "repo" / "sweeps"
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    assert resolve_root("runs/x", alone) == alone / "runs/x"  # no repository: the folder itself
+    assert resolve_root(tmp_path / "abs", alone) == tmp_path / "abs"
+
+
+@pytest.mark.slow
+def test_notebook_run_from_another_folder_writes_under_that_folder(notebook_kernel, tmp_path):
+    """07 with its default relative root, run by papermill in a folder outside any repository: its
+    sweep folder is written there, not into the checkout the package comes from."""
+    (tmp_path / "work").mkdir()
+    in_checkout = REPO / "sweeps" / "fmnist_peak"
+    before = in_checkout.stat().st_mtime_ns if in_checkout.exists() else None
+    execute_notebook(NOTEBOOKS / "07_cluster.ipynb", {"spec": "jobs/fmnist_peak.yaml"}, cwd=tmp_path / "work")
+    assert (tmp_path / "work" / "sweeps" / "fmnist_peak" / "runs.csv").exists()
+    assert (in_checkout.stat().st_mtime_ns if in_checkout.exists() else None) == before

@@ -281,6 +281,10 @@ def test_distance_vs_data_averages_runs_and_counts_local_heads(vits):
     fig = distance_vs_data_figure(frame)
     assert [a.text for a in fig.layout.annotations] == ["ViT_C", "CCT"]
     assert {t.name for t in fig.data if t.showlegend} == {"60 per class", "all images"}
+    assert fig.layout.yaxis.range[0] == 0 and fig.layout.yaxis.range[1] > frame["distance_px"].max()
+    banded = distance_vs_data_figure(frame, uniform_px={"ViT_C": 10.0})  # the uniform-attention band, one panel
+    assert [(s.y0, s.y1) for s in banded.layout.shapes] == [(9.5, 10.5)]
+    assert any(a.text.startswith("uniform attention 10.0 px") for a in banded.layout.annotations)
     with pytest.raises(ConfigError, match="needs rows with model"):
         distance_vs_data(runs.drop(columns="source"), [images(4)])
     assert math.isfinite(frame["distance_px"].sum())

@@ -9,12 +9,19 @@ from tests.fixtures_sweep import sweep, sweep_frame  # noqa: F401  (pytest fixtu
 
 from analysis.errors import ConfigError
 from analysis.widgets import (
+    FigureOutput,
     SensitivityExplorer,
     filter_frame,
     log_range_slider,
     multi_select,
     sync_figure,
 )
+
+
+def shown_figure(view) -> dict:
+    """Return the plotly figure (data, layout) that a FigureOutput `view` holds as its one output."""
+    (output,) = view.outputs
+    return output["data"]["application/vnd.plotly.v1+json"]
 
 
 def kind(fig, name):
@@ -39,8 +46,10 @@ def test_explorer_starts_with_every_run(explorer, sweep):
     assert sum(legend_n(explorer.edf_fig).values()) == sweep.error.notna().sum()
     runs = kind(explorer.scatter_fig, "runs")
     assert sum(len(t.x) for t in runs) == (sweep.error.notna() & ~sweep.diverged).sum()
-    assert isinstance(explorer.edf_fig, go.FigureWidget) and isinstance(explorer.scatter_fig, go.FigureWidget)
-    assert explorer.edf_fig in explorer.widget.children and explorer.scatter_fig in explorer.widget.children
+    assert explorer.edf_view in explorer.widget.children and explorer.scatter_view in explorer.widget.children
+    for view, fig in ((explorer.edf_view, explorer.edf_fig), (explorer.scatter_view, explorer.scatter_fig)):
+        shown = shown_figure(view)  # the page gets the figure itself, as a plain plotly output
+        assert len(shown["data"]) == len(fig.data) and shown["layout"]["width"] == 860
     assert explorer.edf_fig.layout.width == explorer.scatter_fig.layout.width == 860
 
 
@@ -51,8 +60,10 @@ def test_lr_slider_of_one_optimizer_narrows_only_its_runs_in_place(explorer, swe
     low, high = adamw.bounds
     assert low <= sweep[sweep.optimizer == "adamw"].lr.min() and high >= sweep[sweep.optimizer == "adamw"].lr.max()
     assert high < sweep[sweep.optimizer == "sgd"].lr.min()  # each optimizer slides over its own range
+    shown = shown_figure(explorer.scatter_view)
     adamw.value = (low, 1e-3)
     assert explorer.edf_fig is edf_widget and explorer.scatter_fig is scatter_widget
+    assert shown_figure(explorer.scatter_view) != shown  # the view shows the narrowed runs
     assert scatter_widget.data[0] is first_trace  # same trace objects, new data
     assert adamw.readout.value.endswith("to 0.001") and adamw.slider.value[1] == pytest.approx(-3)
     done = sweep[sweep.error.notna()]
@@ -70,8 +81,8 @@ def test_lr_slider_of_one_optimizer_narrows_only_its_runs_in_place(explorer, swe
 def test_optimizer_selection_and_empty_selection(explorer, sweep):
     explorer.controls["optimizer"].value = ("adamw",)
     assert set(legend_n(explorer.edf_fig)) == {"ViT_C-fmnist adamw", "ViT_P-fmnist adamw"}
-    sgd_cells = [t for t in explorer.scatter_fig.data if t.meta["group"].endswith("sgd")]
-    assert sgd_cells and all(len(t.x) == 0 for t in sgd_cells)
+    panels = len(explorer.scatter_fig.layout.annotations)
+    assert not [t for t in explorer.scatter_fig.data if t.meta["group"].endswith("sgd")]  # no empty sgd panels
     assert "shown of 91" in explorer.status.value
 
     explorer.controls["optimizer"].value = ()
@@ -82,6 +93,8 @@ def test_optimizer_selection_and_empty_selection(explorer, sweep):
 
     explorer.controls["optimizer"].value = ("adamw", "sgd")
     assert sum(legend_n(explorer.edf_fig).values()) == sweep.error.notna().sum()
+    assert [t for t in explorer.scatter_fig.data if t.meta["group"].endswith("sgd")]
+    assert len(explorer.scatter_fig.layout.annotations) > panels  # the sgd row's panel titles are back
 
 
 def test_epochs_and_stem_selection(explorer, sweep):
@@ -128,8 +141,16 @@ def test_explorer_rejects_bad_columns(sweep):
 # ---------------------------------------------------------------- shared helpers
 
 
+def test_figure_output_sends_only_changes():
+    view = FigureOutput(go.Figure(go.Scatter(x=[1, 2], y=[3, 4])))
+    assert shown_figure(view)["data"][0]["y"] == [3, 4] and len(view.outputs) == 1
+    assert view.show(go.Figure(go.Scatter(x=[1, 2], y=[3, 4]))) is False  # the same figure: nothing sent
+    assert view.show(go.Figure(go.Scatter(x=[1], y=[5]))) is True
+    assert shown_figure(view)["data"][0]["y"] == [5] and len(view.outputs) == 1  # replaced, not appended
+
+
 def test_sync_figure_in_place_and_swap():
-    target = go.FigureWidget([go.Scatter(x=[1, 2], y=[3, 4], error_x=dict(array=[1, 1]))],
+    target = go.Figure([go.Scatter(x=[1, 2], y=[3, 4], error_x=dict(array=[1, 1]))],
                              layout=dict(title="old", xaxis=dict(range=[0, 9])))
     trace = target.data[0]
     sync_figure(target, go.Figure([go.Scatter(x=[5], y=[6])], layout=dict(title="new")))

@@ -71,7 +71,7 @@ def linear_probe_figure(frames: Mapping[str, pd.DataFrame], title: str | None = 
         fig.add_hline(y=100 * max(chances), line=dict(color="grey", dash="dot"), annotation_text="chance")
     fig.update_layout(template=TEMPLATE, title=title or "layerwise linear probes (held-out accuracy)",
                       xaxis_title="layer (0 = stem output)", yaxis=dict(title="accuracy (%)", range=[0, 101]),
-                      legend=dict(orientation="h", y=-0.2), height=460)
+                      height=460)  # the legend at the right: below the plot it covered the axis title
     return fig
 
 
@@ -118,9 +118,15 @@ def _size_label(size) -> str:
     return "all images" if size is None or pd.isna(size) else f"{int(size)} per class"
 
 
-def distance_vs_data_figure(frame: pd.DataFrame, title: str | None = None) -> go.Figure:
+def distance_vs_data_figure(frame: pd.DataFrame, title: str | None = None,
+                             uniform_px: Mapping[str, float] | None = None) -> go.Figure:
     """Return mean attention distance per head against depth, a panel per model and a colour per
-    training-set size (from distance_vs_data); lines join each size's mean over heads."""
+    training-set size (from distance_vs_data); lines join each size's mean over heads.
+
+    The y axis starts at 0 (a head at 0 px attends to itself only), so small differences do not
+    read as trends. `uniform_px` ({model: px}, analysis.probes.uniform_distance): each panel shades
+    the band within 5% of the distance of attention spread evenly over the patches; heads inside it
+    are not attending locally."""
     need = ("model", "train_per_class", "layer", "head", "distance_px")
     if not isinstance(frame, pd.DataFrame) or frame.empty or any(c not in frame for c in need):
         raise ConfigError(f"distance_vs_data_figure needs a non-empty frame with {', '.join(need)}")
@@ -145,7 +151,16 @@ def distance_vs_data_figure(frame: pd.DataFrame, title: str | None = None) -> go
             mean = part.groupby("layer")["distance_px"].mean()
             fig.add_trace(go.Scatter(x=mean.index, y=mean.to_numpy(), mode="lines", line=dict(color=colors[label]),
                                      legendgroup=label, showlegend=False, hoverinfo="skip"), row=1, col=j + 1)
+    top = float(frame["distance_px"].max())
+    for j, model in enumerate(models):
+        ref = (uniform_px or {}).get(model)
+        if ref is not None:
+            top = max(top, 1.05 * ref)
+            fig.add_hrect(y0=0.95 * ref, y1=1.05 * ref, fillcolor="grey", opacity=0.2, line_width=0,
+                          row=1, col=j + 1, annotation_text=f"uniform attention {ref:.1f} px ±5%",
+                          annotation_position="bottom left", annotation_font_size=11)
     fig.update_xaxes(title_text="block", dtick=1)
+    fig.update_yaxes(range=[0, 1.15 * top])
     fig.update_yaxes(title_text="mean attention distance (px)", col=1)
     fig.update_layout(template=TEMPLATE, title=title or "attention distance against training-set size",
                       legend_title_text="training images", height=420)

@@ -285,6 +285,7 @@ def _diverged_trace(label: str, color: str, n_div: int, n: int, edge: float) -> 
         mode="markers+text" if n_div else "markers",
         marker=dict(symbol="triangle-right", size=11, color=color, line=dict(color=DIVERGED_COLOR, width=1)),
         text=[f"{n_div} div"] if n_div else [], textposition="top left", textfont=dict(color=color),
+        cliponaxis=False,  # the marker sits on the x range's edge: drawn whole, not cut in half
         showlegend=False, legendgroup=label,
         meta={"kind": "diverged", "group": label, "count": n_div},
         hovertemplate=f"{label}: {n_div} diverged runs (counted at 100% error)<extra></extra>",

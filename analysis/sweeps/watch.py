@@ -206,10 +206,11 @@ class SweepWatcher:
         done = sum(w.epochs if w.final else min(w.epoch, w.epochs) for w in self.runs.values())
         return done, sum(w.epochs for w in self.runs.values())
 
-    def launched(self) -> datetime | None:
-        """When the latest launch was submitted (None before the first), as of the last refresh."""
+    def launched(self, first: bool = False) -> datetime | None:
+        """When the latest (`first`: the first) launch was submitted (None before the first), as of
+        the last refresh."""
         launches = self._launches
-        return datetime.fromisoformat(launches[-1]["time"]) if launches else None
+        return datetime.fromisoformat(launches[0 if first else -1]["time"]) if launches else None
 
     def last_result_time(self) -> float | None:
         """mtime of the newest result.json (when the last run ended), None without any."""

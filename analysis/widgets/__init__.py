@@ -1,14 +1,16 @@
-"""Interactive widgets for JupyterLab (ipywidgets 8 + plotly FigureWidget).
+"""Interactive widgets for JupyterLab (ipywidgets 8; plotly figures shown in `FigureOutput`s).
 
 - `SensitivityExplorer`, `AttentionExplorer`, `FilterExplorer` (explorers.py): explore a sweep's
   results and trained runs.
 - `SweepMonitor` (monitor.py): watch a running sweep live, from a background thread that keeps
   the kernel free; cancel and resubmit runs.
-- base.py: the shared pieces (control factories, frame filtering, in-place figure syncing).
+- base.py: the shared pieces (control factories, frame filtering, in-place figure syncing,
+  `FigureOutput`).
 """
 
 from analysis.widgets.base import (
     Explorer,
+    FigureOutput,
     LogRangeSlider,
     filter_frame,
     log_range_slider,
@@ -19,6 +21,6 @@ from analysis.widgets.base import (
 from analysis.widgets.explorers import AttentionExplorer, FilterExplorer, SensitivityExplorer, run_labels
 from analysis.widgets.monitor import SweepMonitor
 
-__all__ = ["AttentionExplorer", "Explorer", "FilterExplorer", "LogRangeSlider", "SensitivityExplorer",
+__all__ = ["AttentionExplorer", "Explorer", "FigureOutput", "FilterExplorer", "LogRangeSlider", "SensitivityExplorer",
            "SweepMonitor", "filter_frame", "log_range_slider", "message_figure",
            "multi_select", "run_labels", "sync_figure"]

@@ -1,9 +1,10 @@
 """Pieces every widget here shares: control factories, frame filtering, in-place figure syncing,
-an empty-figure message and the `Explorer` base."""
+the `FigureOutput` that shows a figure, an empty-figure message and the `Explorer` base."""
 
 from __future__ import annotations
 
 import html
+import json
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.io as pio
 import traitlets
 
 from analysis.plots.frame import check_frame, positive_range
@@ -30,7 +32,7 @@ def multi_select(values: Sequence, description: str, rows: int | None = None) ->
         options=[(str(v), v) for v in options],
         value=tuple(options),
         description=description,
-        rows=rows or min(6, max(2, len(options))),
+        rows=rows or min(6, max(1, len(options))),  # one line for one value
         layout=widgets.Layout(width="auto"),
         style={"description_width": "initial"},
     )
@@ -108,12 +110,12 @@ def _plain_json(trace) -> dict:
     return out
 
 
-def sync_figure(target: go.FigureWidget, source: go.Figure) -> None:
-    """Make the FigureWidget `target` show `source`, changing it in place.
+def sync_figure(target: go.Figure, source: go.Figure) -> None:
+    """Make the figure `target` show `source`, changing it in place (its trace objects are kept).
 
     When both have the same trace types in the same order, each trace's properties are
-    overwritten (old ones the source lacks are cleared), so the frontend gets a restyle;
-    otherwise the traces are swapped. The layout is overwritten key by key.
+    overwritten (old ones the source lacks are cleared); otherwise the traces are swapped.
+    The layout is overwritten key by key.
     """
     with target.batch_update():
         same = len(target.data) == len(source.data) and all(
@@ -136,9 +138,40 @@ def sync_figure(target: go.FigureWidget, source: go.Figure) -> None:
             target.layout.update(changes, overwrite=True)
 
 
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+
+
+class FigureOutput(widgets.Output):
+    """An ipywidgets Output that shows one plotly figure: `show(fig)` replaces its output with the
+    figure's current state (a plain plotly mime bundle, drawn by JupyterLab's plotly renderer).
+
+    Used instead of plotly FigureWidgets, whose front-end model loads the plotly bundle on its own:
+    JupyterLab's widget manager waits 2 s for a model a view refers to, so FigureWidgets created
+    while the page is busy (a running sweep, a long notebook) stayed blank. An Output's model is
+    small, and a new output per change re-renders wherever the cell is, after scrolling included.
+    Setting `outputs` is a trait change, so `show` also works from a background thread.
+    """
+
+    def __init__(self, fig: go.Figure | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.shown: dict | None = None  # the figure's JSON now on the page
+        if fig is not None:
+            self.show(fig)
+
+    def show(self, fig: go.Figure) -> bool:
+        """Show `fig` as it is now; return False (sending nothing) when the page already shows it."""
+        data = json.loads(pio.to_json(fig, validate=False))
+        if data == self.shown:
+            return False
+        self.shown = data
+        bundle = {PLOTLY_MIME: {**data, "config": {"displaylogo": False}}, "text/plain": "plotly figure"}
+        self.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
+        return True
+
+
 def message_figure(text: str, height: int = 240, width: int | None = None) -> go.Figure:
     """Return a figure without traces or axes that shows `text` in its middle (an empty selection,
-    nothing finished yet): what a FigureWidget shows instead of stale axes."""
+    nothing finished yet): what a FigureOutput shows instead of stale axes."""
     fig = go.Figure()
     fig.update_layout(template=TEMPLATE, height=height, width=width, xaxis=dict(visible=False),
                       yaxis=dict(visible=False), margin=dict(l=20, r=20, t=20, b=20),

@@ -1,9 +1,10 @@
 """The explorers: sweep results (SensitivityExplorer) and trained runs (AttentionExplorer,
-FilterExplorer), ipywidgets 8 with plotly FigureWidgets.
+FilterExplorer), ipywidgets 8 with plotly figures shown in `FigureOutput`s.
 
 Each explorer composes figure builders from `analysis.plots`: its controls filter the input,
-the builders make fresh figures, and `sync_figure` copies them into long-lived FigureWidgets
-so the displayed widgets update in place.
+the builders make fresh figures, `sync_figure` copies them into long-lived figures (`.edf_fig`,
+`.fig`, ...: their traces change in place) and each figure's `FigureOutput` (`.edf_view`, `.view`,
+...) shows its new state.
 """
 
 from collections.abc import Mapping, Sequence
@@ -21,7 +22,15 @@ from analysis.plots.frame import as_columns, check_frame, counted_errors, diverg
 from analysis.plots.maps import attention_overlay_figure, image_axes, tiles_figure
 from analysis.plots.stability import DEFAULT_BY, edf_figure, sensitivity_figure
 from analysis.plots.style import TEMPLATE, head_stems, style_maps, wrap_title
-from analysis.widgets.base import Explorer, filter_frame, log_range_slider, message_figure, multi_select, sync_figure
+from analysis.widgets.base import (
+    Explorer,
+    FigureOutput,
+    filter_frame,
+    log_range_slider,
+    message_figure,
+    multi_select,
+    sync_figure,
+)
 
 # ---------------------------------------------------------------- hyperparameter sensitivity
 
@@ -35,7 +44,7 @@ class SensitivityExplorer(Explorer):
     value>" ("lr" and "wd" without rows); a "relative" toggle (delta to each group's best) and a
     "bootstrap" toggle (pycls band on the EDF). Figures: `.edf_fig` (EDF per `by` group) and
     `.scatter_fig` (error over lr x wd, one panel per `panel` value and `row` value), both
-    FigureWidgets updated in place; with no run selected both show a message instead.
+    updated in place and shown by `.edf_view` and `.scatter_view`; with no run selected both show a message instead.
     `.filtered()` gives the runs currently shown. Colours, dashes, the panel grid and the colour
     scale come from the full frame so they stay put while filtering. `width` sets both figures'
     width in pixels (None: plotly's default).
@@ -76,16 +85,16 @@ class SensitivityExplorer(Explorer):
         self.colors, self.dashes = style_maps(group_keys(df, self.by), head_stems(df, self.by))
         self.color_ranges = {rel: self._color_range(rel) for rel in (False, True)}
 
-        self.edf_fig = go.FigureWidget()
-        self.scatter_fig = go.FigureWidget(self._scatter(df))
+        self.edf_fig, self.scatter_fig = go.Figure(), self._scatter(df)
+        self.edf_view, self.scatter_view = FigureOutput(), FigureOutput()
         selects = [self.controls[n] for n in self.SELECTS if n in self.controls]
         self.widget = widgets.VBox([
             widgets.HBox(selects),
             widgets.HBox([widgets.VBox(slider_lines), widgets.VBox([self.controls["relative"],
                                                                     self.controls["bootstrap"]])]),
             self.status,
-            self.edf_fig,
-            self.scatter_fig,
+            self.edf_view,
+            self.scatter_view,
         ])
         self.update()
         self.watch()
@@ -98,8 +107,12 @@ class SensitivityExplorer(Explorer):
         return [fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax]
 
     def _scatter(self, df: pd.DataFrame, relative: bool = False) -> go.Figure:
-        fig = sensitivity_figure(df, panel=self.panel, row=self.row, relative=relative, panels=self.panels,
-                                 rows=self.rows, color_range=self.color_ranges[relative])
+        """The lr x wd panels of the panel and row values `df` has (a deselected optimizer leaves no
+        empty panels), in the full frame's order and colour scale."""
+        panels = [p for p in self.panels if df[self.panel].eq(p).any()]
+        rows = None if self.rows is None else [r for r in self.rows if df[self.row].eq(r).any()]
+        fig = sensitivity_figure(df, panel=self.panel, row=self.row, relative=relative, panels=panels,
+                                 rows=rows, color_range=self.color_ranges[relative])
         return fig.update_layout(width=self.width)
 
     def selections(self) -> dict[str, tuple]:
@@ -127,6 +140,8 @@ class SensitivityExplorer(Explorer):
     def _show_message(self, text: str) -> None:
         sync_figure(self.edf_fig, message_figure(text, width=self.width))
         sync_figure(self.scatter_fig, message_figure(text, width=self.width))
+        self.edf_view.show(self.edf_fig)
+        self.scatter_view.show(self.scatter_fig)
 
     def update(self) -> None:
         """Redraw both figures from the current selection (in place)."""
@@ -146,6 +161,8 @@ class SensitivityExplorer(Explorer):
             return
         sync_figure(self.edf_fig, edf.update_layout(width=self.width))
         sync_figure(self.scatter_fig, self._scatter(df, relative))
+        self.edf_view.show(self.edf_fig)
+        self.scatter_view.show(self.scatter_fig)
         counted = counted_errors(df)
         n_div = int(diverged_mask(df).loc[counted.index].sum())
         self.set_status(f"{len(counted)} runs shown of {len(self.df)}: {n_div} diverged, "
@@ -188,7 +205,8 @@ class AttentionExplorer(Explorer):
     and head), "rollout" (all blocks, heads averaged) and "gradient rollout" (weighted by the
     gradient of the predicted class). Controls (in `.controls`): "image", "method", "layer",
     "head". A model with fewer blocks or heads than the slider shows its last one. `.fig` is one
-    FigureWidget: the image, then each model's map over it; its traces change in place.
+    figure: the image, then each model's map over it; its traces change in place and `.view`
+    shows it.
     """
 
     def __init__(self, run_dirs, images: torch.Tensor | None = None, n_images: int = 8,
@@ -239,7 +257,7 @@ class AttentionExplorer(Explorer):
         self.controls["head"] = widgets.IntSlider(value=0, min=0, max=heads - 1, description="head",
                                                   continuous_update=False)
         labels = list(self.models)
-        self.fig = go.FigureWidget(make_subplots(rows=1, cols=1 + len(labels), subplot_titles=["image", *labels],
+        self.fig = go.Figure(make_subplots(rows=1, cols=1 + len(labels), subplot_titles=["image", *labels],
                                                  horizontal_spacing=0.03))
         first = self._panel(labels[0])
         self.fig.add_trace(first.data[0], row=1, col=1)
@@ -249,9 +267,10 @@ class AttentionExplorer(Explorer):
         image_axes(self.fig)
         self.fig.update_traces(showscale=False, selector=dict(type="heatmap"))  # each map has its own range: one colour bar would mislead
         self.fig.update_layout(template="plotly_white", height=360, margin=dict(l=10, r=10, t=80, b=10))
+        self.view = FigureOutput()
         c = self.controls
         self.widget = widgets.VBox([widgets.HBox([c["image"], c["method"]]), widgets.HBox([c["layer"], c["head"]]),
-                                    self.status, self.fig])
+                                    self.status, self.view])
         self.update()
         self.watch()
 
@@ -297,6 +316,7 @@ class AttentionExplorer(Explorer):
                 titles.append(self.current(label)[1])
             for annotation, title in zip(self.fig.layout.annotations, titles):
                 annotation.text = title
+        self.view.show(self.fig)
         guesses = []
         for label, p in self.probs.items():
             top = int(p[i].argmax())
@@ -310,7 +330,8 @@ class FilterExplorer(Explorer):
 
     Controls (in `.controls`): "model", "checkpoint" (trained / initial), "view" (filters /
     principal components), "count" (tiles shown). `.fig` shows the tiles, `.variance_fig` the
-    cumulative explained variance of the filters' PCA; both FigureWidgets change in place.
+    cumulative explained variance of the filters' PCA; both change in place and are shown by
+    `.view` and `.variance_view`.
     """
 
     TILES_WIDTH = 520  # px; with the 400 px variance curve beside it the pair fits a notebook cell
@@ -327,11 +348,11 @@ class FilterExplorer(Explorer):
                                                       description="view", style={"button_width": "auto"})
         self.controls["count"] = widgets.IntSlider(value=min(32, max_tiles), min=1, max=max_tiles,
                                                    description="tiles", continuous_update=False)
-        self.fig = go.FigureWidget()
-        self.variance_fig = go.FigureWidget()
+        self.fig, self.variance_fig = go.Figure(), go.Figure()
+        self.view, self.variance_view = FigureOutput(), FigureOutput()
         c = self.controls
         self.widget = widgets.VBox([widgets.HBox([c["model"], c["count"]]), widgets.HBox([c["checkpoint"], c["view"]]),
-                                    self.status, widgets.HBox([self.fig, self.variance_fig])])
+                                    self.status, widgets.HBox([self.view, self.variance_view])])
         self.update()
         self.watch()
 
@@ -373,6 +394,8 @@ class FilterExplorer(Explorer):
                             width=400, height=520,
                             xaxis_title="components", yaxis=dict(title="explained variance", range=[0, 1.02]))
         sync_figure(self.variance_fig, curve)
+        self.view.show(self.fig)
+        self.variance_view.show(self.variance_fig)
         k = min(3, len(ratio))
         self.set_status(f"{name}: {len(w)} filters of shape {tuple(w.shape[1:])}; the first {k} principal "
                         f"components explain {100 * ratio[:k].sum():.1f}% of their variance")

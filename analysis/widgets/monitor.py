@@ -26,7 +26,7 @@ from analysis.plots.stability import edf_figure
 from analysis.plots.style import TEMPLATE, color_map, head_stems, integer_ticks, style_maps
 from analysis.sweeps.status import COLORS, KEEP
 from analysis.sweeps.watch import STATES, SweepWatcher
-from analysis.widgets.base import message_figure, sync_figure
+from analysis.widgets.base import FigureOutput, message_figure, sync_figure
 
 LISTS = ("active first", "all", *STATES, "NOT_LAUNCHED")  # what the runs table lists
 ORDER = {"RUNNING": 0, "PENDING": 2, "UNKNOWN": 2, "DIVERGED": 3, "COMPLETED": 4, "NOT_LAUNCHED": 5}  # else 1
@@ -100,9 +100,9 @@ def runs_table_html(watcher: SweepWatcher, listing: str = "active first", max_ro
 
 
 class SweepMonitor:
-    """A live view of a sweep (ipywidgets 8 + plotly FigureWidgets), refreshed in the background.
+    """A live view of a sweep (ipywidgets 8 + plotly figures in FigureOutputs), refreshed in the background.
 
-    Shows a header (runs per state, epochs done of planned, elapsed time since the latest launch),
+    Shows a header (runs per state, epochs done of planned, elapsed time since the first launch),
     a table of runs (state, progress, latest train loss and test error, images/s, failure reason),
     the training curves of the selected runs (the same traces gain points as metrics.jsonl grows),
     the EDF of the finished runs per model and optimizer (traces appear as groups finish) and the
@@ -171,15 +171,15 @@ class SweepMonitor:
         self.confirm_box = widgets.HBox([self.confirm_button, self.back_button],
                                         layout=widgets.Layout(display="none"))
         self.message, self.logs, self.claims = widgets.HTML(), widgets.HTML(), widgets.HTML()
-        self.curves_fig = go.FigureWidget(self._curves_layout())
-        self.edf_fig = go.FigureWidget(message_figure("no finished runs yet: the EDF fills in as runs end",
-                                                      width=self.width))
+        self.curves_fig = self._curves_layout()
+        self.edf_fig = message_figure("no finished runs yet: the EDF fills in as runs end", width=self.width)
+        self.curves_view, self.edf_view = FigureOutput(self.curves_fig), FigureOutput(self.edf_fig)
         actions = widgets.VBox([widgets.HBox([self.logs_button, self.cancel_button, self.resubmit_button]),
                                 widgets.HBox([self.message, self.confirm_box]), self.logs])
         self.widget = widgets.VBox([
             widgets.HBox([self.header, self.stop_button], layout=widgets.Layout(justify_content="space-between")),
             self.listing, self.table, widgets.HBox([self.select, actions]),
-            self.curves_fig, self.edf_fig, self.claims,
+            self.curves_view, self.edf_view, self.claims,
         ], layout=widgets.Layout(width=f"{self.width + 20}px"))
 
     def _curves_layout(self) -> go.Figure:
@@ -288,12 +288,14 @@ class SweepMonitor:
             f'<span style="background:{COLORS.get(s, "#fff")};padding:1px 5px;border-radius:3px">{s} {n}</span>'
             for s, n in w.counts().items())
         done, planned = w.epochs_done()
-        launched = w.launched()
-        if launched is None:
+        first, latest = w.launched(first=True), w.launched()
+        if first is None:
             timing = "not launched"
-        else:
+        else:  # the sweep's whole time: from its first launch, resubmissions included
             end = time.time() if w.active() else (w.last_result_time() or time.time())
-            timing = f"elapsed {_duration(end - launched.timestamp())} since {launched:%H:%M:%S}"
+            timing = f"elapsed {_duration(end - first.timestamp())} since {first:%H:%M:%S}"
+            if latest != first:
+                timing += f" (resubmitted {latest:%H:%M:%S})"
         if self.running and not self._stop.is_set():
             live = f"refreshing every {self.interval:g} s (last {time.strftime('%H:%M:%S')})"
         else:
@@ -364,6 +366,7 @@ class SweepMonitor:
             empty = not any(len(t.x) for t in fig.data)
             if empty != (fig.layout.xaxis.visible is False):
                 self._curves_message(fig, empty)
+        self.curves_view.show(fig)
 
     # -- finished runs: EDF and claims -------------------------------------------------------------
     def _draw_results(self) -> None:
@@ -380,6 +383,7 @@ class SweepMonitor:
             fig = edf_figure(counted, colors=self.colors, dashes=self.dashes,
                              title=f"error EDF of the {len(counted)} finished runs")
             sync_figure(self.edf_fig, fig.update_layout(width=self.width))
+        self.edf_view.show(self.edf_fig)
         self.claims.value = self._claims_html(counted)
 
     def _claims_html(self, counted) -> str:
@@ -395,7 +399,8 @@ class SweepMonitor:
             return ("<div style='color:#666'>the paper's claims: once each model and optimizer has "
                     f"{self.min_runs} finished runs (now {html.escape(', '.join(short))})</div>")
         table = claims_table(counted, within=self.within)
-        return ("<div class='stemlab-claims'><b>the paper's claims on the finished runs</b> "
+        return (f"<div class='stemlab-claims' style='max-width:{self.width}px'>"  # scrolls instead of being cut
+                "<b>the paper's claims on the finished runs</b> "
                 f"(95% bootstrap intervals; within {self.within:g} points){CLAIMS_CSS}{claims_html(table)}</div>")
 
     # -- logs, cancel, resubmit ------------------------------------------------------------------------
