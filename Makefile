@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp-$(shell cat requirements.txt pyproject.toml 2>/dev/null | md5sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: venv data browser slurm demo demo-full test test-fast bench clean-runs
+.PHONY: venv data browser slurm demo demo-full lint test test-fast bench clean-runs
 
 venv: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
@@ -30,7 +30,10 @@ demo: venv data
 demo-full: venv data
 	$(PY) -m analysis demo --full
 
-test: venv data browser
+lint: venv
+	$(VENV)/bin/ruff check analysis tests benchmarks scripts
+
+test: venv data browser lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: venv data

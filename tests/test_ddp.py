@@ -1,6 +1,5 @@
 """DDP in the engine: two gloo processes on the CPU train the same run as one process would."""
 
-import os
 
 import pytest
 import torch

@@ -117,6 +117,7 @@ def test_notebook_runs(path, notebook_root, notebook_kernel, tmp_path):
     assert errors == []
     found = mimes(nb)
     assert found.count(PLOTLY) >= min_plots, json.dumps(found)
+    assert found.count(WIDGET) >= min_widgets, json.dumps(found)
     assert silent_long_cells(nb) == [], "cells that ran long without printing progress"
 
 
@@ -133,7 +134,6 @@ def silent_long_cells(nb) -> list[tuple[str, float]]:
         if cell.cell_type == "code" and seconds > LONG and not shown & {"stream", WIDGET}:
             silent.append((cell.id, round(seconds, 1)))
     return silent
-    assert found.count(WIDGET) >= min_widgets, json.dumps(found)
 
 
 def test_relative_roots_resolve_from_the_notebook_folder(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis import config, data as D, trust
+from analysis import config, data as D
 from analysis.errors import ConfigError
 
 PACKAGE = Path(__file__).resolve().parent.parent / "analysis"
