@@ -50,6 +50,7 @@ def cell_index(path: Path, cell_id: str) -> int:
     ("06_representations", 5, 0),
     ("07_cluster", 2, 0),  # the monitor's curves and EDF (a dry run: empty)
     ("08_see_like_cnns", 6, 0),
+    ("09_where_the_stem_matters", 1, 0),  # the forest plot (its tiny regime sweep is shared with test_notebooks)
 ])
 def test_notebook_renders_in_jupyterlab(name, min_plots, min_sliders, notebook_root, tmp_path):  # noqa: F811
     from tests.browser import run_notebook_in_jupyterlab
