@@ -337,8 +337,8 @@ def _interrupt_when_running(proc: subprocess.Popen, folder: Path, timeout: float
 
 
 def _check_interrupted(proc: subprocess.Popen, folder: Path, words: list[str]) -> None:
-    out, err = proc.communicate(timeout=120)
-    try:
+    try:  # the jobs are cancelled whatever happens here, a timeout included: none outlives the test
+        out, err = proc.communicate(timeout=120)
         assert proc.returncode == 130, (out, err)
         assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
         lines = [l for l in err.splitlines() if l.strip()]
@@ -346,6 +346,9 @@ def _check_interrupted(proc: subprocess.Popen, folder: Path, words: list[str]) -
         sweep = Sweep.open(folder)
         assert "RUNNING" in set(sweep.status()["state"])  # the jobs go on
     finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         sweep = Sweep.open(folder)
         sweep.cancel()
         final = sweep.wait(timeout=120, poll=0.5)
