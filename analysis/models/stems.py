@@ -63,6 +63,11 @@ def patchify_stack(in_chans: int, patch_size: int, embed_dim: int, bias: bool, b
     return nn.Sequential(*layers)
 
 
+def stride_product(patch_size: int, strides: Sequence[int]) -> int:
+    """A layered stem's stride, known before it is built: the product of its layers' strides."""
+    return math.prod(strides)
+
+
 class Stem(nn.Module):
     """The base of the suite's stems: timm's PatchEmbed interface around `self.body` (an nn.Sequential).
 
@@ -206,10 +211,7 @@ class ConvStem(Stem):
         self.finish(body, self.total_stride(patch_size, strides), int(to_2tuple(patch_size)[0]), img_size,
                     embed_dim, flatten, output_fmt, strict_img_size, dynamic_img_pad)
 
-    @staticmethod
-    def total_stride(patch_size: int, strides: Sequence[int]) -> int:
-        """The stem's stride: the product of its conv strides."""
-        return math.prod(strides)
+    total_stride = staticmethod(stride_product)
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -241,10 +243,7 @@ class CCTStem(Stem):
         self.finish(body, self.total_stride(patch_size, strides), int(to_2tuple(patch_size)[0]), img_size,
                     embed_dim, flatten, output_fmt, strict_img_size, dynamic_img_pad)
 
-    @staticmethod
-    def total_stride(patch_size: int, strides: Sequence[int]) -> int:
-        """The stem's stride: the product of the conv stem's strides (each stride-2 step a max-pool)."""
-        return math.prod(strides)
+    total_stride = staticmethod(stride_product)  # each stride-2 step a max-pool
 
     @torch.no_grad()
     def init_weights(self) -> None:
