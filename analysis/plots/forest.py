@@ -41,13 +41,17 @@ def _panel_rows(table: pd.DataFrame, claim: str, subject: str) -> pd.DataFrame:
     return table[table["claim"].eq(claim) & match]
 
 
+def _margin(rows: pd.DataFrame) -> float | None:
+    """The equivalence margin the claims table states for these rows ("within ±2" -> 2.0), or None."""
+    tests = [t for t in rows["test"] if t.startswith("within")]
+    return float(tests[0].split("±")[1]) if tests else None
+
+
 def _reference(fig: go.Figure, rows: pd.DataFrame, col: int, row: int) -> None:
     """The zero line, and the region that reproduces the claim: x > 0, or the margin band."""
     fig.add_vline(x=0, line=dict(color="#444", width=1), row=row, col=col)
-    tests = set(rows["test"]) - {""}
-    equivalence = [t for t in tests if t.startswith("within")]
-    if equivalence:
-        m = float(equivalence[0].split("±")[1])
+    m = _margin(rows)
+    if m is not None:
         fig.add_vrect(x0=-m, x1=m, fillcolor="#2ca02c", opacity=0.15, line_width=0, row=row, col=col)
     else:
         fig.add_vrect(x0=0, x1=1e6, fillcolor="#2ca02c", opacity=0.12, line_width=0, row=row, col=col)
@@ -56,8 +60,7 @@ def _reference(fig: go.Figure, rows: pd.DataFrame, col: int, row: int) -> None:
 def _x_range(rows: pd.DataFrame) -> list[float]:
     values = pd.concat([rows["low"], rows["high"], rows["estimate"]]).astype(float)
     values = values[values.map(math.isfinite)]
-    tests = " ".join(rows["test"])
-    margin = float(tests.split("±")[1].split()[0]) if "±" in tests else 0.0
+    margin = _margin(rows) or 0.0
     lo, hi = min(values.min(), -margin, 0.0), max(values.max(), margin, 0.0)
     pad = 0.08 * (hi - lo or 1.0)
     return [lo - pad, hi + pad]
