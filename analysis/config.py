@@ -78,6 +78,7 @@ class TrainConfig:
     epochs: int = 5  # schedule length
     batch_size: int = 128
     eval_batch_size: int = 500
+    eval_every: int = 1  # test every this many epochs and at the last (pycls's TRAIN.EVAL_PERIOD)
     seed: int = 0  # model init, data order, augmentation: a run is a function of its config
     label_smoothing: float = 0.0
     mixup: float = 0.0  # mixup alpha (0: off)
@@ -234,6 +235,7 @@ def validate(cfg: RunConfig) -> None:
         "train.epochs": cfg.train.epochs,
         "train.batch_size": cfg.train.batch_size,
         "train.eval_batch_size": cfg.train.eval_batch_size,
+        "train.eval_every": cfg.train.eval_every,
     }
     for what, value in positive.items():
         if not value > 0:

@@ -207,8 +207,15 @@ class Member:
             self.ema.update(self.model, step=step)
 
     # -- records --------------------------------------------------------------------------------
-    def end_epoch(self, epoch: int, step: int, lr: float, device, dtype) -> dict:
-        """Evaluate, append the epoch's metrics row, checkpoint; return the row."""
+    def end_epoch(self, epoch: int, step: int, lr: float, device, dtype) -> dict | None:
+        """Checkpoint; on every train.eval_every-th epoch and the last, first evaluate and append a
+        metrics row for the epochs since the previous row (None on the others)."""
+        every, epochs = self.cfg.train.eval_every, self.cfg.train.epochs
+        if epoch % every and epoch != epochs:
+            self.save(epoch, 0, step)  # the period's running sums travel in the checkpoint
+            self.log(f"epoch {epoch}/{epochs} loss {self.acc['loss'] / max(self.acc['n'], 1):.4f} (since the last "
+                     f"test) lr {lr:.3g}; next test at epoch {min(epoch + every - epoch % every, epochs)}")
+            return None
         test = evaluate(self.model, self.data.test_batches(), device, dtype, self.dist)
         ema = evaluate(self.ema.module, self.data.test_batches(), device, dtype, self.dist) if self.ema else None
         acc = self.acc

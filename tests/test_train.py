@@ -61,6 +61,30 @@ def test_resume_matches_uninterrupted(tmp_path, stop_at):
     assert resumed["top1_err"] == full["top1_err"]
 
 
+def test_eval_every_tests_each_period_and_the_last_epoch(tmp_path):
+    """train.eval_every: 2 over 3 epochs writes rows at epochs 2 and 3 whose test errors equal those of
+    testing every epoch (a test pass changes nothing in training) and whose train loss averages the
+    period's epochs; a run stopped inside a period resumes to the same rows."""
+    every = tiny_cfg(**{"data.augment": "crop_flip", "train.epochs": 3})
+    period = tiny_cfg(**{"data.augment": "crop_flip", "train.epochs": 3, "train.eval_every": 2})
+    train(every, tmp_path / "every")
+    result = train(period, tmp_path / "period")
+    a, b = rundir.read_metrics(tmp_path / "every"), rundir.read_metrics(tmp_path / "period")
+    assert [r["epoch"] for r in b] == [2, 3] and [r["step"] for r in b] == [16, 24]
+    assert [r["test_top1_err"] for r in b] == [a[1]["test_top1_err"], a[2]["test_top1_err"]]
+    assert b[0]["train_loss"] == pytest.approx((a[0]["train_loss"] + a[1]["train_loss"]) / 2, rel=1e-5)
+    assert result["top1_err"] == a[2]["test_top1_err"]
+    with pytest.raises(Stopped):
+        Trainer(period, tmp_path / "cut", stop_at_step=12).run()  # inside epoch 2, after an untested epoch 1
+    assert rundir.read_metrics(tmp_path / "cut") == []
+    train(period, tmp_path / "cut")
+    c = rundir.read_metrics(tmp_path / "cut")
+    assert [(r["epoch"], r["test_top1_err"]) for r in c] == [(r["epoch"], r["test_top1_err"]) for r in b]
+    assert c[0]["train_loss"] == pytest.approx(b[0]["train_loss"], rel=1e-5)
+    with pytest.raises(ConfigError, match="train.eval_every must be > 0"):
+        tiny_cfg(**{"train.eval_every": 0})
+
+
 def test_divergence_is_recorded_not_raised(tmp_path):
     cfg = tiny_cfg(**{"optim.name": "sgd", "optim.lr": 1e6, "optim.warmup_epochs": 0})
     result = train(cfg, tmp_path / "run")
