@@ -32,6 +32,7 @@ demo-full: venv data
 
 lint: venv
 	$(VENV)/bin/ruff check analysis tests benchmarks scripts
+	$(VENV)/bin/ruff format --check analysis tests benchmarks scripts
 
 test: venv data browser lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)

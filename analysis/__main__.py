@@ -35,8 +35,11 @@ def _presets(args) -> None:
         if args.complexity:
             m = create_model(name)
             cx = complexity(m, m.img_size, m.in_chans)
-            row.update(params_M=round(cx["params"] / 1e6, 2), gflops=round(cx["flops"] / 1e9, 3),
-                       acts_M=round(cx["acts"] / 1e6, 2))
+            row.update(
+                params_M=round(cx["params"] / 1e6, 2),
+                gflops=round(cx["flops"] / 1e9, 3),
+                acts_M=round(cx["acts"] / 1e6, 2),
+            )
             del m
         rows.append(row)
     print(pd.DataFrame(rows).to_string(index=False))
@@ -45,8 +48,9 @@ def _presets(args) -> None:
 def _report(args) -> None:
     from analysis.report import write_report
 
-    out = write_report(args.sweep_dir, args.out, probes=not args.no_probes, png_dir=args.png,
-                       trust_code=args.trust_code)
+    out = write_report(
+        args.sweep_dir, args.out, probes=not args.no_probes, png_dir=args.png, trust_code=args.trust_code
+    )
     print(f"report: {out}")
 
 
@@ -86,8 +90,9 @@ def _launch_set(items: list[str]) -> dict:
             try:
                 value = yaml.safe_load(value)
             except yaml.YAMLError:
-                raise ConfigError(f"launch option {key} must be a YAML mapping, e.g. {{exclude: node1}}; "
-                                  f"got {value!r}") from None
+                raise ConfigError(
+                    f"launch option {key} must be a YAML mapping, e.g. {{exclude: node1}}; got {value!r}"
+                ) from None
         elif value.strip().lower() in ("null", "none", "~"):
             value = None
         if key in opts:
@@ -158,8 +163,11 @@ def _sweep(args) -> None:
         check_launch({**spec.launch, **opts})  # every option checked before the sweep folder is written
         sweep = Sweep.create(spec, root=args.root)
         ids = sweep.launch(**opts)
-        print(f"{sweep.dir}: launched {len(ids)} job(s) {' '.join(ids)}" if ids else
-              f"{sweep.dir}: nothing to launch (every run is complete, queued or running)")
+        print(
+            f"{sweep.dir}: launched {len(ids)} job(s) {' '.join(ids)}"
+            if ids
+            else f"{sweep.dir}: nothing to launch (every run is complete, queued or running)"
+        )
     else:
         sweep = Sweep.open(args.target)
     if args.action == "cancel":
@@ -175,18 +183,23 @@ def _sweep(args) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m analysis",
-                                description="Conv vs patchify stems in ViTs: train, sweep, analyse.")
+    p = argparse.ArgumentParser(
+        prog="python -m analysis", description="Conv vs patchify stems in ViTs: train, sweep, analyse."
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="command")
 
-    t = sub.add_parser("train", help="train one run into a run directory",
-                       description="Train one run. Overrides are section.key=value, e.g. optim.lr=1e-3 "
-                                   "train.epochs=10 optim.name=sgd (keys: see analysis/config.py).")
+    t = sub.add_parser(
+        "train",
+        help="train one run into a run directory",
+        description="Train one run. Overrides are section.key=value, e.g. optim.lr=1e-3 "
+        "train.epochs=10 optim.name=sgd (keys: see analysis/config.py).",
+    )
     t.add_argument("--preset", help="model preset (python -m analysis presets lists them)")
     t.add_argument("--config", help="a run config YAML to start from")
     t.add_argument("--out", required=True, help="the run directory (resumed if it holds a checkpoint)")
-    t.add_argument("--restart", action="store_true",
-                   help="start the run over: remove its checkpoint, metrics and result first")
+    t.add_argument(
+        "--restart", action="store_true", help="start the run over: remove its checkpoint, metrics and result first"
+    )
     t.add_argument("overrides", nargs="*", help="section.key=value overrides")
     t.set_defaults(func=_train)
 
@@ -195,31 +208,47 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--complexity", action="store_true", help="also count params, flops and activations")
     pr.set_defaults(func=_presets)
 
-    d = sub.add_parser("demo", help="the main job: ViT_P vs ViT_C on Fashion-MNIST",
-                       description="ViT_P vs ViT_C on Fashion-MNIST over sampled lr and wd with AdamW and "
-                                   "SGD: launch the sweep, collect it, write the report, print the headline.")
+    d = sub.add_parser(
+        "demo",
+        help="the main job: ViT_P vs ViT_C on Fashion-MNIST",
+        description="ViT_P vs ViT_C on Fashion-MNIST over sampled lr and wd with AdamW and "
+        "SGD: launch the sweep, collect it, write the report, print the headline.",
+    )
     d.add_argument("--root", default="sweeps", help="folder the sweep goes in (default sweeps)")
-    d.add_argument("--cluster", default="local", choices=["local", "slurm", "auto"],
-                   help="where the runs go (default local processes)")
+    d.add_argument(
+        "--cluster",
+        default="local",
+        choices=["local", "slurm", "auto"],
+        help="where the runs go (default local processes)",
+    )
     d.add_argument("--parallel", type=int, default=None, help="processes (local) or array tasks at once")
     d.add_argument("--full", action="store_true", help="the longer, more faithful setting")
     d.set_defaults(func=_demo)
 
-    r = sub.add_parser("report", help="write a sweep's HTML report",
-                       description="Collect a sweep and write one offline HTML report: summary, EDFs, "
-                                   "stability plots, curves, attention and filters of the best runs.")
+    r = sub.add_parser(
+        "report",
+        help="write a sweep's HTML report",
+        description="Collect a sweep and write one offline HTML report: summary, EDFs, "
+        "stability plots, curves, attention and filters of the best runs.",
+    )
     r.add_argument("sweep_dir", help="the sweep folder (e.g. sweeps/fmnist_demo)")
     r.add_argument("--out", help="the HTML file (default SWEEP_DIR/report.html)")
     r.add_argument("--png", metavar="DIR", help="also export every figure as PNG into DIR (needs Chromium)")
     r.add_argument("--no-probes", action="store_true", help="leave out attention maps and filters")
-    r.add_argument("--trust-code", action="store_true",
-                   help="import the stem import paths the runs' configs name (never from inside the sweep)")
+    r.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="import the stem import paths the runs' configs name (never from inside the sweep)",
+    )
     r.set_defaults(func=_report)
 
-    c = sub.add_parser("claims", help="the paper's claims as statistics of a sweep",
-                       description="Collect a sweep and print each claim of the paper it can speak to: the "
-                                   "statistic, a 95%% bootstrap interval and a verdict (reproduced, contradicted, "
-                                   "inconclusive). See analysis/claims.py.")
+    c = sub.add_parser(
+        "claims",
+        help="the paper's claims as statistics of a sweep",
+        description="Collect a sweep and print each claim of the paper it can speak to: the "
+        "statistic, a 95%% bootstrap interval and a verdict (reproduced, contradicted, "
+        "inconclusive). See analysis/claims.py.",
+    )
     c.add_argument("sweep_dir", help="the sweep folder (e.g. sweeps/fmnist_demo)")
     c.add_argument("--within", type=float, default=4.0, help="k of the within-k-points statistic (default 4)")
     c.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
@@ -227,21 +256,31 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print the table as JSON records instead")
     c.set_defaults(func=_claims)
 
-    sw = sub.add_parser("sweep", help="launch, watch and collect sweeps (jobs/*.yaml)",
-                        description="Sweeps: launch a spec (jobs/*.yaml) as one job array (SLURM where a "
-                                    "cluster answers, local processes elsewhere); then status, cancel, "
-                                    "resubmit and collect the sweep folder.")
+    sw = sub.add_parser(
+        "sweep",
+        help="launch, watch and collect sweeps (jobs/*.yaml)",
+        description="Sweeps: launch a spec (jobs/*.yaml) as one job array (SLURM where a "
+        "cluster answers, local processes elsewhere); then status, cancel, "
+        "resubmit and collect the sweep folder.",
+    )
     sw.add_argument("action", choices=["launch", "status", "cancel", "resubmit", "collect"])
     sw.add_argument("target", help="launch: a spec YAML; otherwise: the sweep folder (e.g. sweeps/fmnist_demo)")
     sw.add_argument("--root", default="sweeps", help="launch: where sweep folders go (default sweeps)")
     sw.add_argument("--cluster", choices=["auto", "slurm", "local"], help="launch/resubmit: where jobs run")
     sw.add_argument("--parallel", type=int, help="launch: local processes at once / SLURM array parallelism")
-    sw.add_argument("--set", nargs="*", default=[], metavar="launch.KEY=VALUE",
-                    help="launch/resubmit: launch options, e.g. launch.partition=gpu launch.gpus_per_node=8 "
-                         "(--cluster and --parallel win over launch.cluster and launch.parallel)")
-    sw.add_argument("--wait", action="store_true",
-                    help="launch/status: block until no run is pending or running (Ctrl-C stops waiting; "
-                         "the jobs go on)")
+    sw.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="launch.KEY=VALUE",
+        help="launch/resubmit: launch options, e.g. launch.partition=gpu launch.gpus_per_node=8 "
+        "(--cluster and --parallel win over launch.cluster and launch.parallel)",
+    )
+    sw.add_argument(
+        "--wait",
+        action="store_true",
+        help="launch/status: block until no run is pending or running (Ctrl-C stops waiting; the jobs go on)",
+    )
     sw.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
     sw.add_argument("--runs", nargs="*", help="cancel: only these run ids")
     sw.add_argument("--max-retries", type=int, help="resubmit: launches per run at most this plus one")

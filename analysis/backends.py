@@ -28,8 +28,15 @@ from analysis.errors import ConfigError
 from analysis.recipe import autocast
 
 # Config keys (or key prefixes) the runs of one stacked group must share; all others may differ.
-SHARED = ("model.", "data.", "train.epochs", "train.batch_size", "train.eval_batch_size", "train.channels_last",
-          "train.device")
+SHARED = (
+    "model.",
+    "data.",
+    "train.epochs",
+    "train.batch_size",
+    "train.eval_batch_size",
+    "train.channels_last",
+    "train.device",
+)
 
 
 def shared_key(cfg: RunConfig) -> tuple:
@@ -50,14 +57,18 @@ def check_compatible(cfgs: list[RunConfig]) -> None:
         other = dict(shared_key(cfg))
         for key in sorted(set(first) | set(other)):
             if first.get(key) != other.get(key):
-                raise ConfigError(f"runs 0 and {i} cannot train as one group: {key} differs "
-                                  f"({first.get(key, 'auto')} vs {other.get(key, 'auto')}); a group shares "
-                                  f"model.*, data.*, {', '.join(k for k in SHARED if k.startswith('train.'))}")
+                raise ConfigError(
+                    f"runs 0 and {i} cannot train as one group: {key} differs "
+                    f"({first.get(key, 'auto')} vs {other.get(key, 'auto')}); a group shares "
+                    f"model.*, data.*, {', '.join(k for k in SHARED if k.startswith('train.'))}"
+                )
     d = cfgs[0].data
     if len(cfgs) > 1 and (d.name == "imagefolder" or not d.in_memory or d.augment not in ("none", "crop_flip")):
-        raise ConfigError("a group of runs needs the in-memory data path: data.name fashion_mnist/cifar10/"
-                          f"cifar100, data.in_memory true, data.augment none or crop_flip (got {d.name}, "
-                          f"in_memory={d.in_memory}, augment={d.augment})")
+        raise ConfigError(
+            "a group of runs needs the in-memory data path: data.name fashion_mnist/cifar10/"
+            f"cifar100, data.in_memory true, data.augment none or crop_flip (got {d.name}, "
+            f"in_memory={d.in_memory}, augment={d.augment})"
+        )
 
 
 @dataclass
@@ -113,7 +124,9 @@ class SingleBackend:
             from torch.nn.parallel import DistributedDataParallel
 
             device = next(member.model.parameters()).device
-            self.net = DistributedDataParallel(member.model, device_ids=[device.index] if device.type == "cuda" else None)
+            self.net = DistributedDataParallel(
+                member.model, device_ids=[device.index] if device.type == "cuda" else None
+            )
 
     def train(self) -> None:
         self.net.train()
@@ -162,8 +175,10 @@ class StackedBackend:
             out = vmap(self._forward, randomness="different")(params, buffers, x)
         if self.buffer_names:  # BatchNorm statistics updated in the stack go back to each run
             with torch.no_grad():
-                torch._foreach_copy_([b for _, bufs in own for b in bufs],
-                                     [buffers[n][k] for k in range(len(own)) for n in self.buffer_names])
+                torch._foreach_copy_(
+                    [b for _, bufs in own for b in bufs],
+                    [buffers[n][k] for k in range(len(own)) for n in self.buffer_names],
+                )
         losses = torch.stack([m.loss(out[k].float(), batches[k][1]) for k, m in enumerate(members)])
         losses.sum().backward()
         return losses.detach()

@@ -67,10 +67,31 @@ from analysis.plots.frame import check_frame, counted_errors, diverged_mask
 from analysis.stats import best_of_quantiles
 
 MIN_RUNS = 3
-PAIR_COLUMNS = ("cfg.data.name", "cfg.data.train_per_class", "cfg.data.test_per_class", "cfg.data.augment",
-                "cfg.model.local_mlp")
-COLUMNS = ["claim", "subject", "optimizer", "setting", "statistic", "estimate", "low", "high", "test", "verdict",
-           "paper", "n", "excluded", "diverged", "verdict_without_diverged", "note"]
+PAIR_COLUMNS = (
+    "cfg.data.name",
+    "cfg.data.train_per_class",
+    "cfg.data.test_per_class",
+    "cfg.data.augment",
+    "cfg.model.local_mlp",
+)
+COLUMNS = [
+    "claim",
+    "subject",
+    "optimizer",
+    "setting",
+    "statistic",
+    "estimate",
+    "low",
+    "high",
+    "test",
+    "verdict",
+    "paper",
+    "n",
+    "excluded",
+    "diverged",
+    "verdict_without_diverged",
+    "note",
+]
 MARGIN = 2.0  # points: the equivalence margin of the insensitivity claims (see the module docstring)
 VERDICTS = ("reproduced", "contradicted", "inconclusive")
 PAPER = {  # what Xiao et al. found (ImageNet), one short phrase per claim
@@ -187,8 +208,12 @@ def _groups(df: pd.DataFrame, resamples: int, seed: int) -> dict:
 def group_stat(stat: str, subsample: float = 0.25):
     """The function (R, n) -> (R,) of a named statistic of a group's errors: "best" (lowest),
     "median", "mean" or "best_of" (pycls' bootstrap best of a `subsample` fraction, see best_of)."""
-    stats = {"best": lambda x: x.min(axis=1), "median": median, "mean": lambda x: x.mean(axis=1),
-             "best_of": lambda x: best_of(x, subsample)}
+    stats = {
+        "best": lambda x: x.min(axis=1),
+        "median": median,
+        "mean": lambda x: x.mean(axis=1),
+        "best_of": lambda x: best_of(x, subsample),
+    }
     if stat not in stats:
         raise one_of("stat", stat, stats)
     return stats[stat]
@@ -215,9 +240,18 @@ def _verdict(low: float, high: float, margin: float | None = None) -> str:
     return "inconclusive"
 
 
-def _row(claim: str, subject: str, optimizer: str, setting: str, statistic: str, paper: str,
-         parts: list[tuple[Group, callable]], combine=None, level: bool = False,
-         margin: float | None = None) -> dict:
+def _row(
+    claim: str,
+    subject: str,
+    optimizer: str,
+    setting: str,
+    statistic: str,
+    paper: str,
+    parts: list[tuple[Group, callable]],
+    combine=None,
+    level: bool = False,
+    margin: float | None = None,
+) -> dict:
     """One table row: `combine` of the per-group statistics `parts` [(group, stat)], at the runs
     themselves (estimate) and over the resamples (interval); an equivalence test when `margin` is set."""
     combine = combine or (lambda *v: v[0])
@@ -231,12 +265,24 @@ def _row(claim: str, subject: str, optimizer: str, setting: str, statistic: str,
     verdict = "" if level else "inconclusive" if small else _verdict(low, high, margin)
     counted = sum(len(g.errors) for g in groups)
     test = "" if level else "> 0" if margin is None else f"within ±{margin:g}"
-    return {"claim": claim, "subject": subject, "optimizer": optimizer, "setting": setting,
-            "statistic": statistic, "estimate": estimate, "low": low, "high": high, "test": test,
-            "verdict": verdict, "paper": paper, "n": f"{counted}/{sum(g.total for g in groups)}",
-            "excluded": sum(g.total for g in groups) - counted, "diverged": sum(g.diverged for g in groups),
-            "verdict_without_diverged": "",
-            "note": f"fewer than {MIN_RUNS} runs in {', '.join(small)}" if small else ""}
+    return {
+        "claim": claim,
+        "subject": subject,
+        "optimizer": optimizer,
+        "setting": setting,
+        "statistic": statistic,
+        "estimate": estimate,
+        "low": low,
+        "high": high,
+        "test": test,
+        "verdict": verdict,
+        "paper": paper,
+        "n": f"{counted}/{sum(g.total for g in groups)}",
+        "excluded": sum(g.total for g in groups) - counted,
+        "diverged": sum(g.diverged for g in groups),
+        "verdict_without_diverged": "",
+        "note": f"fewer than {MIN_RUNS} runs in {', '.join(small)}" if small else "",
+    }
 
 
 def _gap_rows(G: dict, key: str, epochs, subsample: float, margin: float) -> list[dict]:
@@ -245,18 +291,39 @@ def _gap_rows(G: dict, key: str, epochs, subsample: float, margin: float) -> lis
     have = [s for s in STEM_NAMES.values() if (key, epochs, s, "sgd") in G and (key, epochs, s, "adamw") in G]
     best = group_stat("best_of", subsample)
     rows = []
-    for claim, words, f in (("optimizer_gap", "median", median),
-                            ("optimizer_gap_best", f"best-of-{subsample:.0%}", best)):
+    for claim, words, f in (
+        ("optimizer_gap", "median", median),
+        ("optimizer_gap_best", f"best-of-{subsample:.0%}", best),
+    ):
         for s in have:
             sgd, adamw = G[key, epochs, s, "sgd"], G[key, epochs, s, "adamw"]
-            rows.append(_row(claim, sgd.model, "", setting, f"{words} SGD - AdamW error (points)",
-                             PAPER["optimizer_gap"][s], [(sgd, f), (adamw, f)], np.subtract,
-                             margin=margin if s == "ViT_C" else None))
+            rows.append(
+                _row(
+                    claim,
+                    sgd.model,
+                    "",
+                    setting,
+                    f"{words} SGD - AdamW error (points)",
+                    PAPER["optimizer_gap"][s],
+                    [(sgd, f), (adamw, f)],
+                    np.subtract,
+                    margin=margin if s == "ViT_C" else None,
+                )
+            )
         if len(have) == 2:
             parts = [(G[key, epochs, s, o], f) for s in ("ViT_P", "ViT_C") for o in ("sgd", "adamw")]
-            rows.append(_row(f"{claim}_difference", "ViT_P vs ViT_C", "", setting,
-                             f"ViT_P gap - ViT_C gap, {words} SGD - AdamW (points)",
-                             PAPER["optimizer_gap_difference"], parts, lambda a, b, c, d: (a - b) - (c - d)))
+            rows.append(
+                _row(
+                    f"{claim}_difference",
+                    "ViT_P vs ViT_C",
+                    "",
+                    setting,
+                    f"ViT_P gap - ViT_C gap, {words} SGD - AdamW (points)",
+                    PAPER["optimizer_gap_difference"],
+                    parts,
+                    lambda a, b, c, d: (a - b) - (c - d),
+                )
+            )
     return rows
 
 
@@ -268,8 +335,10 @@ def _spread_rows(G: dict, key: str, epochs, within: float, area_range: float, su
     area_f = lambda x: capped_excess(x, area_range)  # noqa: E731
     best = group_stat("best_of", subsample)
     rows = []
-    for claim, words, f in (("within_k", f"fraction within {within:g} points of the group's best", within_f),
-                            ("peak", f"best-of-{subsample:.0%} error (%)", best)):
+    for claim, words, f in (
+        ("within_k", f"fraction within {within:g} points of the group's best", within_f),
+        ("peak", f"best-of-{subsample:.0%} error (%)", best),
+    ):
         for o in optimizers:
             pair = [G.get((key, epochs, s, o)) for s in ("ViT_P", "ViT_C")]
             for g in pair:
@@ -279,17 +348,43 @@ def _spread_rows(G: dict, key: str, epochs, within: float, area_range: float, su
                 continue
             p, c = pair
             if claim == "within_k":
-                rows.append(_row("within_k_difference", "ViT_P vs ViT_C", o, setting,
-                                 f"ViT_C - ViT_P {words}", PAPER["within_k_difference"],
-                                 [(c, f), (p, f)], np.subtract))
-                rows.append(_row("edf_area", "ViT_P vs ViT_C", o, setting,
-                                 f"mean height of ViT_C's EDF of error - best above ViT_P's, 0-{area_range:g} points",
-                                 PAPER["edf_area"], [(p, area_f), (c, area_f)],
-                                 lambda a, b: (a - b) / area_range))
+                rows.append(
+                    _row(
+                        "within_k_difference",
+                        "ViT_P vs ViT_C",
+                        o,
+                        setting,
+                        f"ViT_C - ViT_P {words}",
+                        PAPER["within_k_difference"],
+                        [(c, f), (p, f)],
+                        np.subtract,
+                    )
+                )
+                rows.append(
+                    _row(
+                        "edf_area",
+                        "ViT_P vs ViT_C",
+                        o,
+                        setting,
+                        f"mean height of ViT_C's EDF of error - best above ViT_P's, 0-{area_range:g} points",
+                        PAPER["edf_area"],
+                        [(p, area_f), (c, area_f)],
+                        lambda a, b: (a - b) / area_range,
+                    )
+                )
             else:
-                rows.append(_row("peak_difference", "ViT_P vs ViT_C", o, setting,
-                                 f"ViT_P - ViT_C best-of-{subsample:.0%} error (points)", PAPER["peak_difference"],
-                                 [(p, f), (c, f)], np.subtract))
+                rows.append(
+                    _row(
+                        "peak_difference",
+                        "ViT_P vs ViT_C",
+                        o,
+                        setting,
+                        f"ViT_P - ViT_C best-of-{subsample:.0%} error (points)",
+                        PAPER["peak_difference"],
+                        [(p, f), (c, f)],
+                        np.subtract,
+                    )
+                )
     return rows
 
 
@@ -304,18 +399,45 @@ def _schedule_rows(G: dict, key: str, lengths: list, margin: float) -> list[dict
         have = [s for s in ("ViT_P", "ViT_C") if (key, short, s, o) in G and (key, long, s, o) in G]
         for s in have:
             a, b = G[key, short, s, o], G[key, long, s, o]
-            rows.append(_row("schedule_loss", a.model, o, setting, words, PAPER["schedule_loss"][s],
-                             [(a, median), (b, median)], np.subtract, margin=margin if s == "ViT_C" else None))
+            rows.append(
+                _row(
+                    "schedule_loss",
+                    a.model,
+                    o,
+                    setting,
+                    words,
+                    PAPER["schedule_loss"][s],
+                    [(a, median), (b, median)],
+                    np.subtract,
+                    margin=margin if s == "ViT_C" else None,
+                )
+            )
         if len(have) == 2:
             parts = [(G[key, e, s, o], median) for s in ("ViT_P", "ViT_C") for e in (short, long)]
-            rows.append(_row("schedule_loss_difference", "ViT_P vs ViT_C", o, setting,
-                             "ViT_P loss - ViT_C loss, " + words, PAPER["schedule_loss_difference"],
-                             parts, lambda a, b, c, d: (a - b) - (c - d)))
+            rows.append(
+                _row(
+                    "schedule_loss_difference",
+                    "ViT_P vs ViT_C",
+                    o,
+                    setting,
+                    "ViT_P loss - ViT_C loss, " + words,
+                    PAPER["schedule_loss_difference"],
+                    parts,
+                    lambda a, b, c, d: (a - b) - (c - d),
+                )
+            )
     return rows
 
 
-def claims_table(df: pd.DataFrame, within: float = 4.0, resamples: int = 2000, seed: int = 0,
-                 subsample: float = 0.25, area_range: float = 20.0, margin: float = MARGIN) -> pd.DataFrame:
+def claims_table(
+    df: pd.DataFrame,
+    within: float = 4.0,
+    resamples: int = 2000,
+    seed: int = 0,
+    subsample: float = 0.25,
+    area_range: float = 20.0,
+    margin: float = MARGIN,
+) -> pd.DataFrame:
     """Return one row per claim, stem and optimizer the sweep frame can speak to (see the module
     docstring): columns COLUMNS. `within`: the k of within_k (points); `resamples`: bootstrap
     resamples; `seed`: their seed; `subsample`: the fraction of a group's runs the best-of statistics
@@ -323,8 +445,9 @@ def claims_table(df: pd.DataFrame, within: float = 4.0, resamples: int = 2000, s
     equivalence margin (points) of the insensitivity claims. A frame without ViT_P or ViT_C runs gives
     an empty table; bad arguments raise ConfigError."""
     if not within > 0 or not area_range > 0 or not margin > 0:
-        raise ConfigError(f"within, area_range and margin must be positive points, "
-                          f"got {within}, {area_range} and {margin}")
+        raise ConfigError(
+            f"within, area_range and margin must be positive points, got {within}, {area_range} and {margin}"
+        )
     if not 0 < subsample <= 1:
         raise ConfigError(f"subsample must be in (0, 1], got {subsample}")
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 100:
@@ -341,10 +464,11 @@ def claims_table(df: pd.DataFrame, within: float = 4.0, resamples: int = 2000, s
     table["verdict_without_diverged"] = [without.get(k, "") for k in keys]
     rests = (table["diverged"] > 0) & (table["verdict"] != table["verdict_without_diverged"])
     table.loc[rests, "note"] = [
-        (f"{n} + " if n else "") + f"the verdict rests on {d} diverged run(s) at 100%; "
-        f"without them: {w or 'no row'}"
-        for n, d, w in zip(table.loc[rests, "note"], table.loc[rests, "diverged"],
-                           table.loc[rests, "verdict_without_diverged"])]
+        (f"{n} + " if n else "") + f"the verdict rests on {d} diverged run(s) at 100%; without them: {w or 'no row'}"
+        for n, d, w in zip(
+            table.loc[rests, "note"], table.loc[rests, "diverged"], table.loc[rests, "verdict_without_diverged"]
+        )
+    ]
     return table
 
 
@@ -375,8 +499,9 @@ def _display(table: pd.DataFrame) -> pd.DataFrame:
     """The table as strings: estimate and interval formatted, in reading order."""
     out = table[["claim", "subject", "optimizer", "setting"]].copy()
     out["estimate"] = table["estimate"].map(_number)
-    out["95% interval"] = [f"[{_number(lo)}, {_number(hi)}]" if np.isfinite(lo) else "-"
-                           for lo, hi in zip(table["low"], table["high"])]
+    out["95% interval"] = [
+        f"[{_number(lo)}, {_number(hi)}]" if np.isfinite(lo) else "-" for lo, hi in zip(table["low"], table["high"])
+    ]
     for c in ("test", "verdict", "n", "diverged", "statistic", "paper", "note"):
         out[c] = table[c].astype(str)
     return out
@@ -409,5 +534,7 @@ def claims_html(table: pd.DataFrame) -> str:
             style = cell + (f";background:{color}" if color else "")
             tds.append(f"<td style='{style}'>{html.escape(str(v))}</td>")
         body.append("<tr>" + "".join(tds) + "</tr>")
-    return (f"<table class=claims style='border-collapse:collapse;font-size:90%'><thead><tr>{head}</tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table>")
+    return (
+        f"<table class=claims style='border-collapse:collapse;font-size:90%'><thead><tr>{head}</tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )

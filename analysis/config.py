@@ -33,8 +33,7 @@ DEVICES = ("auto", "cpu", "cuda")
 
 # Keys that change how a run is executed or shown, not what it computes: a run folder may be resumed
 # (or reused) with other values of these.
-RUNTIME_KEYS = ("train.precision", "train.progress", "train.threads", "train.checkpoint_minutes",
-                "train.tensorboard")
+RUNTIME_KEYS = ("train.precision", "train.progress", "train.threads", "train.checkpoint_minutes", "train.tensorboard")
 
 
 @dataclass
@@ -252,24 +251,33 @@ def validate(cfg: RunConfig) -> None:
     for what, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{what} must be >= 0, got {value}")
-    for what, value in {"train.label_smoothing": cfg.train.label_smoothing, "optim.momentum": cfg.optim.momentum,
-                        "optim.beta1": cfg.optim.beta1, "optim.beta2": cfg.optim.beta2}.items():
+    for what, value in {
+        "train.label_smoothing": cfg.train.label_smoothing,
+        "optim.momentum": cfg.optim.momentum,
+        "optim.beta1": cfg.optim.beta1,
+        "optim.beta2": cfg.optim.beta2,
+    }.items():
         if not 0 <= value < 1:
             raise ConfigError(f"{what} must be in [0, 1), got {value}")
     if cfg.train.ema_decay is not None and not 0 < cfg.train.ema_decay < 1:
         raise ConfigError(f"train.ema_decay must be in (0, 1) or null, got {cfg.train.ema_decay}")
     if cfg.optim.clip_grad is not None and cfg.optim.clip_grad <= 0:
         raise ConfigError(f"optim.clip_grad must be > 0 or null, got {cfg.optim.clip_grad}")
-    for what, value in {"data.train_per_class": cfg.data.train_per_class,
-                        "data.test_per_class": cfg.data.test_per_class}.items():
+    for what, value in {
+        "data.train_per_class": cfg.data.train_per_class,
+        "data.test_per_class": cfg.data.test_per_class,
+    }.items():
         if value is not None and value < 1:
             raise ConfigError(f"{what} must be >= 1 or null, got {value}")
     if (cfg.train.mixup or cfg.train.cutmix) and cfg.train.batch_size % 2:
         raise ConfigError(f"mixup/CutMix need an even train.batch_size, got {cfg.train.batch_size}")
-    if cfg.data.root is not None and (len(cfg.data.root.encode()) > 4095
-                                      or any(len(part.encode()) > 255 for part in Path(cfg.data.root).parts)):
-        raise ConfigError(f"data.root is longer than a file system allows (a name over 255 bytes or a path over "
-                          f"4095): {cfg.data.root[:60]}...")
+    if cfg.data.root is not None and (
+        len(cfg.data.root.encode()) > 4095 or any(len(part.encode()) > 255 for part in Path(cfg.data.root).parts)
+    ):
+        raise ConfigError(
+            f"data.root is longer than a file system allows (a name over 255 bytes or a path over "
+            f"4095): {cfg.data.root[:60]}..."
+        )
     if cfg.model.stem is not None:  # the form only; an import path is imported when the model is built
         from analysis.models.registry import check_stem_name
 
@@ -295,6 +303,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not eq or "." not in key:
             raise ConfigError(f"override {item!r} must look like section.key=value, e.g. optim.lr=1e-3")
         if key.strip() in out:
-            raise ConfigError(f"override {key.strip()} is given twice ({out[key.strip()]!r} and {value!r}); give it once")
+            raise ConfigError(
+                f"override {key.strip()} is given twice ({out[key.strip()]!r} and {value!r}); give it once"
+            )
         out[key.strip()] = value
     return out

@@ -21,8 +21,18 @@ from analysis.errors import ConfigError
 from analysis.trust import load_pickle
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # Per-channel mean/std on [0, 1] pixels.
 STATS = {
@@ -73,7 +83,7 @@ def _read_idx(path: Path) -> np.ndarray:
     if raw[:2] != b"\x00\x00" or raw[2] != 0x08:
         raise ConfigError(f"{path}: not an unsigned-byte IDX file")
     ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -86,8 +96,12 @@ def load_fashion_mnist(root: str, train: bool) -> ArrayData:
         found = [folder / f"{prefix}-{kind}{ext}" for ext in (".gz", "")]
         found = [p for p in found if p.is_file()]
         if not found:
-            raise _missing("Fashion-MNIST", root, "install it with `apt-get install dataset-fashion-mnist` "
-                           "(or `make data`), or set data.root / STEMLAB_DATA to a folder with its IDX files")
+            raise _missing(
+                "Fashion-MNIST",
+                root,
+                "install it with `apt-get install dataset-fashion-mnist` "
+                "(or `make data`), or set data.root / STEMLAB_DATA to a folder with its IDX files",
+            )
         paths.append(found[0])
     images = torch.from_numpy(_read_idx(paths[0]).copy()).unsqueeze(1)
     labels = torch.from_numpy(_read_idx(paths[1]).astype(np.int64))
@@ -116,8 +130,9 @@ def load_cifar(root: str, train: bool, name: str) -> ArrayData:
         files = ["train"] if train else ["test"]
         label_key, meta, names_key = b"fine_labels", "meta", b"fine_label_names"
     if not all((folder / f).is_file() for f in files):
-        raise _missing(name, root, f"unpack the python version of {name} ({sub}) there, "
-                       "or set data.root / STEMLAB_DATA")
+        raise _missing(
+            name, root, f"unpack the python version of {name} ({sub}) there, or set data.root / STEMLAB_DATA"
+        )
     images, labels = [], []
     for f in files:
         batch = _cifar_part(folder / f, (b"data", label_key))
@@ -131,8 +146,9 @@ def load_cifar(root: str, train: bool, name: str) -> ArrayData:
         names = _cifar_part(folder / meta, (names_key,))[names_key]
         classes = tuple(c.decode() if isinstance(c, bytes) else str(c) for c in names)
     mean, std = STATS[name]
-    return ArrayData(torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64),
-                     classes, mean, std)
+    return ArrayData(
+        torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64), classes, mean, std
+    )
 
 
 def first_per_class(data: ArrayData, n: int | None) -> ArrayData:
@@ -159,14 +175,17 @@ def resize(data: ArrayData, size: int | None) -> ArrayData:
         return data
     from torchvision.transforms.v2 import functional as TF
 
-    images = torch.cat([TF.resize(chunk, [size, size], antialias=True)
-                        for chunk in data.images.split(8192)]) if len(data) else \
-        data.images.new_zeros((0, data.images.shape[1], size, size))
+    images = (
+        torch.cat([TF.resize(chunk, [size, size], antialias=True) for chunk in data.images.split(8192)])
+        if len(data)
+        else data.images.new_zeros((0, data.images.shape[1], size, size))
+    )
     return ArrayData(images, data.labels, data.classes, data.mean, data.std)
 
 
-def load_arrays(name: str, root: str | None, train: bool, per_class: int | None = None,
-                img_size: int | None = None) -> ArrayData:
+def load_arrays(
+    name: str, root: str | None, train: bool, per_class: int | None = None, img_size: int | None = None
+) -> ArrayData:
     """Load a small dataset as uint8 arrays, the first `per_class` of each class, resized to img_size
     (None keeps the native size); raise ConfigError naming the searched path when missing."""
     if name not in NATIVE_SIZE:
@@ -202,8 +221,17 @@ class DeviceLoader:
     augmentation for epoch e depend only on (seed, e); `batches(epoch, start)` resumes mid-epoch.
     """
 
-    def __init__(self, data: ArrayData, batch_size: int, device: torch.device, train: bool, seed: int = 0,
-                 crop_padding: int = 0, hflip: bool = False, drop_last: bool = True):
+    def __init__(
+        self,
+        data: ArrayData,
+        batch_size: int,
+        device: torch.device,
+        train: bool,
+        seed: int = 0,
+        crop_padding: int = 0,
+        hflip: bool = False,
+        drop_last: bool = True,
+    ):
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.batch_size = batch_size
@@ -256,7 +284,7 @@ class DeviceLoader:
         """Yield batches of the epoch from batch index `start` on."""
         order = self.order(epoch)
         for i in range(start, len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             if self.train:
                 x = self.augment(idx, self._generator(epoch, i))
             else:
@@ -336,6 +364,13 @@ def loader(ds, batch_size: int, train: bool, workers: int, seed: int, epoch: int
     """A DataLoader over a per-image dataset, shuffled by (seed, epoch) when training."""
     g = torch.Generator()
     g.manual_seed(batch_seed(seed, epoch, -1))
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train,
-                                       num_workers=workers, generator=g, persistent_workers=False,
-                                       pin_memory=torch.cuda.is_available())
+    return torch.utils.data.DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train,
+        num_workers=workers,
+        generator=g,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )

@@ -34,8 +34,13 @@ class Progress:
         from tqdm.auto import tqdm
 
         self.echo, self.t0, self.last_line, self.last = echo, t0 or time.time(), "", None
-        self.bar = tqdm(total=total, desc="completed runs", unit="run", file=file or sys.stderr,
-                        disable=None if bar is None else not bar)  # None: on a terminal only
+        self.bar = tqdm(
+            total=total,
+            desc="completed runs",
+            unit="run",
+            file=file or sys.stderr,
+            disable=None if bar is None else not bar,
+        )  # None: on a terminal only
 
     def __call__(self, status: pd.DataFrame) -> None:
         self.last = status
@@ -46,8 +51,13 @@ class Progress:
                 self.echo(f"[{time.time() - self.t0:5.0f}s] {line}")
         done = int(status["state"].isin(FINAL).sum())
         self.bar.update(done - self.bar.n)
-        self.bar.set_postfix_str(", ".join(f"{v} {k.lower()}" for k, v in status["state"].value_counts().items()
-                                           if k not in (*FINAL, "PENDING", "RUNNING")))
+        self.bar.set_postfix_str(
+            ", ".join(
+                f"{v} {k.lower()}"
+                for k, v in status["state"].value_counts().items()
+                if k not in (*FINAL, "PENDING", "RUNNING")
+            )
+        )
 
     def close(self) -> None:
         self.bar.close()
@@ -60,8 +70,15 @@ def _resume_command(full: bool, root, cluster: str) -> str:
     return f"make demo{'-full' if full else ''} (or {cmd})"
 
 
-def run(full: bool = False, root: str | Path = "sweeps", cluster: str = "local", parallel: int | None = None,
-        poll: float = 20.0, echo=print, spec: str | Path | None = None) -> tuple[Path, pd.DataFrame]:
+def run(
+    full: bool = False,
+    root: str | Path = "sweeps",
+    cluster: str = "local",
+    parallel: int | None = None,
+    poll: float = 20.0,
+    echo=print,
+    spec: str | Path | None = None,
+) -> tuple[Path, pd.DataFrame]:
     """Run the demo sweep (or the sweep of `spec`) end to end; return (report path, headline table).
     On Ctrl-C while waiting, print one line about what still runs and how to resume, then exit with
     status 130."""
@@ -87,8 +104,10 @@ def run(full: bool = False, root: str | Path = "sweeps", cluster: str = "local",
     table = headline(df)
     echo("")
     echo(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    echo("\nThe paper's claims on this sweep (95% bootstrap intervals; python -m analysis claims "
-         f"{sweep.dir} reprints them):\n")
+    echo(
+        "\nThe paper's claims on this sweep (95% bootstrap intervals; python -m analysis claims "
+        f"{sweep.dir} reprints them):\n"
+    )
     echo(claims_text(claims_table(df)))
     echo(f"\nreport: {report}\ntotal time: {time.time() - t0:.0f} s")
     return report, table

@@ -132,8 +132,12 @@ class Member:
         if cfg.train.mixup or cfg.train.cutmix:
             from timm.data import Mixup
 
-            self.mixup = Mixup(mixup_alpha=cfg.train.mixup, cutmix_alpha=cfg.train.cutmix,
-                               label_smoothing=cfg.train.label_smoothing, num_classes=self.model.num_classes)
+            self.mixup = Mixup(
+                mixup_alpha=cfg.train.mixup,
+                cutmix_alpha=cfg.train.cutmix,
+                label_smoothing=cfg.train.label_smoothing,
+                num_classes=self.model.num_classes,
+            )
         if cfg.train.tensorboard and self.dist.main:
             self.writer = tensorboard_writer(self.out)
 
@@ -159,16 +163,25 @@ class Member:
             raise rundir.CheckpointError(
                 f"checkpoint {self.out / rundir.CHECKPOINT} does not fit this run ({type(e).__name__}: {what}); "
                 f"start the run over with `python -m analysis train --restart --out {self.out} ...` "
-                "(train(cfg, out, restart=True)) or delete that file") from None
+                "(train(cfg, out, restart=True)) or delete that file"
+            ) from None
         return position
 
     def save(self, epoch: int, batch: int, step: int) -> None:
         if self.dist.main:
-            rundir.save_checkpoint(self.out, {
-                "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                **({"ema": self.ema.module.state_dict()} if self.ema is not None else {}),
-                "epoch": epoch, "batch": batch, "step": step, "epoch_acc": dict(self.acc),
-                "elapsed": time.time() - self.run_start})
+            rundir.save_checkpoint(
+                self.out,
+                {
+                    "model": self.model.state_dict(),
+                    "optimizer": self.opt.state_dict(),
+                    **({"ema": self.ema.module.state_dict()} if self.ema is not None else {}),
+                    "epoch": epoch,
+                    "batch": batch,
+                    "step": step,
+                    "epoch_acc": dict(self.acc),
+                    "elapsed": time.time() - self.run_start,
+                },
+            )
 
     # -- one step -------------------------------------------------------------------------------
     def batch(self, x: torch.Tensor, y: torch.Tensor, epoch: int, index: int, device: torch.device):
@@ -213,35 +226,49 @@ class Member:
         every, epochs = self.cfg.train.eval_every, self.cfg.train.epochs
         if epoch % every and epoch != epochs:
             self.save(epoch, 0, step)  # the period's running sums travel in the checkpoint
-            self.log(f"epoch {epoch}/{epochs} loss {self.acc['loss'] / max(self.acc['n'], 1):.4f} (since the last "
-                     f"test) lr {lr:.3g}; next test at epoch {min(epoch + every - epoch % every, epochs)}")
+            self.log(
+                f"epoch {epoch}/{epochs} loss {self.acc['loss'] / max(self.acc['n'], 1):.4f} (since the last "
+                f"test) lr {lr:.3g}; next test at epoch {min(epoch + every - epoch % every, epochs)}"
+            )
             return None
         test = evaluate(self.model, self.data.test_batches(), device, dtype, self.dist)
         ema = evaluate(self.ema.module, self.data.test_batches(), device, dtype, self.dist) if self.ema else None
         acc = self.acc
-        row = {"epoch": epoch, "step": step, "train_loss": acc["loss"] / max(acc["n"], 1),
-               "test_top1_err": test["top1_err"], "test_top5_err": test["top5_err"],
-               "ema_top1_err": ema["top1_err"] if ema else None, "ema_top5_err": ema["top5_err"] if ema else None,
-               "lr": lr, "seconds": acc["seconds"],
-               "images_per_s": acc["n"] * self.cfg.train.batch_size / max(acc["seconds"], 1e-9),
-               "elapsed": time.time() - self.run_start}
+        row = {
+            "epoch": epoch,
+            "step": step,
+            "train_loss": acc["loss"] / max(acc["n"], 1),
+            "test_top1_err": test["top1_err"],
+            "test_top5_err": test["top5_err"],
+            "ema_top1_err": ema["top1_err"] if ema else None,
+            "ema_top5_err": ema["top5_err"] if ema else None,
+            "lr": lr,
+            "seconds": acc["seconds"],
+            "images_per_s": acc["n"] * self.cfg.train.batch_size / max(acc["seconds"], 1e-9),
+            "elapsed": time.time() - self.run_start,
+        }
         self.acc = {"loss": 0.0, "n": 0, "seconds": 0.0}
         if self.dist.main:
             rundir.append_metrics(self.out, row)
             if self.writer is not None:
                 write_scalars(self.writer, row)
         self.save(epoch, 0, step)
-        self.log(f"epoch {epoch}/{self.cfg.train.epochs} loss {row['train_loss']:.4f} "
-                 f"test err {test['top1_err']:.2f}% " + (f"ema err {ema['top1_err']:.2f}% " if ema else "")
-                 + f"lr {lr:.3g} {row['images_per_s']:.0f} img/s")
+        self.log(
+            f"epoch {epoch}/{self.cfg.train.epochs} loss {row['train_loss']:.4f} "
+            f"test err {test['top1_err']:.2f}% "
+            + (f"ema err {ema['top1_err']:.2f}% " if ema else "")
+            + f"lr {lr:.3g} {row['images_per_s']:.0f} img/s"
+        )
         return row
 
     def finish(self, cx: dict) -> dict:
         rows = self.dist.broadcast(rundir.read_metrics(self.out) if self.dist.main else [])
         result = {**rundir.completed_result(rows, cx, time.time() - self.run_start), "processes": self.dist.world}
         self._write(result)
-        self.log(f"done: test err {result['top1_err']:.2f}% (best {result['best_top1_err']:.2f}%) "
-                 f"in {result['seconds']:.0f}s")
+        self.log(
+            f"done: test err {result['top1_err']:.2f}% (best {result['best_top1_err']:.2f}%) "
+            f"in {result['seconds']:.0f}s"
+        )
         return result
 
     def diverged(self, epoch: int, bad_step: int, cx: dict) -> dict:
@@ -271,8 +298,10 @@ def tensorboard_writer(run_dir: Path):
     except ImportError:
         from analysis.errors import ConfigError
 
-        raise ConfigError("train.tensorboard needs the tensorboard package (pip install tensorboard); "
-                          "allowed without it: train.tensorboard=false") from None
+        raise ConfigError(
+            "train.tensorboard needs the tensorboard package (pip install tensorboard); "
+            "allowed without it: train.tensorboard=false"
+        ) from None
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 

@@ -21,7 +21,7 @@ def stem_name(stem: str | None) -> str:
 
 
 def family(preset: str) -> str:
-    """"vit" or "cnn": the preset's family (presets not known here are taken as ViTs)."""
+    """ "vit" or "cnn": the preset's family (presets not known here are taken as ViTs)."""
     from analysis.models import PRESETS
 
     return PRESETS.get(preset, {}).get("family", "vit")

@@ -26,6 +26,7 @@ from analysis import rundir
 from analysis.config import RunConfig
 from analysis.errors import ConfigError
 
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -161,8 +162,9 @@ def _loader_data(train_ds, test_ds, cfg: RunConfig) -> Data:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches, device: torch.device, dtype: torch.dtype | None = None,
-             dist=None) -> dict:
+def evaluate(
+    model: torch.nn.Module, batches, device: torch.device, dtype: torch.dtype | None = None, dist=None
+) -> dict:
     """Top-1/top-5 error (%) and mean loss over all batches; under DDP each rank takes a slice of
     every batch and the counts are summed across ranks."""
     r, w = (dist.rank, dist.world) if dist is not None else (0, 1)
@@ -174,8 +176,9 @@ def evaluate(model: torch.nn.Module, batches, device: torch.device, dtype: torch
             out = model(x)
         out = out.float()
         hits = out.topk(min(5, out.shape[1]), dim=1).indices == y[:, None]
-        counts[:3] += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(),
-                                   F.cross_entropy(out, y, reduction="sum")]).double()
+        counts[:3] += torch.stack(
+            [hits[:, 0].sum(), hits.any(dim=1).sum(), F.cross_entropy(out, y, reduction="sum")]
+        ).double()
         counts[3] += len(y)
     if dist is not None:
         dist.reduce(counts)
@@ -203,8 +206,10 @@ def choose_precision(cfg: RunConfig, model: torch.nn.Module, device: torch.devic
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     if not cpu_has_bf16():
         return "fp32"
-    key = f"{cfg.model.preset}|{cfg.model.stem}|{cfg.model.local_mlp}|{cfg.train.batch_size}|" \
-          f"{tuple(sample[0].shape[1:])}|{torch.get_num_threads()}|{torch.__version__}"
+    key = (
+        f"{cfg.model.preset}|{cfg.model.stem}|{cfg.model.local_mlp}|{cfg.train.batch_size}|"
+        f"{tuple(sample[0].shape[1:])}|{torch.get_num_threads()}|{torch.__version__}"
+    )
     path = _cache_path()
     cache = rundir.read_json(path) or {}
     if key not in cache:

@@ -20,11 +20,13 @@ from analysis.claims import setting_of
 from analysis.errors import ConfigError
 
 # The stability claims the selection rule counts: (claim, subject kind, optimizer or "" for both).
-STABILITY_CLAIMS = [("optimizer_gap_difference", "ViT_P vs ViT_C"),
-                    ("optimizer_gap_best_difference", "ViT_P vs ViT_C"),
-                    ("within_k_difference", "ViT_P vs ViT_C"),
-                    ("edf_area", "ViT_P vs ViT_C"),
-                    ("optimizer_gap", "ViT_C")]
+STABILITY_CLAIMS = [
+    ("optimizer_gap_difference", "ViT_P vs ViT_C"),
+    ("optimizer_gap_best_difference", "ViT_P vs ViT_C"),
+    ("within_k_difference", "ViT_P vs ViT_C"),
+    ("edf_area", "ViT_P vs ViT_C"),
+    ("optimizer_gap", "ViT_C"),
+]
 BUDGET_GFLOP = 12_000 * 4.0e-3  # 12,000 images x 4.0 MFLOPs: the main job's work per run, in GFLOPs
 GEOMETRY_ORDER = ("p16", "p8")  # ties: the paper's geometry first
 
@@ -61,13 +63,21 @@ def regime_summary(df: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     for setting, g in df.groupby("setting", sort=True):
         verdicts = stab.loc[stab["setting"].eq(setting), "verdict"]
         work = float(g["work"].max())
-        rows.append({"setting": setting, "geometry": geometry(setting), "runs": len(g),
-                     "cpu_minutes": float(g["seconds"].sum()) / 60, "seconds_per_run": float(g["seconds"].mean()),
-                     "work_gflop": work, "fits_budget": work <= BUDGET_GFLOP * 1.001,
-                     "epochs": int(g["cfg.train.epochs"].iloc[0]),
-                     "reproduced": int(verdicts.eq("reproduced").sum()),
-                     "contradicted": int(verdicts.eq("contradicted").sum()),
-                     "inconclusive": int(verdicts.eq("inconclusive").sum())})
+        rows.append(
+            {
+                "setting": setting,
+                "geometry": geometry(setting),
+                "runs": len(g),
+                "cpu_minutes": float(g["seconds"].sum()) / 60,
+                "seconds_per_run": float(g["seconds"].mean()),
+                "work_gflop": work,
+                "fits_budget": work <= BUDGET_GFLOP * 1.001,
+                "epochs": int(g["cfg.train.epochs"].iloc[0]),
+                "reproduced": int(verdicts.eq("reproduced").sum()),
+                "contradicted": int(verdicts.eq("contradicted").sum()),
+                "inconclusive": int(verdicts.eq("inconclusive").sum()),
+            }
+        )
     out = pd.DataFrame(rows)
     if out.empty:
         return out

@@ -51,18 +51,32 @@ def _probe_figures(label: str, model, cfg) -> list[tuple[str, go.Figure]]:
 
     figs = []
     w = first_layer_filters(model)
-    figs.append((f"{label}: first-layer filters ({w.shape[-1]}x{w.shape[-1]})",
-                 tiles_figure(w[:32], title=f"{label} first-layer filters")))
+    figs.append(
+        (
+            f"{label}: first-layer filters ({w.shape[-1]}x{w.shape[-1]})",
+            tiles_figure(w[:32], title=f"{label} first-layer filters"),
+        )
+    )
     pca = filter_pca(w)
     k = min(16, len(pca.explained_variance_ratio))
-    figs.append((f"{label}: principal components of the first-layer filters",
-                 tiles_figure(pca.top(k), explained_variance=pca.explained_variance_ratio[:k],
-                              title=f"{label} filter principal components")))
+    figs.append(
+        (
+            f"{label}: principal components of the first-layer filters",
+            tiles_figure(
+                pca.top(k),
+                explained_variance=pca.explained_variance_ratio[:k],
+                title=f"{label} filter principal components",
+            ),
+        )
+    )
     images, _, raw = sample_images(cfg, n=PROBE_IMAGES)
     maps = {"rollout": rollout_maps(model, images), "gradient rollout": gradient_rollout(model, images)}
-    figs.append((f"{label}: attention rollout on test images",
-                 attribution_figure(raw, maps, max_images=PROBE_IMAGES, signed=False,
-                                    title=f"{label} attention rollout")))
+    figs.append(
+        (
+            f"{label}: attention rollout on test images",
+            attribution_figure(raw, maps, max_images=PROBE_IMAGES, signed=False, title=f"{label} attention rollout"),
+        )
+    )
     return figs
 
 
@@ -91,11 +105,14 @@ def _distance_figure(vits: dict) -> go.Figure:
     from analysis.probes import attention_distance, uniform_distance
     from analysis.runs import sample_images
 
-    frames = {label: attention_distance(model, [sample_images(cfg, n=64, one_per_class=False)[0]])
-              for label, (model, cfg) in vits.items()}
+    frames = {
+        label: attention_distance(model, [sample_images(cfg, n=64, one_per_class=False)[0]])
+        for label, (model, cfg) in vits.items()
+    }
     uniform = {round(uniform_distance(model), 6) for model, _ in vits.values()}
-    return distance_figure(frames, title="Mean attention distance per head (pixels)",
-                           uniform=uniform.pop() if len(uniform) == 1 else None)
+    return distance_figure(
+        frames, title="Mean attention distance per head (pixels)", uniform=uniform.pop() if len(uniform) == 1 else None
+    )
 
 
 def _cnn_figures(vits: dict, cnns: dict) -> list[tuple[str, go.Figure]]:
@@ -113,26 +130,35 @@ def _cnn_figures(vits: dict, cnns: dict) -> list[tuple[str, go.Figure]]:
     models = {label: (vits | cnns)[label][0] for label in [*vit_labels, *cnns]}
     x, y, _ = sample_images(next(iter(cnns.values()))[1], n=CNN_IMAGES, one_per_class=False)
     pairs = [(v, c) for v in vit_labels for c in cnns]
-    pairs += [(a, b) for i, a in enumerate(vit_labels) for b in vit_labels[i + 1:]]
+    pairs += [(a, b) for i, a in enumerate(vit_labels) for b in vit_labels[i + 1 :]]
     cka = cka_pairs(models, list(zip(x.split(64), y.split(64))), pairs)
     half = len(x) // 2
     probes = {label: linear_probes(m, [(x[:half], y[:half])], [(x[half:], y[half:])]) for label, m in models.items()}
-    return [("Layer-by-layer CKA of the ViTs against the CNN baseline", cka_pairs_figure(cka)),
-            ("Layerwise linear probes of the ViTs and the CNN baseline (held-out half of the probe images)",
-             linear_probe_figure(probes))]
+    return [
+        ("Layer-by-layer CKA of the ViTs against the CNN baseline", cka_pairs_figure(cka)),
+        (
+            "Layerwise linear probes of the ViTs and the CNN baseline (held-out half of the probe images)",
+            linear_probe_figure(probes),
+        ),
+    ]
 
 
-def figures(df: pd.DataFrame, probes: bool = True, skipped: list | None = None,
-            trust_code: bool = False) -> list[tuple[str, go.Figure]]:
+def figures(
+    df: pd.DataFrame, probes: bool = True, skipped: list | None = None, trust_code: bool = False
+) -> list[tuple[str, go.Figure]]:
     """(heading, figure) pairs of the report, in order. Runs whose probes were left out (their
     checkpoint could not be loaded) are appended to `skipped` as (run, reason). trust_code: import
     the stem import paths the runs' configs name (analysis.trust)."""
     from analysis.plots.curves import curves_figure
     from analysis.plots.stability import edf_figure, epochs_figure, optimizer_gap_figure, sensitivity_figure
 
-    out = [("Error EDFs (diverged runs counted at 100%)", edf_figure(df)),
-           ("Error relative to each group's best run, with bootstrap band",
-            edf_figure(df, relative=True, bootstrap="band"))]
+    out = [
+        ("Error EDFs (diverged runs counted at 100%)", edf_figure(df)),
+        (
+            "Error relative to each group's best run, with bootstrap band",
+            edf_figure(df, relative=True, bootstrap="band"),
+        ),
+    ]
     if df["lr"].nunique() > 1 and df["wd"].nunique() > 1:
         out.append(("lr / wd sensitivity", sensitivity_figure(df)))
     if df["epochs"].nunique() > 1:
@@ -141,8 +167,12 @@ def figures(df: pd.DataFrame, probes: bool = True, skipped: list | None = None,
         out.append(("Optimizer gap (SGD minus AdamW)", optimizer_gap_figure(df)))
     best = best_runs(df)
     if not best.empty:
-        out.append(("Training curves of each model's best run",
-                    curves_figure(best, labels=list(best["model"] + " " + best["optimizer"]))))
+        out.append(
+            (
+                "Training curves of each model's best run",
+                curves_figure(best, labels=list(best["model"] + " " + best["optimizer"])),
+            )
+        )
         loaded = _best_models(best, skipped, trust_code) if probes else {}  # best_runs gives one run per model
         vits = {k: v for k, v in loaded.items() if getattr(v[0], "family", "vit") == "vit"}
         cnns = {k: v for k, v in loaded.items() if getattr(v[0], "family", "vit") == "cnn"}
@@ -164,8 +194,13 @@ table.summary{border-collapse:collapse}table.summary td,table.summary th{padding
 border-bottom:1px solid #eee;text-align:right}.meta{color:#666}"""
 
 
-def write_report(sweep_dir: str | Path, out: str | Path | None = None, probes: bool = True,
-                 png_dir: str | Path | None = None, trust_code: bool = False) -> Path:
+def write_report(
+    sweep_dir: str | Path,
+    out: str | Path | None = None,
+    probes: bool = True,
+    png_dir: str | Path | None = None,
+    trust_code: bool = False,
+) -> Path:
     """Collect the sweep, build every figure and write one offline HTML file; return its path.
     With png_dir, each figure is also exported as PNG through kaleido (needs Chromium). A run whose
     stem is an import path is probed only with trust_code=True (analysis.trust)."""
@@ -187,22 +222,31 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, probes: b
     skipped: list[tuple[str, str]] = []
     figs = figures(df, probes=probes, skipped=skipped, trust_code=trust_code)
     counts = df["status"].value_counts().to_dict()
-    parts = [f"<h1>Conv vs patchify stems: {html.escape(sweep_dir.name)}</h1>",
-             f"<p class=meta>{len(df)} runs ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
-             f"written {time.strftime('%Y-%m-%d %H:%M')}</p>",
-             "<h2>The paper's claims (95% bootstrap intervals)</h2>", claims,
-             *_regime_section(df, table), "<h2>Summary</h2>", _table_html(headline(df))]
+    parts = [
+        f"<h1>Conv vs patchify stems: {html.escape(sweep_dir.name)}</h1>",
+        f"<p class=meta>{len(df)} runs ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
+        f"written {time.strftime('%Y-%m-%d %H:%M')}</p>",
+        "<h2>The paper's claims (95% bootstrap intervals)</h2>",
+        claims,
+        *_regime_section(df, table),
+        "<h2>Summary</h2>",
+        _table_html(headline(df)),
+    ]
     if skipped:
         items = "".join(f"<li>{html.escape(run)}: {html.escape(why)}</li>" for run, why in skipped)
-        parts.append(f"<h2>Probes skipped</h2><p>These runs' attention maps and filters are left out:</p><ul>{items}</ul>")
+        parts.append(
+            f"<h2>Probes skipped</h2><p>These runs' attention maps and filters are left out:</p><ul>{items}</ul>"
+        )
         for run, why in skipped:
             warnings.warn(f"report: probes of run {run} skipped ({why})", stacklevel=2)
     for heading, fig in figs:
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         parts.append(fig.to_html(full_html=False, include_plotlyjs=False))
-    page = (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(sweep_dir.name)}</title>"
-            f"<style>{STYLE}</style><script>{plotly.offline.get_plotlyjs()}</script></head>"
-            f"<body>{''.join(parts)}</body></html>")
+    page = (
+        f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(sweep_dir.name)}</title>"
+        f"<style>{STYLE}</style><script>{plotly.offline.get_plotlyjs()}</script></head>"
+        f"<body>{''.join(parts)}</body></html>"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
     if png_dir:
@@ -219,22 +263,36 @@ def _regime_section(df: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     if table.empty or table["setting"].nunique() < 2 or "seconds" not in df:
         return []
     summary = regime_summary(df, table)
-    shown = summary[["setting", "runs", "cpu_minutes", "seconds_per_run", "work_gflop", "fits_budget",
-                     "reproduced", "contradicted", "inconclusive"]]
-    return ["<h2>Regimes: the stability claims per setting</h2>",
-            "<p class=meta>reproduced / contradicted / inconclusive count the stability claims (optimizer-gap "
-            "differences, within-k and EDF-area differences per optimizer, ViT_C's optimizer gap); CPU minutes "
-            "are the runs' training seconds added up.</p>",
-            _table_html(shown.round(2)),
-            forest_figure(table).to_html(full_html=False, include_plotlyjs=False)]
+    shown = summary[
+        [
+            "setting",
+            "runs",
+            "cpu_minutes",
+            "seconds_per_run",
+            "work_gflop",
+            "fits_budget",
+            "reproduced",
+            "contradicted",
+            "inconclusive",
+        ]
+    ]
+    return [
+        "<h2>Regimes: the stability claims per setting</h2>",
+        "<p class=meta>reproduced / contradicted / inconclusive count the stability claims (optimizer-gap "
+        "differences, within-k and EDF-area differences per optimizer, ViT_C's optimizer gap); CPU minutes "
+        "are the runs' training seconds added up.</p>",
+        _table_html(shown.round(2)),
+        forest_figure(table).to_html(full_html=False, include_plotlyjs=False),
+    ]
 
 
 def export_png(figs: list[go.Figure], folder: str | Path) -> list[Path]:
     """Write each figure as PNG through kaleido, using the system Chromium."""
     chrome = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if chrome is None:
-        raise ConfigError("PNG export needs Chromium: install it with `apt-get install chromium` "
-                          "(or scripts/install_browser.sh)")
+        raise ConfigError(
+            "PNG export needs Chromium: install it with `apt-get install chromium` (or scripts/install_browser.sh)"
+        )
     os.environ.setdefault("BROWSER_PATH", chrome)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -32,8 +32,17 @@ LOG = "log.txt"
 LOCK = "train.lock"
 JOB = "job.json"  # which sweep job trains (or last trained) the run
 METRIC_KEYS = (  # the keys of a metrics.jsonl row (Member.train writes them)
-    "epoch", "step", "train_loss", "test_top1_err", "test_top5_err", "ema_top1_err",
-    "ema_top5_err", "lr", "seconds", "images_per_s", "elapsed",
+    "epoch",
+    "step",
+    "train_loss",
+    "test_top1_err",
+    "test_top5_err",
+    "ema_top1_err",
+    "ema_top5_err",
+    "lr",
+    "seconds",
+    "images_per_s",
+    "elapsed",
 )
 WRITTEN = (CONFIG, METRICS, CHECKPOINT, RESULT, LOG, LOCK, JOB)  # what the suite writes in a run folder
 
@@ -216,12 +225,16 @@ def load_checkpoint(run_dir: str | Path, map_location="cpu") -> dict | None:
             what = "holds objects other than tensors and plain data (refused: checkpoints load weights only)"
         else:
             what = f"is truncated or corrupt ({type(e).__name__})"
-        raise CheckpointError(f"checkpoint {path} {what}; start the run over with "
-                              f"`python -m analysis train --restart --out {run_dir} ...` "
-                              "(train(cfg, out, restart=True)) or delete that file") from None
+        raise CheckpointError(
+            f"checkpoint {path} {what}; start the run over with "
+            f"`python -m analysis train --restart --out {run_dir} ...` "
+            "(train(cfg, out, restart=True)) or delete that file"
+        ) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise CheckpointError(f"checkpoint {path} is not a run checkpoint (no model state); start the run over "
-                              f"with `python -m analysis train --restart --out {run_dir} ...` or delete that file")
+        raise CheckpointError(
+            f"checkpoint {path} is not a run checkpoint (no model state); start the run over "
+            f"with `python -m analysis train --restart --out {run_dir} ...` or delete that file"
+        )
     return ckpt
 
 
@@ -232,8 +245,12 @@ MAX_RESULT_BYTES = 1 << 20
 
 
 def _number(value, low: float, high: float) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            and low <= value <= high)
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and low <= value <= high
+    )
 
 
 def result_problem(result: dict) -> str | None:
@@ -336,8 +353,10 @@ def prepare(run_dir: str | Path, cfg, create: bool = True):
         a.pop(key), b.pop(key)
     if a != b:
         diff = sorted(k for k in a if a[k] != b[k])
-        raise ConfigError(f"{run_dir} holds a run with another config (differs in {', '.join(diff)}); "
-                          "use another run directory or delete that one")
+        raise ConfigError(
+            f"{run_dir} holds a run with another config (differs in {', '.join(diff)}); "
+            "use another run directory or delete that one"
+        )
     return old
 
 
@@ -365,19 +384,40 @@ def completed_result(rows: list[dict], cx: dict, seconds: float) -> dict:
     last = rows[-1]
     train_s = sum(r["seconds"] for r in rows)
     images = sum(r["images_per_s"] * r["seconds"] for r in rows)
-    return {"status": "completed", "reason": None, "epoch": last["epoch"], "step": last["step"],
-            "top1_err": last["test_top1_err"], "top5_err": last["test_top5_err"],
-            "best_top1_err": min(r["test_top1_err"] for r in rows), "ema_top1_err": last["ema_top1_err"],
-            "params": cx["params"], "flops": cx["flops"], "acts": cx["acts"],
-            "seconds": seconds, "images_per_s": images / max(train_s, 1e-9)}
+    return {
+        "status": "completed",
+        "reason": None,
+        "epoch": last["epoch"],
+        "step": last["step"],
+        "top1_err": last["test_top1_err"],
+        "top5_err": last["test_top5_err"],
+        "best_top1_err": min(r["test_top1_err"] for r in rows),
+        "ema_top1_err": last["ema_top1_err"],
+        "params": cx["params"],
+        "flops": cx["flops"],
+        "acts": cx["acts"],
+        "seconds": seconds,
+        "images_per_s": images / max(train_s, 1e-9),
+    }
 
 
 def diverged_result(epoch: int, step: int, cx: dict, seconds: float) -> dict:
     """The result record of a run whose loss went non-finite at `step` of (0-based) `epoch`."""
-    return {"status": "diverged", "reason": f"non-finite loss at epoch {epoch + 1}, step {step}",
-            "epoch": epoch + 1, "step": step, "top1_err": 100.0, "top5_err": 100.0, "best_top1_err": 100.0,
-            "ema_top1_err": 100.0, "params": cx["params"], "flops": cx["flops"], "acts": cx["acts"],
-            "seconds": seconds, "images_per_s": None}
+    return {
+        "status": "diverged",
+        "reason": f"non-finite loss at epoch {epoch + 1}, step {step}",
+        "epoch": epoch + 1,
+        "step": step,
+        "top1_err": 100.0,
+        "top5_err": 100.0,
+        "best_top1_err": 100.0,
+        "ema_top1_err": 100.0,
+        "params": cx["params"],
+        "flops": cx["flops"],
+        "acts": cx["acts"],
+        "seconds": seconds,
+        "images_per_s": None,
+    }
 
 
 def record_failure(run_dir: str | Path, error: BaseException) -> dict:
@@ -429,9 +469,11 @@ class RunLock:
                 if e.errno not in (errno.EAGAIN, errno.EACCES) or i == tries - 1:
                     os.close(fd)
                     holder = _read_holder(self.path) or {}
-                    raise RunLocked(f"{self.path.parent} is being trained by another process "
-                                    f"(host {holder.get('host', '?')}, pid {holder.get('pid', '?')}); "
-                                    "wait for it or stop it first") from None
+                    raise RunLocked(
+                        f"{self.path.parent} is being trained by another process "
+                        f"(host {holder.get('host', '?')}, pid {holder.get('pid', '?')}); "
+                        "wait for it or stop it first"
+                    ) from None
                 time.sleep(0.05)
         record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()})
         os.ftruncate(fd, 0)

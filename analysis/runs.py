@@ -22,15 +22,23 @@ def load_config(run_dir: str | Path) -> config.RunConfig:
     """The run's resolved config, vetted as data of the folder it was read from (analysis.trust)."""
     path = Path(run_dir) / rundir.CONFIG
     if not path.is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (no {rundir.CONFIG}); train one with "
-                          "`python -m analysis train --out DIR`")
+        raise ConfigError(
+            f"{run_dir} is not a run directory (no {rundir.CONFIG}); train one with "
+            "`python -m analysis train --out DIR`"
+        )
     cfg = config.load(path)
     trust.check_config(cfg, run_dir)
     return cfg
 
 
-def load_model(run_dir: str | Path, ema: bool = False, initial: bool = False, device: str = "cpu",
-               fused_attn: bool = True, trust_code: bool = False) -> torch.nn.Module:
+def load_model(
+    run_dir: str | Path,
+    ema: bool = False,
+    initial: bool = False,
+    device: str = "cpu",
+    fused_attn: bool = True,
+    trust_code: bool = False,
+) -> torch.nn.Module:
     """The run's model in eval mode: the last checkpoint's weights (its EMA weights with ema=True),
     or the untrained initialisation the run started from with initial=True. A stem import path in
     the run's config is imported only with trust_code=True, never from inside the folder (analysis.trust)."""
@@ -53,9 +61,18 @@ def load_model(run_dir: str | Path, ema: bool = False, initial: bool = False, de
     return model.to(device).eval()
 
 
-def as_model(source: nn.Module | str | Path, checkpoint_path: str | Path | None = None, *, pretrained: bool = False,
-             ema: bool = False, initial: bool = False, fused_attn: bool | None = None, device: str = "cpu",
-             trust_code: bool = False, **kwargs) -> nn.Module:
+def as_model(
+    source: nn.Module | str | Path,
+    checkpoint_path: str | Path | None = None,
+    *,
+    pretrained: bool = False,
+    ema: bool = False,
+    initial: bool = False,
+    fused_attn: bool | None = None,
+    device: str = "cpu",
+    trust_code: bool = False,
+    **kwargs,
+) -> nn.Module:
     """A model ready to probe, from any of:
 
     - an nn.Module: returned as it is (probes switch it to eval mode only while they read it);
@@ -73,20 +90,32 @@ def as_model(source: nn.Module | str | Path, checkpoint_path: str | Path | None 
             raise ConfigError("initial=True needs a run folder (it rebuilds the run's initialisation); got a model")
         return source
     if not isinstance(source, (str, Path)):
-        raise ConfigError(f"a model source must be an nn.Module, a run folder, a preset or timm model name, "
-                          f"got {type(source).__name__}")
+        raise ConfigError(
+            f"a model source must be an nn.Module, a run folder, a preset or timm model name, "
+            f"got {type(source).__name__}"
+        )
     path = Path(source)
     if path.is_file() and path.name == rundir.CHECKPOINT and (path.parent / rundir.CONFIG).is_file():
         path = path.parent
     if path.is_dir() or path.is_file():
         if path.is_file():
-            raise ConfigError(f"{source} is a weights file; name its architecture and pass the file as "
-                              f"checkpoint_path, e.g. as_model('resnet18', checkpoint_path='{source}')")
+            raise ConfigError(
+                f"{source} is a weights file; name its architecture and pass the file as "
+                f"checkpoint_path, e.g. as_model('resnet18', checkpoint_path='{source}')"
+            )
         if checkpoint_path is not None or kwargs:
-            raise ConfigError(f"{source} is a run folder: its config builds the model; checkpoint_path and "
-                              f"model arguments {sorted(kwargs)} do not apply")
-        return load_model(path, ema=ema, initial=initial, device=device,
-                          fused_attn=True if fused_attn is None else fused_attn, trust_code=trust_code)
+            raise ConfigError(
+                f"{source} is a run folder: its config builds the model; checkpoint_path and "
+                f"model arguments {sorted(kwargs)} do not apply"
+            )
+        return load_model(
+            path,
+            ema=ema,
+            initial=initial,
+            device=device,
+            fused_attn=True if fused_attn is None else fused_attn,
+            trust_code=trust_code,
+        )
     if initial:
         raise ConfigError(f"initial=True needs a run folder (it rebuilds the run's initialisation); got {source!r}")
     model = _named_model(str(source), pretrained, fused_attn, kwargs)
@@ -103,8 +132,10 @@ def _named_model(name: str, pretrained: bool, fused_attn: bool | None, kwargs: d
 
     name = timm_name(name) if name in PRESETS else name
     if not timm.is_model(name):
-        raise ConfigError(f"cannot make a model of {name!r}: not a run folder, a suite preset "
-                          "(python -m analysis presets) or a timm model name (timm.list_models())")
+        raise ConfigError(
+            f"cannot make a model of {name!r}: not a run folder, a suite preset "
+            "(python -m analysis presets) or a timm model name (timm.list_models())"
+        )
     try:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except (RuntimeError, OSError) as e:  # e.g. pretrained weights that cannot be downloaded
@@ -132,8 +163,10 @@ def sample_images(cfg: config.RunConfig, n: int = 8, one_per_class: bool = True,
     test set at the run's input size (training set with train=True): the first image of each class in turn when
     one_per_class, else the first n."""
     if cfg.data.name == "imagefolder":
-        raise ConfigError("sample_images reads array datasets (fashion_mnist, cifar10, cifar100); "
-                          "for imagefolder load images with timm's transforms")
+        raise ConfigError(
+            "sample_images reads array datasets (fashion_mnist, cifar10, cifar100); "
+            "for imagefolder load images with timm's transforms"
+        )
     data = D.load_arrays(cfg.data.name, cfg.data.root, train)
     if one_per_class:  # class 0's first image, class 1's first, ..., then each class's second
         k = -(-n // len(data.classes))
@@ -143,8 +176,9 @@ def sample_images(cfg: config.RunConfig, n: int = 8, one_per_class: bool = True,
         idx = torch.arange(n)
     from analysis.recipe import input_size
 
-    raw = D.resize(D.ArrayData(data.images[idx], data.labels[idx], data.classes, data.mean, data.std),
-                   input_size(cfg)).images
+    raw = D.resize(
+        D.ArrayData(data.images[idx], data.labels[idx], data.classes, data.mean, data.std), input_size(cfg)
+    ).images
     mean = torch.tensor(data.mean).view(1, -1, 1, 1) * 255
     std = torch.tensor(data.std).view(1, -1, 1, 1) * 255
     return (raw.float() - mean) / std, data.labels[idx], raw
@@ -166,12 +200,20 @@ def equal_steps(overrides: dict, per_class: int) -> dict:
     if isinstance(per_class, bool) or not isinstance(per_class, int) or not 1 <= per_class:
         raise ConfigError(f"per_class must be a positive integer, got {per_class!r}")
     ratio = full / per_class
-    return {**overrides, "data.train_per_class": per_class, "train.epochs": max(1, round(base.train.epochs * ratio)),
-            "optim.warmup_epochs": base.optim.warmup_epochs * ratio}
+    return {
+        **overrides,
+        "data.train_per_class": per_class,
+        "train.epochs": max(1, round(base.train.epochs * ratio)),
+        "optim.warmup_epochs": base.optim.warmup_epochs * ratio,
+    }
 
 
-def ensure_trained(presets: tuple[str, ...] = ("vit_p_fmnist_tiny", "vit_c_fmnist_tiny"), root: str | Path = "runs",
-                   overrides: dict | None = None, progress: bool = False) -> dict[str, Path]:
+def ensure_trained(
+    presets: tuple[str, ...] = ("vit_p_fmnist_tiny", "vit_c_fmnist_tiny"),
+    root: str | Path = "runs",
+    overrides: dict | None = None,
+    progress: bool = False,
+) -> dict[str, Path]:
     """Train each preset into root/<preset> unless that run is already complete; return
     {preset: run_dir}. Overrides are dotted config keys shared by every run (e.g. train.epochs).
     A folder holding a run with another config raises ConfigError instead of being reused.

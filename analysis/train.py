@@ -186,11 +186,12 @@ class Trainer:
                 m.log(f"resumed at epoch {epoch + 1}, batch {start}, step {step}{stacked}")
                 continue
             device = next(m.model.parameters()).device
-            m.log(f"start {c.model.preset} stem={getattr(m.model, 'stem_name', '-')} {c.optim.name} "
-                  f"lr={m.base_lr:.3g} wd={c.optim.weight_decay:.3g} epochs={c.train.epochs} "
-                  f"batch={c.train.batch_size} precision={c.train.precision} device={device} "
-                  f"processes={self.dist.world} params={cx['params'] / 1e6:.2f}M flops={cx['flops'] / 1e6:.1f}M"
-                  + stacked)
+            m.log(
+                f"start {c.model.preset} stem={getattr(m.model, 'stem_name', '-')} {c.optim.name} "
+                f"lr={m.base_lr:.3g} wd={c.optim.weight_decay:.3g} epochs={c.train.epochs} "
+                f"batch={c.train.batch_size} precision={c.train.precision} device={device} "
+                f"processes={self.dist.world} params={cx['params'] / 1e6:.2f}M flops={cx['flops'] / 1e6:.1f}M" + stacked
+            )
 
     # -- the loop -------------------------------------------------------------------------------
     def _loop(self, members: list[Member], position: tuple, device: torch.device, dtype, cx: dict) -> None:
@@ -225,8 +226,10 @@ class Trainer:
                 # Host checks: non-finite losses every CHECK_EVERY steps and at the epoch's end; a stop
                 # or a timed checkpoint at once, but under DDP only at those steps so that ranks agree.
                 check = step % CHECK_EVERY == 0 or i == steps - 1
-                due = bool(cfg.train.checkpoint_minutes) and \
-                    time.monotonic() - last_save > 60 * cfg.train.checkpoint_minutes
+                due = (
+                    bool(cfg.train.checkpoint_minutes)
+                    and time.monotonic() - last_save > 60 * cfg.train.checkpoint_minutes
+                )
                 if not (check or (dist.world == 1 and (self._stop or due))):
                     continue
                 first_bad, stop, due = self._agree(bad, due)
@@ -279,8 +282,12 @@ class Trainer:
         if self.dist.world == 1:  # a stop or timed checkpoint reads them too: no NaN run is checkpointed
             return bad.tolist(), self._stop, due
         big = torch.iinfo(torch.long).max
-        flags = torch.cat([torch.where(bad >= 0, -bad, torch.full_like(bad, -big)),
-                           torch.tensor([int(self._stop), int(due)], device=bad.device)])
+        flags = torch.cat(
+            [
+                torch.where(bad >= 0, -bad, torch.full_like(bad, -big)),
+                torch.tensor([int(self._stop), int(due)], device=bad.device),
+            ]
+        )
         values = self.dist.reduce(flags, "max").tolist()
         return [-v if v > -big else -1 for v in values[:-2]], bool(values[-2]), bool(values[-1])
 
@@ -290,5 +297,6 @@ class Trainer:
         from tqdm.auto import tqdm
 
         runs = f" ({len(active)} runs)" if len(active) > 1 else ""
-        return tqdm(total=steps, initial=start, desc=f"epoch {epoch + 1}/{active[0].cfg.train.epochs}{runs}",
-                    leave=False)
+        return tqdm(
+            total=steps, initial=start, desc=f"epoch {epoch + 1}/{active[0].cfg.train.epochs}{runs}", leave=False
+        )

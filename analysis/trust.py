@@ -29,10 +29,17 @@ MAX_YAML_NODES = 100_000  # YAML nodes after expanding aliases
 
 # What the CIFAR python format (and numpy's array pickles, numpy 1 and 2) reference by name.
 _ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-    ("builtins", "dict"), ("builtins", "list"), ("builtins", "bytes"), ("builtins", "str"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+    ("builtins", "dict"),
+    ("builtins", "list"),
+    ("builtins", "bytes"),
+    ("builtins", "str"),
     ("builtins", "bytearray"),
 }
 
@@ -54,8 +61,10 @@ def load_pickle(path: str | Path) -> Any:
         with open(path, "rb") as fh:
             return _DataUnpickler(fh, encoding="bytes").load()
     except pickle.UnpicklingError as e:
-        raise ConfigError(f"{path}: refused, a data pickle may hold only dicts, lists, bytes, strings and numpy "
-                          f"arrays, this one names {e}") from None
+        raise ConfigError(
+            f"{path}: refused, a data pickle may hold only dicts, lists, bytes, strings and numpy "
+            f"arrays, this one names {e}"
+        ) from None
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as e:
         raise ConfigError(f"{path}: not a readable data pickle ({type(e).__name__})") from None
 
@@ -117,8 +126,7 @@ def is_inside(path: str | Path, folder: str | Path) -> bool:
     """Whether path lies in folder, as written (made absolute) or with its links resolved."""
     folder_abs, folder_real = Path(folder).absolute(), Path(folder).resolve()
     path = Path(path).expanduser()
-    return any(p.is_relative_to(f) for p in (path.absolute(), path.resolve())
-               for f in (folder_abs, folder_real))
+    return any(p.is_relative_to(f) for p in (path.absolute(), path.resolve()) for f in (folder_abs, folder_real))
 
 
 def folder_read(run_dir: str | Path) -> Path:
@@ -136,8 +144,10 @@ def check_config(cfg, run_dir: str | Path) -> None:
     (the run folder, or the sweep holding it). One-line ConfigError."""
     folder = folder_read(run_dir)
     if cfg.data.root and is_inside(cfg.data.root, folder):
-        raise ConfigError(f"{run_dir}: data.root {cfg.data.root} lies inside the folder being read ({folder}); "
-                          "a folder's config may not name data inside that folder: set data.root elsewhere")
+        raise ConfigError(
+            f"{run_dir}: data.root {cfg.data.root} lies inside the folder being read ({folder}); "
+            "a folder's config may not name data inside that folder: set data.root elsewhere"
+        )
 
 
 def check_stem(stem: str | None, run_dir: str | Path, trust_code: bool) -> None:
@@ -148,8 +158,10 @@ def check_stem(stem: str | None, run_dir: str | Path, trust_code: bool) -> None:
         return
     folder = folder_read(run_dir)
     if not trust_code:
-        raise ConfigError(f"refused to import stem {stem!r} named by {run_dir}/config.yaml: code named by a folder "
-                          "runs only when allowed; pass trust_code=True (CLI: --trust-code) if you trust that code")
+        raise ConfigError(
+            f"refused to import stem {stem!r} named by {run_dir}/config.yaml: code named by a folder "
+            "runs only when allowed; pass trust_code=True (CLI: --trust-code) if you trust that code"
+        )
     module = stem.split(":")[0].split(".")
     for i in range(1, len(module) + 1):
         name = ".".join(module[:i])
@@ -162,8 +174,10 @@ def check_stem(stem: str | None, run_dir: str | Path, trust_code: bool) -> None:
         places = [spec.origin, *(spec.submodule_search_locations or [])]
         inside = next((p for p in places if p and p not in ("built-in", "frozen") and is_inside(p, folder)), None)
         if inside:
-            raise ConfigError(f"refused to import stem {stem!r}: its module {name} lies inside the folder being "
-                              f"read ({folder}); code is never imported from a folder being read")
+            raise ConfigError(
+                f"refused to import stem {stem!r}: its module {name} lies inside the folder being "
+                f"read ({folder}); code is never imported from a folder being read"
+            )
 
 
 def _link_on_the_way(root: Path, path: Path) -> Path | None:
@@ -185,5 +199,7 @@ def check_inside(root: str | Path, paths) -> None:
         path = Path(path).absolute()
         if not path.resolve().is_relative_to(real):
             link = _link_on_the_way(root, path) or path
-            raise ConfigError(f"{link} is a symbolic link leading out of {root} (to {link.resolve()}); the suite "
-                              "writes only inside the sweep: replace the link by a folder or file")
+            raise ConfigError(
+                f"{link} is a symbolic link leading out of {root} (to {link.resolve()}); the suite "
+                "writes only inside the sweep: replace the link by a folder or file"
+            )

@@ -27,10 +27,16 @@ def machine() -> dict:
         model = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name")), model)
     except OSError:
         pass
-    return {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "torch": torch.__version__, "load_avg": os.getloadavg()}
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx_bf16": "amx_bf16" in flags,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "load_avg": os.getloadavg(),
+    }
 
 
 def write(name: str, payload: dict) -> Path:
@@ -62,8 +68,9 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, device="cpu"
             fn()
             sync(device)
             times[k].append(time.perf_counter() - t0)
-    return {k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "times": v}
-            for k, v in times.items()}
+    return {
+        k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "times": v} for k, v in times.items()
+    }
 
 
 def ratios(timed: dict[str, dict], base: str) -> dict[str, float]:
@@ -124,4 +131,4 @@ def matmul_peak(dtype: torch.dtype, device="cpu", n: int = 2048, repeats: int = 
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     timed = interleaved({"mm": lambda: a @ b}, repeats, device)
-    return 2 * n ** 3 / timed["mm"]["median_s"]
+    return 2 * n**3 / timed["mm"]["median_s"]

@@ -24,8 +24,16 @@ from benchmarks.common import interleaved, ratios
 INNER = 3  # training steps per timed call
 
 
-def make_step(preset: str, batch: int, dtype=None, fused_attn=True, channels_last=False, optim="foreach",
-              host_sync=False, compiled=False):
+def make_step(
+    preset: str,
+    batch: int,
+    dtype=None,
+    fused_attn=True,
+    channels_last=False,
+    optim="foreach",
+    host_sync=False,
+    compiled=False,
+):
     """A callable running INNER training steps of a fresh model on a fixed random batch."""
     torch.manual_seed(0)
     model = create_model(preset, fused_attn=fused_attn)
@@ -54,17 +62,21 @@ def make_step(preset: str, batch: int, dtype=None, fused_attn=True, channels_las
 
 
 def step_switches(preset: str, batch: int, repeats: int) -> dict:
-    fns = {"default": make_step(preset, batch),
-           "bf16_autocast": make_step(preset, batch, dtype=torch.bfloat16),
-           "explicit_attention": make_step(preset, batch, fused_attn=False),
-           "adamw_fused": make_step(preset, batch, optim="fused"),
-           "adamw_single_tensor": make_step(preset, batch, optim="single"),
-           "host_sync_every_step": make_step(preset, batch, host_sync=True)}
+    fns = {
+        "default": make_step(preset, batch),
+        "bf16_autocast": make_step(preset, batch, dtype=torch.bfloat16),
+        "explicit_attention": make_step(preset, batch, fused_attn=False),
+        "adamw_fused": make_step(preset, batch, optim="fused"),
+        "adamw_single_tensor": make_step(preset, batch, optim="single"),
+        "host_sync_every_step": make_step(preset, batch, host_sync=True),
+    }
     if "_c_" in preset:
         fns["channels_last"] = make_step(preset, batch, channels_last=True)
     timed = interleaved(fns, repeats)
-    return {"median_s_per_step": {k: v["median_s"] / INNER for k, v in timed.items()},
-            "speedup_vs_default": ratios(timed, "default")}
+    return {
+        "median_s_per_step": {k: v["median_s"] / INNER for k, v in timed.items()},
+        "speedup_vs_default": ratios(timed, "default"),
+    }
 
 
 def compile_case(preset: str, batch: int, repeats: int) -> dict:
@@ -76,8 +88,11 @@ def compile_case(preset: str, batch: int, repeats: int) -> dict:
     first = time.perf_counter() - t0
     timed = interleaved({"default": plain, "compiled": comp}, repeats)
     gain = (timed["default"]["median_s"] - timed["compiled"]["median_s"]) / INNER
-    return {"compile_first_call_s": first, "speedup_vs_default": ratios(timed, "default")["compiled"],
-            "payback_steps": (first / gain) if gain > 0 else None}
+    return {
+        "compile_first_call_s": first,
+        "speedup_vs_default": ratios(timed, "default")["compiled"],
+        "payback_steps": (first / gain) if gain > 0 else None,
+    }
 
 
 def data_paths(batch: int, per_class: int, repeats: int) -> dict:
@@ -96,8 +111,10 @@ def data_paths(batch: int, per_class: int, repeats: int) -> dict:
 
     timed = interleaved({"dataloader_per_sample": loader_epoch, "device_batched": device_epoch}, repeats)
     n = len(dev) * batch
-    return {"images_per_s": {k: n / v["median_s"] for k, v in timed.items()},
-            "speedup": ratios(timed, "dataloader_per_sample")["device_batched"]}
+    return {
+        "images_per_s": {k: n / v["median_s"] for k, v in timed.items()},
+        "speedup": ratios(timed, "dataloader_per_sample")["device_batched"],
+    }
 
 
 def batched_runs(preset: str, batch: int, k: int, repeats: int) -> dict:
@@ -139,19 +156,27 @@ def batched_runs(preset: str, batch: int, k: int, repeats: int) -> dict:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        timed = interleaved({"separate": separate, "vmap_explicit_attention": stacked(False),
-                             "vmap_fused_attention": stacked(True)}, repeats)
-    return {"runs": k, "median_s": {n: v["median_s"] for n, v in timed.items()},
-            "speedup_vs_separate": ratios(timed, "separate")}
+        timed = interleaved(
+            {"separate": separate, "vmap_explicit_attention": stacked(False), "vmap_fused_attention": stacked(True)},
+            repeats,
+        )
+    return {
+        "runs": k,
+        "median_s": {n: v["median_s"] for n, v in timed.items()},
+        "speedup_vs_separate": ratios(timed, "separate"),
+    }
 
 
 def run(quick: bool = False) -> dict:
     repeats = 3 if quick else 5
     presets = ["vit_c_fmnist_tiny"] if quick else ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny", "vit_c_fmnist"]
     batch = 128
-    out = {"batch_size": batch, "steps": {p: step_switches(p, batch, repeats) for p in presets},
-           "data": data_paths(batch, 100 if quick else 300, repeats),
-           "batched": {p: batched_runs(p, batch, 4, repeats) for p in presets[:2]}}
+    out = {
+        "batch_size": batch,
+        "steps": {p: step_switches(p, batch, repeats) for p in presets},
+        "data": data_paths(batch, 100 if quick else 300, repeats),
+        "batched": {p: batched_runs(p, batch, 4, repeats) for p in presets[:2]},
+    }
     if not quick:
         out["compile"] = {p: compile_case(p, batch, repeats) for p in presets[:2]}
     return out

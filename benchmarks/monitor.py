@@ -28,9 +28,19 @@ EPOCHS = 10
 
 
 def metrics_row(epoch: int, err: float) -> dict:
-    return {"epoch": epoch, "step": 100 * epoch, "train_loss": 2.0 / epoch, "test_top1_err": err,
-            "test_top5_err": err / 5, "ema_top1_err": None, "ema_top5_err": None, "lr": 1e-3, "seconds": 5.0,
-            "images_per_s": 2000.0, "elapsed": 6.0 * epoch}
+    return {
+        "epoch": epoch,
+        "step": 100 * epoch,
+        "train_loss": 2.0 / epoch,
+        "test_top1_err": err,
+        "test_top5_err": err / 5,
+        "ema_top1_err": None,
+        "ema_top5_err": None,
+        "lr": 1e-3,
+        "seconds": 5.0,
+        "images_per_s": 2000.0,
+        "elapsed": 6.0 * epoch,
+    }
 
 
 def write_epochs(d: Path, first: int, last: int) -> None:
@@ -41,10 +51,14 @@ def write_epochs(d: Path, first: int, last: int) -> None:
 
 def make_sweep(root: Path, runs: int = 1000) -> tuple[Sweep, list[str]]:
     """The synthetic sweep folder; returns the sweep and the ids of its running runs."""
-    spec = {"name": "bench_monitor", "samples": runs // 4, "seed": 0,
-            "base": {"train": {"epochs": EPOCHS}},
-            "grid": {"preset": ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny"], "optim.name": ["adamw", "sgd"]},
-            "sample": {"optim.lr": {"log_uniform": [1e-4, 1e-2]}, "optim.weight_decay": {"log_uniform": [1e-3, 1.0]}}}
+    spec = {
+        "name": "bench_monitor",
+        "samples": runs // 4,
+        "seed": 0,
+        "base": {"train": {"epochs": EPOCHS}},
+        "grid": {"preset": ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny"], "optim.name": ["adamw", "sgd"]},
+        "sample": {"optim.lr": {"log_uniform": [1e-4, 1e-2]}, "optim.weight_decay": {"log_uniform": [1e-3, 1.0]}},
+    }
     sweep = Sweep.from_dict(spec, root=root)
     job = str(os.getpid())
     running = []
@@ -52,8 +66,11 @@ def make_sweep(root: Path, runs: int = 1000) -> tuple[Sweep, list[str]]:
         d, kind = sweep.run_dir(run), i % 20
         if kind < 8 or kind in (8, 9):  # completed, diverged
             write_epochs(d, 1, EPOCHS if kind < 8 else 3)
-            result = {"status": "completed", "top1_err": 30 + i % 7, "best_top1_err": 30 + i % 7} if kind < 8 else \
-                {"status": "diverged", "top1_err": 100.0, "best_top1_err": 100.0, "reason": "non-finite loss"}
+            result = (
+                {"status": "completed", "top1_err": 30 + i % 7, "best_top1_err": 30 + i % 7}
+                if kind < 8
+                else {"status": "diverged", "top1_err": 100.0, "best_top1_err": 100.0, "reason": "non-finite loss"}
+            )
             rundir.write_json(d / rundir.RESULT, result)
         elif kind == 10:  # failed
             write_epochs(d, 1, 2)
@@ -62,11 +79,26 @@ def make_sweep(root: Path, runs: int = 1000) -> tuple[Sweep, list[str]]:
             write_epochs(d, 1, 1 + i % 5)
             running.append(run)
         if kind < 15:
-            rundir.write_json(d / rundir.JOB, {"job_id": job, "host": "bench", "pid": os.getpid(), "started": time.time()})
+            rundir.write_json(
+                d / rundir.JOB, {"job_id": job, "host": "bench", "pid": os.getpid(), "started": time.time()}
+            )
     jobs = [{"job_id": job, "runs": sweep.run_ids[k::10]} for k in range(10)]
-    rundir.write_json(sweep.dir / "launches.json", {"launches": [{
-        "launch": 0, "time": datetime.now().isoformat(timespec="seconds"), "cluster": "local", "code": "code",
-        "options": {}, "jobs": jobs, "cancelled": []}]})
+    rundir.write_json(
+        sweep.dir / "launches.json",
+        {
+            "launches": [
+                {
+                    "launch": 0,
+                    "time": datetime.now().isoformat(timespec="seconds"),
+                    "cluster": "local",
+                    "code": "code",
+                    "options": {},
+                    "jobs": jobs,
+                    "cancelled": [],
+                }
+            ]
+        },
+    )
     return sweep, running
 
 
@@ -116,16 +148,20 @@ def run(quick: bool = False, runs: int = 1000) -> dict:
             changed.append(timed(monitor.refresh))
             watcher_changed.append(timed(watcher.refresh))
         med = statistics.median
-        out.update({
-            "monitor_first_refresh_s": first, "monitor_idle_refresh_s": med(idle),
-            "monitor_refresh_after_changes_s": med(changed),
-            "watcher_first_refresh_s": watcher_first, "watcher_idle_refresh_s": med(watcher_idle),
-            "watcher_refresh_after_changes_s": med(watcher_changed),
-            "reference_status_s": med(status),
-            "status_over_monitor_idle": med(status) / med(idle),
-            "status_over_monitor_after_changes": med(status) / med(changed),
-            "times": {"idle": idle, "changed": changed, "status": status},
-            "notes": "medians over repeats; each 'changed' refresh follows 200 new epochs and 20 new results; "
-                     "the monitor includes the widgets (table, header, curves of the followed runs, EDF, claims)",
-        })
+        out.update(
+            {
+                "monitor_first_refresh_s": first,
+                "monitor_idle_refresh_s": med(idle),
+                "monitor_refresh_after_changes_s": med(changed),
+                "watcher_first_refresh_s": watcher_first,
+                "watcher_idle_refresh_s": med(watcher_idle),
+                "watcher_refresh_after_changes_s": med(watcher_changed),
+                "reference_status_s": med(status),
+                "status_over_monitor_idle": med(status) / med(idle),
+                "status_over_monitor_after_changes": med(status) / med(changed),
+                "times": {"idle": idle, "changed": changed, "status": status},
+                "notes": "medians over repeats; each 'changed' refresh follows 200 new epochs and 20 new results; "
+                "the monitor includes the widgets (table, header, curves of the followed runs, EDF, claims)",
+            }
+        )
     return out

@@ -25,7 +25,12 @@ import torch.nn.functional as F
 
 from benchmarks.common import CACHE
 
-FMNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FMNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 def reference_model(preset: str) -> torch.nn.Module:
@@ -36,9 +41,17 @@ def reference_model(preset: str) -> torch.nn.Module:
     from analysis.models.registry import lookup_stem, stem_layer
 
     s = resolve(preset)
-    kwargs = dict(img_size=s["img_size"], patch_size=s["patch_size"], in_chans=s["in_chans"],
-                  num_classes=s["num_classes"], embed_dim=s["embed_dim"], depth=s["depth"],
-                  num_heads=s["num_heads"], mlp_ratio=s["mlp_ratio"], qkv_bias=True)
+    kwargs = dict(
+        img_size=s["img_size"],
+        patch_size=s["patch_size"],
+        in_chans=s["in_chans"],
+        num_classes=s["num_classes"],
+        embed_dim=s["embed_dim"],
+        depth=s["depth"],
+        num_heads=s["num_heads"],
+        mlp_ratio=s["mlp_ratio"],
+        qkv_bias=True,
+    )
     if s["stem"] != "patchify":
         kwargs["embed_layer"] = stem_layer(lookup_stem(s["stem"]), s["stem_channels"], s["stem_strides"])
     return VisionTransformer(**kwargs)
@@ -87,8 +100,13 @@ def first_per_class(labels, n: int | None) -> list[int]:
     return sorted(keep.tolist())
 
 
-def datasets(dataset: str, train_per_class: int | None, test_per_class: int | None, cifar_n: int = 5000,
-             img_size: int | None = None):
+def datasets(
+    dataset: str,
+    train_per_class: int | None,
+    test_per_class: int | None,
+    cifar_n: int = 5000,
+    img_size: int | None = None,
+):
     """(train, test) per-sample datasets with the standard torchvision transforms; `img_size` other
     than the native size resizes each image first (antialiased) and scales the crop padding."""
     from torchvision import datasets as tvd, transforms as T
@@ -101,20 +119,31 @@ def datasets(dataset: str, train_per_class: int | None, test_per_class: int | No
     else:  # CIFAR-shaped random data (or real CIFAR-10 when the suite finds it)
         mean, std, size = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 32
         rng = np.random.default_rng(0)
-        train = PerSampleArrays(rng.integers(0, 256, (cifar_n, 32, 32, 3), dtype=np.uint8),
-                                rng.integers(0, 10, cifar_n), None)
-        test = PerSampleArrays(rng.integers(0, 256, (cifar_n // 5, 32, 32, 3), dtype=np.uint8),
-                               rng.integers(0, 10, cifar_n // 5), None)
+        train = PerSampleArrays(
+            rng.integers(0, 256, (cifar_n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, cifar_n), None
+        )
+        test = PerSampleArrays(
+            rng.integers(0, 256, (cifar_n // 5, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, cifar_n // 5), None
+        )
     resize = [T.Resize(img_size, antialias=True)] if img_size and img_size != size else []
     side = img_size or size
-    aug = T.Compose([*resize, T.RandomCrop(side, padding=round(2 * side / size)), T.RandomHorizontalFlip(),
-                     T.ToTensor(), T.Normalize(mean, std)])
+    aug = T.Compose(
+        [
+            *resize,
+            T.RandomCrop(side, padding=round(2 * side / size)),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
     plain = T.Compose([*resize, T.ToTensor(), T.Normalize(mean, std)])
     train.transform, test.transform = aug, plain
     train_labels = train.targets if hasattr(train, "targets") else train.labels
     test_labels = test.targets if hasattr(test, "targets") else test.labels
-    return (torch.utils.data.Subset(train, first_per_class(train_labels, train_per_class)),
-            torch.utils.data.Subset(test, first_per_class(test_labels, test_per_class)))
+    return (
+        torch.utils.data.Subset(train, first_per_class(train_labels, train_per_class)),
+        torch.utils.data.Subset(test, first_per_class(test_labels, test_per_class)),
+    )
 
 
 def _img_size(preset: str) -> int:
@@ -123,16 +152,27 @@ def _img_size(preset: str) -> int:
     return resolve(preset)["img_size"]
 
 
-def run(preset: str, dataset: str, epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int,
-        train_per_class: int | None, test_per_class: int | None, workers: int = 0,
-        evaluate: bool = True) -> dict:
+def run(
+    preset: str,
+    dataset: str,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    train_per_class: int | None,
+    test_per_class: int | None,
+    workers: int = 0,
+    evaluate: bool = True,
+) -> dict:
     """Train one run with the plain loop; return per-epoch train seconds, images/s and test error."""
     torch.manual_seed(seed)
     model = reference_model(preset)
     train_ds, test_ds = datasets(dataset, train_per_class, test_per_class, img_size=_img_size(preset))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    loader = torch.utils.data.DataLoader(train_ds, batch_size=batch_size, shuffle=True, drop_last=True,
-                                         num_workers=workers)
+    loader = torch.utils.data.DataLoader(
+        train_ds, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers
+    )
     test_loader = torch.utils.data.DataLoader(test_ds, batch_size=500, num_workers=workers)
     epochs_out = []
     for epoch in range(epochs):
@@ -147,7 +187,12 @@ def run(preset: str, dataset: str, epochs: int, batch_size: int, lr: float, weig
             total += loss.item()
             seen += len(y)
         seconds = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "seconds": seconds, "images_per_s": seen / seconds, "train_loss": total * batch_size / max(seen, 1)}
+        row = {
+            "epoch": epoch + 1,
+            "seconds": seconds,
+            "images_per_s": seen / seconds,
+            "train_loss": total * batch_size / max(seen, 1),
+        }
         if evaluate:
             model.eval()
             wrong = n = 0
@@ -173,8 +218,9 @@ def main(argv=None) -> None:
     p.add_argument("--test-per-class", type=int, default=None)
     p.add_argument("--workers", type=int, default=0)
     a = p.parse_args(argv)
-    out = run(a.preset, a.dataset, a.epochs, a.batch_size, a.lr, a.wd, a.seed, a.train_per_class,
-              a.test_per_class, a.workers)
+    out = run(
+        a.preset, a.dataset, a.epochs, a.batch_size, a.lr, a.wd, a.seed, a.train_per_class, a.test_per_class, a.workers
+    )
     print(json.dumps(out))
 
 

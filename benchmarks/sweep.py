@@ -44,17 +44,31 @@ def sample_runs(samples: int, seed: int = 0, presets: list[str] | None = None) -
     for preset in presets or main_job_presets():
         for name, ((lr_lo, lr_hi), (wd_lo, wd_hi)) in RANGES.items():
             for i in range(samples):
-                out.append({"model.preset": preset, "optim.name": name, "train.seed": i,
-                            "optim.lr": math.exp(rng.uniform(math.log(lr_lo), math.log(lr_hi))),
-                            "optim.weight_decay": math.exp(rng.uniform(math.log(wd_lo), math.log(wd_hi)))})
+                out.append(
+                    {
+                        "model.preset": preset,
+                        "optim.name": name,
+                        "train.seed": i,
+                        "optim.lr": math.exp(rng.uniform(math.log(lr_lo), math.log(lr_hi))),
+                        "optim.weight_decay": math.exp(rng.uniform(math.log(wd_lo), math.log(wd_hi))),
+                    }
+                )
     return out
 
 
 def base_overrides(epochs: int, per_class: int, test_per_class: int, batch: int) -> dict:
-    return {"data.train_per_class": per_class, "data.test_per_class": test_per_class, "train.epochs": epochs,
-            "train.batch_size": batch, "train.precision": "fp32", "train.progress": "none",
-            "train.checkpoint_minutes": 0, "optim.ref_batch": batch, "train.device": "cpu",
-            "train.label_smoothing": 0.1}
+    return {
+        "data.train_per_class": per_class,
+        "data.test_per_class": test_per_class,
+        "train.epochs": epochs,
+        "train.batch_size": batch,
+        "train.precision": "fp32",
+        "train.progress": "none",
+        "train.checkpoint_minutes": 0,
+        "optim.ref_batch": batch,
+        "train.device": "cpu",
+        "train.label_smoothing": 0.1,
+    }
 
 
 def worker(spec: str) -> None:
@@ -80,8 +94,10 @@ def worker(spec: str) -> None:
 def _run_parallel(cmds: list[list[str]], threads: int) -> float:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     t0 = time.perf_counter()
-    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for cmd in cmds]
+    procs = [
+        subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for cmd in cmds
+    ]
     for p, cmd in zip(procs, cmds):
         _, err = p.communicate()
         if p.returncode:
@@ -91,8 +107,15 @@ def _run_parallel(cmds: list[list[str]], threads: int) -> float:
 
 def _workers(runs: list[dict], base: dict, out: Path, mode: str, processes: int, threads: int) -> list[list[str]]:
     shares = [[(i, r) for i, r in enumerate(runs) if i % processes == p] for p in range(processes)]
-    return [[sys.executable, "-c", "from benchmarks.sweep import worker; worker(%r)" % json.dumps(
-        {"runs": share, "base": base, "out": str(out), "mode": mode, "threads": threads})] for share in shares]
+    return [
+        [
+            sys.executable,
+            "-c",
+            "from benchmarks.sweep import worker; worker(%r)"
+            % json.dumps({"runs": share, "base": base, "out": str(out), "mode": mode, "threads": threads}),
+        ]
+        for share in shares
+    ]
 
 
 def _reference(runs: list[dict], base: dict, processes: int) -> list[list[str]]:
@@ -100,12 +123,34 @@ def _reference(runs: list[dict], base: dict, processes: int) -> list[list[str]]:
     reference loop has AdamW only: SGD runs take AdamW with lr 1e-3, which costs the same)."""
     cmds = []
     for p in range(processes):
-        lines = [" ".join([sys.executable, "-m", "benchmarks.reference", "--preset", r["model.preset"],
-                           "--epochs", str(base["train.epochs"]), "--batch-size", str(base["train.batch_size"]),
-                           "--lr", str(r["optim.lr"] if r["optim.name"] == "adamw" else 1e-3), "--wd", str(r["optim.weight_decay"]),
-                           "--seed", str(r["train.seed"]), "--train-per-class", str(base["data.train_per_class"]),
-                           "--test-per-class", str(base["data.test_per_class"]), ">/dev/null"])
-                 for i, r in enumerate(runs) if i % processes == p]
+        lines = [
+            " ".join(
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.reference",
+                    "--preset",
+                    r["model.preset"],
+                    "--epochs",
+                    str(base["train.epochs"]),
+                    "--batch-size",
+                    str(base["train.batch_size"]),
+                    "--lr",
+                    str(r["optim.lr"] if r["optim.name"] == "adamw" else 1e-3),
+                    "--wd",
+                    str(r["optim.weight_decay"]),
+                    "--seed",
+                    str(r["train.seed"]),
+                    "--train-per-class",
+                    str(base["data.train_per_class"]),
+                    "--test-per-class",
+                    str(base["data.test_per_class"]),
+                    ">/dev/null",
+                ]
+            )
+            for i, r in enumerate(runs)
+            if i % processes == p
+        ]
         cmds.append(["bash", "-c", " && ".join(lines)])
     return cmds
 
@@ -125,9 +170,18 @@ def run(quick: bool = False) -> dict:
         walls["stacked_one_process"] = _run_parallel(_workers(runs, base, d / "one", "stacked", 1, cores), cores)
         walls["reference_process_per_run"] = _run_parallel(_reference(runs, base, cores), 1)
     n, ref = len(runs), walls["engine_process_per_run"]
-    rows = {k: {"wall_s": w, "runs_per_hour": n / w * 3600, "vs_engine_process_per_run": ref / w}
-            for k, w in walls.items()}
-    return {"runs": n, "epochs": epochs, "train_images": per_class * 10, "test_images": test_per_class * 10,
-            "batch_size": batch, "cores": cores, "presets": presets, "results": rows,
-            "notes": "one measurement of each layout, one after another; processes of one thread each "
-                     "(stacked_one_process: one process with a thread per core)"}
+    rows = {
+        k: {"wall_s": w, "runs_per_hour": n / w * 3600, "vs_engine_process_per_run": ref / w} for k, w in walls.items()
+    }
+    return {
+        "runs": n,
+        "epochs": epochs,
+        "train_images": per_class * 10,
+        "test_images": test_per_class * 10,
+        "batch_size": batch,
+        "cores": cores,
+        "presets": presets,
+        "results": rows,
+        "notes": "one measurement of each layout, one after another; processes of one thread each "
+        "(stacked_one_process: one process with a thread per core)",
+    }

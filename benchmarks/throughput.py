@@ -25,8 +25,18 @@ from analysis.data import default_root
 from benchmarks import reference
 from benchmarks.common import CACHE, matmul_peak, spread
 
-SMALL = ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny", "vit_p_fmnist_p16_tiny", "vit_c_fmnist_p16_tiny",
-         "vit_p_fmnist_p8_tiny", "vit_c_fmnist_p8_tiny", "vit_p_fmnist", "vit_c_fmnist", "vit_p_cifar", "vit_c_cifar"]
+SMALL = [
+    "vit_p_fmnist_tiny",
+    "vit_c_fmnist_tiny",
+    "vit_p_fmnist_p16_tiny",
+    "vit_c_fmnist_p16_tiny",
+    "vit_p_fmnist_p8_tiny",
+    "vit_c_fmnist_p8_tiny",
+    "vit_p_fmnist",
+    "vit_c_fmnist",
+    "vit_p_cifar",
+    "vit_c_cifar",
+]
 BIG = ["vit_p_1gf", "vit_c_1gf", "vit_p_4gf", "vit_c_4gf"]
 
 
@@ -41,8 +51,10 @@ def cifar_root() -> tuple[str, str]:
         folder.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(0)
         for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-            batch = {b"data": rng.integers(0, 256, (1000, 3072), dtype=np.uint8),
-                     b"labels": rng.integers(0, 10, 1000).tolist()}
+            batch = {
+                b"data": rng.integers(0, 256, (1000, 3072), dtype=np.uint8),
+                b"labels": rng.integers(0, 10, 1000).tolist(),
+            }
             with open(folder / name, "wb") as f:
                 pickle.dump(batch, f)
     return str(folder.parent), "cifar_random"
@@ -79,23 +91,50 @@ def small_case(preset: str, per_class: int, batch: int) -> tuple[dict, dict]:
     """(engine overrides, reference kwargs) for a small preset."""
     fmnist = "fmnist" in preset
     root, kind = (None, "fashion_mnist") if fmnist else cifar_root()
-    engine = {"model.preset": preset, "data.name": "fashion_mnist" if fmnist else "cifar10", "data.root": root,
-              "data.train_per_class": per_class, "data.test_per_class": 10, "train.epochs": 2,
-              "train.batch_size": batch, "train.precision": "fp32", "train.progress": "none",
-              "train.checkpoint_minutes": 0, "train.device": "cpu"}
-    ref = {"preset": preset, "dataset": "fashion_mnist" if fmnist else "cifar_random", "epochs": 2,
-           "batch_size": batch, "lr": 1e-3, "weight_decay": 0.05, "seed": 0, "train_per_class": per_class,
-           "test_per_class": 10, "evaluate": False}
+    engine = {
+        "model.preset": preset,
+        "data.name": "fashion_mnist" if fmnist else "cifar10",
+        "data.root": root,
+        "data.train_per_class": per_class,
+        "data.test_per_class": 10,
+        "train.epochs": 2,
+        "train.batch_size": batch,
+        "train.precision": "fp32",
+        "train.progress": "none",
+        "train.checkpoint_minutes": 0,
+        "train.device": "cpu",
+    }
+    ref = {
+        "preset": preset,
+        "dataset": "fashion_mnist" if fmnist else "cifar_random",
+        "epochs": 2,
+        "batch_size": batch,
+        "lr": 1e-3,
+        "weight_decay": 0.05,
+        "seed": 0,
+        "train_per_class": per_class,
+        "test_per_class": 10,
+        "evaluate": False,
+    }
     return engine, ref
 
 
 def big_case(preset: str, per_class: int, batch: int, device: str) -> tuple[dict, dict]:
     """(engine overrides, reference kwargs) for a 224 px preset on a synthetic ImageFolder."""
     root = imagefolder_root(per_class)
-    engine = {"model.preset": preset, "data.name": "imagefolder", "data.root": root, "data.workers": 8,
-              "data.augment": "crop_flip", "train.epochs": 2, "train.batch_size": batch,
-              "train.precision": "auto", "train.progress": "none", "train.checkpoint_minutes": 0,
-              "train.device": device}
+    engine = {
+        "model.preset": preset,
+        "data.name": "imagefolder",
+        "data.root": root,
+        "data.workers": 8,
+        "data.augment": "crop_flip",
+        "train.epochs": 2,
+        "train.batch_size": batch,
+        "train.precision": "auto",
+        "train.progress": "none",
+        "train.checkpoint_minutes": 0,
+        "train.device": device,
+    }
     ref = {"preset": preset, "imagefolder": root, "batch_size": batch, "device": device, "workers": 8}
     return engine, ref
 
@@ -107,13 +146,20 @@ def reference_big(preset: str, imagefolder: str, batch_size: int, device: str, w
     import torch.nn.functional as F
     from torchvision import datasets as tvd, transforms as T
 
-    tf = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(),
-                    T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    tf = T.Compose(
+        [
+            T.RandomResizedCrop(224),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
     ds = tvd.ImageFolder(str(Path(imagefolder) / "train"), tf)
     model = reference.reference_model(preset).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True,
-                                         num_workers=workers, pin_memory=device == "cuda")
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers, pin_memory=device == "cuda"
+    )
     rate = 0.0
     for _ in range(2):
         t0, seen = time.perf_counter(), 0
@@ -143,9 +189,15 @@ def measure(preset: str, engine_kw: dict, ref_fn, repeats: int) -> dict:
         eng.append(engine_images_per_s(engine_kw))
         ref.append(ref_fn())
     pair = [e / r for e, r in zip(eng, ref)]
-    return {"preset": preset, "engine_images_per_s": eng, "reference_images_per_s": ref,
-            "engine_median": statistics.median(eng), "reference_median": statistics.median(ref),
-            "ratio_median_of_pairs": statistics.median(pair), "ratio_spread": spread(pair) if len(pair) > 1 else 0.0}
+    return {
+        "preset": preset,
+        "engine_images_per_s": eng,
+        "reference_images_per_s": ref,
+        "engine_median": statistics.median(eng),
+        "reference_median": statistics.median(ref),
+        "ratio_median_of_pairs": statistics.median(pair),
+        "ratio_spread": spread(pair) if len(pair) > 1 else 0.0,
+    }
 
 
 def run(quick: bool = False, big: bool = False) -> dict:
@@ -169,8 +221,12 @@ def run(quick: bool = False, big: bool = False) -> dict:
             row.update(batch_size=b_batch, device=device, precision="auto (engine) / fp32 (reference)")
             rows.append(row)
         if device == "cuda":
-            peak.update({"cuda_fp32": matmul_peak(torch.float32, "cuda", 8192),
-                         "cuda_bf16": matmul_peak(torch.bfloat16, "cuda", 8192)})
+            peak.update(
+                {
+                    "cuda_fp32": matmul_peak(torch.float32, "cuda", 8192),
+                    "cuda_bf16": matmul_peak(torch.bfloat16, "cuda", 8192),
+                }
+            )
     for row in rows:
         f = flops_of(row["preset"]) * 2 * 3
         key = "cuda_fp32" if row["device"] == "cuda" else "fp32"
@@ -178,6 +234,9 @@ def run(quick: bool = False, big: bool = False) -> dict:
         row["engine_gflops"] = row["engine_median"] * f / 1e9
         row["reference_gflops"] = row["reference_median"] * f / 1e9
         row["engine_fraction_of_fp32_peak"] = row["engine_median"] * f / peak[key]
-    return {"peak_flops": peak, "rows": rows,
-            "notes": "images/s of the 2nd epoch, training only; ratio = engine / reference, median of "
-                     "alternating pairs; fraction = engine FLOP/s over the fp32 matmul peak measured here"}
+    return {
+        "peak_flops": peak,
+        "rows": rows,
+        "notes": "images/s of the 2nd epoch, training only; ratio = engine / reference, median of "
+        "alternating pairs; fraction = engine FLOP/s over the fp32 matmul peak measured here",
+    }

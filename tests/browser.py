@@ -103,19 +103,40 @@ def start_jupyterlab(root: Path, home: Path, port: int, token: str, windowing: b
     python = project_python()
     ensure_kernel(python)
     env = jupyter_env(python)
-    for var, sub in [("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
-                     ("JUPYTER_RUNTIME_DIR", "runtime"), ("JUPYTERLAB_SETTINGS_DIR", "settings"),
-                     ("JUPYTERLAB_WORKSPACES_DIR", "workspaces")]:
+    for var, sub in [
+        ("JUPYTER_CONFIG_DIR", "config"),
+        ("JUPYTER_DATA_DIR", "data"),
+        ("JUPYTER_RUNTIME_DIR", "runtime"),
+        ("JUPYTERLAB_SETTINGS_DIR", "settings"),
+        ("JUPYTERLAB_WORKSPACES_DIR", "workspaces"),
+    ]:
         (home / sub).mkdir(parents=True, exist_ok=True)
         env[var] = str(home / sub)
     _write_lab_settings(home / "settings", windowing)
-    cmd = [str(python), "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={port}",
-           "--ip=127.0.0.1", f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
-           "--ServerApp.port_retries=0", "--LabApp.news_url=None",
-           "--LabApp.expose_app_in_browser=True"]  # window.jupyterapp: the tests run single cells through it
+    cmd = [
+        str(python),
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--allow-root",
+        f"--port={port}",
+        "--ip=127.0.0.1",
+        f"--ServerApp.token={token}",
+        f"--ServerApp.root_dir={root}",
+        "--ServerApp.port_retries=0",
+        "--LabApp.news_url=None",
+        "--LabApp.expose_app_in_browser=True",
+    ]  # window.jupyterapp: the tests run single cells through it
     with open(home / "server.log", "wb") as log:  # the server keeps its own handle
-        return subprocess.Popen(cmd, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            cmd,
+            cwd=root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def wait_until_answers(server: subprocess.Popen, url: str, log: Path, timeout: float) -> None:
@@ -261,21 +282,29 @@ def _open_and_run(page: Page, url: str, timeout: float, dialogs: list[str], run_
 def run_cells(page: Page, index: int, below: bool = False) -> None:
     """Runs the notebook's cell `index` (counting every cell from 0), or it and all below it,
     as the Run menu does; returns without waiting for them to finish."""
-    page.evaluate("""([i, below]) => {
+    page.evaluate(
+        """([i, below]) => {
       const nb = window.jupyterapp.shell.currentWidget.content;
       nb.activeCellIndex = i;
       return window.jupyterapp.commands.execute(below ? 'notebook:run-all-below' : 'notebook:run-cell');
-    }""", [index, below])
+    }""",
+        [index, below],
+    )
 
 
 def cell_state(page: Page, index: int) -> tuple[str, str]:
     """(input prompt such as "[7]:" or "[*]:", text of the outputs) of the notebook's cell `index`."""
-    return tuple(page.evaluate("""(i) => {
+    return tuple(
+        page.evaluate(
+            """(i) => {
       const cell = document.querySelectorAll('.jp-Notebook .jp-Cell')[i];
       const prompt = cell.querySelector('.jp-InputPrompt');
       const out = cell.querySelector('.jp-OutputArea');
       return [prompt ? prompt.textContent.trim() : '', out ? out.innerText : ''];
-    }""", index))
+    }""",
+            index,
+        )
+    )
 
 
 def wait_idle(page: Page, timeout: float) -> None:
@@ -284,9 +313,14 @@ def wait_idle(page: Page, timeout: float) -> None:
     _wait_for_render(page, timeout=60)
 
 
-def run_notebook_in_jupyterlab(notebook_path: str | Path, screenshot_path: str | Path,
-                               timeout: float = 180, interact=None, windowing: bool = False,
-                               run_all: bool = True) -> dict:
+def run_notebook_in_jupyterlab(
+    notebook_path: str | Path,
+    screenshot_path: str | Path,
+    timeout: float = 180,
+    interact=None,
+    windowing: bool = False,
+    run_all: bool = True,
+) -> dict:
     """Opens a temporary copy of `notebook_path` in JupyterLab in headless Chromium, runs all
     cells, waits for the kernel and the rendering, and saves a full-page screenshot.
 
@@ -319,11 +353,16 @@ def run_notebook_in_jupyterlab(notebook_path: str | Path, screenshot_path: str |
     console_errors: list[str] = []
     dialogs: list[str] = []
     try:
-        wait_until_answers(server, f"{base}/api/status?token={token}", home / "server.log", 180)  # a busy machine starts it slowly
+        wait_until_answers(
+            server, f"{base}/api/status?token={token}", home / "server.log", 180
+        )  # a busy machine starts it slowly
         with sync_playwright() as pw:
             context = pw.chromium.launch_persistent_context(
-                str(home / "chromium-profile"), executable_path=str(CHROMIUM), headless=True,
-                args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 900},
+                str(home / "chromium-profile"),
+                executable_path=str(CHROMIUM),
+                headless=True,
+                args=CHROMIUM_ARGS,
+                viewport={"width": 1400, "height": 900},
             )
             try:
                 page = context.new_page()
@@ -331,8 +370,9 @@ def run_notebook_in_jupyterlab(notebook_path: str | Path, screenshot_path: str |
                 page.on("pageerror", lambda e: console_errors.append(str(e)))
                 page.set_default_timeout(30_000)  # single UI steps; waits on the run get `timeout`
                 try:
-                    _open_and_run(page, f"{base}/lab/tree/{notebook_path.name}?token={token}",
-                                  timeout, dialogs, run_all)
+                    _open_and_run(
+                        page, f"{base}/lab/tree/{notebook_path.name}?token={token}", timeout, dialogs, run_all
+                    )
                     interaction = interact(page) if interact is not None else None
                 except BaseException:
                     with contextlib.suppress(Exception):  # keep the picture of what went wrong
@@ -346,6 +386,5 @@ def run_notebook_in_jupyterlab(notebook_path: str | Path, screenshot_path: str |
     finally:
         stop_server(server)
         shutil.rmtree(home, ignore_errors=True)
-    result.update(console_errors=console_errors, dialogs=dialogs,
-                  seconds=round(time.monotonic() - start, 1))
+    result.update(console_errors=console_errors, dialogs=dialogs, seconds=round(time.monotonic() - start, 1))
     return result

@@ -62,7 +62,10 @@ def _spec_is_own(python: Path, env: dict[str, str]) -> bool:
     """True when `python` resolves KERNEL_NAME to a spec that starts `python` itself."""
     out = subprocess.run(
         [str(python), "-c", _SPEC_QUERY, KERNEL_NAME],
-        env=env, capture_output=True, text=True, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     found = json.loads(out)
     if not found:
@@ -83,7 +86,10 @@ def ensure_kernel(python: Path | None = None) -> str:
     if not _spec_is_own(python, env):
         subprocess.run(
             [str(python), "-m", "ipykernel", "install", "--sys-prefix", "--name", KERNEL_NAME],
-            env=env, capture_output=True, text=True, check=True,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         if not _spec_is_own(python, env):
             raise RuntimeError(f"kernel {KERNEL_NAME!r} does not start {python} even after installing it")

@@ -8,13 +8,18 @@ import pytest
 
 REAL_SPEC = {
     "name": "real_small",
-    "base": {"data": {"train_per_class": 40, "test_per_class": 20},
-             "train": {"epochs": 2, "batch_size": 50, "precision": "fp32", "progress": "lines",
-                       "checkpoint_minutes": 0},
-             "optim": {"ref_batch": 50, "warmup_epochs": 0.5}},
-    "grid": {"preset": ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny"],
-             "optimizer": [{"optim.name": "adamw", "optim.lr": {"log_uniform": [5e-4, 4e-3]}},
-                           {"optim.name": "sgd", "optim.lr": {"log_uniform": [0.02, 0.3]}}]},
+    "base": {
+        "data": {"train_per_class": 40, "test_per_class": 20},
+        "train": {"epochs": 2, "batch_size": 50, "precision": "fp32", "progress": "lines", "checkpoint_minutes": 0},
+        "optim": {"ref_batch": 50, "warmup_epochs": 0.5},
+    },
+    "grid": {
+        "preset": ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny"],
+        "optimizer": [
+            {"optim.name": "adamw", "optim.lr": {"log_uniform": [5e-4, 4e-3]}},
+            {"optim.name": "sgd", "optim.lr": {"log_uniform": [0.02, 0.3]}},
+        ],
+    },
     "sample": {"optim.weight_decay": {"log_uniform": [1e-4, 0.1]}},
     "samples": 2,
     "seed": 0,

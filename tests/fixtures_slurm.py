@@ -98,7 +98,10 @@ def sacct_states(job_id: str) -> list[str]:
     """
     out = subprocess.run(
         ["sacct", "-n", "-X", "-P", "-j", str(job_id), "-o", "State"],
-        capture_output=True, text=True, check=True, timeout=30,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
     ).stdout
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
@@ -117,6 +120,7 @@ def wait_for_state(job_id: str, states: Iterable[str] | str, timeout: float = 60
         if seen and all(state in wanted for state in seen):
             return seen[0]
         if time.monotonic() > deadline:
-            raise TimeoutError(f"job {job_id} not in {sorted(wanted)} after {timeout:.0f} s (sacct: {seen or 'unknown'})")
+            raise TimeoutError(
+                f"job {job_id} not in {sorted(wanted)} after {timeout:.0f} s (sacct: {seen or 'unknown'})"
+            )
         time.sleep(0.5)
-

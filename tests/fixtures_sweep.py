@@ -56,28 +56,60 @@ def make_sweep_frame(root: Path, seed: int = 0) -> pd.DataFrame:
         status, epochs_done = ("diverged", int(rng.integers(2, epochs))) if diverged else ("completed", epochs)
         rows.append(
             dict(
-                run=f"r{i:03d}", status=status, reason="loss is NaN" if diverged else None,
-                model=model, preset=preset, stem=stem, optimizer=optimizer, epochs=epochs,
-                lr=lr, wd=wd, batch_size=256, seed=run_seed,
-                error=100.0 if diverged else error, best_error=100.0 if diverged else error - 0.1,
-                top5_error=100.0 if diverged else error / 8, ema_error=np.nan,
-                diverged=diverged, epochs_done=epochs_done, seconds=3.0 * epochs_done,
-                params=1.2e6, flops=5.0e7,
+                run=f"r{i:03d}",
+                status=status,
+                reason="loss is NaN" if diverged else None,
+                model=model,
+                preset=preset,
+                stem=stem,
+                optimizer=optimizer,
+                epochs=epochs,
+                lr=lr,
+                wd=wd,
+                batch_size=256,
+                seed=run_seed,
+                error=100.0 if diverged else error,
+                best_error=100.0 if diverged else error - 0.1,
+                top5_error=100.0 if diverged else error / 8,
+                ema_error=np.nan,
+                diverged=diverged,
+                epochs_done=epochs_done,
+                seconds=3.0 * epochs_done,
+                params=1.2e6,
+                flops=5.0e7,
             )
         )
     # runs without an error: one failed, one still running, one not started
-    for status, model, optimizer, done in (("failed", "ViT_C-fmnist", "sgd", 1),
-                                           ("running", "ViT_P-fmnist", "adamw", 7),
-                                           ("pending", "ViT_C-fmnist", "adamw", 0)):
+    for status, model, optimizer, done in (
+        ("failed", "ViT_C-fmnist", "sgd", 1),
+        ("running", "ViT_P-fmnist", "adamw", 7),
+        ("pending", "ViT_C-fmnist", "adamw", 0),
+    ):
         preset, stem, _, _ = MODELS[model]
         lr, wd = GOOD[optimizer]
         rows.append(
             dict(
-                run=f"r{len(rows):03d}", status=status, reason="CUDA error" if status == "failed" else None,
-                model=model, preset=preset, stem=stem, optimizer=optimizer, epochs=20, lr=lr, wd=wd,
-                batch_size=256, seed=0, error=np.nan, best_error=np.nan, top5_error=np.nan,
-                ema_error=np.nan, diverged=False, epochs_done=done, seconds=3.0 * done,
-                params=1.2e6, flops=5.0e7,
+                run=f"r{len(rows):03d}",
+                status=status,
+                reason="CUDA error" if status == "failed" else None,
+                model=model,
+                preset=preset,
+                stem=stem,
+                optimizer=optimizer,
+                epochs=20,
+                lr=lr,
+                wd=wd,
+                batch_size=256,
+                seed=0,
+                error=np.nan,
+                best_error=np.nan,
+                top5_error=np.nan,
+                ema_error=np.nan,
+                diverged=False,
+                epochs_done=done,
+                seconds=3.0 * done,
+                params=1.2e6,
+                flops=5.0e7,
             )
         )
     frame = pd.DataFrame(rows)
@@ -88,8 +120,7 @@ def make_sweep_frame(root: Path, seed: int = 0) -> pd.DataFrame:
     return frame
 
 
-def write_metrics(run_dir: Path, epochs: int, done: int, peak_lr: float, final_err: float,
-                  diverged: bool) -> None:
+def write_metrics(run_dir: Path, epochs: int, done: int, peak_lr: float, final_err: float, diverged: bool) -> None:
     """Write `done` epochs of a plausible metrics.jsonl (warmup + cosine lr, decaying error)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     lines = []
@@ -97,12 +128,23 @@ def write_metrics(run_dir: Path, epochs: int, done: int, peak_lr: float, final_e
         lr = peak_lr * (e / 2 if e <= 2 else 0.5 * (1 + math.cos(math.pi * (e - 2) / (epochs - 2))))
         nan_now = diverged and e == done
         err = 60.0 if (diverged or math.isnan(final_err)) else final_err + 40.0 * math.exp(-e / 3)
-        lines.append(json.dumps({
-            "epoch": e, "step": 235 * e, "train_loss": None if nan_now else 2.3 * math.exp(-e / 5) + 0.3,
-            "test_top1_err": 100.0 if nan_now else err, "test_top5_err": err / 8,
-            "ema_top1_err": None, "ema_top5_err": None, "lr": lr, "seconds": 3.0,
-            "images_per_s": 20000.0, "elapsed": 3.0 * e,
-        }))
+        lines.append(
+            json.dumps(
+                {
+                    "epoch": e,
+                    "step": 235 * e,
+                    "train_loss": None if nan_now else 2.3 * math.exp(-e / 5) + 0.3,
+                    "test_top1_err": 100.0 if nan_now else err,
+                    "test_top5_err": err / 8,
+                    "ema_top1_err": None,
+                    "ema_top5_err": None,
+                    "lr": lr,
+                    "seconds": 3.0,
+                    "images_per_s": 20000.0,
+                    "elapsed": 3.0 * e,
+                }
+            )
+        )
     (run_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
 
 

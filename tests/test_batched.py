@@ -21,9 +21,11 @@ from tests.test_train import tiny_cfg
 # identical. The tests below use runs short enough to stay within LOSS_REL at every step.
 LOSS_REL = 1e-5
 
-VARIANTS = [{"optim.lr": 1e-3, "optim.weight_decay": 0.05, "train.seed": 0},
-            {"optim.lr": 3e-3, "optim.weight_decay": 0.3, "train.seed": 1},
-            {"optim.lr": 5e-4, "optim.weight_decay": 0.0, "train.seed": 2}]
+VARIANTS = [
+    {"optim.lr": 1e-3, "optim.weight_decay": 0.05, "train.seed": 0},
+    {"optim.lr": 3e-3, "optim.weight_decay": 0.3, "train.seed": 1},
+    {"optim.lr": 5e-4, "optim.weight_decay": 0.0, "train.seed": 2},
+]
 TIMING = {"seconds", "images_per_s", "elapsed"}
 
 
@@ -34,8 +36,11 @@ def assert_same_runs(solo_dirs, group_dirs, loss_rel=LOSS_REL):
         assert [r["epoch"] for r in rb] == [r["epoch"] for r in ra] and ra
         for x, y in zip(ra, rb):
             assert y["train_loss"] == pytest.approx(x["train_loss"], rel=loss_rel)
-            assert (y["test_top1_err"], y["test_top5_err"], y["ema_top1_err"]) == \
-                (x["test_top1_err"], x["test_top5_err"], x["ema_top1_err"])
+            assert (y["test_top1_err"], y["test_top5_err"], y["ema_top1_err"]) == (
+                x["test_top1_err"],
+                x["test_top5_err"],
+                x["ema_top1_err"],
+            )
             assert (y["step"], y["lr"]) == (x["step"], pytest.approx(x["lr"], rel=1e-12))
 
 
@@ -46,12 +51,24 @@ def solo_and_group(tmp_path, cfgs):
     return solo, group, solo_results, train_group(cfgs, group)
 
 
-@pytest.mark.parametrize("overrides", [
-    {},  # AdamW, conv stem with BatchNorm (per-run statistics)
-    pytest.param({"model.preset": "vit_p_fmnist_tiny", "optim.name": "sgd", "optim.lr": 0.1, "optim.nesterov": True,
-                  "optim.clip_grad": 1.0, "train.ema_decay": 0.9, "train.label_smoothing": 0.1},
-                 marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},  # AdamW, conv stem with BatchNorm (per-run statistics)
+        pytest.param(
+            {
+                "model.preset": "vit_p_fmnist_tiny",
+                "optim.name": "sgd",
+                "optim.lr": 0.1,
+                "optim.nesterov": True,
+                "optim.clip_grad": 1.0,
+                "train.ema_decay": 0.9,
+                "train.label_smoothing": 0.1,
+            },
+            marks=pytest.mark.slow,
+        ),
+    ],
+)
 def test_group_matches_solo_runs(tmp_path, overrides):
     cfgs = [tiny_cfg(**{**overrides, **v}) for v in VARIANTS]
     solo, group, solo_results, results = solo_and_group(tmp_path, cfgs)
@@ -73,10 +90,21 @@ def test_every_step_matches_and_optimizers_mix(tmp_path):
     """One step per epoch (a 50-image set, batch 50), so each metrics row is one step's loss; AdamW
     and SGD runs share the stack, each with its own torch optimizer."""
     base = {"data.train_per_class": 5, "train.epochs": 12, "optim.warmup_epochs": 2}
-    cfgs = [tiny_cfg(**base, **VARIANTS[0]),
-            tiny_cfg(**base, **{"optim.name": "sgd", "optim.lr": 0.05, "optim.nesterov": True, "train.seed": 3}),
-            tiny_cfg(**base, **{"optim.name": "sgd", "optim.lr": 0.02, "optim.clip_grad": 0.5,
-                                "train.ema_decay": 0.8, "train.label_smoothing": 0.1, "train.seed": 4})]
+    cfgs = [
+        tiny_cfg(**base, **VARIANTS[0]),
+        tiny_cfg(**base, **{"optim.name": "sgd", "optim.lr": 0.05, "optim.nesterov": True, "train.seed": 3}),
+        tiny_cfg(
+            **base,
+            **{
+                "optim.name": "sgd",
+                "optim.lr": 0.02,
+                "optim.clip_grad": 0.5,
+                "train.ema_decay": 0.8,
+                "train.label_smoothing": 0.1,
+                "train.seed": 4,
+            },
+        ),
+    ]
     solo, group, _, results = solo_and_group(tmp_path, cfgs)
     assert [r["status"] for r in results] == ["completed"] * 3
     assert_same_runs(solo, group)
@@ -99,12 +127,22 @@ def test_one_diverging_run_does_not_stop_the_others(tmp_path):
     assert results[1]["top1_err"] == 100.0 and "non-finite loss" in results[1]["reason"]
     assert rundir.read_result(tmp_path / "r1")["status"] == "diverged"
     solo = train(cfgs[2], tmp_path / "solo2")  # the survivors are unaffected by the dropped run
-    assert rundir.read_metrics(tmp_path / "r2")[-1]["test_top1_err"] == rundir.read_metrics(tmp_path / "solo2")[-1][
-        "test_top1_err"] and solo["status"] == "completed"
+    assert (
+        rundir.read_metrics(tmp_path / "r2")[-1]["test_top1_err"]
+        == rundir.read_metrics(tmp_path / "solo2")[-1]["test_top1_err"]
+        and solo["status"] == "completed"
+    )
 
 
-@pytest.mark.parametrize("key, value", [("train.epochs", 3), ("model.preset", "vit_p_fmnist_tiny"),
-                                         ("train.batch_size", 40), ("data.train_per_class", 30)])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("train.epochs", 3),
+        ("model.preset", "vit_p_fmnist_tiny"),
+        ("train.batch_size", 40),
+        ("data.train_per_class", 30),
+    ],
+)
 def test_incompatible_configs_one_line_error(tmp_path, key, value):
     cfgs = [tiny_cfg(), tiny_cfg(**{key: value})]
     with pytest.raises(ConfigError) as e:

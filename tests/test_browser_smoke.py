@@ -17,8 +17,7 @@ PLOTLY_JSON = "application/vnd.plotly.v1+json"
 PARAMETERS = "steps = 5"
 SOURCES = [
     "import sys\nprint(f'prefix={sys.prefix}')\nprint(f'steps={steps}')",
-    "import ipywidgets as widgets\n"
-    "slider = widgets.IntSlider(value=steps, min=0, max=10, description='steps')\nslider",
+    "import ipywidgets as widgets\nslider = widgets.IntSlider(value=steps, min=0, max=10, description='steps')\nslider",
     "import plotly.graph_objects as go\n"
     "live = go.FigureWidget(go.Scatter(y=[i * i for i in range(steps)], name='live'))\nlive",
     "fig = go.Figure(go.Bar(x=['a', 'b', 'c'], y=[1, 3, 2]))\nfig.show()",
@@ -32,8 +31,9 @@ def small_notebook(folder: Path) -> Path:
 
 def own_prefix() -> str:
     """Returns sys.prefix of the project's Python (what the kernel must run)."""
-    return subprocess.run([str(project_python()), "-c", "import sys; print(sys.prefix)"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        [str(project_python()), "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -60,8 +60,9 @@ def test_papermill_runs_parameters_widgets_and_plots(tmp_path, notebook_kernel):
 
 
 def test_failing_cell_is_named(tmp_path, notebook_kernel):
-    path = write_notebook(tmp_path / "broken.ipynb",
-                          ["x = 1", "y = x + 1\nz = y / 0", "print('never')"], parameters="n = 1")
+    path = write_notebook(
+        tmp_path / "broken.ipynb", ["x = 1", "y = x + 1\nz = y / 0", "print('never')"], parameters="n = 1"
+    )
     with pytest.raises(NotebookError) as caught:
         execute_notebook(path, {"n": 2}, cwd=tmp_path)
     message = str(caught.value)

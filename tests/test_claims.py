@@ -21,9 +21,19 @@ def frame(errors: dict, size: str = "fmnist_tiny", epochs: int = 4) -> pd.DataFr
         kind, preset = STEM[stem]
         for e in errs:
             status = "failed" if e is None else "diverged" if e == 100 else "completed"
-            rows.append(dict(run=f"r{len(rows):03d}", status=status, model=model_name(preset.format(size), kind),
-                             preset=preset.format(size), stem=kind, optimizer=optimizer, epochs=epochs,
-                             error=np.nan if e is None else float(e), diverged=status == "diverged"))
+            rows.append(
+                dict(
+                    run=f"r{len(rows):03d}",
+                    status=status,
+                    model=model_name(preset.format(size), kind),
+                    preset=preset.format(size),
+                    stem=kind,
+                    optimizer=optimizer,
+                    epochs=epochs,
+                    error=np.nan if e is None else float(e),
+                    diverged=status == "diverged",
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -31,8 +41,12 @@ def stable_vs_unstable(stable: str, unstable: str, n: int = 16, seed: int = 0) -
     """`stable` stem: SGD about as good as AdamW, tight; `unstable`: SGD 8 points worse, wide, some diverged."""
     rng = np.random.default_rng(seed)
     bad_sgd = list(20 + rng.exponential(10, n - 3)) + [100, 100, 100]
-    return {(stable, "adamw"): list(10 + rng.exponential(0.8, n)), (stable, "sgd"): list(10.3 + rng.exponential(0.8, n)),
-            (unstable, "adamw"): list(12 + rng.exponential(4, n)), (unstable, "sgd"): bad_sgd}
+    return {
+        (stable, "adamw"): list(10 + rng.exponential(0.8, n)),
+        (stable, "sgd"): list(10.3 + rng.exponential(0.8, n)),
+        (unstable, "adamw"): list(12 + rng.exponential(4, n)),
+        (unstable, "sgd"): bad_sgd,
+    }
 
 
 def verdicts(table: pd.DataFrame) -> dict:
@@ -40,8 +54,13 @@ def verdicts(table: pd.DataFrame) -> dict:
     return {(r.claim, r.subject, r.optimizer): r.verdict for r in table.itertuples()}
 
 
-COMPARISONS = [("optimizer_gap_difference", ""), ("optimizer_gap_best_difference", ""),
-               ("within_k_difference", "sgd"), ("edf_area", "sgd"), ("peak_difference", "sgd")]
+COMPARISONS = [
+    ("optimizer_gap_difference", ""),
+    ("optimizer_gap_best_difference", ""),
+    ("within_k_difference", "sgd"),
+    ("edf_area", "sgd"),
+    ("peak_difference", "sgd"),
+]
 
 
 def test_a_clearly_more_stable_conv_stem_reproduces_the_paper():
@@ -75,8 +94,12 @@ def test_identical_stems_are_inconclusive():
 
 
 def test_estimates_by_hand_and_diverged_runs_at_100():
-    errors = {("P", "adamw"): [10, 11, 12, 13], ("P", "sgd"): [12, 14, 100, 100, None],
-              ("C", "adamw"): [9, 10, 11], ("C", "sgd"): [9.5, 10, 30]}
+    errors = {
+        ("P", "adamw"): [10, 11, 12, 13],
+        ("P", "sgd"): [12, 14, 100, 100, None],
+        ("C", "adamw"): [9, 10, 11],
+        ("C", "sgd"): [9.5, 10, 30],
+    }
     t = claims_table(frame(errors), within=2.0).set_index(["claim", "subject", "optimizer"])
     assert t.loc[("optimizer_gap", "ViT_P-fmnist_tiny", ""), "estimate"] == pytest.approx(57.0 - 11.5)
     assert t.loc[("optimizer_gap", "ViT_P-fmnist_tiny", ""), "n"] == "8/9"
@@ -94,7 +117,12 @@ def test_estimates_by_hand_and_diverged_runs_at_100():
 
 
 def test_small_groups_give_rows_without_interval_and_say_why():
-    errors = {("P", "adamw"): [10, 11], ("P", "sgd"): [12, 14, 16], ("C", "adamw"): [9, 10, 11], ("C", "sgd"): [9, 10, 11]}
+    errors = {
+        ("P", "adamw"): [10, 11],
+        ("P", "sgd"): [12, 14, 16],
+        ("C", "adamw"): [9, 10, 11],
+        ("C", "sgd"): [9, 10, 11],
+    }
     t = claims_table(frame(errors))
     p_gap = t[(t.claim == "optimizer_gap") & (t.subject == "ViT_P-fmnist_tiny")].iloc[0]
     assert p_gap.verdict == "inconclusive" and np.isnan(p_gap.low) and np.isnan(p_gap.high)
@@ -175,11 +203,16 @@ def test_best_of_is_pycls_bootstrap_best():
         assert best_of(e[None, :], 0.25)[0] == bootstrap_best(e, 0.25)[1]
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"within": 0}, ["within", "positive"]), ({"subsample": 1.5}, ["subsample", "(0, 1]"]),
-    ({"resamples": 10}, ["resamples", ">= 100"]), ({"area_range": -1}, ["area_range"]),
-    ({"margin": 0}, ["margin", "positive"]),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"within": 0}, ["within", "positive"]),
+        ({"subsample": 1.5}, ["subsample", "(0, 1]"]),
+        ({"resamples": 10}, ["resamples", ">= 100"]),
+        ({"area_range": -1}, ["area_range"]),
+        ({"margin": 0}, ["margin", "positive"]),
+    ],
+)
 def test_bad_arguments_are_one_line(sweep, kwargs, words):  # noqa: F811
     with pytest.raises(ConfigError) as e:
         claims_table(sweep, **kwargs)
@@ -225,8 +258,10 @@ def test_stems_pair_by_data_when_it_varies():
     less = frame(stable_vs_unstable("C", "P", seed=6)).assign(**{"cfg.data.train_per_class": 100})
     more = frame(stable_vs_unstable("C", "P", seed=7)).assign(**{"cfg.data.train_per_class": 500})
     t = claims_table(pd.concat([less, more], ignore_index=True))
-    assert set(t.setting) == {"fmnist_tiny, data.train_per_class=100, 4 epochs",
-                              "fmnist_tiny, data.train_per_class=500, 4 epochs"}
+    assert set(t.setting) == {
+        "fmnist_tiny, data.train_per_class=100, 4 epochs",
+        "fmnist_tiny, data.train_per_class=500, 4 epochs",
+    }
     assert (t.claim == "optimizer_gap_difference").sum() == 2
 
 
@@ -234,17 +269,24 @@ def _gap_row(table: pd.DataFrame, subject: str = "ViT_C-fmnist_tiny") -> pd.Seri
     return table[(table.claim == "optimizer_gap") & (table.subject == subject)].iloc[0]
 
 
-@pytest.mark.parametrize("sgd_shift, spread, verdict", [
-    (0.3, 0.3, "reproduced"),     # interval inside (-2, 2)
-    (-0.5, 0.3, "reproduced"),    # SGD a little better than AdamW: still "within about a point"
-    (6.0, 0.3, "contradicted"),   # interval wholly above the margin
-    (1.8, 2.5, "inconclusive"),   # interval across the margin
-])
+@pytest.mark.parametrize(
+    "sgd_shift, spread, verdict",
+    [
+        (0.3, 0.3, "reproduced"),  # interval inside (-2, 2)
+        (-0.5, 0.3, "reproduced"),  # SGD a little better than AdamW: still "within about a point"
+        (6.0, 0.3, "contradicted"),  # interval wholly above the margin
+        (1.8, 2.5, "inconclusive"),  # interval across the margin
+    ],
+)
 def test_insensitivity_is_an_equivalence_test(sgd_shift, spread, verdict):
     rng = np.random.default_rng(11)
     base = 20 + rng.normal(0, spread, 24)
-    errors = {("C", "adamw"): list(base), ("C", "sgd"): list(base[rng.permutation(24)] + sgd_shift),
-              ("P", "adamw"): list(base), ("P", "sgd"): list(base + 8)}
+    errors = {
+        ("C", "adamw"): list(base),
+        ("C", "sgd"): list(base[rng.permutation(24)] + sgd_shift),
+        ("P", "adamw"): list(base),
+        ("P", "sgd"): list(base + 8),
+    }
     row = _gap_row(claims_table(frame(errors)))
     assert row.test == "within ±2" and row.verdict == verdict, (row.low, row.high)
     if verdict == "reproduced":
@@ -257,8 +299,12 @@ def test_insensitivity_is_an_equivalence_test(sgd_shift, spread, verdict):
 def test_diverged_runs_are_counted_and_a_verdict_resting_on_them_is_noted():
     rng = np.random.default_rng(2)
     good = list(20 + rng.normal(0, 0.5, 12))
-    errors = {("C", "adamw"): good, ("C", "sgd"): good[:8] + [100] * 4,
-              ("P", "adamw"): good, ("P", "sgd"): list(np.array(good) + 6)}
+    errors = {
+        ("C", "adamw"): good,
+        ("C", "sgd"): good[:8] + [100] * 4,
+        ("P", "adamw"): good,
+        ("P", "sgd"): list(np.array(good) + 6),
+    }
     t = claims_table(frame(errors))
     row = _gap_row(t)
     assert row.diverged == 4 and row.n == "24/24"
@@ -275,8 +321,11 @@ def test_diverged_runs_are_counted_and_a_verdict_resting_on_them_is_noted():
 
 def test_schedule_loss_of_vit_c_is_an_equivalence_claim():
     rng = np.random.default_rng(4)
-    short = frame({("C", o): list(20.5 + rng.normal(0, 0.3, 12)) for o in ("adamw", "sgd")} |
-                  {("P", o): list(30 + rng.normal(0, 0.3, 12)) for o in ("adamw", "sgd")}, epochs=2)
+    short = frame(
+        {("C", o): list(20.5 + rng.normal(0, 0.3, 12)) for o in ("adamw", "sgd")}
+        | {("P", o): list(30 + rng.normal(0, 0.3, 12)) for o in ("adamw", "sgd")},
+        epochs=2,
+    )
     long = frame({(s, o): list(20 + rng.normal(0, 0.3, 12)) for s in "PC" for o in ("adamw", "sgd")}, epochs=8)
     t = claims_table(pd.concat([short, long], ignore_index=True))
     loss = t[t.claim == "schedule_loss"].set_index(["subject", "optimizer"])

@@ -12,42 +12,48 @@ from analysis.sweeps import Spec, Sweep, check_launch
 SMALL = {"data": {"train_per_class": 30, "test_per_class": 10}, "train": {"epochs": 1, "batch_size": 50}}
 
 
-@pytest.mark.parametrize("key, text, value", [
-    ("optim.lr", "1e-3", 1e-3),  # the example of `train --help`
-    ("optim.lr", "5e-2", 5e-2),
-    ("optim.lr", "5E-2", 5e-2),
-    ("optim.weight_decay", "1e4", 1e4),
-    ("optim.lr", "+1.5e-3", 1.5e-3),
-    ("optim.lr", ".5", 0.5),
-    ("optim.clip_grad", "1_000", 1000.0),
-    ("optim.clip_grad", "null", None),
-    ("train.ema_decay", "None", None),
-    ("train.epochs", "10", 10),
-    ("train.epochs", "1e1", 10),  # integer keys take whole numbers in any float spelling
-    ("train.epochs", "10.0", 10),
-    ("train.epochs", "010", 10),  # decimal, not YAML 1.1's octal 8
-    ("data.train_per_class", "5_000", 5000),
-    ("data.hflip", "false", False),
-])
+@pytest.mark.parametrize(
+    "key, text, value",
+    [
+        ("optim.lr", "1e-3", 1e-3),  # the example of `train --help`
+        ("optim.lr", "5e-2", 5e-2),
+        ("optim.lr", "5E-2", 5e-2),
+        ("optim.weight_decay", "1e4", 1e4),
+        ("optim.lr", "+1.5e-3", 1.5e-3),
+        ("optim.lr", ".5", 0.5),
+        ("optim.clip_grad", "1_000", 1000.0),
+        ("optim.clip_grad", "null", None),
+        ("train.ema_decay", "None", None),
+        ("train.epochs", "10", 10),
+        ("train.epochs", "1e1", 10),  # integer keys take whole numbers in any float spelling
+        ("train.epochs", "10.0", 10),
+        ("train.epochs", "010", 10),  # decimal, not YAML 1.1's octal 8
+        ("data.train_per_class", "5_000", 5000),
+        ("data.hflip", "false", False),
+    ],
+)
 def test_numbers_in_any_float_spelling(key, text, value):
     cfg = config.RunConfig().replace(config.parse_overrides([f"{key}={text}"]))
     got = cfg.flat()[key]
     assert got == value and type(got) is type(value)
 
 
-@pytest.mark.parametrize("key, text, words", [
-    ("optim.lr", "nan", "finite"),
-    ("optim.lr", "inf", "finite"),
-    ("optim.weight_decay", "-inf", "finite"),
-    ("optim.weight_decay", "NaN", "finite"),
-    ("optim.lr", "1e400", "finite"),
-    ("optim.lr", "fast", "must be float"),
-    ("train.epochs", "2.5", "whole number"),
-    ("train.epochs", "1.5e0", "whole number"),
-    ("train.epochs", "nan", "finite"),
-    ("train.epochs", "1:30", "must be int"),  # YAML 1.1 would read 90
-    ("train.epochs", "true", "must be int"),
-])
+@pytest.mark.parametrize(
+    "key, text, words",
+    [
+        ("optim.lr", "nan", "finite"),
+        ("optim.lr", "inf", "finite"),
+        ("optim.weight_decay", "-inf", "finite"),
+        ("optim.weight_decay", "NaN", "finite"),
+        ("optim.lr", "1e400", "finite"),
+        ("optim.lr", "fast", "must be float"),
+        ("train.epochs", "2.5", "whole number"),
+        ("train.epochs", "1.5e0", "whole number"),
+        ("train.epochs", "nan", "finite"),
+        ("train.epochs", "1:30", "must be int"),  # YAML 1.1 would read 90
+        ("train.epochs", "true", "must be int"),
+    ],
+)
 def test_bad_numbers_are_one_line(key, text, words):
     with pytest.raises(ConfigError) as e:
         config.RunConfig().replace(config.parse_overrides([f"{key}={text}"]))
@@ -108,14 +114,17 @@ def test_spec_file_with_scientific_notation(tmp_path):
     assert [c.optim.lr for c in reopened.configs.values()] == [r["cfg"].optim.lr for r in runs]
 
 
-@pytest.mark.parametrize("sampler, words", [
-    ({"log_uniform": ["1e-4", "nan"]}, "finite"),
-    ({"uniform": [0, "inf"]}, "finite"),
-    ({"uniform": [0, ".inf"]}, "must be float"),
-    ({"log_uniform": ["1e-4", "big"]}, "must be float"),
-    ({"uniform": [0.1, 0.2], "step": "nan"}, "finite"),
-    ({"choice": ["1e-3", "nan"]}, "finite"),
-])
+@pytest.mark.parametrize(
+    "sampler, words",
+    [
+        ({"log_uniform": ["1e-4", "nan"]}, "finite"),
+        ({"uniform": [0, "inf"]}, "finite"),
+        ({"uniform": [0, ".inf"]}, "must be float"),
+        ({"log_uniform": ["1e-4", "big"]}, "must be float"),
+        ({"uniform": [0.1, 0.2], "step": "nan"}, "finite"),
+        ({"choice": ["1e-3", "nan"]}, "finite"),
+    ],
+)
 def test_bad_sampler_numbers_are_one_line(tmp_path, sampler, words):
     spec = {"base": SMALL, "sample": {"optim.lr": sampler}}
     with pytest.raises(ConfigError) as e:
@@ -126,8 +135,16 @@ def test_bad_sampler_numbers_are_one_line(tmp_path, sampler, words):
 
 def test_launch_options_take_numbers_as_strings():
     assert check_launch({"parallel": "2", "mem_gb": "1e2", "timeout_min": "6e1", "partition": "7"}) == {
-        "parallel": 2, "mem_gb": 100.0, "timeout_min": 60, "partition": "7"}
-    for opts, words in (({"parallel": "two"}, "parallel must be int"), ({"parallel": "1.5"}, "whole number"),
-                        ({"mem_gb": "nan"}, "finite"), ({"parallel": 0}, ">= 1")):
+        "parallel": 2,
+        "mem_gb": 100.0,
+        "timeout_min": 60,
+        "partition": "7",
+    }
+    for opts, words in (
+        ({"parallel": "two"}, "parallel must be int"),
+        ({"parallel": "1.5"}, "whole number"),
+        ({"mem_gb": "nan"}, "finite"),
+        ({"parallel": 0}, ">= 1"),
+    ):
         with pytest.raises(ConfigError, match=words):
             check_launch(opts)

@@ -1,4 +1,5 @@
 """The in-memory data path at another input size: resize on load, crop/flip after it."""
+
 import numpy as np
 import pytest
 import torch
@@ -33,13 +34,20 @@ def _crop_flip_stats(data: D.ArrayData, pad: int) -> tuple[float, float]:
     side = data.images.shape[-1]
     ramp = (torch.arange(side) * 255 // side).to(torch.uint8)
     images = ramp.view(1, 1, 1, side).expand(len(data), 1, side, side).contiguous()
-    loader = D.DeviceLoader(D.ArrayData(images, data.labels, data.classes, (0.0,), (1 / 255,)),
-                            50, torch.device("cpu"), True, seed=3, crop_padding=pad, hflip=True)
+    loader = D.DeviceLoader(
+        D.ArrayData(images, data.labels, data.classes, (0.0,), (1 / 255,)),
+        50,
+        torch.device("cpu"),
+        True,
+        seed=3,
+        crop_padding=pad,
+        hflip=True,
+    )
     shifts, flips = [], []
     for epoch in range(4):
         for x, _ in loader.batches(epoch):
             row = x[:, 0, side // 2]  # one row per image: shifted (and maybe flipped) ramp
-            inner = row[:, pad:side - pad].numpy()
+            inner = row[:, pad : side - pad].numpy()
             flipped = inner[:, 0] > inner[:, -1]
             flips += flipped.tolist()
             first = np.where(flipped, inner[:, ::-1][:, 0], inner[:, 0])
@@ -59,8 +67,14 @@ def test_crop_flip_at_64_px_as_at_28(fmnist):
 
 def test_runs_train_on_resized_images():
     """A 64 px preset on Fashion-MNIST gets 64 px batches; data.img_size overrides the preset's size."""
-    cfg = config.RunConfig().replace({"model.preset": "vit_c_fmnist_p16_tiny", "data.train_per_class": 5,
-                                      "data.test_per_class": 2, "train.batch_size": 10})
+    cfg = config.RunConfig().replace(
+        {
+            "model.preset": "vit_c_fmnist_p16_tiny",
+            "data.train_per_class": 5,
+            "data.test_per_class": 2,
+            "train.batch_size": 10,
+        }
+    )
     assert recipe.input_size(cfg) == 64
     model = recipe.build_model(cfg)
     data = recipe.build_data(cfg, torch.device("cpu"), model.img_size)

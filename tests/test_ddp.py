@@ -1,6 +1,5 @@
 """DDP in the engine: two gloo processes on the CPU train the same run as one process would."""
 
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -61,13 +60,24 @@ def test_every_rank_learns_that_the_folder_is_locked(tmp_path):
 
     cfg = tiny_cfg(**{"model.preset": "vit_p_fmnist_tiny", "train.epochs": 1})
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import time\nfrom analysis import rundir\n"
-                               f"rundir.RunLock({str(out)!r}).acquire()\nprint('locked', flush=True)\n"
-                               "time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\nfrom analysis import rundir\n"
+            f"rundir.RunLock({str(out)!r}).acquire()\nprint('locked', flush=True)\n"
+            "time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        mp.spawn(_locked_worker, args=(2, f"file://{tmp_path}/rendezvous", cfg, str(out), str(tmp_path / "outcome")),
-                 nprocs=2)
+        mp.spawn(
+            _locked_worker,
+            args=(2, f"file://{tmp_path}/rendezvous", cfg, str(out), str(tmp_path / "outcome")),
+            nprocs=2,
+        )
     finally:
         holder.kill()
         holder.wait()

@@ -33,8 +33,11 @@ def test_pyproject_gives_ranges_and_the_pins_lie_inside_them():
     assert set(ranges) == set(requirements)
     exact = [name for name, r in ranges.items() if any(s.operator in ("==", "===") for s in r.specifier)]
     assert exact == [], f"exact pins belong in requirements.txt, not pyproject.toml: {exact}"
-    outside = {name: (requirements[name], str(r.specifier)) for name, r in ranges.items()
-               if not r.specifier.contains(requirements[name], prereleases=True)}
+    outside = {
+        name: (requirements[name], str(r.specifier))
+        for name, r in ranges.items()
+        if not r.specifier.contains(requirements[name], prereleases=True)
+    }
     assert outside == {}
     assert ranges["torch"].specifier.contains("2.4.0") and ranges["submitit"].specifier.contains("1.5.4")
     assert not ranges["submitit"].specifier.contains("1.6.0")  # local.py relies on 1.5's private LocalExecutor

@@ -11,4 +11,3 @@ def test_error_kinds_are_siblings_under_user_error():
     assert not issubclass(CheckpointError, ConfigError) and not issubclass(RunLocked, ConfigError)
     assert issubclass(ConfigError, ValueError)  # bad values stay ValueErrors for callers that catch those
     assert rundir.CheckpointError is CheckpointError and rundir.RunLocked is RunLocked
-

@@ -16,11 +16,14 @@ from analysis.errors import ConfigError  # noqa: E402
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**30, 10**30), st.floats(allow_nan=True),
-                    st.text(max_size=20))
-data = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                      st.dictionaries(st.text(max_size=12), inner, max_size=4)),
-                    max_leaves=20)
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(10**30), 10**30), st.floats(allow_nan=True), st.text(max_size=20)
+)
+data = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)),
+    max_leaves=20,
+)
 config_keys = st.sampled_from([*config.RunConfig().flat(), "model", "optim.", "x.y", "train.nope", ""])
 
 
@@ -34,8 +37,12 @@ def one_line_or_result(fn, *args):
 
 
 @FAST
-@given(st.lists(st.one_of(st.text(max_size=30), st.builds(lambda k, v: f"{k}={v}", config_keys, st.text(max_size=15))),
-                max_size=6))
+@given(
+    st.lists(
+        st.one_of(st.text(max_size=30), st.builds(lambda k, v: f"{k}={v}", config_keys, st.text(max_size=15))),
+        max_size=6,
+    )
+)
 def test_overrides(items):
     overrides = one_line_or_result(config.parse_overrides, items)
     if overrides is not None:
@@ -44,23 +51,42 @@ def test_overrides(items):
 
 
 @FAST
-@given(st.dictionaries(st.sampled_from(["model", "data", "optim", "train", "other"]),
-                       st.one_of(data, st.dictionaries(st.sampled_from([k.split(".")[1] for k in config.RunConfig().flat()]),
-                                                       scalars, max_size=5)), max_size=4))
+@given(
+    st.dictionaries(
+        st.sampled_from(["model", "data", "optim", "train", "other"]),
+        st.one_of(
+            data,
+            st.dictionaries(st.sampled_from([k.split(".")[1] for k in config.RunConfig().flat()]), scalars, max_size=5),
+        ),
+        max_size=4,
+    )
+)
 def test_config_from_a_folder(d):
     cfg = one_line_or_result(config.from_dict, d)
     assert cfg is None or isinstance(cfg, config.RunConfig)
 
 
-sampler = st.one_of(st.fixed_dictionaries({"log_uniform": st.lists(scalars, max_size=3)}),
-                    st.fixed_dictionaries({"choice": st.lists(scalars, max_size=3)}), data)
+sampler = st.one_of(
+    st.fixed_dictionaries({"log_uniform": st.lists(scalars, max_size=3)}),
+    st.fixed_dictionaries({"choice": st.lists(scalars, max_size=3)}),
+    data,
+)
 spec_values = {
-    "name": st.one_of(st.text(max_size=12), scalars), "base": st.one_of(data, st.dictionaries(config_keys, scalars)),
-    "grid": st.one_of(data, st.dictionaries(st.one_of(config_keys, st.sampled_from(["preset", "optimizer", "stem"])),
-                                            st.lists(st.one_of(scalars, st.dictionaries(config_keys, scalars)),
-                                                     max_size=3), max_size=3)),
+    "name": st.one_of(st.text(max_size=12), scalars),
+    "base": st.one_of(data, st.dictionaries(config_keys, scalars)),
+    "grid": st.one_of(
+        data,
+        st.dictionaries(
+            st.one_of(config_keys, st.sampled_from(["preset", "optimizer", "stem"])),
+            st.lists(st.one_of(scalars, st.dictionaries(config_keys, scalars)), max_size=3),
+            max_size=3,
+        ),
+    ),
     "sample": st.one_of(data, st.dictionaries(config_keys, sampler, max_size=2)),
-    "samples": st.one_of(st.integers(-2, 10**7), scalars), "seed": scalars, "launch": data, "other": data,
+    "samples": st.one_of(st.integers(-2, 10**7), scalars),
+    "seed": scalars,
+    "launch": data,
+    "other": data,
 }
 
 
@@ -79,9 +105,22 @@ def test_spec_expansion(d):
 
 
 @FAST
-@given(st.one_of(st.text(max_size=300), st.builds(lambda d: json.dumps(d, default=str), data),
-                 st.sampled_from(["a: &a [1, 2]\nb: [*a, *a]\n", "[[[[[[[[[[[[[[[[", "{a: !!python/object:os.system x}",
-                                  "- &x a\n- *y\n", ": : :", "%YAML 9.9\n---\na"])))
+@given(
+    st.one_of(
+        st.text(max_size=300),
+        st.builds(lambda d: json.dumps(d, default=str), data),
+        st.sampled_from(
+            [
+                "a: &a [1, 2]\nb: [*a, *a]\n",
+                "[[[[[[[[[[[[[[[[",
+                "{a: !!python/object:os.system x}",
+                "- &x a\n- *y\n",
+                ": : :",
+                "%YAML 9.9\n---\na",
+            ]
+        ),
+    )
+)
 def test_yaml_of_a_folder(text):
     path = Path(os.environ.get("TMPDIR", "/tmp")) / f"fuzz-{os.getpid()}.yaml"
     path.write_text(text)
@@ -93,15 +132,36 @@ def test_yaml_of_a_folder(text):
         path.unlink()
 
 
-results = st.one_of(data, st.fixed_dictionaries(
-    {"status": st.one_of(st.sampled_from(rundir.STATUSES), scalars)},
-    optional={k: scalars for k in ("reason", "top1_err", "top5_err", "best_top1_err", "ema_top1_err", "epoch",
-                                   "params", "seconds", "images_per_s")}))
+results = st.one_of(
+    data,
+    st.fixed_dictionaries(
+        {"status": st.one_of(st.sampled_from(rundir.STATUSES), scalars)},
+        optional={
+            k: scalars
+            for k in (
+                "reason",
+                "top1_err",
+                "top5_err",
+                "best_top1_err",
+                "ema_top1_err",
+                "epoch",
+                "params",
+                "seconds",
+                "images_per_s",
+            )
+        },
+    ),
+)
 
 
 @FAST
-@given(st.one_of(st.builds(lambda d: json.dumps(d, default=str), results), st.text(max_size=100),
-                 st.sampled_from(['{"status": "completed", "top1_err": NaN}', '{"top1_err": 1e999}', "[]", "null"])))
+@given(
+    st.one_of(
+        st.builds(lambda d: json.dumps(d, default=str), results),
+        st.text(max_size=100),
+        st.sampled_from(['{"status": "completed", "top1_err": NaN}', '{"top1_err": 1e999}', "[]", "null"]),
+    )
+)
 def test_result_schema(text):
     folder = Path(os.environ.get("TMPDIR", "/tmp")) / f"fuzz-run-{os.getpid()}"
     folder.mkdir(exist_ok=True)

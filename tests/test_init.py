@@ -9,6 +9,7 @@ within 5 standard errors of 0, and the shape: a uniform rule stays inside its bo
 close to it, a normal rule puts 8.3% of its draws beyond sqrt(3) std (a uniform puts none there).
 Models are built under a fixed seed, so the checks are deterministic.
 """
+
 import math
 import re
 
@@ -129,8 +130,7 @@ def build(preset: str, **kwargs) -> nn.Module:
     return create_model(preset, **kwargs)
 
 
-@pytest.mark.parametrize("preset", [
-    pytest.param(p, marks=pytest.mark.slow) if p.endswith(BIG) else p for p in PAPER])
+@pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if p.endswith(BIG) else p for p in PAPER])
 def test_paper_presets_start_as_the_reference(preset):
     model = build(preset)
     groups = check_model(model)
@@ -139,8 +139,15 @@ def test_paper_presets_start_as_the_reference(preset):
         assert len(stem) == 3 * len(model.settings["stem_channels"]) + 2
     else:
         assert stem == ["patch_embed.body.0.weight", "patch_embed.body.0.bias"]
-    for g in ("blocks.*.attn.qkv.weight", "blocks.*.attn.proj.weight", "blocks.*.attn.proj.bias",
-              "blocks.*.mlp.fc1.bias", "blocks.*.mlp.fc2.weight", "head.weight", "pos_embed"):
+    for g in (
+        "blocks.*.attn.qkv.weight",
+        "blocks.*.attn.proj.weight",
+        "blocks.*.attn.proj.bias",
+        "blocks.*.mlp.fc1.bias",
+        "blocks.*.mlp.fc2.weight",
+        "head.weight",
+        "pos_embed",
+    ):
         assert g in groups
 
 
@@ -149,8 +156,9 @@ def test_small_presets_start_as_the_reference(preset):
     check_model(build(preset))
 
 
-@pytest.mark.parametrize("stem, local_mlp", [("patchify_bn", False), ("conv_ln", False), ("cct", False),
-                                             ("conv", True), ("cct", True)])
+@pytest.mark.parametrize(
+    "stem, local_mlp", [("patchify_bn", False), ("conv_ln", False), ("cct", False), ("conv", True), ("cct", True)]
+)
 def test_other_stems_and_local_mlp_follow_their_documented_rules(stem, local_mlp):
     model = build("vit_c_cifar", stem=stem, local_mlp=local_mlp)
     groups = check_model(model)

@@ -42,16 +42,19 @@ def cell_index(path: Path, cell_id: str) -> int:
 
 @pytest.mark.browser
 @pytest.mark.slow
-@pytest.mark.parametrize("name, min_plots, min_sliders", [
-    ("01_quickstart", 4, 0),
-    ("03_training_length_and_optimizers", 2, 0),
-    ("04_attention", 5, 2),
-    ("05_filters_and_embeddings", 9, 1),
-    ("06_representations", 5, 0),
-    ("07_cluster", 2, 0),  # the monitor's curves and EDF (a dry run: empty)
-    ("08_see_like_cnns", 6, 0),
-    ("09_where_the_stem_matters", 1, 0),  # the forest plot (its tiny regime sweep is shared with test_notebooks)
-])
+@pytest.mark.parametrize(
+    "name, min_plots, min_sliders",
+    [
+        ("01_quickstart", 4, 0),
+        ("03_training_length_and_optimizers", 2, 0),
+        ("04_attention", 5, 2),
+        ("05_filters_and_embeddings", 9, 1),
+        ("06_representations", 5, 0),
+        ("07_cluster", 2, 0),  # the monitor's curves and EDF (a dry run: empty)
+        ("08_see_like_cnns", 6, 0),
+        ("09_where_the_stem_matters", 1, 0),  # the forest plot (its tiny regime sweep is shared with test_notebooks)
+    ],
+)
 def test_notebook_renders_in_jupyterlab(name, min_plots, min_sliders, notebook_root, tmp_path):  # noqa: F811
     from tests.browser import run_notebook_in_jupyterlab
 
@@ -95,18 +98,32 @@ def watch_the_monitor(path: Path, timeout: float = 600):
         sample(lambda: seen[-1][1] != first, "the monitor's progress did not change in the page", timeout)
         prompt = cell_state(page, counts_cell)[0]
         run_cells(page, counts_cell)
-        sample(lambda: cell_state(page, counts_cell)[0] not in (prompt, "[*]:")
-               and cell_state(page, counts_cell)[1].strip() != "", "the counts cell did not run", 60)
+        sample(
+            lambda: (
+                cell_state(page, counts_cell)[0] not in (prompt, "[*]:")
+                and cell_state(page, counts_cell)[1].strip() != ""
+            ),
+            "the counts cell did not run",
+            60,
+        )
         ran_at, output = seen[-1], cell_state(page, counts_cell)[1]
-        sample(lambda: seen[-1][1] != ran_at[1] or "has ended" in seen[-1][2],
-               "the monitor stopped changing after another cell ran", timeout)
+        sample(
+            lambda: seen[-1][1] != ran_at[1] or "has ended" in seen[-1][2],
+            "the monitor stopped changing after another cell ran",
+            timeout,
+        )
         sample(lambda: "the sweep has ended" in seen[-1][2], "the sweep did not end", timeout)
         run_cells(page, collect_cell, below=True)
         page.wait_for_timeout(1000)
         wait_idle(page, timeout)
         stamps = sorted({m[0] for s in seen if (m := re.findall(r"last (\d\d:\d\d:\d\d)", s[2]))})
-        return {"samples": seen, "counts_cell_output": output, "counts_cell_ran_at": ran_at,
-                "progress_texts": list(dict.fromkeys(s[1] for s in seen)), "refresh_stamps": stamps}
+        return {
+            "samples": seen,
+            "counts_cell_output": output,
+            "counts_cell_ran_at": ran_at,
+            "progress_texts": list(dict.fromkeys(s[1] for s in seen)),
+            "refresh_stamps": stamps,
+        }
 
     return interact
 
@@ -117,13 +134,17 @@ def watch_the_monitor(path: Path, timeout: float = 600):
 def test_notebook_02_monitors_a_slurm_sweep_in_jupyterlab(notebook_root, slurm_cluster, tmp_path):  # noqa: F811
     from tests.browser import run_notebook_in_jupyterlab
 
-    spec = {**SWEEP_SPEC, "name": "nb_monitor_slurm",
-            "base": {**SWEEP_SPEC["base"], "data": {"train_per_class": 20, "test_per_class": 10},
-                     "train": {**SWEEP_SPEC["base"]["train"], "epochs": 3, "threads": 1}},
-            "launch": {"cluster": "slurm", "partition": slurm_cluster.partition, "cpus_per_task": 1,
-                       "timeout_min": 10}}
-    path = with_parameters("02_stability_sweeps", tmp_path, notebook_root, spec=spec, cluster="slurm",
-                           wait=False)
+    spec = {
+        **SWEEP_SPEC,
+        "name": "nb_monitor_slurm",
+        "base": {
+            **SWEEP_SPEC["base"],
+            "data": {"train_per_class": 20, "test_per_class": 10},
+            "train": {**SWEEP_SPEC["base"]["train"], "epochs": 3, "threads": 1},
+        },
+        "launch": {"cluster": "slurm", "partition": slurm_cluster.partition, "cpus_per_task": 1, "timeout_min": 10},
+    }
+    path = with_parameters("02_stability_sweeps", tmp_path, notebook_root, spec=spec, cluster="slurm", wait=False)
     shot = ARTIFACTS / "notebook_02_stability_sweeps.png"
     shot.unlink(missing_ok=True)
     result = run_notebook_in_jupyterlab(path, shot, timeout=600, interact=watch_the_monitor(path))
@@ -154,14 +175,20 @@ _MONITOR_POINTS = """() => {
 def monitor_notebook(root: Path, folder: Path) -> Path:
     """A notebook that launches a short local sweep under `root` and shows its monitor, followed by
     enough tall cells that scrolling to the end takes the monitor out of view."""
-    spec = {"name": "lab_live", "grid": {"preset": ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny"],
-                                         "optim.name": ["adamw", "sgd"]}, "samples": 1,
-            "base": {"data": {"train_per_class": 30, "test_per_class": 10},
-                     "train": {"epochs": 4, "batch_size": 50, "precision": "fp32", "threads": 1,
-                               "checkpoint_minutes": 0}},
-            "launch": {"cluster": "local", "parallel": 2}}
-    code = (f"from analysis.sweeps import Sweep\nsweep = Sweep.from_dict({spec!r}, root={str(root)!r})\n"
-            "sweep.launch()\nmonitor = sweep.monitor(interval=1)\ndisplay(monitor)")
+    spec = {
+        "name": "lab_live",
+        "grid": {"preset": ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny"], "optim.name": ["adamw", "sgd"]},
+        "samples": 1,
+        "base": {
+            "data": {"train_per_class": 30, "test_per_class": 10},
+            "train": {"epochs": 4, "batch_size": 50, "precision": "fp32", "threads": 1, "checkpoint_minutes": 0},
+        },
+        "launch": {"cluster": "local", "parallel": 2},
+    }
+    code = (
+        f"from analysis.sweeps import Sweep\nsweep = Sweep.from_dict({spec!r}, root={str(root)!r})\n"
+        "sweep.launch()\nmonitor = sweep.monitor(interval=1)\ndisplay(monitor)"
+    )
     filler = "\n\n".join(f"Filler paragraph {i}: text that keeps the monitor far above." for i in range(12))
     cells = [nbformat.v4.new_code_cell(code)]
     cells += [nbformat.v4.new_markdown_cell(f"## Section {i}\n\n{filler}") for i in range(12)]
@@ -210,8 +237,9 @@ def test_monitor_draws_live_curves_with_default_windowing(tmp_path):
         return {"live": live, "away": away, "back": back, "seen": seen[-5:]}
 
     path = monitor_notebook(tmp_path / "sweeps", tmp_path)
-    result = run_notebook_in_jupyterlab(path, ARTIFACTS / "monitor_windowed_end.png", timeout=600,
-                                        interact=interact, windowing=True)
+    result = run_notebook_in_jupyterlab(
+        path, ARTIFACTS / "monitor_windowed_end.png", timeout=600, interact=interact, windowing=True
+    )
     seen = result["interaction"]
     assert result["errors"] == [], result["errors"]
     header, points = seen["live"]
@@ -235,6 +263,7 @@ def test_notebook_opens_unmodified(name):
         page.wait_for_timeout(3000)
         return page.evaluate("() => window.jupyterapp.shell.currentWidget.context.model.dirty")
 
-    result = run_notebook_in_jupyterlab(NOTEBOOKS / f"{name}.ipynb", ARTIFACTS / f"opened_{name}.png",
-                                        interact=interact, windowing=True, run_all=False)
+    result = run_notebook_in_jupyterlab(
+        NOTEBOOKS / f"{name}.ipynb", ARTIFACTS / f"opened_{name}.png", interact=interact, windowing=True, run_all=False
+    )
     assert result["interaction"] is False

@@ -25,8 +25,14 @@ def panels(fig: go.Figure) -> int:
     return len({(t.xaxis or "x", t.yaxis or "y") for t in fig.data})
 
 
-@pytest.mark.parametrize("image,kind", [(RNG.normal(size=(1, 28, 28)), "heatmap"), (torch.randn(3, 28, 28), "image"),
-                                        (RNG.normal(size=(28, 28)), "heatmap")])
+@pytest.mark.parametrize(
+    "image,kind",
+    [
+        (RNG.normal(size=(1, 28, 28)), "heatmap"),
+        (torch.randn(3, 28, 28), "image"),
+        (RNG.normal(size=(28, 28)), "heatmap"),
+    ],
+)
 def test_attention_overlay(image, kind):
     att = RNG.random((28, 28))
     fig = attention_overlay_figure(image, att, title="block 3")

@@ -1,4 +1,5 @@
 """Tests for analysis.models: stems, presets (Table 1 of Xiao et al. 2021), complexity, errors."""
+
 import gc
 import json
 
@@ -9,15 +10,18 @@ from timm.layers import Attention, LayerNorm2d
 
 from analysis.errors import ConfigError
 from analysis.models.presets import get_preset
-from analysis.models import (PRESETS, STEMS, LocalMlp, complexity, create_model, preset_names,
-                             set_fused_attn)
+from analysis.models import PRESETS, STEMS, LocalMlp, complexity, create_model, preset_names, set_fused_attn
 
 # Table 1 as printed: GF (1e9 flops), params (M), acts (M); compared to the digits given
 TABLE1 = {
-    "vit_p_1gf": ("1.08", "4.83", "5.52"), "vit_c_1gf": ("1.08", "4.57", "5.63"),
-    "vit_p_4gf": ("3.91", "18.51", "11.04"), "vit_c_4gf": ("3.97", "17.75", "11.26"),
-    "vit_p_18gf": ("17.58", "86.57", "23.90"), "vit_c_18gf": ("17.73", "81.57", "24.02"),
-    "vit_p_36gf": ("36.0", "178.4", "37.1"), "vit_c_36gf": ("35.0", "167.8", "36.6"),
+    "vit_p_1gf": ("1.08", "4.83", "5.52"),
+    "vit_c_1gf": ("1.08", "4.57", "5.63"),
+    "vit_p_4gf": ("3.91", "18.51", "11.04"),
+    "vit_c_4gf": ("3.97", "17.75", "11.26"),
+    "vit_p_18gf": ("17.58", "86.57", "23.90"),
+    "vit_c_18gf": ("17.73", "81.57", "24.02"),
+    "vit_p_36gf": ("36.0", "178.4", "37.1"),
+    "vit_c_36gf": ("35.0", "167.8", "36.6"),
 }
 SMALL = [n for n in preset_names("vit") if not n.endswith("gf")]
 
@@ -51,8 +55,10 @@ def test_table1_complexity():
         del model
         gc.collect()
         got = tuple(as_printed(v, p) for v, p in zip((c["flops"] / 1e9, c["params"] / 1e6, c["acts"] / 1e6), printed))
-        rows.append(f"{name:11s} GF {c['flops'] / 1e9:.4f}  params {c['params'] / 1e6:.4f}M  "
-                    f"acts {c['acts'] / 1e6:.4f}M  (table {' / '.join(printed)})")
+        rows.append(
+            f"{name:11s} GF {c['flops'] / 1e9:.4f}  params {c['params'] / 1e6:.4f}M  "
+            f"acts {c['acts'] / 1e6:.4f}M  (table {' / '.join(printed)})"
+        )
         assert got == printed, rows[-1]
     print("\n" + "\n".join(rows))
 
@@ -85,8 +91,9 @@ def test_vit_c_has_one_block_fewer(size):
     p, c = PRESETS[f"vit_p_{size}"], PRESETS[f"vit_c_{size}"]
     assert (p["stem"], c["stem"]) == ("patchify", "conv")
     assert c["depth"] == p["depth"] - 1
-    assert {k: v for k, v in p.items() if k not in ("stem", "depth")} == \
-        {k: v for k, v in c.items() if k not in ("stem", "depth")}
+    assert {k: v for k, v in p.items() if k not in ("stem", "depth")} == {
+        k: v for k, v in c.items() if k not in ("stem", "depth")
+    }
     if not size.endswith("gf") or size == "1gf":  # keep the big ones out of the fast tests
         assert len(create_model(f"vit_c_{size}").blocks) == len(create_model(f"vit_p_{size}").blocks) - 1
 
@@ -97,7 +104,7 @@ def check_conv_stem(body: nn.Sequential, in_chans: int, d: int, channels, stride
     assert len(mods) == 3 * len(channels) + 1
     c_in = in_chans
     for i, (c, s) in enumerate(zip(channels, strides)):
-        conv, nrm, act = mods[3 * i: 3 * i + 3]
+        conv, nrm, act = mods[3 * i : 3 * i + 3]
         assert isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.padding == (1, 1)
         assert conv.bias is None and conv.stride == (s, s)
         assert conv.in_channels == c_in and conv.out_channels == c
@@ -117,8 +124,7 @@ def test_conv_stem_structure(preset):
     p = PRESETS[preset]
     model = create_model(preset)
     stem = model.stem
-    check_conv_stem(stem.body, p["in_chans"], p["embed_dim"], p["stem_channels"], p["stem_strides"],
-                    nn.BatchNorm2d)
+    check_conv_stem(stem.body, p["in_chans"], p["embed_dim"], p["stem_channels"], p["stem_strides"], nn.BatchNorm2d)
     prod = 1
     for s in p["stem_strides"]:
         prod *= s
@@ -220,8 +226,13 @@ def test_cct_has_no_class_token_and_pools_sequence():
 
 def test_overrides_and_attributes():
     model = create_model("vit_p_cifar_tiny", num_classes=7, in_chans=1, img_size=48)
-    assert (model.preset, model.family, model.img_size, model.in_chans, model.num_classes) == \
-        ("vit_p_cifar_tiny", "vit", 48, 1, 7)
+    assert (model.preset, model.family, model.img_size, model.in_chans, model.num_classes) == (
+        "vit_p_cifar_tiny",
+        "vit",
+        48,
+        1,
+        7,
+    )
     assert model.stem.grid_size == (12, 12)
     assert model(torch.randn(2, 1, 48, 48)).shape == (2, 7)
     assert PRESETS["vit_p_cifar_tiny"]["img_size"] == 32  # presets are not mutated
@@ -232,22 +243,24 @@ def test_presets_listing():
     assert STEMS == ("patchify", "conv", "patchify_bn", "conv_ln", "cct")
     names = set(preset_names())
     assert set(preset_names("vit")) | set(preset_names("cnn")) == names == set(PRESETS)
-    assert {"regnety_1.6gf", "regnety_4gf", "regnety_16gf", "resnet_fmnist", "resnet_cifar"} == \
-        set(preset_names("cnn"))
+    assert {"regnety_1.6gf", "regnety_4gf", "regnety_16gf", "resnet_fmnist", "resnet_cifar"} == set(preset_names("cnn"))
     assert set(TABLE1) < set(preset_names("vit"))
     assert as_printed(17.58031, "17.58") == "17.58" and as_printed(35.99719, "36.0") == "36.0"
 
 
-@pytest.mark.parametrize("call, words", [
-    (lambda: create_model("vit_b_16"), ["preset", "vit_c_cifar", "resnet_cifar"]),
-    (lambda: create_model("vit_c_cifar", stem="conv7"), ["stem", "patchify", "conv_ln", "cct"]),
-    (lambda: create_model("resnet_cifar", local_mlp=True), ["local_mlp", "vit"]),
-    (lambda: create_model("resnet_cifar", stem="conv"), ["stem", "None"]),
-    (lambda: create_model("vit_c_cifar", img_size=30), ["img_size", "30", "multiples of 4"]),
-    (lambda: create_model("vit_p_1gf", img_size=200), ["200", "multiples of 16"]),
-    (lambda: create_model("vit_c_cifar", num_classes=0), ["num_classes", "positive"]),
-    (lambda: preset_names("mlp"), ["vit", "cnn"]),
-])
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda: create_model("vit_b_16"), ["preset", "vit_c_cifar", "resnet_cifar"]),
+        (lambda: create_model("vit_c_cifar", stem="conv7"), ["stem", "patchify", "conv_ln", "cct"]),
+        (lambda: create_model("resnet_cifar", local_mlp=True), ["local_mlp", "vit"]),
+        (lambda: create_model("resnet_cifar", stem="conv"), ["stem", "None"]),
+        (lambda: create_model("vit_c_cifar", img_size=30), ["img_size", "30", "multiples of 4"]),
+        (lambda: create_model("vit_p_1gf", img_size=200), ["200", "multiples of 16"]),
+        (lambda: create_model("vit_c_cifar", num_classes=0), ["num_classes", "positive"]),
+        (lambda: preset_names("mlp"), ["vit", "cnn"]),
+    ],
+)
 def test_bad_input_errors(call, words):
     with pytest.raises(ConfigError) as e:
         call()
@@ -262,8 +275,7 @@ def test_cnn_presets_forward(preset):
     model = create_model(preset).eval()
     assert model.family == "cnn" and model.preset == preset
     with torch.no_grad():
-        assert model(batch(preset, 1 if preset.startswith("regnety") else 2)).shape[1] == \
-            PRESETS[preset]["num_classes"]
+        assert model(batch(preset, 1 if preset.startswith("regnety") else 2)).shape[1] == PRESETS[preset]["num_classes"]
 
 
 def test_small_resnet_stem():
@@ -338,9 +350,12 @@ def test_presets_are_models_in_timms_registry():
     assert set(timm.list_models("vit_c_*")) == {n for n in preset_names("vit") if n.startswith("vit_c_")}
     assert {timm_name(n) for n in PRESETS} <= set(timm.list_models())
     assert timm_name("regnety_1.6gf") == "regnety_1_6gf"  # timm reads what follows a '.' as a weight tag
-    for name, cfg in (("vit_c_fmnist_tiny", ((1, 28, 28), 10, (0.2860,))), ("vit_p_fmnist_p16_tiny", ((1, 64, 64), 10, (0.2860,))),
-                      ("vit_c_cifar", ((3, 32, 32), 10, (0.4914, 0.4822, 0.4465))),
-                      ("vit_p_1gf", ((3, 224, 224), 1000, (0.485, 0.456, 0.406)))):
+    for name, cfg in (
+        ("vit_c_fmnist_tiny", ((1, 28, 28), 10, (0.2860,))),
+        ("vit_p_fmnist_p16_tiny", ((1, 64, 64), 10, (0.2860,))),
+        ("vit_c_cifar", ((3, 32, 32), 10, (0.4914, 0.4822, 0.4465))),
+        ("vit_p_1gf", ((3, 224, 224), 1000, (0.485, 0.456, 0.406))),
+    ):
         got = timm.get_pretrained_cfg(name)
         assert (got.input_size, got.num_classes, got.mean) == cfg and not got.has_weights
     # timm.create_model and create_model build the same model, attributes and weights
@@ -358,11 +373,14 @@ def test_presets_are_models_in_timms_registry():
     assert create_model("regnety_1.6gf").preset == "regnety_1.6gf"
 
 
-@pytest.mark.parametrize("call, words", [
-    (lambda: __import__("timm").create_model("vit_c_fmnist_tiny", pretrained=True), ["no pretrained weights"]),
-    (lambda: __import__("timm").create_model("vit_c_fmnist_tiny", drop_rate=0.1), ["drop_rate", "allowed: stem"]),
-    (lambda: __import__("timm").create_model("vit_c_fmnist_tiny", stem="nope"), ["unknown stem 'nope'"]),
-])
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda: __import__("timm").create_model("vit_c_fmnist_tiny", pretrained=True), ["no pretrained weights"]),
+        (lambda: __import__("timm").create_model("vit_c_fmnist_tiny", drop_rate=0.1), ["drop_rate", "allowed: stem"]),
+        (lambda: __import__("timm").create_model("vit_c_fmnist_tiny", stem="nope"), ["unknown stem 'nope'"]),
+    ],
+)
 def test_timm_create_model_errors_are_one_line(call, words):
     with pytest.raises(ConfigError) as e:
         call()

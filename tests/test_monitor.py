@@ -26,21 +26,54 @@ GRID = {"preset": ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny"], "optim.name": ["ad
 
 
 def spec(name: str, epochs: int = 3, per_class: int = 30, **extra) -> dict:
-    return {"name": name, "grid": GRID, "samples": 1,
-            "base": {"data": {"train_per_class": per_class, "test_per_class": 10},
-                     "train": {"epochs": epochs, "batch_size": 50, "precision": "fp32", "progress": "lines",
-                               "threads": 1, "checkpoint_minutes": 0}}, **extra}
+    return {
+        "name": name,
+        "grid": GRID,
+        "samples": 1,
+        "base": {
+            "data": {"train_per_class": per_class, "test_per_class": 10},
+            "train": {
+                "epochs": epochs,
+                "batch_size": 50,
+                "precision": "fp32",
+                "progress": "lines",
+                "threads": 1,
+                "checkpoint_minutes": 0,
+            },
+        },
+        **extra,
+    }
 
 
 def epoch_row(epoch: int, err: float = 50.0) -> dict:
-    return {"epoch": epoch, "step": 6 * epoch, "train_loss": 2.0 / epoch, "test_top1_err": err,
-            "test_top5_err": err / 5, "ema_top1_err": None, "ema_top5_err": None, "lr": 1e-3, "seconds": 1.0,
-            "images_per_s": 300.0, "elapsed": 1.5 * epoch}
+    return {
+        "epoch": epoch,
+        "step": 6 * epoch,
+        "train_loss": 2.0 / epoch,
+        "test_top1_err": err,
+        "test_top5_err": err / 5,
+        "ema_top1_err": None,
+        "ema_top5_err": None,
+        "lr": 1e-3,
+        "seconds": 1.0,
+        "images_per_s": 300.0,
+        "elapsed": 1.5 * epoch,
+    }
 
 
 def finish(run_dir, status: str = "completed", err: float = 40.0) -> None:
-    rundir.write_json(run_dir / rundir.RESULT, {"status": status, "top1_err": err, "best_top1_err": err,
-                                                "top5_err": err / 5, "reason": None, "epoch": 3, "step": 18})
+    rundir.write_json(
+        run_dir / rundir.RESULT,
+        {
+            "status": status,
+            "top1_err": err,
+            "best_top1_err": err,
+            "top5_err": err / 5,
+            "reason": None,
+            "epoch": 3,
+            "step": 18,
+        },
+    )
 
 
 @pytest.fixture
@@ -158,8 +191,10 @@ def test_monitor_elapsed_time_counts_from_the_first_launch(hand_sweep):
     from datetime import datetime, timedelta
 
     now = datetime.now()
-    launches = [{"id": i, "time": (now - ago).isoformat(), "jobs": []}
-                for i, ago in enumerate((timedelta(hours=2), timedelta(minutes=1)))]
+    launches = [
+        {"id": i, "time": (now - ago).isoformat(), "jobs": []}
+        for i, ago in enumerate((timedelta(hours=2), timedelta(minutes=1)))
+    ]
     rundir.write_json(hand_sweep.dir / "launches.json", {"launches": launches})
     m = SweepMonitor(hand_sweep, start=False)
     assert "elapsed 2h 00m since" in m.header.value  # a resubmission keeps the sweep's whole time

@@ -25,18 +25,31 @@ TINY_TRAIN = {"epochs": 1, "train_per_class": 20, "test_per_class": 10}
 
 # 02's sweep: the real small sweep's design (stems x optimizers, sampled lr and wd) at one run per
 # cell and one epoch on 100 images.
-SWEEP_SPEC = {**REAL_SPEC, "name": "nb_stability", "samples": 1,
-              "base": {**REAL_SPEC["base"], "data": {"train_per_class": 10, "test_per_class": 10},
-                       "train": {**REAL_SPEC["base"]["train"], "epochs": 1}}}
+SWEEP_SPEC = {
+    **REAL_SPEC,
+    "name": "nb_stability",
+    "samples": 1,
+    "base": {
+        **REAL_SPEC["base"],
+        "data": {"train_per_class": 10, "test_per_class": 10},
+        "train": {**REAL_SPEC["base"]["train"], "epochs": 1},
+    },
+}
 
 # 09's regime study: two regimes (patch 4 on 28 px, patch 16 on 64 px) x stems x optimizers, three
 # (lr, wd) pairs each (the least the claims table's intervals take), one epoch on 100 images.
 REGIME_SPEC = {
-    "name": "nb_regimes", "samples": 3, "seed": 1,
-    "base": {"data": {"train_per_class": 10, "test_per_class": 10},
-             "train": {"epochs": 1, "batch_size": 50, "threads": 1, "precision": "fp32", "progress": "lines"}},
-    "grid": {"preset": ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny", "vit_p_fmnist_p16_tiny", "vit_c_fmnist_p16_tiny"],
-             "optimizer": REAL_SPEC["grid"]["optimizer"]},
+    "name": "nb_regimes",
+    "samples": 3,
+    "seed": 1,
+    "base": {
+        "data": {"train_per_class": 10, "test_per_class": 10},
+        "train": {"epochs": 1, "batch_size": 50, "threads": 1, "precision": "fp32", "progress": "lines"},
+    },
+    "grid": {
+        "preset": ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny", "vit_p_fmnist_p16_tiny", "vit_c_fmnist_p16_tiny"],
+        "optimizer": REAL_SPEC["grid"]["optimizer"],
+    },
     "sample": REAL_SPEC["sample"],
     "launch": {"cluster": "local", "parallel": 2, "timeout_min": 30, "max_retries": 1},
 }
@@ -45,11 +58,24 @@ REGIME_SPEC = {
 # plotly figures and of widgets (an explorer is one widget) its outputs must hold.
 CASES = {
     "01_quickstart": (dict(TINY_TRAIN, n_images=3), 4, 0),
-    "02_stability_sweeps": ({"spec": SWEEP_SPEC, "cluster": "local", "interval": 1, "wait": True, "timeout": 600},
-                            2, 2),
+    "02_stability_sweeps": (
+        {"spec": SWEEP_SPEC, "cluster": "local", "interval": 1, "wait": True, "timeout": 600},
+        2,
+        2,
+    ),
     "03_training_length_and_optimizers": (
-        {"epochs": [1, 2], "seeds": [0, 1, 2], "train_per_class": 10, "test_per_class": 10, "batch_size": 50,
-         "cluster": "local", "timeout": 600}, 2, 0),
+        {
+            "epochs": [1, 2],
+            "seeds": [0, 1, 2],
+            "train_per_class": 10,
+            "test_per_class": 10,
+            "batch_size": 50,
+            "cluster": "local",
+            "timeout": 600,
+        },
+        2,
+        0,
+    ),
     "04_attention": (dict(TINY_TRAIN, n_images=2, distance_images=20), 4, 1),
     "05_filters_and_embeddings": (dict(TINY_TRAIN, n_images=2, n_components=8), 9, 1),
     "06_representations": (dict(TINY_TRAIN, n_images=2, cka_images=40, cka_batch=20, ig_steps=4), 5, 0),
@@ -64,8 +90,12 @@ def tiny_runs(root: Path) -> dict[str, Path]:
     trained here when missing: the same overrides as the notebooks' training cell, so they are shared."""
     from analysis.runs import ensure_trained
 
-    overrides = {"train.epochs": TINY_TRAIN["epochs"], "data.train_per_class": TINY_TRAIN["train_per_class"],
-                 "data.test_per_class": TINY_TRAIN["test_per_class"], "train.progress": "none"}
+    overrides = {
+        "train.epochs": TINY_TRAIN["epochs"],
+        "data.train_per_class": TINY_TRAIN["train_per_class"],
+        "data.test_per_class": TINY_TRAIN["test_per_class"],
+        "train.progress": "none",
+    }
     return ensure_trained(("vit_p_fmnist_tiny", "vit_c_fmnist_tiny"), root=root, overrides=overrides)
 
 

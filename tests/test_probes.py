@@ -45,8 +45,12 @@ class TinyConvStem(nn.Module):
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.first_conv = nn.Conv2d(in_chans, 8, 3, stride=2, padding=1, bias=False)
         self.body = nn.Sequential(
-            self.first_conv, nn.BatchNorm2d(8), nn.ReLU(),
-            nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+            self.first_conv,
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
             nn.Conv2d(16, embed_dim, 1),
         )
         self.kind, self.stride = "conv", 4
@@ -96,6 +100,7 @@ def rgb(n=3):
 
 
 # --- layout and the fused-attention switch ---------------------------------------------------
+
 
 def test_layout_from_plain_patch_embed_and_suite_stem(vit_cls, vit_pool, vit_conv):
     a, b, c = token_layout(vit_cls), token_layout(vit_pool), token_layout(vit_conv)
@@ -153,6 +158,7 @@ def test_probes_leave_training_mode_alone(vit_cls):
 
 # --- class-token maps and rollout --------------------------------------------------------------
 
+
 def test_class_token_maps_shapes_and_values(vit_cls, vit_pool, vit_conv):
     x = gray(3)
     maps = class_token_attention(vit_cls, x)
@@ -209,6 +215,7 @@ def test_rollout_and_gradient_rollout_maps(vit_cls, vit_pool, vit_conv):
 
 # --- mean attention distance ------------------------------------------------------------------
 
+
 def test_attention_distance_on_hand_built_attention():
     eye = torch.eye(4).expand(2, 3, 4, 4)
     assert np.allclose(mean_attention_distance([eye], (2, 2), stride=16, num_prefix_tokens=0), 0.0)
@@ -245,6 +252,7 @@ def test_attention_distance_frame(vit_cls, vit_conv):
 
 # --- CKA --------------------------------------------------------------------------------------
 
+
 def hsic1_reference(k: np.ndarray, l: np.ndarray) -> float:
     """Unbiased HSIC_1 written out term by term from Song et al. / Nguyen et al."""
     n = k.shape[0]
@@ -252,8 +260,9 @@ def hsic1_reference(k: np.ndarray, l: np.ndarray) -> float:
     np.fill_diagonal(k, 0)
     np.fill_diagonal(l, 0)
     one = np.ones(n)
-    return (np.trace(k @ l) + one @ k @ one * (one @ l @ one) / ((n - 1) * (n - 2))
-            - 2 / (n - 2) * one @ k @ l @ one) / (n * (n - 3))
+    return (
+        np.trace(k @ l) + one @ k @ one * (one @ l @ one) / ((n - 1) * (n - 2)) - 2 / (n - 2) * one @ k @ l @ one
+    ) / (n * (n - 3))
 
 
 def cka_reference(x: np.ndarray, y: np.ndarray) -> float:
@@ -264,7 +273,9 @@ def cka_reference(x: np.ndarray, y: np.ndarray) -> float:
 def features(n=64, d=10, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g, dtype=torch.float64)
-    y = torch.tanh(x @ torch.randn(d, 6, generator=g, dtype=torch.float64)) + 0.3 * torch.randn(n, 6, generator=g, dtype=torch.float64)
+    y = torch.tanh(x @ torch.randn(d, 6, generator=g, dtype=torch.float64)) + 0.3 * torch.randn(
+        n, 6, generator=g, dtype=torch.float64
+    )
     return x, y
 
 
@@ -295,7 +306,7 @@ def test_minibatch_cka_close_to_full_batch_for_large_n():
     x, y = features(n=2000, d=4, seed=3)
     acc = MinibatchCKA()
     for i in range(0, 2000, 200):
-        acc.update([x[i:i + 200], y[i:i + 200]])
+        acc.update([x[i : i + 200], y[i : i + 200]])
     acc.update([x[:3], y[:3]])  # too small for HSIC_1: skipped
     assert (acc.batches, acc.examples, acc.skipped) == (10, 2000, 1)
     mini = acc.result()[0, 1]
@@ -320,10 +331,15 @@ def test_cka_on_models(vit_cls, vit_pool):
     other = cka_between(vit_cls, vit_pool, [(gray(8), torch.zeros(8))], max_images=6)
     assert other.shape == (3, 3) and np.isfinite(other.to_numpy()).all()
     feats = block_features(vit_cls, gray(2))
-    assert {k: tuple(v.shape) for k, v in feats.items()} == {"stem": (2, 49 * 32), "block0": (2, 50 * 32), "block1": (2, 50 * 32)}
+    assert {k: tuple(v.shape) for k, v in feats.items()} == {
+        "stem": (2, 49 * 32),
+        "block0": (2, 50 * 32),
+        "block1": (2, 50 * 32),
+    }
 
 
 # --- filters and position embeddings ---------------------------------------------------------
+
 
 def test_first_layer_filters(vit_cls, vit_conv):
     assert first_layer_filters(vit_cls).shape == (32, 1, 4, 4)
@@ -350,8 +366,10 @@ def test_filter_pca_of_a_model(vit_conv):
     np.testing.assert_allclose(pca.reconstruct(), first_layer_filters(vit_conv), atol=1e-10)
 
 
-@pytest.mark.parametrize("kw,prefix", [({}, 1), ({"class_token": False, "global_pool": "avg"}, 0),
-                                      ({"reg_tokens": 2}, 3), ({"no_embed_class": True}, 1)])
+@pytest.mark.parametrize(
+    "kw,prefix",
+    [({}, 1), ({"class_token": False, "global_pool": "avg"}, 0), ({"reg_tokens": 2}, 3), ({"no_embed_class": True}, 1)],
+)
 def test_position_similarity_drops_prefix_tokens(kw, prefix):
     model = tiny_vit(**kw)
     assert model.num_prefix_tokens == prefix
@@ -375,6 +393,7 @@ def test_position_similarity_without_embedding():
 
 
 # --- captum attributions ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["vit_cls", "vit_pool", "vit_conv"])
 def test_attributions_have_image_shape(name, request):

@@ -1,4 +1,5 @@
 """Regime studies: the claims per setting, each setting's cost, the selection rule, the forest plot."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,19 +13,25 @@ from analysis.regimes import choose_regime, regime_summary
 
 
 def regime(size: str, epochs: int, per_class: int, stable: bool, seed: int, flops: float, seconds: float):
-    errors = stable_vs_unstable("C", "P", seed=seed) if stable else \
-        {k: v for k, v in stable_vs_unstable("C", "C", seed=seed).items()} | \
-        {("P", o): list(10 + np.random.default_rng(seed).exponential(0.8, 16)) for o in ("adamw", "sgd")}
+    errors = (
+        stable_vs_unstable("C", "P", seed=seed)
+        if stable
+        else {k: v for k, v in stable_vs_unstable("C", "C", seed=seed).items()}
+        | {("P", o): list(10 + np.random.default_rng(seed).exponential(0.8, 16)) for o in ("adamw", "sgd")}
+    )
     return frame(errors, size=size, epochs=epochs).assign(
-        **{"cfg.data.train_per_class": per_class, "cfg.train.epochs": epochs, "flops": flops, "seconds": seconds})
+        **{"cfg.data.train_per_class": per_class, "cfg.train.epochs": epochs, "flops": flops, "seconds": seconds}
+    )
 
 
 @pytest.fixture(scope="module")
 def study():
-    parts = [regime("fmnist_tiny", 6, 200, False, 1, 12.0e6, 20.0),          # p4: over budget
-             regime("fmnist_p16_tiny", 6, 200, False, 2, 4.0e6, 8.0),         # fits, nothing reproduced
-             regime("fmnist_p16_tiny", 12, 100, True, 3, 4.0e6, 8.0),         # fits, claims reproduced
-             regime("fmnist_p16_tiny", 15, 200, True, 4, 4.0e6, 20.0)]        # over budget, reproduced
+    parts = [
+        regime("fmnist_tiny", 6, 200, False, 1, 12.0e6, 20.0),  # p4: over budget
+        regime("fmnist_p16_tiny", 6, 200, False, 2, 4.0e6, 8.0),  # fits, nothing reproduced
+        regime("fmnist_p16_tiny", 12, 100, True, 3, 4.0e6, 8.0),  # fits, claims reproduced
+        regime("fmnist_p16_tiny", 15, 200, True, 4, 4.0e6, 20.0),
+    ]  # over budget, reproduced
     df = pd.concat(parts, ignore_index=True)
     return df, claims_table(df, resamples=500)
 

@@ -27,8 +27,19 @@ from tests.test_sweeps import SMALL, _fake_run
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-DONE = {"status": "completed", "reason": None, "epoch": 1, "step": 12, "top1_err": 40.0, "top5_err": 5.0,
-        "best_top1_err": 39.0, "ema_top1_err": None, "params": 1000, "flops": 5000, "seconds": 3.0}
+DONE = {
+    "status": "completed",
+    "reason": None,
+    "epoch": 1,
+    "step": 12,
+    "top1_err": 40.0,
+    "top5_err": 5.0,
+    "best_top1_err": 39.0,
+    "ema_top1_err": None,
+    "params": 1000,
+    "flops": 5000,
+    "seconds": 3.0,
+}
 
 
 class Payload:
@@ -42,8 +53,12 @@ class Payload:
 
 
 def four_runs(root: Path, name: str = "shared") -> Sweep:
-    spec = {"name": name, "base": SMALL, "grid": {"preset": ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny"],
-                                                 "optimizer": ["adamw", "sgd"]}, "launch": {"cluster": "local"}}
+    spec = {
+        "name": name,
+        "base": SMALL,
+        "grid": {"preset": ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny"], "optimizer": ["adamw", "sgd"]},
+        "launch": {"cluster": "local"},
+    }
     return Sweep.from_dict(spec, root=root)
 
 
@@ -54,8 +69,19 @@ def dead_pid() -> int:
 
 
 def record_local_job(sweep: Sweep, job_id: int, runs: list[str]) -> None:
-    sweep._save_launches([{"launch": 0, "time": "2025-01-01T00:00:00", "cluster": "local", "code": "",
-                           "options": {}, "jobs": [{"job_id": str(job_id), "runs": runs}], "cancelled": []}])
+    sweep._save_launches(
+        [
+            {
+                "launch": 0,
+                "time": "2025-01-01T00:00:00",
+                "cluster": "local",
+                "code": "",
+                "options": {},
+                "jobs": [{"job_id": str(job_id), "runs": runs}],
+                "cancelled": [],
+            }
+        ]
+    )
 
 
 def planted_sweep(tmp_path: Path) -> tuple[Sweep, Path]:
@@ -92,8 +118,14 @@ def test_collect_and_status_never_unpickle(tmp_path):
 def test_cli_collect_report_status_never_unpickle(tmp_path, command):
     sweep, marker = planted_sweep(tmp_path)
     extra = ["--no-probes", "--out", str(tmp_path / "r.html")] if command == "report" else []
-    out = subprocess.run([sys.executable, "-m", "analysis", *command.split(), str(sweep.dir), *extra],
-                         capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "analysis", *command.split(), str(sweep.dir), *extra],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     assert not marker.exists()
 
@@ -118,8 +150,10 @@ def test_no_import_circle_in_sweeps():
 
 
 def _typed(frame: pd.DataFrame) -> list:
-    return [[(type(v).__name__, "nan" if isinstance(v, float) and v != v else v) for v in row]
-            for row in frame.itertuples(index=False)]
+    return [
+        [(type(v).__name__, "nan" if isinstance(v, float) and v != v else v) for v in row]
+        for row in frame.itertuples(index=False)
+    ]
 
 
 @pytest.mark.filterwarnings("ignore:.*unreadable")
@@ -204,8 +238,14 @@ def test_orphaned_trainer_reads_running_and_is_never_started_twice(tmp_path):
     sweep = four_runs(tmp_path)
     r0, r1, r2, r3 = sweep.run_ids
     (sweep.dir / "submitit").mkdir()
-    controller = subprocess.Popen([sys.executable, "-c", CONTROLLER, TRAINER, str(sweep.dir), r0],
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV, cwd=tmp_path)
+    controller = subprocess.Popen(
+        [sys.executable, "-c", CONTROLLER, TRAINER, str(sweep.dir), r0],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=ENV,
+        cwd=tmp_path,
+    )
     job = str(controller.pid)
     trainer = None
     try:
@@ -252,8 +292,9 @@ def test_orphaned_trainer_reads_running_and_is_never_started_twice(tmp_path):
 
 # -- launch options from the command line ------------------------------------------------------
 def _cli(*args, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "analysis", *args], capture_output=True, text=True, env=ENV,
-                          cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "analysis", *args], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300
+    )
 
 
 @pytest.mark.slow
@@ -263,11 +304,25 @@ def test_cli_set_launch_options(tmp_path):
         _fake_run(sweep.run_dir(run), sweep.configs[run], 1, DONE)
     spec = tmp_path / "shared.yaml"
     spec.write_text((sweep.dir / "spec.yaml").read_text())
-    ok = _cli("sweep", "launch", str(spec), "--root", str(tmp_path / "sweeps"), "--set", "launch.parallel=2",
-              "launch.cluster=local", "launch.timeout_min=6e1", cwd=tmp_path)
+    ok = _cli(
+        "sweep",
+        "launch",
+        str(spec),
+        "--root",
+        str(tmp_path / "sweeps"),
+        "--set",
+        "launch.parallel=2",
+        "launch.cluster=local",
+        "launch.timeout_min=6e1",
+        cwd=tmp_path,
+    )
     assert ok.returncode == 0 and "nothing to launch" in ok.stdout, ok.stderr
-    for bad, words in ((["launch.parallel=two"], "parallel must be int"), (["launch.gpus=1"], "gpus_per_node"),
-                       (["launch.parallel"], "launch.KEY=VALUE"), (["launch.cluster=moon"], "local")):
+    for bad, words in (
+        (["launch.parallel=two"], "parallel must be int"),
+        (["launch.gpus=1"], "gpus_per_node"),
+        (["launch.parallel"], "launch.KEY=VALUE"),
+        (["launch.cluster=moon"], "local"),
+    ):
         out = _cli("sweep", "launch", str(spec), "--root", str(tmp_path / "fresh"), "--set", *bad, cwd=tmp_path)
         assert out.returncode == 2 and out.stderr.count("\n") == 1 and words in out.stderr, out.stderr
         assert "Traceback" not in out.stderr and not (tmp_path / "fresh").exists()
@@ -284,8 +339,18 @@ def test_set_values_are_checked_before_the_folder_is_written(tmp_path, capsys):
     assert main(["sweep", "launch", str(spec), "--root", str(tmp_path / "x"), "--set", "launch.parallel=0"]) == 2
     assert "parallel must be >= 1" in capsys.readouterr().err and not (tmp_path / "x").exists()
     (tmp_path / "shared.yaml").write_text((sweep.dir / "spec.yaml").read_text())
-    args = ["sweep", "launch", str(tmp_path / "shared.yaml"), "--root", str(tmp_path / "sweeps"),
-            "--set", "launch.parallel=2", "launch.cluster=local", "--parallel", "3"]
+    args = [
+        "sweep",
+        "launch",
+        str(tmp_path / "shared.yaml"),
+        "--root",
+        str(tmp_path / "sweeps"),
+        "--set",
+        "launch.parallel=2",
+        "launch.cluster=local",
+        "--parallel",
+        "3",
+    ]
     assert main(args) == 0 and "nothing to launch" in capsys.readouterr().out
 
 
@@ -308,18 +373,29 @@ def test_demo_progress_lines_and_bar():
 
     lines, out = [], io.StringIO()
     progress = Progress(3, echo=lines.append, bar=True, file=out)
-    for states in (("PENDING",) * 3, ("PENDING",) * 3, ("RUNNING", "PENDING", "PENDING"),
-                   ("COMPLETED", "RUNNING", "PENDING"), ("COMPLETED", "COMPLETED", "FAILED")):
+    for states in (
+        ("PENDING",) * 3,
+        ("PENDING",) * 3,
+        ("RUNNING", "PENDING", "PENDING"),
+        ("COMPLETED", "RUNNING", "PENDING"),
+        ("COMPLETED", "COMPLETED", "FAILED"),
+    ):
         progress(frame(*states))
     progress.close()
-    assert [l.split("] ")[1] for l in lines] == ["3 pending", "2 pending, 1 running",
-                                                  "1 completed, 1 pending, 1 running", "2 completed, 1 failed"]
+    assert [l.split("] ")[1] for l in lines] == [
+        "3 pending",
+        "2 pending, 1 running",
+        "1 completed, 1 pending, 1 running",
+        "2 completed, 1 failed",
+    ]
     assert "2/3" in out.getvalue() and "1 failed" in out.getvalue()
 
 
 # -- Ctrl-C --------------------------------------------------------------------------------------
-LONG = {"data": {"train_per_class": 400, "test_per_class": 10},
-        "train": {"epochs": 3, "batch_size": 50, "precision": "fp32", "progress": "lines", "threads": 1}}
+LONG = {
+    "data": {"train_per_class": 400, "test_per_class": 10},
+    "train": {"epochs": 3, "batch_size": 50, "precision": "fp32", "progress": "lines", "threads": 1},
+}
 
 
 def _interrupt_when_running(proc: subprocess.Popen, folder: Path, timeout: float = 300) -> None:
@@ -328,8 +404,7 @@ def _interrupt_when_running(proc: subprocess.Popen, folder: Path, timeout: float
     deadline = time.monotonic() + timeout
     while True:
         assert proc.poll() is None, proc.communicate()
-        if (folder / "runs.json").exists() and any(
-                (d / rundir.LOG).exists() for d in (folder / "runs").iterdir()):
+        if (folder / "runs.json").exists() and any((d / rundir.LOG).exists() for d in (folder / "runs").iterdir()):
             break
         assert time.monotonic() < deadline, "no run started"
         time.sleep(0.3)
@@ -360,12 +435,25 @@ def test_ctrl_c_on_sweep_launch_wait(tmp_path):
     import yaml
 
     spec = tmp_path / "long.yaml"
-    spec.write_text(yaml.safe_dump({"name": "long", "base": LONG, "grid": {"preset": ["vit_p_fmnist_tiny",
-                                                                                       "vit_c_fmnist_tiny"]},
-                                    "launch": {"cluster": "local", "parallel": 2, "timeout_min": 20}}))
-    proc = subprocess.Popen([sys.executable, "-m", "analysis", "sweep", "launch", str(spec), "--root",
-                             str(tmp_path / "sweeps"), "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=ENV, cwd=tmp_path, start_new_session=True)
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "long",
+                "base": LONG,
+                "grid": {"preset": ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny"]},
+                "launch": {"cluster": "local", "parallel": 2, "timeout_min": 20},
+            }
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "analysis", "sweep", "launch", str(spec), "--root", str(tmp_path / "sweeps"), "--wait"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
     folder = tmp_path / "sweeps" / "long"
     _interrupt_when_running(proc, folder)
     _check_interrupted(proc, folder, ["still running", "sweep cancel", "sweep status", str(folder)])
@@ -373,9 +461,15 @@ def test_ctrl_c_on_sweep_launch_wait(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_on_demo(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "analysis", "demo", "--root", str(tmp_path), "--parallel", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "analysis", "demo", "--root", str(tmp_path), "--parallel", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
     folder = tmp_path / "fmnist_demo"
     _interrupt_when_running(proc, folder)
     _check_interrupted(proc, folder, ["still running", "sweep cancel", "python -m analysis demo"])

@@ -29,8 +29,15 @@ def test_report_is_one_offline_file_with_every_figure(real_sweep, real_frame, tm
     sections = page.split("<h2>Summary</h2>")[1].split("<h2>")[1:]
     figs = [len(re.findall(r'class="plotly-graph-div"', part)) for part in sections]
     assert figs == [1] * 12 and "Error against training length" not in page
-    for heading in ("Error EDFs", "lr / wd sensitivity", "Optimizer gap", "Training curves",
-                    "Mean attention distance", "attention rollout", "first-layer filters"):
+    for heading in (
+        "Error EDFs",
+        "lr / wd sensitivity",
+        "Optimizer gap",
+        "Training curves",
+        "Mean attention distance",
+        "attention rollout",
+        "first-layer filters",
+    ):
         assert heading in page, heading
     assert "ViT_C-fmnist_tiny" in page and "within_4" in page
     # the claims table comes first, with a verdict for the optimizer gap of each stem

@@ -73,8 +73,10 @@ def hooked_features(model, x):
     """An independent reader: forward hooks on patch_embed and every block during model(x)."""
     out = {}
     mods = [("stem", model.patch_embed)] + [(f"block{i}", b) for i, b in enumerate(model.blocks)]
-    handles = [m.register_forward_hook(lambda m, i, o, name=name: out.__setitem__(name, o.reshape(len(o), -1)))
-               for name, m in mods]
+    handles = [
+        m.register_forward_hook(lambda m, i, o, name=name: out.__setitem__(name, o.reshape(len(o), -1)))
+        for name, m in mods
+    ]
     try:
         with torch.no_grad():
             model(x)
@@ -85,6 +87,7 @@ def hooked_features(model, x):
 
 
 # --- one reader ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("stem", ["patchify", "conv", "cct"])
 def test_reader_equals_hooks_on_the_suite_vits(vits, stem):
@@ -103,16 +106,24 @@ def test_reader_equals_hooks_on_the_suite_vits(vits, stem):
 def test_reader_on_cnns_and_models_without_it(resnet):
     layers = read_layers(resnet, images(3))
     assert [layer.name for layer in layers] == ["stem", "layer1", "layer2", "layer3", "layer4"]
-    assert [tuple(layer.value.shape[1:]) for layer in layers] == [(24, 28, 28), (24, 28, 28), (48, 14, 14),
-                                                                  (96, 7, 7), (192, 4, 4)]
+    assert [tuple(layer.value.shape[1:]) for layer in layers] == [
+        (24, 28, 28),
+        (24, 28, 28),
+        (48, 14, 14),
+        (96, 7, 7),
+        (192, 4, 4),
+    ]
     assert layers[0].pooled()["global_avg"].shape == (3, 24)
     with pytest.raises(ConfigError, match="Sequential has no forward_intermediates"):
         read_layers(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten()), images(2))
 
 
 def test_probes_refuse_attention_on_a_cnn_in_one_line(resnet):
-    for probe in (lambda: attention_distance(resnet, [images(4)]), lambda: rollout_maps(resnet, images(2)),
-                  lambda: residual_strength(resnet, [images(4)])):
+    for probe in (
+        lambda: attention_distance(resnet, [images(4)]),
+        lambda: rollout_maps(resnet, images(2)),
+        lambda: residual_strength(resnet, [images(4)]),
+    ):
         with pytest.raises(ConfigError) as err:
             probe()
         assert "ResNet has no" in str(err.value) and "\n" not in str(err.value)
@@ -120,6 +131,7 @@ def test_probes_refuse_attention_on_a_cnn_in_one_line(resnet):
 
 
 # --- CKA across models --------------------------------------------------------------------------
+
 
 def test_cka_of_a_model_with_itself_and_with_its_cnn_view(vits, resnet):
     vit, batches = vits["conv"], [images(8, 1), images(8, 2)]
@@ -139,8 +151,9 @@ def test_cka_pairs_is_the_pairwise_cka_in_one_pass(vits, resnet):
     batches = [images(6, 3), images(6, 4)]
     pairs = cka_pairs(models, batches, pairs=[("ViT_P", "ResNet"), ("ViT_C", "ResNet"), ("ViT_P", "ViT_C")])
     assert list(pairs) == [("ViT_P", "ResNet"), ("ViT_C", "ResNet"), ("ViT_P", "ViT_C")]
-    np.testing.assert_allclose(pairs[("ViT_C", "ResNet")].to_numpy(),
-                               cka_between(vits["conv"], resnet, batches).to_numpy(), atol=1e-10)
+    np.testing.assert_allclose(
+        pairs[("ViT_C", "ResNet")].to_numpy(), cka_between(vits["conv"], resnet, batches).to_numpy(), atol=1e-10
+    )
     assert pairs[("ViT_P", "ResNet")].shape == (5, 5)
     with pytest.raises(ConfigError, match="unknown model label in pairs 'nope'"):
         cka_pairs(models, batches, pairs=[("ViT_P", "nope")])
@@ -151,6 +164,7 @@ def test_cka_pairs_is_the_pairwise_cka_in_one_pass(vits, resnet):
 
 # --- loading from any source ------------------------------------------------------------------
 
+
 def test_timm_name_and_state_dict_file_give_the_same_features(tmp_path):
     torch.manual_seed(0)
     model = as_model("resnet18", num_classes=10, in_chans=1)
@@ -160,8 +174,10 @@ def test_timm_name_and_state_dict_file_give_the_same_features(tmp_path):
     torch.save({"state_dict": model.state_dict(), "state_dict_ema": ema}, tmp_path / "timm.pth")
     x = images(4, size=32)
     want = block_features(model, x)
-    for loaded in (as_model("resnet18", checkpoint_path=tmp_path / "plain.pt", num_classes=10, in_chans=1),
-                   as_model("resnet18", checkpoint_path=tmp_path / "timm.pth", num_classes=10, in_chans=1)):
+    for loaded in (
+        as_model("resnet18", checkpoint_path=tmp_path / "plain.pt", num_classes=10, in_chans=1),
+        as_model("resnet18", checkpoint_path=tmp_path / "timm.pth", num_classes=10, in_chans=1),
+    ):
         got = block_features(loaded, x)
         for name in want:
             torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)
@@ -171,13 +187,15 @@ def test_timm_name_and_state_dict_file_give_the_same_features(tmp_path):
 
 def test_as_model_says_what_is_wrong_in_one_line(tmp_path):
     torch.save({"w": torch.zeros(2)}, tmp_path / "w.pt")
-    cases = [(lambda: as_model("no_such_model"), "not a run folder, a suite preset"),
-             (lambda: as_model(tmp_path / "w.pt"), "name its architecture"),
-             (lambda: as_model("resnet18", checkpoint_path=tmp_path / "w.pt"), "does not hold weights for resnet18"),
-             (lambda: as_model("resnet18", checkpoint_path=tmp_path / "missing.pt"), "is not a file"),
-             (lambda: as_model("vit_p_fmnist_tiny", pretrained=True), "no pretrained weights"),
-             (lambda: as_model("resnet18", initial=True), "initial=True needs a run folder"),
-             (lambda: as_model(3), "got int")]
+    cases = [
+        (lambda: as_model("no_such_model"), "not a run folder, a suite preset"),
+        (lambda: as_model(tmp_path / "w.pt"), "name its architecture"),
+        (lambda: as_model("resnet18", checkpoint_path=tmp_path / "w.pt"), "does not hold weights for resnet18"),
+        (lambda: as_model("resnet18", checkpoint_path=tmp_path / "missing.pt"), "is not a file"),
+        (lambda: as_model("vit_p_fmnist_tiny", pretrained=True), "no pretrained weights"),
+        (lambda: as_model("resnet18", initial=True), "initial=True needs a run folder"),
+        (lambda: as_model(3), "got int"),
+    ]
     for call, words in cases:
         with pytest.raises(ConfigError) as err:
             call()
@@ -185,6 +203,7 @@ def test_as_model_says_what_is_wrong_in_one_line(tmp_path):
 
 
 # --- layerwise linear probes ------------------------------------------------------------------
+
 
 def test_ridge_probe_finds_the_label_when_features_hold_it_and_chance_on_noise():
     g = torch.Generator().manual_seed(0)
@@ -215,7 +234,7 @@ def test_linear_probes_on_a_model(vits):
         gen = torch.Generator().manual_seed(seed)
         y = torch.randint(0, 10, (n,), generator=gen)
         x = torch.randn(n, 1, 28, 28, generator=gen) * 0.3 + (templates[y] if informative else 0)
-        return [(x[i:i + 100], y[i:i + 100]) for i in range(0, n, 100)]
+        return [(x[i : i + 100], y[i : i + 100]) for i in range(0, n, 100)]
 
     model = vits["patchify"]
     good = linear_probes(model, batches(400, True, 2), batches(400, True, 3))
@@ -231,6 +250,7 @@ def test_linear_probes_on_a_model(vits):
 
 
 # --- residual-stream strength -----------------------------------------------------------------
+
 
 def test_residual_ratio_matches_a_hand_computation_and_flags_a_zeroed_branch():
     torch.manual_seed(0)
@@ -264,10 +284,15 @@ def test_residual_strength_without_class_token(vits):
 
 # --- attention distance against training-set size ---------------------------------------------
 
+
 def test_distance_vs_data_averages_runs_and_counts_local_heads(vits):
-    runs = pd.DataFrame({"model": ["ViT_C", "ViT_C", "ViT_C", "CCT"],
-                         "cfg.data.train_per_class": [60, 60, None, 60],
-                         "source": [vits["conv"], vits["conv"], vits["patchify"], vits["cct"]]})
+    runs = pd.DataFrame(
+        {
+            "model": ["ViT_C", "ViT_C", "ViT_C", "CCT"],
+            "cfg.data.train_per_class": [60, 60, None, 60],
+            "source": [vits["conv"], vits["conv"], vits["patchify"], vits["cct"]],
+        }
+    )
     frame = distance_vs_data(runs, [images(4)])
     assert set(frame.columns) == {"model", "train_per_class", "layer", "head", "distance_px", "stride_px", "runs"}
     assert len(frame) == 3 * 4 * 2
@@ -298,13 +323,17 @@ def test_the_data_size_spec_and_equal_steps_train_every_size_as_long():
 
     runs = Spec.from_yaml(Path(__file__).resolve().parents[1] / "jobs" / "fmnist_data_size.yaml").runs()
     assert {(r["cfg"].model.preset, r["cfg"].data.train_per_class) for r in runs} == {
-        (p, n) for p in ("vit_p_fmnist", "vit_c_fmnist") for n in (60, 600, None)}
+        (p, n) for p in ("vit_p_fmnist", "vit_c_fmnist") for n in (60, 600, None)
+    }
     for r in runs:  # Fashion-MNIST: 6000 training images per class, 10 classes
         cfg = r["cfg"]
         per_epoch = (cfg.data.train_per_class or 6000) * 10 // cfg.train.batch_size
         assert per_epoch * cfg.train.epochs == 6000 and per_epoch * cfg.optim.warmup_epochs == 600
     assert equal_steps({"train.epochs": 5, "data.train_per_class": 2000}, 200) == {
-        "train.epochs": 50, "data.train_per_class": 200, "optim.warmup_epochs": 10.0}
+        "train.epochs": 50,
+        "data.train_per_class": 200,
+        "optim.warmup_epochs": 10.0,
+    }
     with pytest.raises(ConfigError, match="needs data.train_per_class"):
         equal_steps({"train.epochs": 5}, 200)
 

@@ -14,8 +14,18 @@ from analysis.errors import ConfigError
 from analysis.train import Stopped, Trainer, train
 from tests.test_train import tiny_cfg
 
-CLI = [sys.executable, "-m", "analysis", "train", "train.epochs=1", "data.train_per_class=20",
-       "data.test_per_class=10", "train.batch_size=50", "train.precision=fp32", "train.progress=none"]
+CLI = [
+    sys.executable,
+    "-m",
+    "analysis",
+    "train",
+    "train.epochs=1",
+    "data.train_per_class=20",
+    "data.test_per_class=10",
+    "train.batch_size=50",
+    "train.precision=fp32",
+    "train.progress=none",
+]
 
 
 def one_line_error(done: subprocess.CompletedProcess) -> str:
@@ -26,9 +36,17 @@ def one_line_error(done: subprocess.CompletedProcess) -> str:
 
 def test_second_trainer_is_refused_naming_the_holder(tmp_path):
     cfg = tiny_cfg(**{"train.epochs": 1})
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom analysis import rundir\n"
-                               f"rundir.RunLock({str(tmp_path / 'run')!r}).acquire()\nprint('locked', flush=True)\n"
-                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom analysis import rundir\n"
+            f"rundir.RunLock({str(tmp_path / 'run')!r}).acquire()\nprint('locked', flush=True)\n"
+            "time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(rundir.RunLocked) as e:
@@ -125,8 +143,9 @@ def test_out_that_is_a_file_or_unwritable_is_one_line(tmp_path):
         pytest.skip("root writes into read-only folders; the read-only case needs another user")
     locked = tmp_path / "ro"
     locked.mkdir(mode=0o555)
-    assert "not writable" in one_line_error(subprocess.run(CLI + ["--out", str(locked / "run")],
-                                                           capture_output=True, text=True))
+    assert "not writable" in one_line_error(
+        subprocess.run(CLI + ["--out", str(locked / "run")], capture_output=True, text=True)
+    )
 
 
 def test_read_only_folder_is_refused_before_anything_is_written(tmp_path, monkeypatch):
@@ -142,12 +161,15 @@ def test_read_only_folder_is_refused_before_anything_is_written(tmp_path, monkey
     assert not (locked / "run").exists()
 
 
-@pytest.mark.parametrize("overrides, words", [
-    ({"model.preset": "vit_q"}, ["vit_q", "vit_c_fmnist"]),
-    ({"model.stem": "spiral"}, ["spiral", "patchify"]),
-    # images are resized to the preset's 224 px unless data.img_size says otherwise: 28 px, 16 px patches
-    ({"model.preset": "vit_p_1gf", "data.img_size": 28}, ["img_size 28", "stride 16"]),
-])
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        ({"model.preset": "vit_q"}, ["vit_q", "vit_c_fmnist"]),
+        ({"model.stem": "spiral"}, ["spiral", "patchify"]),
+        # images are resized to the preset's 224 px unless data.img_size says otherwise: 28 px, 16 px patches
+        ({"model.preset": "vit_p_1gf", "data.img_size": 28}, ["img_size 28", "stride 16"]),
+    ],
+)
 def test_bad_model_is_caught_before_the_folder_exists(tmp_path, overrides, words):
     with pytest.raises(ConfigError) as e:
         train(tiny_cfg(**overrides), tmp_path / "run")
@@ -214,9 +236,17 @@ def test_restart_takes_the_precision_asked_for(tmp_path):
 
 def test_group_skips_a_folder_another_trainer_holds(tmp_path, capsys):
     cfgs = [tiny_cfg(**{"train.epochs": 1, "train.seed": s}) for s in (0, 1)]
-    holder = subprocess.Popen([sys.executable, "-c", "import time\nfrom analysis import rundir\n"
-                               f"rundir.RunLock({str(tmp_path / 'b')!r}).acquire()\nprint('locked', flush=True)\n"
-                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\nfrom analysis import rundir\n"
+            f"rundir.RunLock({str(tmp_path / 'b')!r}).acquire()\nprint('locked', flush=True)\n"
+            "time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         from analysis.train import train_group

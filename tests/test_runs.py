@@ -47,8 +47,14 @@ def test_bad_run_dirs_are_one_line(run, tmp_path):
 def test_ensure_trained_progress_bars_and_reuse(tmp_path, capsys):
     from analysis.runs import ensure_trained
 
-    overrides = {"data.train_per_class": 20, "data.test_per_class": 10, "train.batch_size": 50,
-                 "train.epochs": 1, "train.precision": "fp32", "train.progress": "none"}
+    overrides = {
+        "data.train_per_class": 20,
+        "data.test_per_class": 10,
+        "train.batch_size": 50,
+        "train.epochs": 1,
+        "train.precision": "fp32",
+        "train.progress": "none",
+    }
     runs = ensure_trained(("vit_p_fmnist_tiny",), root=tmp_path, overrides=overrides, progress=True)
     out, err = capsys.readouterr()
     assert "epoch 1/1 loss" in out and "runs" in err  # engine lines on stdout, the runs bar on stderr

@@ -31,7 +31,9 @@ def result_within(job: submitit.Job, timeout: float, every_task: bool = False) -
     thread.start()
     thread.join(timeout)
     if not outcome:
-        pytest.fail(f"job {job.job_id}: result() still blocked after {timeout:.0f} s (sacct: {sacct_states(job.job_id)})")
+        pytest.fail(
+            f"job {job.job_id}: result() still blocked after {timeout:.0f} s (sacct: {sacct_states(job.job_id)})"
+        )
     return outcome[0]
 
 

@@ -196,7 +196,9 @@ def test_optimizer_gap(sweep):
     table = optimizer_gap_table(sweep)
     median = counted(sweep).groupby(keys).median()
     for row in table.itertuples():
-        assert row.gap == pytest.approx(median[(row.model, "sgd", row.epochs)] - median[(row.model, "adamw", row.epochs)])
+        assert row.gap == pytest.approx(
+            median[(row.model, "sgd", row.epochs)] - median[(row.model, "adamw", row.epochs)]
+        )
         if row.epochs == 20:  # 16 sampled + 2 tuned runs per group
             assert row.low <= row.gap <= row.high and row.n_sgd >= 17
         else:  # two tuned runs: no interval
@@ -204,7 +206,9 @@ def test_optimizer_gap(sweep):
     claims = claims_table(sweep).query("claim == 'optimizer_gap' and setting == 'fmnist, 20 epochs'")
     at20 = table[table.epochs == 20].set_index("model")
     for row in claims.itertuples():
-        assert [row.estimate, row.low, row.high] == pytest.approx(at20.loc[row.subject, ["gap", "low", "high"]].tolist())
+        assert [row.estimate, row.low, row.high] == pytest.approx(
+            at20.loc[row.subject, ["gap", "low", "high"]].tolist()
+        )
     # the fixture's patchify stem pays more for SGD than the conv stem
     by_model = table.groupby("model")["gap"].mean()
     assert by_model["ViT_P-fmnist"] > by_model["ViT_C-fmnist"]
@@ -269,7 +273,16 @@ def test_summary_table_numbers():
         {
             "model": ["A"] * 6 + ["B"] * 2,
             "optimizer": ["sgd"] * 8,
-            "status": ["completed", "completed", "completed", "diverged", "failed", "running", "completed", "completed"],
+            "status": [
+                "completed",
+                "completed",
+                "completed",
+                "diverged",
+                "failed",
+                "running",
+                "completed",
+                "completed",
+            ],
             "error": [10.0, 12.0, 15.0, 100.0, nan, nan, 20.0, 21.0],
             "diverged": [False, False, False, True, False, False, False, False],
         }
@@ -292,7 +305,9 @@ def test_summary_table_on_sweep(sweep):
     assert table["n"].sum() == sweep.error.notna().sum()
     assert table["failed"].sum() == 1 and table["unfinished"].sum() == 2
     pp = table.set_index(["model", "optimizer"]).loc[("ViT_P-fmnist", "sgd")]
-    assert pp.diverged_frac == pytest.approx(sweep[(sweep.model == "ViT_P-fmnist") & (sweep.optimizer == "sgd")].diverged.sum() / pp.n)
+    assert pp.diverged_frac == pytest.approx(
+        sweep[(sweep.model == "ViT_P-fmnist") & (sweep.optimizer == "sgd")].diverged.sum() / pp.n
+    )
 
 
 def test_epochs_table_skips_groups_without_errors(sweep):

@@ -11,8 +11,7 @@ import torch
 from analysis import rundir
 from analysis.config import RunConfig
 from analysis.errors import ConfigError
-from analysis.models import (STEMS, CCTStem, ConvStem, PatchifyStem, complexity, create_model, register_stem,
-                             stem_names)
+from analysis.models import STEMS, CCTStem, ConvStem, PatchifyStem, complexity, create_model, register_stem, stem_names
 from analysis.models.registry import lookup_stem, portable_stem, stem_layer
 from analysis.sweeps import Spec, Sweep
 from tests import user_stems
@@ -34,8 +33,13 @@ def test_registry_keeps_the_suite_stems_and_adds_users():
         register_stem("conv")(user_stems.two_conv)
 
 
-BUILTIN = {"patchify": (PatchifyStem, {}), "conv": (ConvStem, {}), "patchify_bn": (PatchifyStem, {"bn": True}),
-           "conv_ln": (ConvStem, {"norm": "ln"}), "cct": (CCTStem, {})}
+BUILTIN = {
+    "patchify": (PatchifyStem, {}),
+    "conv": (ConvStem, {}),
+    "patchify_bn": (PatchifyStem, {"bn": True}),
+    "conv_ln": (ConvStem, {"norm": "ln"}),
+    "cct": (CCTStem, {}),
+}
 
 
 @pytest.mark.parametrize("name", STEMS)
@@ -88,15 +92,18 @@ def test_complexity_counts_a_users_stem():
     assert complexity(ours, 28, 1)["flops"] == body + stem_flops
 
 
-@pytest.mark.parametrize("stem, words", [
-    ("nope", "unknown stem 'nope'; allowed: patchify, conv"),
-    ("no_such_package.stems:x", "no module named 'no_such_package'"),
-    ("tests.user_stems:missing", "module tests.user_stems has no 'missing'"),
-    ("tests.user_stems:NOT_CALLABLE", "is a int, not a function or class"),
-    ("tests/user_stems.py:two_conv", "must look like mypackage.stems:my_stem"),
-    ("tests.user_stems:no_grid", "lacks grid_size, num_patches, kind"),
-    ("tests.user_stems:stride_eight", "has stride 8, the preset's patch_size is 4"),
-])
+@pytest.mark.parametrize(
+    "stem, words",
+    [
+        ("nope", "unknown stem 'nope'; allowed: patchify, conv"),
+        ("no_such_package.stems:x", "no module named 'no_such_package'"),
+        ("tests.user_stems:missing", "module tests.user_stems has no 'missing'"),
+        ("tests.user_stems:NOT_CALLABLE", "is a int, not a function or class"),
+        ("tests/user_stems.py:two_conv", "must look like mypackage.stems:my_stem"),
+        ("tests.user_stems:no_grid", "lacks grid_size, num_patches, kind"),
+        ("tests.user_stems:stride_eight", "has stride 8, the preset's patch_size is 4"),
+    ],
+)
 def test_bad_stems_are_one_line(stem, words):
     with pytest.raises(ConfigError) as err:
         create_model("vit_c_fmnist_tiny", stem=stem)
@@ -117,12 +124,18 @@ def test_configs_and_specs_check_stems_before_anything_runs():
 
 SPEC = {
     "name": "own_stem",
-    "base": {"data": {"train_per_class": 20, "test_per_class": 10},
-             "train": {"epochs": 1, "batch_size": 50, "precision": "fp32", "progress": "lines", "threads": 1},
-             "optim": {"ref_batch": 50, "lr": 1e-3}},
-    "grid": {"model": [{"model.preset": "vit_c_fmnist_tiny", "model.stem": PATH},
-                       {"model.preset": "vit_p_fmnist_tiny"},
-                       {"model.preset": "resnet_fmnist", "optim.name": "sgd", "optim.lr": 0.1}]},
+    "base": {
+        "data": {"train_per_class": 20, "test_per_class": 10},
+        "train": {"epochs": 1, "batch_size": 50, "precision": "fp32", "progress": "lines", "threads": 1},
+        "optim": {"ref_batch": 50, "lr": 1e-3},
+    },
+    "grid": {
+        "model": [
+            {"model.preset": "vit_c_fmnist_tiny", "model.stem": PATH},
+            {"model.preset": "vit_p_fmnist_tiny"},
+            {"model.preset": "resnet_fmnist", "optim.name": "sgd", "optim.lr": 0.1},
+        ]
+    },
     "launch": {"cluster": "local", "parallel": 1, "timeout_min": 20},
 }
 
@@ -160,8 +173,12 @@ def test_a_users_stem_trains_in_a_local_sweep_from_the_code_snapshot(own_stem_sw
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_a_users_stem_trains_on_slurm_from_the_code_snapshot(slurm_cluster, tmp_path_factory):
-    spec = {**SPEC, "name": "own_stem_slurm", "grid": {"model": SPEC["grid"]["model"][:1]},
-            "launch": {"cluster": "slurm", "partition": slurm_cluster.partition, "cpus_per_task": 1, "timeout_min": 10}}
+    spec = {
+        **SPEC,
+        "name": "own_stem_slurm",
+        "grid": {"model": SPEC["grid"]["model"][:1]},
+        "launch": {"cluster": "slurm", "partition": slurm_cluster.partition, "cpus_per_task": 1, "timeout_min": 10},
+    }
     sweep = launch_elsewhere(spec, tmp_path_factory)
     assert sweep.launches[0]["cluster"] == "slurm"
     assert list(sweep.collect()["status"]) == ["completed"]
@@ -169,12 +186,23 @@ def test_a_users_stem_trains_on_slurm_from_the_code_snapshot(slurm_cluster, tmp_
 
 @pytest.mark.slow
 def test_probes_read_the_runs_of_the_sweep(own_stem_sweep, tmp_path):
-    from analysis.probes import (as_model, attention_distance, block_features, cka_between, first_layer_filters,
-                                 linear_probes, residual_strength, rollout_maps, stem_gradcam)
+    from analysis.probes import (
+        as_model,
+        attention_distance,
+        block_features,
+        cka_between,
+        first_layer_filters,
+        linear_probes,
+        residual_strength,
+        rollout_maps,
+        stem_gradcam,
+    )
     from analysis.runs import load_config, sample_images
 
-    runs = {row["cfg.model.preset"] + ("_own" if row["stem"] == PATH else ""): row["run_dir"]
-            for _, row in own_stem_sweep.collect().iterrows()}
+    runs = {
+        row["cfg.model.preset"] + ("_own" if row["stem"] == PATH else ""): row["run_dir"]
+        for _, row in own_stem_sweep.collect().iterrows()
+    }
     vit_dir, resnet_run = runs["vit_c_fmnist_tiny_own"], runs["resnet_fmnist"]
     vit_run = as_model(vit_dir, trust_code=True)  # the run names a stem import path: imported when trusted
     x, y, _ = sample_images(load_config(vit_dir), n=40, one_per_class=False)

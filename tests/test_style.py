@@ -15,8 +15,10 @@ from tests.fixtures_sweep import sweep, sweep_frame  # noqa: F401  (pytest fixtu
 
 
 def test_names_of_models_and_sizes():
-    assert model_name("vit_c_4gf", "conv") == "ViT_C-4GF" and model_name("vit_p_fmnist_tiny", "conv_ln") == \
-        "conv_ln-fmnist_tiny"
+    assert (
+        model_name("vit_c_4gf", "conv") == "ViT_C-4GF"
+        and model_name("vit_p_fmnist_tiny", "conv_ln") == "conv_ln-fmnist_tiny"
+    )
     assert model_name("resnet_fmnist", None) == "resnet_fmnist" and preset_size("vit_p_1.6gf") == "1.6GF"
 
 
@@ -38,8 +40,9 @@ def test_colours_follow_the_stem_column_not_the_label(sweep):  # noqa: F811
     colors = color_map(["alpha", "beta"], head_stems(frame, "model"))
     assert colors == {"alpha": STEM_COLORS["conv"], "beta": STEM_COLORS["patchify"]}
     edf = edf_figure(frame)
-    assert {t.line.color for t in edf.data if t.meta["kind"] == "edf" and t.meta["group"].startswith("beta")} == \
-        {STEM_COLORS["patchify"]}
+    assert {t.line.color for t in edf.data if t.meta["kind"] == "edf" and t.meta["group"].startswith("beta")} == {
+        STEM_COLORS["patchify"]
+    }
     mixed = frame.assign(stem=[("conv", "patchify")[i % 2] for i in range(len(frame))])
     assert head_stems(mixed, "model") == {}  # a group of two stems has no stem colour
 
@@ -52,7 +55,9 @@ def test_one_colour_per_stem_in_curves_edfs_and_distances(sweep):  # noqa: F811
     for stem, name in (("patchify", "ViT_P-fmnist"), ("conv", "ViT_C-fmnist")):
         colour = STEM_COLORS[stem]
         assert {t.line.color for t in curves.data if t.name == name} == {colour}
-        assert {t.line.color for t in edf.data if t.meta["kind"] == "edf" and t.meta["group"].startswith(name)} == {colour}
+        assert {t.line.color for t in edf.data if t.meta["kind"] == "edf" and t.meta["group"].startswith(name)} == {
+            colour
+        }
         assert [t.marker.color for t in distance.data if t.name == name] == [colour]
 
 

@@ -22,20 +22,50 @@ from analysis.sweeps.job import Preemption, plan, run_group
 from analysis.train import Stopped
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = {"data": {"train_per_class": 30, "test_per_class": 10},
-         "train": {"epochs": 1, "batch_size": 50, "precision": "fp32", "progress": "lines"}}
+SMALL = {
+    "data": {"train_per_class": 30, "test_per_class": 10},
+    "train": {"epochs": 1, "batch_size": 50, "precision": "fp32", "progress": "lines"},
+}
 LR_RANGES = {"adamw": [2.5e-4, 8e-3], "sgd": [0.1, 3.2]}
-CONTRACT = ["run", "run_dir", "status", "reason", "model", "preset", "stem", "optimizer", "epochs", "lr", "wd",
-            "batch_size", "seed", "error", "best_error", "top5_error", "ema_error", "diverged", "epochs_done",
-            "seconds", "params", "flops"]
+CONTRACT = [
+    "run",
+    "run_dir",
+    "status",
+    "reason",
+    "model",
+    "preset",
+    "stem",
+    "optimizer",
+    "epochs",
+    "lr",
+    "wd",
+    "batch_size",
+    "seed",
+    "error",
+    "best_error",
+    "top5_error",
+    "ema_error",
+    "diverged",
+    "epochs_done",
+    "seconds",
+    "params",
+    "flops",
+]
 
 
 def lrwd_spec(samples=8, seed=0, **extra):
-    return {"name": "lrwd", "base": SMALL,
-            "grid": {"preset": ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny"],
-                     "optimizer": [{"optim.name": o, "optim.lr": {"log_uniform": r}} for o, r in LR_RANGES.items()]},
-            "sample": {"optim.weight_decay": {"log_uniform": [0.02, 0.8]}},
-            "samples": samples, "seed": seed, **extra}
+    return {
+        "name": "lrwd",
+        "base": SMALL,
+        "grid": {
+            "preset": ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny"],
+            "optimizer": [{"optim.name": o, "optim.lr": {"log_uniform": r}} for o, r in LR_RANGES.items()],
+        },
+        "sample": {"optim.weight_decay": {"log_uniform": [0.02, 0.8]}},
+        "samples": samples,
+        "seed": seed,
+        **extra,
+    }
 
 
 # -- specs ------------------------------------------------------------------------------------------
@@ -58,9 +88,17 @@ def test_sampling_is_deterministic_and_in_range():
 
 
 def test_quantization_and_duplicates_dropped():
-    spec = Spec.from_dict({"base": SMALL, "samples": 40, "seed": 3,
-                           "sample": {"optim.weight_decay": {"uniform": [0.0, 0.3], "step": 0.1},
-                                      "train.epochs": {"uniform": [1, 3], "step": 1}}})
+    spec = Spec.from_dict(
+        {
+            "base": SMALL,
+            "samples": 40,
+            "seed": 3,
+            "sample": {
+                "optim.weight_decay": {"uniform": [0.0, 0.3], "step": 0.1},
+                "train.epochs": {"uniform": [1, 3], "step": 1},
+            },
+        }
+    )
     runs = spec.runs()
     wds = {r["cfg"].optim.weight_decay for r in runs}
     assert wds <= {0.0, 0.1, 0.2, 0.3}
@@ -68,28 +106,37 @@ def test_quantization_and_duplicates_dropped():
     assert len(runs) <= 4 * 3 and spec.dropped == 40 - len(runs) and spec.dropped > 0
     flat = [tuple(sorted(r["cfg"].flat().items(), key=str)) for r in runs]
     assert len(set(flat)) == len(flat)
-    choice = Spec.from_dict({"base": SMALL, "samples": 10, "grid": {"stem": ["conv", "patchify"]},
-                             "sample": {"optim.name": {"choice": ["adamw", "sgd"]}}}).runs()
+    choice = Spec.from_dict(
+        {
+            "base": SMALL,
+            "samples": 10,
+            "grid": {"stem": ["conv", "patchify"]},
+            "sample": {"optim.name": {"choice": ["adamw", "sgd"]}},
+        }
+    ).runs()
     assert len(choice) <= 4 and {r["cfg"].model.stem for r in choice} == {"conv", "patchify"}
     assert all("-conv" in r["run"] or "-patchify" in r["run"] for r in choice)
 
 
-@pytest.mark.parametrize("change, words", [
-    ({"sample": {"optim.lrr": {"uniform": [0, 1]}}}, ["optim.lrr"]),
-    ({"grid": {"model.nope": [1]}}, ["model.nope"]),
-    ({"sample": {"optim.lr": {"uniform": [2.0, 1.0]}}}, ["empty", "optim.lr"]),
-    ({"sample": {"optim.lr": {"log_uniform": [0.0, 1.0]}}}, ["positive", "log_uniform"]),
-    ({"sample": {"optim.lr": {"log_uniform": [-1e-3, 1.0]}}}, ["positive"]),
-    ({"sample": {"optim.lr": {"normal": [0.0, 1.0]}}}, ["normal", "log_uniform, uniform, choice"]),
-    ({"sample": {"optim.lr": {"choice": []}}}, ["choice", "non-empty"]),
-    ({"sample": {"optim.lr": {"uniform": [0.1, 0.2], "step": 1.0}}}, ["no multiple of step"]),
-    ({"samplez": 3}, ["samplez"]),
-    ({"samples": 0}, ["samples"]),
-    ({"launch": {"partition": 3}}, ["partition"]),
-    ({"launch": {"gpu": 1}}, ["gpu", "gpus_per_node"]),
-    ({"base": {"train": {"epochs": -1}}}, ["train.epochs"]),
-    ({"grid": {"preset": ["vit_q_big"]}}, ["vit_q_big"]),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"sample": {"optim.lrr": {"uniform": [0, 1]}}}, ["optim.lrr"]),
+        ({"grid": {"model.nope": [1]}}, ["model.nope"]),
+        ({"sample": {"optim.lr": {"uniform": [2.0, 1.0]}}}, ["empty", "optim.lr"]),
+        ({"sample": {"optim.lr": {"log_uniform": [0.0, 1.0]}}}, ["positive", "log_uniform"]),
+        ({"sample": {"optim.lr": {"log_uniform": [-1e-3, 1.0]}}}, ["positive"]),
+        ({"sample": {"optim.lr": {"normal": [0.0, 1.0]}}}, ["normal", "log_uniform, uniform, choice"]),
+        ({"sample": {"optim.lr": {"choice": []}}}, ["choice", "non-empty"]),
+        ({"sample": {"optim.lr": {"uniform": [0.1, 0.2], "step": 1.0}}}, ["no multiple of step"]),
+        ({"samplez": 3}, ["samplez"]),
+        ({"samples": 0}, ["samples"]),
+        ({"launch": {"partition": 3}}, ["partition"]),
+        ({"launch": {"gpu": 1}}, ["gpu", "gpus_per_node"]),
+        ({"base": {"train": {"epochs": -1}}}, ["train.epochs"]),
+        ({"grid": {"preset": ["vit_q_big"]}}, ["vit_q_big"]),
+    ],
+)
 def test_bad_spec_is_one_line_error_before_anything_is_written(tmp_path, change, words):
     spec = {**lrwd_spec(), **change}
     with pytest.raises(ConfigError) as e:
@@ -112,8 +159,9 @@ def test_all_job_specs_validate():
     regime = {(r["cfg"].model.preset, r["cfg"].train.epochs, r["cfg"].data.train_per_class) for r in study}
     assert {(r["cfg"].model.preset, r["cfg"].train.epochs, r["cfg"].data.train_per_class) for r in demo} <= regime
     assert not {r["cfg"].train.seed for r in demo} & {r["cfg"].train.seed for r in study}
-    assert not {(r["cfg"].optim.lr, r["cfg"].optim.weight_decay) for r in demo} & \
-        {(r["cfg"].optim.lr, r["cfg"].optim.weight_decay) for r in study}
+    assert not {(r["cfg"].optim.lr, r["cfg"].optim.weight_decay) for r in demo} & {
+        (r["cfg"].optim.lr, r["cfg"].optim.weight_decay) for r in study
+    }
     for r in demo:  # small-data lrs are stated for the run's own batch: no rescaling
         cfg = r["cfg"]
         assert cfg.optim.ref_batch == cfg.train.batch_size
@@ -150,9 +198,15 @@ def test_model_names():
 
 def test_plan_batches_only_compatible_runs(tmp_path):
     dirs = []
-    for i, (preset, lr, epochs) in enumerate([("vit_p_fmnist_tiny", 1e-3, 1), ("vit_p_fmnist_tiny", 2e-3, 1),
-                                              ("vit_c_fmnist_tiny", 1e-3, 1), ("vit_p_fmnist_tiny", 3e-3, 1),
-                                              ("vit_p_fmnist_tiny", 1e-3, 2)]):
+    for i, (preset, lr, epochs) in enumerate(
+        [
+            ("vit_p_fmnist_tiny", 1e-3, 1),
+            ("vit_p_fmnist_tiny", 2e-3, 1),
+            ("vit_c_fmnist_tiny", 1e-3, 1),
+            ("vit_p_fmnist_tiny", 3e-3, 1),
+            ("vit_p_fmnist_tiny", 1e-3, 2),
+        ]
+    ):
         d = tmp_path / f"r{i}"
         d.mkdir()
         cfg = RunConfig().replace({"model.preset": preset, "optim.lr": lr, "train.epochs": epochs})
@@ -169,10 +223,18 @@ def test_local_sweep_end_to_end(tmp_path):
     """Two local processes train 3 runs (one fails); jobs run the launched snapshot of the code."""
     code = tmp_path / "src" / "analysis"
     shutil.copytree(REPO / "analysis", code, ignore=shutil.ignore_patterns("__pycache__"))
-    spec = {"name": "e2e", "base": SMALL, "launch": {"cluster": "local", "parallel": 2, "timeout_min": 20},
-            "grid": {"run": [{"preset": "vit_p_fmnist_tiny", "optimizer": "adamw"},
-                             {"preset": "vit_c_fmnist_tiny", "optimizer": "sgd"},
-                             {"preset": "vit_c_fmnist_tiny", "optimizer": "adamw", "train.batch_size": 1000}]}}
+    spec = {
+        "name": "e2e",
+        "base": SMALL,
+        "launch": {"cluster": "local", "parallel": 2, "timeout_min": 20},
+        "grid": {
+            "run": [
+                {"preset": "vit_p_fmnist_tiny", "optimizer": "adamw"},
+                {"preset": "vit_c_fmnist_tiny", "optimizer": "sgd"},
+                {"preset": "vit_c_fmnist_tiny", "optimizer": "adamw", "train.batch_size": 1000},
+            ]
+        },
+    }
     sweep = Sweep.from_dict(spec, root=tmp_path / "sweeps")
     ids = sweep.launch(code=code)
     # the user edits their code right after launching: the jobs must not see it
@@ -193,7 +255,7 @@ def test_local_sweep_end_to_end(tmp_path):
     assert f"analysis code: {snapshot}" in logs
 
     frame = collect(sweep.dir)
-    assert list(frame.columns[:len(CONTRACT)]) == CONTRACT
+    assert list(frame.columns[: len(CONTRACT)]) == CONTRACT
     assert "cfg.optim.warmup_epochs" in frame.columns
     row = frame.set_index("run").loc[ok]
     assert row["status"] == "completed" and row["model"] == "ViT_P-fmnist_tiny" and 0 <= row["error"] <= 100
@@ -210,13 +272,24 @@ def test_local_sweep_end_to_end(tmp_path):
 
     # a new process finds everything from the folder alone
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-m", "analysis", "sweep", "status", str(sweep.dir)],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "analysis", "sweep", "status", str(sweep.dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "COMPLETED: 2, FAILED: 1" in out.stdout and "exceeds" in out.stdout
     for name in ("table.csv", "table.parquet"):
-        out = subprocess.run([sys.executable, "-m", "analysis", "sweep", "collect", str(sweep.dir), "--out",
-                              str(tmp_path / name)], capture_output=True, text=True, env=env, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-m", "analysis", "sweep", "collect", str(sweep.dir), "--out", str(tmp_path / name)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
         assert out.returncode == 0, out.stderr
     back = pd.read_parquet(tmp_path / "table.parquet")
     assert len(back) == 3 and set(back["status"]) == {"completed", "failed"}
@@ -224,8 +297,7 @@ def test_local_sweep_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_local_cancel_then_resubmit_completes(tmp_path):
-    base = {**SMALL, "data": {"train_per_class": 100, "test_per_class": 10},
-            "train": {**SMALL["train"], "epochs": 2}}
+    base = {**SMALL, "data": {"train_per_class": 100, "test_per_class": 10}, "train": {**SMALL["train"], "epochs": 2}}
     sweep = Sweep.from_dict({"name": "cancel", "base": base, "launch": {"cluster": "local"}}, root=tmp_path)
     sweep.launch()
     run = sweep.run_ids[0]
@@ -246,8 +318,16 @@ def test_local_cancel_then_resubmit_completes(tmp_path):
 @pytest.mark.slow
 def test_preemption_signal_checkpoints_and_resume_matches(tmp_path, monkeypatch):
     """USR2 during run_group: the trainer checkpoints and stops; rerunning resumes to the same end."""
-    cfg = RunConfig().replace({"data.train_per_class": 60, "data.test_per_class": 10, "train.epochs": 2,
-                               "train.batch_size": 50, "train.precision": "fp32", "train.progress": "none"})
+    cfg = RunConfig().replace(
+        {
+            "data.train_per_class": 60,
+            "data.test_per_class": 10,
+            "train.epochs": 2,
+            "train.batch_size": 50,
+            "train.precision": "fp32",
+            "train.progress": "none",
+        }
+    )
     dirs = [tmp_path / "a", tmp_path / "b"]
     for d in dirs:
         d.mkdir()
@@ -297,9 +377,22 @@ def _fake_run(d: Path, cfg: RunConfig, epochs_done: int, result: dict | str | No
     d.mkdir(parents=True, exist_ok=True)
     (d / "config.yaml").write_text(cfg.to_yaml())
     for e in range(1, epochs_done + 1):
-        rundir.append_metrics(d, {"epoch": e, "step": 10 * e, "train_loss": 1.0, "test_top1_err": 50.0 - e,
-                                  "test_top5_err": 5.0, "ema_top1_err": None, "ema_top5_err": None, "lr": 0.1,
-                                  "seconds": 1.0, "images_per_s": 100.0, "elapsed": 1.0 * e})
+        rundir.append_metrics(
+            d,
+            {
+                "epoch": e,
+                "step": 10 * e,
+                "train_loss": 1.0,
+                "test_top1_err": 50.0 - e,
+                "test_top5_err": 5.0,
+                "ema_top1_err": None,
+                "ema_top5_err": None,
+                "lr": 0.1,
+                "seconds": 1.0,
+                "images_per_s": 100.0,
+                "elapsed": 1.0 * e,
+            },
+        )
     if isinstance(result, dict):
         rundir.write_json(d / "result.json", result)
     elif isinstance(result, str):
@@ -309,11 +402,26 @@ def _fake_run(d: Path, cfg: RunConfig, epochs_done: int, result: dict | str | No
 @pytest.mark.filterwarnings("ignore:.*unreadable")
 def test_collect_tolerates_partial_and_corrupt_dirs(tmp_path, monkeypatch):
     cfg = RunConfig().replace({"train.epochs": 3})
-    done = {"status": "completed", "reason": None, "epoch": 3, "step": 30, "top1_err": 12.5, "top5_err": 1.0,
-            "best_top1_err": 12.0, "ema_top1_err": None, "params": 1000, "flops": 5000, "seconds": 3.0}
+    done = {
+        "status": "completed",
+        "reason": None,
+        "epoch": 3,
+        "step": 30,
+        "top1_err": 12.5,
+        "top5_err": 1.0,
+        "best_top1_err": 12.0,
+        "ema_top1_err": None,
+        "params": 1000,
+        "flops": 5000,
+        "seconds": 3.0,
+    }
     _fake_run(tmp_path / "done", cfg, 3, done)
-    _fake_run(tmp_path / "diverged", cfg, 1, {**done, "status": "diverged", "reason": "non-finite loss",
-                                              "top1_err": 100.0, "best_top1_err": 100.0})
+    _fake_run(
+        tmp_path / "diverged",
+        cfg,
+        1,
+        {**done, "status": "diverged", "reason": "non-finite loss", "top1_err": 100.0, "best_top1_err": 100.0},
+    )
     _fake_run(tmp_path / "running", cfg, 2, None)
     _fake_run(tmp_path / "pending", cfg, 0, None)
     _fake_run(tmp_path / "torn", cfg, 1, '{"status": "compl')
@@ -371,17 +479,37 @@ def test_slurm_options_reach_the_sbatch_script(tmp_path):
     """Launch options from the spec and the call become sbatch options (no cluster needed)."""
     import submitit
 
-    spec = {**lrwd_spec(samples=1), "launch": {"partition": "gpu", "account": "vision", "qos": "high",
-                                               "gpus_per_node": 8, "mem_gb": 400, "timeout_min": 600}}
+    spec = {
+        **lrwd_spec(samples=1),
+        "launch": {
+            "partition": "gpu",
+            "account": "vision",
+            "qos": "high",
+            "gpus_per_node": 8,
+            "mem_gb": 400,
+            "timeout_min": 600,
+        },
+    }
     sweep = Sweep.from_dict(spec, root=tmp_path)
-    opts = sweep.launch_options(constraint="volta32gb", additional={"exclude": "node[1-2]"}, parallel=16,
-                                cpus_per_task=10)
+    opts = sweep.launch_options(
+        constraint="volta32gb", additional={"exclude": "node[1-2]"}, parallel=16, cpus_per_task=10
+    )
     executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="slurm")
     executor.update_parameters(**sweep.executor_params(opts, "slurm"))
     script = executor._executor._make_submission_file_text("python -m x", "uid")
-    for line in ("--partition=gpu", "--account=vision", "--qos=high", "--constraint=volta32gb",
-                 "--gpus-per-node=8", "--ntasks-per-node=8", "--cpus-per-task=10", "--mem=400GB",
-                 "--time=600", "--exclude='node[1-2]'", "--signal=USR2@120"):
+    for line in (
+        "--partition=gpu",
+        "--account=vision",
+        "--qos=high",
+        "--constraint=volta32gb",
+        "--gpus-per-node=8",
+        "--ntasks-per-node=8",
+        "--cpus-per-task=10",
+        "--mem=400GB",
+        "--time=600",
+        "--exclude='node[1-2]'",
+        "--signal=USR2@120",
+    ):
         assert f"#SBATCH {line}" in script, line
     assert executor._executor.parameters["array_parallelism"] == 16
     with pytest.raises(ConfigError, match="gpus_per_node"):

@@ -16,11 +16,21 @@ from analysis.train import train, train_group
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-TINY = {"data": {"train_per_class": 30, "test_per_class": 10},
-        "train": {"epochs": 1, "batch_size": 50, "precision": "fp32", "progress": "lines", "threads": 1}}
-LONGER = {"data": {"train_per_class": 100, "test_per_class": 10},
-          "train": {"epochs": 2, "batch_size": 50, "precision": "fp32", "progress": "lines", "threads": 1,
-                    "checkpoint_minutes": 0}}
+TINY = {
+    "data": {"train_per_class": 30, "test_per_class": 10},
+    "train": {"epochs": 1, "batch_size": 50, "precision": "fp32", "progress": "lines", "threads": 1},
+}
+LONGER = {
+    "data": {"train_per_class": 100, "test_per_class": 10},
+    "train": {
+        "epochs": 2,
+        "batch_size": 50,
+        "precision": "fp32",
+        "progress": "lines",
+        "threads": 1,
+        "checkpoint_minutes": 0,
+    },
+}
 
 
 def launch_opts(cluster, **extra):
@@ -42,10 +52,18 @@ def watch(sweep, until, timeout: float, poll: float = 0.5) -> dict[str, set[str]
 
 
 def test_slurm_sweep_states_and_collect(tmp_path, slurm_cluster):
-    spec = {"name": "small", "base": TINY, "launch": launch_opts(slurm_cluster),
-            "grid": {"run": [{"preset": "vit_p_fmnist_tiny", "optimizer": "adamw"},
-                             {"preset": "vit_c_fmnist_tiny", "optimizer": "sgd"},
-                             {"preset": "vit_c_fmnist_tiny", "optimizer": "adamw", "train.batch_size": 1000}]}}
+    spec = {
+        "name": "small",
+        "base": TINY,
+        "launch": launch_opts(slurm_cluster),
+        "grid": {
+            "run": [
+                {"preset": "vit_p_fmnist_tiny", "optimizer": "adamw"},
+                {"preset": "vit_c_fmnist_tiny", "optimizer": "sgd"},
+                {"preset": "vit_c_fmnist_tiny", "optimizer": "adamw", "train.batch_size": 1000},
+            ]
+        },
+    }
     sweep = Sweep.from_dict(spec, root=tmp_path)
     ids = sweep.launch()
     assert len(ids) == 3 and len({i.split("_")[0] for i in ids}) == 1  # one job array
@@ -65,8 +83,12 @@ def test_slurm_cancel_and_kill_then_resubmit(tmp_path, slurm_cluster):
     # scancel sends SIGTERM, which submitit lets pass, then SIGKILL KillWait (5 s) later: the runs must
     # train well past that window, or a run cancelled near its end completes (and rightly reads COMPLETED)
     base = {**LONGER, "train": {**LONGER["train"], "epochs": 6}}
-    spec = {"name": "cancel", "base": base, "launch": launch_opts(slurm_cluster),
-            "grid": {"preset": ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny"]}}
+    spec = {
+        "name": "cancel",
+        "base": base,
+        "launch": launch_opts(slurm_cluster),
+        "grid": {"preset": ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny"]},
+    }
     sweep = Sweep.from_dict(spec, root=tmp_path)
     sweep.launch()
     watch(sweep, lambda s: (s["state"] == "RUNNING").all(), timeout=180)
@@ -109,8 +131,9 @@ def wait_for_sacct(job_id: str, final: str = "COMPLETED", timeout: float = 60) -
     """The job's accounting states (requeues included) once its last one is `final`."""
     deadline = time.monotonic() + timeout
     while True:
-        sacct = subprocess.run(["sacct", "-j", job_id, "-D", "-X", "-n", "-P", "-o", "State"],
-                               capture_output=True, text=True).stdout.split()
+        sacct = subprocess.run(
+            ["sacct", "-j", job_id, "-D", "-X", "-n", "-P", "-o", "State"], capture_output=True, text=True
+        ).stdout.split()
         if sacct[-1:] == [final] or time.monotonic() > deadline:
             return sacct
         time.sleep(0.5)
@@ -119,9 +142,18 @@ def wait_for_sacct(job_id: str, final: str = "COMPLETED", timeout: float = 60) -
 def test_slurm_preempted_stacked_chunk_requeues_and_resumes(tmp_path, slurm_cluster):
     """Three runs (AdamW and SGD) stacked in one job: USR2 checkpoints all three at the next step, the
     job requeues, and the resumed chunk ends with the metrics of an uninterrupted chunk."""
-    spec = {"name": "preempt_stacked", "base": LONGER, "launch": launch_opts(slurm_cluster, runs_per_job=3, batch_runs=3),
-            "grid": {"optimizer": [{"optim.name": "adamw", "optim.lr": 1e-3}, {"optim.name": "adamw", "optim.lr": 3e-3},
-                                   {"optim.name": "sgd", "optim.lr": 0.5}]}}
+    spec = {
+        "name": "preempt_stacked",
+        "base": LONGER,
+        "launch": launch_opts(slurm_cluster, runs_per_job=3, batch_runs=3),
+        "grid": {
+            "optimizer": [
+                {"optim.name": "adamw", "optim.lr": 1e-3},
+                {"optim.name": "adamw", "optim.lr": 3e-3},
+                {"optim.name": "sgd", "optim.lr": 0.5},
+            ]
+        },
+    }
     sweep = Sweep.from_dict(spec, root=tmp_path)
     (job_id,) = sweep.launch()
     logs = [sweep.run_dir(r) / rundir.LOG for r in sweep.run_ids]

@@ -14,9 +14,18 @@ from analysis.train import Stopped, Trainer, train
 
 
 def tiny_cfg(**overrides) -> config.RunConfig:
-    base = {"model.preset": "vit_c_fmnist_tiny", "data.train_per_class": 40, "data.test_per_class": 20,
-            "train.batch_size": 50, "train.epochs": 2, "train.precision": "fp32", "train.progress": "none",
-            "train.checkpoint_minutes": 0, "optim.ref_batch": 50, "optim.lr": 1e-3}
+    base = {
+        "model.preset": "vit_c_fmnist_tiny",
+        "data.train_per_class": 40,
+        "data.test_per_class": 20,
+        "train.batch_size": 50,
+        "train.epochs": 2,
+        "train.precision": "fp32",
+        "train.progress": "none",
+        "train.checkpoint_minutes": 0,
+        "optim.ref_batch": 50,
+        "optim.lr": 1e-3,
+    }
     base.update(overrides)
     return config.RunConfig().replace(base)
 
@@ -29,8 +38,19 @@ def test_run_directory_contract(tmp_path):
     assert config.load(run / "config.yaml") == cfg
     rows = rundir.read_metrics(run)
     assert [r["epoch"] for r in rows] == [1, 2]
-    keys = {"epoch", "step", "train_loss", "test_top1_err", "test_top5_err", "ema_top1_err", "ema_top5_err",
-            "lr", "seconds", "images_per_s", "elapsed"}
+    keys = {
+        "epoch",
+        "step",
+        "train_loss",
+        "test_top1_err",
+        "test_top5_err",
+        "ema_top1_err",
+        "ema_top5_err",
+        "lr",
+        "seconds",
+        "images_per_s",
+        "elapsed",
+    }
     assert keys <= set(rows[0])
     assert rows[-1]["step"] == 2 * (400 // 50)
     assert 0 <= rows[-1]["test_top1_err"] <= 100 and rows[-1]["ema_top1_err"] is not None
@@ -126,14 +146,17 @@ def test_config_yaml_round_trip(tmp_path):
     assert config.load(tmp_path / "c.yaml") == cfg
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"optim.nme": "sgd"}, "unknown key in section 'optim' 'nme'; allowed: name, lr"),
-    ({"optim.name": "lamb"}, "unknown optim.name 'lamb'; allowed: adamw, sgd"),
-    ({"train.epochs": 0}, "train.epochs must be > 0"),
-    ({"train.epochs": "many"}, "train.epochs must be int"),
-    ({"data.name": "mnist"}, "allowed: fashion_mnist, cifar10, cifar100, imagefolder"),
-    ({"bogus.key": 1}, "unknown config key 'bogus.key'"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"optim.nme": "sgd"}, "unknown key in section 'optim' 'nme'; allowed: name, lr"),
+        ({"optim.name": "lamb"}, "unknown optim.name 'lamb'; allowed: adamw, sgd"),
+        ({"train.epochs": 0}, "train.epochs must be > 0"),
+        ({"train.epochs": "many"}, "train.epochs must be int"),
+        ({"data.name": "mnist"}, "allowed: fashion_mnist, cifar10, cifar100, imagefolder"),
+        ({"bogus.key": 1}, "unknown config key 'bogus.key'"),
+    ],
+)
 def test_bad_config_is_one_line(overrides, message):
     with pytest.raises(ConfigError) as e:
         config.RunConfig().replace(overrides)
@@ -150,9 +173,21 @@ def test_missing_data_names_path(tmp_path):
 
 def test_cli_train_and_bad_input(tmp_path):
     out = tmp_path / "cli"
-    args = [sys.executable, "-m", "analysis", "train", "--preset", "vit_p_fmnist_tiny", "--out", str(out),
-            "train.epochs=1", "data.train_per_class=20", "data.test_per_class=10", "train.batch_size=50",
-            "train.precision=fp32"]
+    args = [
+        sys.executable,
+        "-m",
+        "analysis",
+        "train",
+        "--preset",
+        "vit_p_fmnist_tiny",
+        "--out",
+        str(out),
+        "train.epochs=1",
+        "data.train_per_class=20",
+        "data.test_per_class=10",
+        "train.batch_size=50",
+        "train.precision=fp32",
+    ]
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "completed" in done.stdout and rundir.read_result(out)["status"] == "completed"

@@ -36,14 +36,16 @@ def write_cifar(folder: Path, protocol: int, n: int = 20, data=None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"batch_label": b"testing", b"labels": [i % 10 for i in range(n)],
-                 b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8) if data is None else data,
-                 b"filenames": [f"img_{i}.png".encode() for i in range(n)]}
+        batch = {
+            b"batch_label": b"testing",
+            b"labels": [i % 10 for i in range(n)],
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8) if data is None else data,
+            b"filenames": [f"img_{i}.png".encode() for i in range(n)],
+        }
         with open(folder / name, "wb") as fh:
             pickle.dump(batch, fh, protocol=protocol)
     with open(folder / "batches.meta", "wb") as fh:
-        pickle.dump({b"label_names": [c.encode() for c in D.CIFAR10_CLASSES], b"num_vis": 3072}, fh,
-                    protocol=protocol)
+        pickle.dump({b"label_names": [c.encode() for c in D.CIFAR10_CLASSES], b"num_vis": 3072}, fh, protocol=protocol)
 
 
 @pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
@@ -135,8 +137,9 @@ def plant_stem_sweep(root: Path, marker: Path) -> Path:
     run = make_sweep(sweep)
     pkg = sweep / "evilpkg"
     pkg.mkdir()
-    (pkg / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n"
-                                     "from analysis.models.stems import Stem\nstem = Stem\n")
+    (pkg / "__init__.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nfrom analysis.models.stems import Stem\nstem = Stem\n"
+    )
     (root / "sweeps" / "__init__.py").write_text("")
     (sweep / "__init__.py").write_text("")
     return run
@@ -179,9 +182,15 @@ def test_the_report_command_takes_trust_code():
 
 
 def tiny_spec(name="contained"):
-    return {"name": name, "base": {"data": {"train_per_class": 5, "test_per_class": 2},
-                                   "train": {"epochs": 1, "batch_size": 10, "precision": "fp32", "progress": "none"}},
-            "grid": {"optimizer": ["adamw", "sgd"]}, "launch": {"cluster": "local"}}
+    return {
+        "name": name,
+        "base": {
+            "data": {"train_per_class": 5, "test_per_class": 2},
+            "train": {"epochs": 1, "batch_size": 10, "precision": "fp32", "progress": "none"},
+        },
+        "grid": {"optimizer": ["adamw", "sgd"]},
+        "launch": {"cluster": "local"},
+    }
 
 
 def files_under(folder: Path) -> dict:
@@ -266,9 +275,16 @@ def test_a_bad_result_makes_the_run_failed_with_a_warning(tmp_path, case):
 def test_bad_metrics_rows_are_skipped():
     from analysis import rundir
 
-    lines = ['{"epoch": 0, "test_top1_err": 20.0}', '{"epoch": 1, "test_top1_err": NaN}',
-             '{"epoch": 2, "test_top1_err": 101}', '{"epoch": -1}', '{"epoch": 3, "train_loss": Infinity}',
-             '{"epoch": "4"}', '[1, 2]', '{"epoch": 5, "test_top1_err": 9.5}']
+    lines = [
+        '{"epoch": 0, "test_top1_err": 20.0}',
+        '{"epoch": 1, "test_top1_err": NaN}',
+        '{"epoch": 2, "test_top1_err": 101}',
+        '{"epoch": -1}',
+        '{"epoch": 3, "train_loss": Infinity}',
+        '{"epoch": "4"}',
+        "[1, 2]",
+        '{"epoch": 5, "test_top1_err": 9.5}',
+    ]
     assert sorted(rundir.metric_rows(lines)) == [0, 5]
 
 
@@ -277,23 +293,38 @@ def peak_mb(code: str, cwd: Path) -> tuple[float, str]:
     import subprocess
     import sys
 
-    script = ("import resource, analysis.sweeps, analysis.runs, analysis.report\n"
-              "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-              f"try:\n{textwrap.indent(code, '    ')}\n"
-              "except Exception as e:\n    print(type(e).__name__, str(e))\n"
-              "print('PEAK', (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=cwd,
-                         env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})
+    script = (
+        "import resource, analysis.sweeps, analysis.runs, analysis.report\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"try:\n{textwrap.indent(code, '    ')}\n"
+        "except Exception as e:\n    print(type(e).__name__, str(e))\n"
+        "print('PEAK', (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     peak = float(out.stdout.rsplit("PEAK", 1)[1])
     return peak, out.stdout
 
 
-@pytest.mark.parametrize("spec", [{"samples": 1_000_000, "sample": {"optim.lr": {"log_uniform": [1e-4, 1e-2]}}},
-                                  {"grid": {"optim.lr": list(range(1, 1001)), "train.seed": list(range(1000))}}])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"samples": 1_000_000, "sample": {"optim.lr": {"log_uniform": [1e-4, 1e-2]}}},
+        {"grid": {"optim.lr": list(range(1, 1001)), "train.seed": list(range(1000))}},
+    ],
+)
 def test_a_huge_spec_is_refused_before_anything_is_built(tmp_path, spec):
-    peak, out = peak_mb(f"from analysis.sweeps import Sweep\nSweep.from_dict({{'name': 'big', **{spec!r}}}, "
-                        f"root={str(tmp_path)!r})", tmp_path)
+    peak, out = peak_mb(
+        f"from analysis.sweeps import Sweep\nSweep.from_dict({{'name': 'big', **{spec!r}}}, root={str(tmp_path)!r})",
+        tmp_path,
+    )
     assert "ConfigError" in out and "over the limit of 10000 runs" in out or "over 10000 runs" in out, out
     assert peak < 200 and not (tmp_path / "big").exists()
 
@@ -309,8 +340,11 @@ def test_the_run_cap_can_be_raised(monkeypatch):
     assert Spec.from_dict(spec).count() == 30
 
 
-BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi")) + "model: {preset: *i}\n"
+BOMB = (
+    "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+    + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    + "model: {preset: *i}\n"
+)
 
 
 def test_a_yaml_alias_bomb_is_refused_in_bounded_memory(tmp_path):
@@ -337,12 +371,14 @@ def test_a_huge_metrics_file_is_read_in_bounded_memory(tmp_path):
         block = "".join(row % (e, "x" * 100) for e in range(20_000))
         for _ in range(8):  # some 22 MB, over the 8 MiB read
             f.write(block)
-    peak, out = peak_mb(f"import warnings; warnings.simplefilter('ignore')\n"
-                        f"from analysis.sweeps import Sweep, collect\nfrom analysis.plots import curves_figure\n"
-                        f"s = Sweep({str(sweep.dir)!r})\nprint(len(collect(s.dir, scheduler=False, cache=False)))\n"
-                        f"print(s.status()['epoch'].max())\n"
-                        f"fig = curves_figure([{str(run)!r}])\nprint('points', max(len(t.x) for t in fig.data))",
-                        tmp_path)
+    peak, out = peak_mb(
+        f"import warnings; warnings.simplefilter('ignore')\n"
+        f"from analysis.sweeps import Sweep, collect\nfrom analysis.plots import curves_figure\n"
+        f"s = Sweep({str(sweep.dir)!r})\nprint(len(collect(s.dir, scheduler=False, cache=False)))\n"
+        f"print(s.status()['epoch'].max())\n"
+        f"fig = curves_figure([{str(run)!r}])\nprint('points', max(len(t.x) for t in fig.data))",
+        tmp_path,
+    )
     assert "points 2000" in out or "points 2001" in out, out
     assert peak < 400, out
 
@@ -381,14 +417,16 @@ def test_two_launches_of_one_spec_at_once_start_each_run_once(tmp_path):
     (tmp_path / "race.yaml").write_text(yaml.safe_dump(tiny_spec("race")))
     cmd = [sys.executable, "-m", "analysis", "sweep", "launch", str(tmp_path / "race.yaml"), "--root", str(tmp_path)]
     env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert all("Traceback" not in err for _, err in outs), outs
     sweep = Sweep(tmp_path / "race")
     sweep.wait(timeout=300)
-    assert len(sweep.launches) == 1 and sorted(r for j in sweep.launches[0]["jobs"] for r in j["runs"]) == \
-        sorted(sweep.run_ids)
+    assert len(sweep.launches) == 1 and sorted(r for j in sweep.launches[0]["jobs"] for r in j["runs"]) == sorted(
+        sweep.run_ids
+    )
     assert [p.name for p in (sweep.dir / "code").iterdir()] == ["launch-000"]
     assert set(sweep.collect()["status"]) == {"completed"}

@@ -40,8 +40,19 @@ def explorer(sweep):
 
 
 def test_explorer_starts_with_every_run(explorer, sweep):
-    assert set(explorer.controls) >= {"stem", "model", "optimizer", "epochs", "preset", "lr adamw", "lr sgd",
-                                      "wd adamw", "wd sgd", "relative", "bootstrap"}
+    assert set(explorer.controls) >= {
+        "stem",
+        "model",
+        "optimizer",
+        "epochs",
+        "preset",
+        "lr adamw",
+        "lr sgd",
+        "wd adamw",
+        "wd sgd",
+        "relative",
+        "bootstrap",
+    }
     assert len(explorer.filtered()) == len(sweep)
     assert sum(legend_n(explorer.edf_fig).values()) == sweep.error.notna().sum()
     runs = kind(explorer.scatter_fig, "runs")
@@ -71,7 +82,9 @@ def test_lr_slider_of_one_optimizer_narrows_only_its_runs_in_place(explorer, swe
     assert 0 < len(kept) < len(done) and (kept.optimizer == "sgd").sum() == (done.optimizer == "sgd").sum()
     expected = kept.groupby(["model", "optimizer"]).size()
     assert legend_n(edf_widget) == {f"{m} {o}": n for (m, o), n in expected.items()}
-    xs = np.concatenate([np.asarray(t.x, dtype=float) for t in scatter_widget.data if t.meta["group"].endswith("adamw")])
+    xs = np.concatenate(
+        [np.asarray(t.x, dtype=float) for t in scatter_widget.data if t.meta["group"].endswith("adamw")]
+    )
     assert len(xs) == len(kept[kept.optimizer == "adamw"]) and xs.max() <= 1e-3 * (1 + 1e-9)
     adamw.slider.value = (adamw.slider.min, adamw.slider.max)  # dragging the slider sets the value too
     assert adamw.value == pytest.approx((low, high))
@@ -150,8 +163,9 @@ def test_figure_output_sends_only_changes():
 
 
 def test_sync_figure_in_place_and_swap():
-    target = go.Figure([go.Scatter(x=[1, 2], y=[3, 4], error_x=dict(array=[1, 1]))],
-                             layout=dict(title="old", xaxis=dict(range=[0, 9])))
+    target = go.Figure(
+        [go.Scatter(x=[1, 2], y=[3, 4], error_x=dict(array=[1, 1]))], layout=dict(title="old", xaxis=dict(range=[0, 9]))
+    )
     trace = target.data[0]
     sync_figure(target, go.Figure([go.Scatter(x=[5], y=[6])], layout=dict(title="new")))
     assert target.data[0] is trace and list(trace.x) == [5] and list(trace.y) == [6]

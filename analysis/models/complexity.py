@@ -7,6 +7,7 @@ adds are not counted.
 acts: total size of the outputs of those convs, linears and matmuls. params: all parameters.
 Counted from one forward pass of a single image with hooks, so any stem or CNN works.
 """
+
 from typing import Dict
 
 import torch

@@ -3,6 +3,7 @@
 Every preset is a model in timm's registry (analysis.models.timm_presets): `create_model` looks it up
 there, as `timm.create_model` does; timm's entrypoint calls `build`, the one builder of presets.
 """
+
 from typing import Any, Dict, Optional
 
 import timm
@@ -15,19 +16,27 @@ from analysis.models.registry import lookup_stem
 from analysis.models.vit import build_vit
 
 
-def resolve(preset: str, stem: Optional[str] = None, local_mlp: Optional[bool] = None,
-            num_classes: Optional[int] = None, in_chans: Optional[int] = None,
-            img_size: Optional[int] = None) -> Dict[str, Any]:
+def resolve(
+    preset: str,
+    stem: Optional[str] = None,
+    local_mlp: Optional[bool] = None,
+    num_classes: Optional[int] = None,
+    in_chans: Optional[int] = None,
+    img_size: Optional[int] = None,
+) -> Dict[str, Any]:
     """Returns the preset's settings with the overrides applied (None keeps the preset's value),
     after checking them; raises ConfigError on bad input."""
     s = get_preset(preset)
     if s["family"] == "cnn":
         if stem is not None:
-            raise ConfigError(f"stem {stem!r} given for CNN preset {preset!r}; "
-                              f"allowed: stem=None (stems apply to ViT presets: vit_*)")
+            raise ConfigError(
+                f"stem {stem!r} given for CNN preset {preset!r}; allowed: stem=None (stems apply to ViT presets: vit_*)"
+            )
         if local_mlp:
-            raise ConfigError(f"local_mlp=True given for CNN preset {preset!r}; "
-                              f"allowed: local_mlp=None/False (local_mlp applies to ViT presets: vit_*)")
+            raise ConfigError(
+                f"local_mlp=True given for CNN preset {preset!r}; "
+                f"allowed: local_mlp=None/False (local_mlp applies to ViT presets: vit_*)"
+            )
     else:
         if stem is not None:
             s["stem"] = stem
@@ -43,14 +52,22 @@ def resolve(preset: str, stem: Optional[str] = None, local_mlp: Optional[bool] =
         # stems that state their stride before they are built (the suite's) are checked here, others when built
         stride = entry.stride(s["patch_size"], s["stem_strides"]) if entry.stride else s["patch_size"]
         if s["img_size"] % stride:
-            raise ConfigError(f"img_size {s['img_size']} is not divisible by the {s['stem']} stem's "
-                              f"total stride {stride}; allowed: multiples of {stride}")
+            raise ConfigError(
+                f"img_size {s['img_size']} is not divisible by the {s['stem']} stem's "
+                f"total stride {stride}; allowed: multiples of {stride}"
+            )
     return s
 
 
-def build(preset: str, stem: Optional[str] = None, local_mlp: Optional[bool] = None,
-          num_classes: Optional[int] = None, in_chans: Optional[int] = None,
-          img_size: Optional[int] = None, fused_attn: bool = True) -> nn.Module:
+def build(
+    preset: str,
+    stem: Optional[str] = None,
+    local_mlp: Optional[bool] = None,
+    num_classes: Optional[int] = None,
+    in_chans: Optional[int] = None,
+    img_size: Optional[int] = None,
+    fused_attn: bool = True,
+) -> nn.Module:
     """Returns a freshly initialised model for a preset (the arguments of `create_model`)."""
     s = resolve(preset, stem, local_mlp, num_classes, in_chans, img_size)
     model = build_vit(s, fused_attn) if s["family"] == "vit" else build_cnn(s)
@@ -63,9 +80,15 @@ def build(preset: str, stem: Optional[str] = None, local_mlp: Optional[bool] = N
     return model
 
 
-def create_model(preset: str, stem: Optional[str] = None, local_mlp: Optional[bool] = None,
-                 num_classes: Optional[int] = None, in_chans: Optional[int] = None,
-                 img_size: Optional[int] = None, fused_attn: bool = True) -> nn.Module:
+def create_model(
+    preset: str,
+    stem: Optional[str] = None,
+    local_mlp: Optional[bool] = None,
+    num_classes: Optional[int] = None,
+    in_chans: Optional[int] = None,
+    img_size: Optional[int] = None,
+    fused_attn: bool = True,
+) -> nn.Module:
     """Returns a freshly initialised model for a preset; keyword arguments override the preset.
 
     The same as `timm.create_model(preset, ...)` (with `regnety_1.6gf` as timm's `regnety_1_6gf`).
@@ -75,5 +98,12 @@ def create_model(preset: str, stem: Optional[str] = None, local_mlp: Optional[bo
     `stem_name`.
     """
     get_preset(preset)  # an unknown preset: one line naming the presets
-    return timm.create_model(timm_name(preset), stem=stem, local_mlp=local_mlp, num_classes=num_classes,
-                             in_chans=in_chans, img_size=img_size, fused_attn=fused_attn)
+    return timm.create_model(
+        timm_name(preset),
+        stem=stem,
+        local_mlp=local_mlp,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        img_size=img_size,
+        fused_attn=fused_attn,
+    )

@@ -13,6 +13,7 @@ ViT_C has one block fewer than ViT_P (the conv stem costs about one block).
 Small presets use patch 4: two stride-2 3x3 convs doubling the width, then the 1x1 to d; the
 widths are chosen so that the conv stem costs about one transformer block.
 """
+
 from typing import Any, Dict, List, Optional
 
 from analysis.errors import one_of
@@ -20,25 +21,46 @@ from analysis.errors import one_of
 FAMILIES = ("vit", "cnn")
 
 
-def _vit_pair(name: str, d: int, mlp: int, heads: int, blocks_p: int, channels: List[int],
-              strides: List[int], img_size: int, in_chans: int, num_classes: int, dataset: str) -> Dict[str, dict]:
+def _vit_pair(
+    name: str,
+    d: int,
+    mlp: int,
+    heads: int,
+    blocks_p: int,
+    channels: List[int],
+    strides: List[int],
+    img_size: int,
+    in_chans: int,
+    num_classes: int,
+    dataset: str,
+) -> Dict[str, dict]:
     """Returns {vit_p_<name>: ..., vit_c_<name>: ...}: same widths, C with the conv stem, one block fewer."""
     patch = 1
     for s in strides:
         patch *= s
-    base = dict(family="vit", dataset=dataset, img_size=img_size, in_chans=in_chans, num_classes=num_classes,
-                embed_dim=d, num_heads=heads, mlp_ratio=mlp / d, patch_size=patch,
-                stem_channels=list(channels), stem_strides=list(strides), local_mlp=False)
-    return {f"vit_p_{name}": dict(base, stem="patchify", depth=blocks_p),
-            f"vit_c_{name}": dict(base, stem="conv", depth=blocks_p - 1)}
+    base = dict(
+        family="vit",
+        dataset=dataset,
+        img_size=img_size,
+        in_chans=in_chans,
+        num_classes=num_classes,
+        embed_dim=d,
+        num_heads=heads,
+        mlp_ratio=mlp / d,
+        patch_size=patch,
+        stem_channels=list(channels),
+        stem_strides=list(strides),
+        local_mlp=False,
+    )
+    return {
+        f"vit_p_{name}": dict(base, stem="patchify", depth=blocks_p),
+        f"vit_c_{name}": dict(base, stem="conv", depth=blocks_p - 1),
+    }
 
 
 def _cnn(arch: str, img_size: int, in_chans: int, num_classes: int, dataset: str) -> dict:
     """Returns a CNN preset dict."""
-    return dict(family="cnn", dataset=dataset, arch=arch, img_size=img_size, in_chans=in_chans,
-                num_classes=num_classes)
-
-
+    return dict(family="cnn", dataset=dataset, arch=arch, img_size=img_size, in_chans=in_chans, num_classes=num_classes)
 
 
 IMAGENET, FMNIST, CIFAR = "imagenet", "fashion_mnist", "cifar10"

@@ -91,12 +91,15 @@ def register_stem(name: str | Callable | None = None, *, seq_pool: bool = False,
     register_stem("conv_ln", norm="ln")(ConvStem)). Registering a name again replaces the earlier stem
     (a re-run notebook cell); the suite's stems cannot be replaced. Returns the factory unchanged.
     """
+
     def add(fn: Callable) -> Callable:
         key = name if isinstance(name, str) else getattr(fn, "__name__", None)
         if not callable(fn):
             raise ConfigError(f"register_stem needs a function or class, got {type(fn).__name__}")
         if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][\w.-]*", key):
-            raise ConfigError(f"stem name {key!r} must start with a letter or '_' and use letters, digits, '_', '.', '-'")
+            raise ConfigError(
+                f"stem name {key!r} must start with a letter or '_' and use letters, digits, '_', '.', '-'"
+            )
         if key in STEMS:
             raise ConfigError(f"stem name {key!r} is one of the suite's stems ({', '.join(STEMS)}); choose another")
         _REGISTRY[key] = StemEntry(key, fn, seq_pool=seq_pool, defaults=dict(defaults))
@@ -111,8 +114,9 @@ def stem_names() -> list[str]:
 
 
 def _unknown(name: str) -> ConfigError:
-    return ConfigError(f"unknown stem {name!r}; allowed: {', '.join(_REGISTRY)}, "
-                       f"or an import path module.path:callable")
+    return ConfigError(
+        f"unknown stem {name!r}; allowed: {', '.join(_REGISTRY)}, or an import path module.path:callable"
+    )
 
 
 def check_stem_name(name: str) -> None:
@@ -132,8 +136,10 @@ def _import(path: str) -> object:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        raise ConfigError(f"cannot import stem {path!r}: no module named {e.name!r} (install the package "
-                          f"or run from the folder that holds it)") from None
+        raise ConfigError(
+            f"cannot import stem {path!r}: no module named {e.name!r} (install the package "
+            f"or run from the folder that holds it)"
+        ) from None
     except Exception as e:  # noqa: BLE001 - any error inside the user's module, as one line
         first = str(e).splitlines()[0] if str(e) else ""
         raise ConfigError(f"cannot import stem {path!r}: {type(e).__name__} in module {module_name}: {first}") from None
@@ -162,12 +168,16 @@ def portable_stem(name: str) -> None:
     entry = lookup_stem(name)
     if ":" in name:
         if name.split(":")[0] == "__main__":
-            raise ConfigError(f"stem {name!r} lives in __main__ (a notebook or script); move it to a module "
-                              "and name it as module.path:callable so sweep jobs can import it")
+            raise ConfigError(
+                f"stem {name!r} lives in __main__ (a notebook or script); move it to a module "
+                "and name it as module.path:callable so sweep jobs can import it"
+            )
     elif not entry.builtin:
         module = getattr(entry.build, "__module__", None) or "its module"
-        raise ConfigError(f"stem {name!r} is registered in this process only; sweep jobs cannot see it: "
-                          f"name it by import path, e.g. {module}:{getattr(entry.build, '__name__', name)}")
+        raise ConfigError(
+            f"stem {name!r} is registered in this process only; sweep jobs cannot see it: "
+            f"name it by import path, e.g. {module}:{getattr(entry.build, '__name__', name)}"
+        )
 
 
 def _accepted(fn: Callable, kwargs: dict) -> dict:
@@ -188,20 +198,28 @@ def check_stem(stem: object, name: str, patch_size=None, img_size=None) -> None:
         raise ConfigError(f"stem {name!r} returned a {type(stem).__name__}; it must return an nn.Module")
     missing = [a for a in REQUIRED if getattr(stem, a, None) is None]
     if missing:
-        raise ConfigError(f"stem {name!r} lacks {', '.join(missing)}; a stem needs the attributes "
-                          f"{', '.join(REQUIRED)} (see analysis.models.registry)")
+        raise ConfigError(
+            f"stem {name!r} lacks {', '.join(missing)}; a stem needs the attributes "
+            f"{', '.join(REQUIRED)} (see analysis.models.registry)"
+        )
     if not isinstance(stem.first_conv, nn.Conv2d):
         raise ConfigError(f"stem {name!r}: first_conv must be an nn.Conv2d, got {type(stem.first_conv).__name__}")
     stride = int(stem.stride)
     if patch_size is not None and stride != int(to_2tuple(patch_size)[0]):
-        raise ConfigError(f"stem {name!r} has stride {stride}, the preset's patch_size is "
-                          f"{to_2tuple(patch_size)[0]}; allowed: a stem whose total stride equals patch_size")
+        raise ConfigError(
+            f"stem {name!r} has stride {stride}, the preset's patch_size is "
+            f"{to_2tuple(patch_size)[0]}; allowed: a stem whose total stride equals patch_size"
+        )
     grid = tuple(int(g) for g in stem.grid_size)
     if img_size is not None and grid != tuple(s // stride for s in to_2tuple(img_size)):
-        raise ConfigError(f"stem {name!r} has grid_size {grid}; images of {tuple(to_2tuple(img_size))} at stride "
-                          f"{stride} give {tuple(s // stride for s in to_2tuple(img_size))}")
+        raise ConfigError(
+            f"stem {name!r} has grid_size {grid}; images of {tuple(to_2tuple(img_size))} at stride "
+            f"{stride} give {tuple(s // stride for s in to_2tuple(img_size))}"
+        )
     if int(stem.num_patches) != grid[0] * grid[1]:
-        raise ConfigError(f"stem {name!r} has num_patches {stem.num_patches}, its grid {grid} holds {grid[0] * grid[1]}")
+        raise ConfigError(
+            f"stem {name!r} has num_patches {stem.num_patches}, its grid {grid} holds {grid[0] * grid[1]}"
+        )
 
 
 def stem_layer(entry: StemEntry, channels: Sequence[int], strides: Sequence[int]) -> Callable[..., nn.Module]:
@@ -226,6 +244,7 @@ STEMS = tuple(_REGISTRY)
 
 # -- sweep jobs import import-path stems from the launch's code snapshot ---------------------------
 
+
 def _installed(path: Path) -> bool:
     """Whether a file lives in the environment's site-packages (an installed, not editable, package)."""
     roots = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")} | set(site.getsitepackages())
@@ -237,9 +256,12 @@ def _installed(path: Path) -> bool:
 def _python_only(folder: str, names: list[str]) -> set[str]:
     """copytree filter: keep .py files and regular packages (folders with __init__.py)."""
     base = Path(folder)
-    return {n for n in names
-            if not ((base / n).is_file() and n.endswith(".py"))
-            and not ((base / n).is_dir() and (base / n / "__init__.py").is_file() and not n.startswith("."))}
+    return {
+        n
+        for n in names
+        if not ((base / n).is_file() and n.endswith(".py"))
+        and not ((base / n).is_dir() and (base / n / "__init__.py").is_file() and not n.startswith("."))
+    }
 
 
 def snapshot_stem_code(dest: str | Path, stems: Iterable[Optional[str]]) -> list[Path]:

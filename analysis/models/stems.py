@@ -12,6 +12,7 @@ The suite's stems (Xiao et al. 2021 and the related designs), one class each; th
   ConvStem(norm="ln")    the conv stem with LayerNorm over channels instead      conv_ln (ablation)
   CCTStem                CCT tokenizer: [3x3 conv (no bias) -> ReLU -> 3x3/2 max-pool] per stride-2 step
 """
+
 import math
 from typing import Optional, Sequence, Tuple, Union
 
@@ -24,8 +25,9 @@ from analysis.errors import one_of
 NORMS = ("bn", "ln")
 
 
-def conv_stack(in_chans: int, channels: Sequence[int], strides: Sequence[int], embed_dim: int,
-               norm: str, **dd) -> nn.Sequential:
+def conv_stack(
+    in_chans: int, channels: Sequence[int], strides: Sequence[int], embed_dim: int, norm: str, **dd
+) -> nn.Sequential:
     """Returns the conv stem body: [3x3 conv -> norm -> ReLU] per layer, then a 1x1 conv with bias."""
     layers, c_in = [], in_chans
     for c_out, s in zip(channels, strides):
@@ -37,8 +39,7 @@ def conv_stack(in_chans: int, channels: Sequence[int], strides: Sequence[int], e
     return nn.Sequential(*layers)
 
 
-def cct_stack(in_chans: int, channels: Sequence[int], strides: Sequence[int], embed_dim: int,
-              **dd) -> nn.Sequential:
+def cct_stack(in_chans: int, channels: Sequence[int], strides: Sequence[int], embed_dim: int, **dd) -> nn.Sequential:
     """Returns CCT's tokenizer: one conv-ReLU-maxpool layer per stride-2 step of the conv stem.
 
     Widths follow the conv stem's stride-2 layers; the last layer outputs embed_dim.
@@ -47,15 +48,16 @@ def cct_stack(in_chans: int, channels: Sequence[int], strides: Sequence[int], em
     widths[-1] = embed_dim
     layers, c_in = [], in_chans
     for c_out in widths:
-        layers += [nn.Conv2d(c_in, c_out, 3, stride=1, padding=1, bias=False, **dd),
-                   nn.ReLU(inplace=True),
-                   nn.MaxPool2d(3, stride=2, padding=1)]
+        layers += [
+            nn.Conv2d(c_in, c_out, 3, stride=1, padding=1, bias=False, **dd),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        ]
         c_in = c_out
     return nn.Sequential(*layers)
 
 
-def patchify_stack(in_chans: int, patch_size: int, embed_dim: int, bias: bool, bn: bool,
-                   **dd) -> nn.Sequential:
+def patchify_stack(in_chans: int, patch_size: int, embed_dim: int, bias: bool, bn: bool, **dd) -> nn.Sequential:
     """Returns the patchify stem body: one p x p conv with stride p (then BN -> ReLU if bn)."""
     layers = [nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, bias=bias, **dd)]
     if bn:
@@ -77,8 +79,18 @@ class Stem(nn.Module):
 
     kind: str
 
-    def finish(self, body: nn.Sequential, stride: int, patch_size: int, img_size, embed_dim: int,
-               flatten: bool, output_fmt: Optional[str], strict_img_size: bool, dynamic_img_pad: bool) -> None:
+    def finish(
+        self,
+        body: nn.Sequential,
+        stride: int,
+        patch_size: int,
+        img_size,
+        embed_dim: int,
+        flatten: bool,
+        output_fmt: Optional[str],
+        strict_img_size: bool,
+        dynamic_img_pad: bool,
+    ) -> None:
         """Sets the body and timm's PatchEmbed attributes; raises ValueError on a stride != patch_size."""
         if dynamic_img_pad:
             raise ValueError("Stem does not pad images; use an img_size divisible by its stride")
@@ -132,11 +144,15 @@ class Stem(nn.Module):
         _, _, h, w = x.shape
         if self.img_size is not None:
             if self.strict_img_size:
-                torch._assert(h == self.img_size[0] and w == self.img_size[1],
-                              f"input size ({h}, {w}) does not match the model's {self.img_size}")
+                torch._assert(
+                    h == self.img_size[0] and w == self.img_size[1],
+                    f"input size ({h}, {w}) does not match the model's {self.img_size}",
+                )
             else:
-                torch._assert(h % self.stride == 0 and w % self.stride == 0,
-                              f"input size ({h}, {w}) is not divisible by the stem stride {self.stride}")
+                torch._assert(
+                    h % self.stride == 0 and w % self.stride == 0,
+                    f"input size ({h}, {w}) is not divisible by the stem stride {self.stride}",
+                )
         x = self.body(x)
         if self.flatten:
             return x.flatten(2).transpose(1, 2)
@@ -152,16 +168,36 @@ class PatchifyStem(Stem):
     at +-2 absolute, torch's default bounds, as pycls), bias 0; BN (the suite's choice) 1/0.
     """
 
-    def __init__(self, img_size: Union[int, Tuple[int, int]] = 224, patch_size: int = 16, in_chans: int = 3,
-                 embed_dim: int = 768, bn: bool = False, bias: bool = True, flatten: bool = True,
-                 output_fmt: Optional[str] = None, strict_img_size: bool = True, dynamic_img_pad: bool = False,
-                 device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        img_size: Union[int, Tuple[int, int]] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        bn: bool = False,
+        bias: bool = True,
+        flatten: bool = True,
+        output_fmt: Optional[str] = None,
+        strict_img_size: bool = True,
+        dynamic_img_pad: bool = False,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__()
         self.kind = "patchify_bn" if bn else "patchify"
         patch_size = int(to_2tuple(patch_size)[0])
         body = patchify_stack(in_chans, patch_size, embed_dim, bias, bn, device=device, dtype=dtype)
-        self.finish(body, self.total_stride(patch_size), patch_size, img_size, embed_dim, flatten, output_fmt,
-                    strict_img_size, dynamic_img_pad)
+        self.finish(
+            body,
+            self.total_stride(patch_size),
+            patch_size,
+            img_size,
+            embed_dim,
+            flatten,
+            output_fmt,
+            strict_img_size,
+            dynamic_img_pad,
+        )
 
     @staticmethod
     def total_stride(patch_size: int, strides: Sequence[int] = ()) -> int:
@@ -198,18 +234,40 @@ class ConvStem(Stem):
     normal(std=sqrt(2/out_channels)), bias 0; norms 1/0.
     """
 
-    def __init__(self, img_size: Union[int, Tuple[int, int]] = 224, patch_size: int = 16, in_chans: int = 3,
-                 embed_dim: int = 768, channels: Sequence[int] = (), strides: Sequence[int] = (),
-                 norm: str = "bn", bias: bool = True, flatten: bool = True, output_fmt: Optional[str] = None,
-                 strict_img_size: bool = True, dynamic_img_pad: bool = False, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        img_size: Union[int, Tuple[int, int]] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        channels: Sequence[int] = (),
+        strides: Sequence[int] = (),
+        norm: str = "bn",
+        bias: bool = True,
+        flatten: bool = True,
+        output_fmt: Optional[str] = None,
+        strict_img_size: bool = True,
+        dynamic_img_pad: bool = False,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__()
         if norm not in NORMS:
             raise one_of("conv stem norm", norm, NORMS)
         self.kind = "conv" if norm == "bn" else "conv_ln"
         check_layout(channels, strides)
         body = conv_stack(in_chans, channels, strides, embed_dim, norm, device=device, dtype=dtype)
-        self.finish(body, self.total_stride(patch_size, strides), int(to_2tuple(patch_size)[0]), img_size,
-                    embed_dim, flatten, output_fmt, strict_img_size, dynamic_img_pad)
+        self.finish(
+            body,
+            self.total_stride(patch_size, strides),
+            int(to_2tuple(patch_size)[0]),
+            img_size,
+            embed_dim,
+            flatten,
+            output_fmt,
+            strict_img_size,
+            dynamic_img_pad,
+        )
 
     total_stride = staticmethod(stride_product)
 
@@ -232,16 +290,37 @@ class CCTStem(Stem):
     (kaiming_normal_, gain sqrt(2)), as CCT's tokenizer code does.
     """
 
-    def __init__(self, img_size: Union[int, Tuple[int, int]] = 224, patch_size: int = 16, in_chans: int = 3,
-                 embed_dim: int = 768, channels: Sequence[int] = (), strides: Sequence[int] = (),
-                 bias: bool = True, flatten: bool = True, output_fmt: Optional[str] = None,
-                 strict_img_size: bool = True, dynamic_img_pad: bool = False, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        img_size: Union[int, Tuple[int, int]] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        channels: Sequence[int] = (),
+        strides: Sequence[int] = (),
+        bias: bool = True,
+        flatten: bool = True,
+        output_fmt: Optional[str] = None,
+        strict_img_size: bool = True,
+        dynamic_img_pad: bool = False,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__()
         self.kind = "cct"
         check_layout(channels, strides)
         body = cct_stack(in_chans, channels, strides, embed_dim, device=device, dtype=dtype)
-        self.finish(body, self.total_stride(patch_size, strides), int(to_2tuple(patch_size)[0]), img_size,
-                    embed_dim, flatten, output_fmt, strict_img_size, dynamic_img_pad)
+        self.finish(
+            body,
+            self.total_stride(patch_size, strides),
+            int(to_2tuple(patch_size)[0]),
+            img_size,
+            embed_dim,
+            flatten,
+            output_fmt,
+            strict_img_size,
+            dynamic_img_pad,
+        )
 
     total_stride = staticmethod(stride_product)  # each stride-2 step a max-pool
 

@@ -6,6 +6,7 @@ entrypoint that calls `analysis.models.factory.build`, and a pretrained_cfg stat
 (input_size (C, H, W), num_classes, the mean/std of its dataset); it has no weights (url/hf_hub_id
 unset). A built model's `pretrained_cfg` states its own input size and classes (after overrides).
 """
+
 from typing import Any, Callable, Dict
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -25,17 +26,23 @@ def pretrained_cfg(p: Dict[str, Any]) -> Dict[str, Any]:
     """The pretrained_cfg of a preset dict: its input, classes and its dataset's mean/std."""
     mean, std = (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) if p["dataset"] == "imagenet" else STATS[p["dataset"]]
     first_conv = "patch_embed.first_conv" if p["family"] == "vit" else None
-    return dict(input_size=(p["in_chans"], p["img_size"], p["img_size"]), num_classes=p["num_classes"],
-                mean=tuple(mean), std=tuple(std), first_conv=first_conv,
-                classifier="head" if p["family"] == "vit" else None)
+    return dict(
+        input_size=(p["in_chans"], p["img_size"], p["img_size"]),
+        num_classes=p["num_classes"],
+        mean=tuple(mean),
+        std=tuple(std),
+        first_conv=first_conv,
+        classifier="head" if p["family"] == "vit" else None,
+    )
 
 
 def entrypoint(preset: str) -> Callable[..., nn.Module]:
     """timm's entrypoint for one preset: timm.create_model's arguments -> `build(preset, ...)`."""
     name = timm_name(preset)
 
-    def create(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None,
-               **kwargs) -> nn.Module:
+    def create(
+        pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **kwargs
+    ) -> nn.Module:
         if pretrained:
             raise ConfigError(f"{preset} is a suite preset: it has no pretrained weights; pass checkpoint_path")
         unknown = sorted(set(kwargs) - set(OVERRIDES))

@@ -3,6 +3,7 @@
 Adds what timm lacks: sequence pooling (CCT) and LocalViT's depthwise-conv MLP. Weights follow
 the paper's reference code (pycls), module by module: see `init_vit` and the stems' `init_weights`.
 """
+
 from functools import partial
 from typing import Any, Dict, Optional, Tuple
 
@@ -21,10 +22,20 @@ class LocalMlp(nn.Module):
     Returns tokens of the input's shape (B, N, C).
     """
 
-    def __init__(self, in_features: int, hidden_features: Optional[int] = None,
-                 out_features: Optional[int] = None, act_layer=nn.GELU, norm_layer=None,
-                 bias: bool = True, drop: float = 0.0, grid_size: Tuple[int, int] = (14, 14),
-                 num_prefix_tokens: int = 1, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: Optional[int] = None,
+        out_features: Optional[int] = None,
+        act_layer=nn.GELU,
+        norm_layer=None,
+        bias: bool = True,
+        drop: float = 0.0,
+        grid_size: Tuple[int, int] = (14, 14),
+        num_prefix_tokens: int = 1,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         hidden = hidden_features or in_features
@@ -170,10 +181,20 @@ def build_vit(s: Dict[str, Any], fused_attn: bool = True) -> StemViT:
         grid = (s["img_size"] // s["patch_size"],) * 2
         kwargs["mlp_layer"] = partial(LocalMlp, grid_size=grid, num_prefix_tokens=0 if seq_pool else 1)
     model = StemViT(
-        img_size=s["img_size"], patch_size=s["patch_size"], in_chans=s["in_chans"],
-        num_classes=s["num_classes"], embed_dim=s["embed_dim"], depth=s["depth"],
-        num_heads=s["num_heads"], mlp_ratio=s["mlp_ratio"], qkv_bias=True,
-        embed_layer=embed, weight_init="skip", seq_pool=seq_pool, **kwargs)
+        img_size=s["img_size"],
+        patch_size=s["patch_size"],
+        in_chans=s["in_chans"],
+        num_classes=s["num_classes"],
+        embed_dim=s["embed_dim"],
+        depth=s["depth"],
+        num_heads=s["num_heads"],
+        mlp_ratio=s["mlp_ratio"],
+        qkv_bias=True,
+        embed_layer=embed,
+        weight_init="skip",
+        seq_pool=seq_pool,
+        **kwargs,
+    )
     init_vit(model)
     set_fused_attn(model, fused_attn)
     model.stem_name = stem

@@ -66,8 +66,9 @@ def _x_range(rows: pd.DataFrame) -> list[float]:
     return [lo - pad, hi + pad]
 
 
-def forest_figure(table: pd.DataFrame, claims: list | None = None, labels: dict | None = None,
-                  title: str | None = None) -> go.Figure:
+def forest_figure(
+    table: pd.DataFrame, claims: list | None = None, labels: dict | None = None, title: str | None = None
+) -> go.Figure:
     """Return the forest plot of a claims table (analysis.claims.claims_table) with several settings.
 
     One panel per claim (FOREST_CLAIMS, or `claims`: a list of (claim, subject kind, title)); in each,
@@ -80,41 +81,74 @@ def forest_figure(table: pd.DataFrame, claims: list | None = None, labels: dict 
     shown = [(c, s, t, _panel_rows(table, c, s)) for c, s, t in claims]
     shown = [p for p in shown if not p[3].empty]
     if not shown:
-        raise ConfigError("no rows of the forest plot's claims in the table; "
-                          f"allowed claims: {', '.join(c for c, _, _ in FOREST_CLAIMS)}")
+        raise ConfigError(
+            "no rows of the forest plot's claims in the table; "
+            f"allowed claims: {', '.join(c for c, _, _ in FOREST_CLAIMS)}"
+        )
     settings = sorted(set().union(*[set(p[3]["setting"]) for p in shown]))
     labels = labels or {s: short_setting(s) for s in settings}
     y_of = {s: i for i, s in enumerate(settings)}
     cols = min(3, len(shown))
     nrows = math.ceil(len(shown) / cols)
-    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=[p[2] for p in shown], shared_yaxes=True,
-                        horizontal_spacing=0.04, vertical_spacing=0.16)
+    fig = make_subplots(
+        rows=nrows,
+        cols=cols,
+        subplot_titles=[p[2] for p in shown],
+        shared_yaxes=True,
+        horizontal_spacing=0.04,
+        vertical_spacing=0.16,
+    )
     for i, (claim, _, _, rows) in enumerate(shown):
         r, c = i // cols + 1, i % cols + 1
         for row in rows.itertuples():
             y = y_of[row.setting] + OPTIMIZER_OFFSET.get(row.optimizer, 0.0)
             color = VERDICT_MARKERS.get(row.verdict, "#7f7f7f")
             has = math.isfinite(row.low)
-            fig.add_trace(go.Scatter(
-                x=[row.estimate], y=[y], mode="markers", showlegend=False,
-                marker=dict(color=color, size=9, symbol=OPTIMIZER_SYMBOL.get(row.optimizer, "circle")),
-                error_x=dict(type="data", symmetric=False, array=[row.high - row.estimate if has else 0],
-                             arrayminus=[row.estimate - row.low if has else 0], color=color, thickness=1.5),
-                meta={"claim": claim, "setting": row.setting, "optimizer": row.optimizer, "verdict": row.verdict},
-                hovertemplate=(f"{labels.get(row.setting, row.setting)} {row.optimizer}<br>{row.statistic}<br>"
-                               f"%{{x:.2f}} [{row.low:.2f}, {row.high:.2f}] {row.verdict} "
-                               f"({row.diverged} diverged)<extra></extra>")), row=r, col=c)
+            fig.add_trace(
+                go.Scatter(
+                    x=[row.estimate],
+                    y=[y],
+                    mode="markers",
+                    showlegend=False,
+                    marker=dict(color=color, size=9, symbol=OPTIMIZER_SYMBOL.get(row.optimizer, "circle")),
+                    error_x=dict(
+                        type="data",
+                        symmetric=False,
+                        array=[row.high - row.estimate if has else 0],
+                        arrayminus=[row.estimate - row.low if has else 0],
+                        color=color,
+                        thickness=1.5,
+                    ),
+                    meta={"claim": claim, "setting": row.setting, "optimizer": row.optimizer, "verdict": row.verdict},
+                    hovertemplate=(
+                        f"{labels.get(row.setting, row.setting)} {row.optimizer}<br>{row.statistic}<br>"
+                        f"%{{x:.2f}} [{row.low:.2f}, {row.high:.2f}] {row.verdict} "
+                        f"({row.diverged} diverged)<extra></extra>"
+                    ),
+                ),
+                row=r,
+                col=c,
+            )
         _reference(fig, rows, c, r)  # after the traces: plotly skips shapes on empty subplots
         fig.update_xaxes(range=_x_range(rows), zeroline=False, row=r, col=c)
-    fig.update_yaxes(tickvals=list(range(len(settings))), ticktext=[labels.get(s, s) for s in settings],
-                     range=[len(settings) - 0.5, -0.5], showgrid=False)
+    fig.update_yaxes(
+        tickvals=list(range(len(settings))),
+        ticktext=[labels.get(s, s) for s in settings],
+        range=[len(settings) - 0.5, -0.5],
+        showgrid=False,
+    )
     for verdict, color in VERDICT_MARKERS.items():  # legend: verdict colours and optimizer symbols
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=verdict, marker=dict(color=color, size=9)))
     for opt, symbol in (("AdamW", "circle"), ("SGD", "diamond")):
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=opt,
-                                 marker=dict(color="#444", size=9, symbol=symbol)))
-    fig.update_layout(template=TEMPLATE, height=170 + nrows * (60 + 34 * len(settings)),
-                      title=title or "Claims per regime (95% intervals; shaded: the paper's finding)",
-                      legend=dict(orientation="h", y=-0.08), margin=dict(l=10, r=10, t=80, b=40))
+        fig.add_trace(
+            go.Scatter(x=[None], y=[None], mode="markers", name=opt, marker=dict(color="#444", size=9, symbol=symbol))
+        )
+    fig.update_layout(
+        template=TEMPLATE,
+        height=170 + nrows * (60 + 34 * len(settings)),
+        title=title or "Claims per regime (95% intervals; shaded: the paper's finding)",
+        legend=dict(orientation="h", y=-0.08),
+        margin=dict(l=10, r=10, t=80, b=40),
+    )
     fig.update_annotations(font_size=12)
     return fig

@@ -53,7 +53,9 @@ def _map_trace(values, signed: bool = False, opacity: float = 1.0, showscale: bo
         raise ConfigError(f"a map must be (H, W), got shape {z.shape}")
     if signed:
         lim = float(np.nanmax(np.abs(z))) or 1.0
-        return go.Heatmap(z=z, colorscale=SIGNED_SCALE, zmid=0, zmin=-lim, zmax=lim, opacity=opacity, showscale=showscale)
+        return go.Heatmap(
+            z=z, colorscale=SIGNED_SCALE, zmid=0, zmin=-lim, zmax=lim, opacity=opacity, showscale=showscale
+        )
     return go.Heatmap(z=z, colorscale=MAP_SCALE, opacity=opacity, showscale=showscale)
 
 
@@ -93,25 +95,38 @@ def attention_overlay_figure(
     return image_axes(fig)
 
 
-def head_maps_figure(maps, image=None, cols: int | None = None, title: str | None = None, opacity: float = 0.6) -> go.Figure:
+def head_maps_figure(
+    maps, image=None, cols: int | None = None, title: str | None = None, opacity: float = 0.6
+) -> go.Figure:
     """Return one panel per head of a (heads, H, W) stack of one layer's maps, over `image` when given."""
     maps = _np(maps)
     if maps.ndim != 3:
         raise ConfigError(f"head maps must be (heads, H, W), got shape {maps.shape}")
     rows, cols = _grid(maps.shape[0], cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"head {h}" for h in range(maps.shape[0])],
-                        horizontal_spacing=0.02, vertical_spacing=0.08)
+    fig = make_subplots(
+        rows=rows,
+        cols=cols,
+        subplot_titles=[f"head {h}" for h in range(maps.shape[0])],
+        horizontal_spacing=0.02,
+        vertical_spacing=0.08,
+    )
     for h, m in enumerate(maps):
         r, c = divmod(h, cols)
         if image is not None:
             fig.add_trace(_image_trace(image), row=r + 1, col=c + 1)
-        fig.add_trace(_map_trace(m, opacity=opacity if image is not None else 1.0, showscale=False), row=r + 1, col=c + 1)
+        fig.add_trace(
+            _map_trace(m, opacity=opacity if image is not None else 1.0, showscale=False), row=r + 1, col=c + 1
+        )
     fig.update_layout(template=TEMPLATE, title=title, height=220 * rows + 80)
     return image_axes(fig)
 
 
-def distance_figure(frames: Mapping[str, pd.DataFrame], side_by_side: bool = False, title: str | None = None,
-                    uniform: float | None = None) -> go.Figure:
+def distance_figure(
+    frames: Mapping[str, pd.DataFrame],
+    side_by_side: bool = False,
+    title: str | None = None,
+    uniform: float | None = None,
+) -> go.Figure:
     """Return mean attention distance (px) vs block, one colour per model (name -> frame of layer, head, distance_px).
 
     Overlaid: one scatter trace per model, offset slightly along x. Side by side: one panel per model.
@@ -126,12 +141,17 @@ def distance_figure(frames: Mapping[str, pd.DataFrame], side_by_side: bool = Fal
             raise ConfigError(f"frame for {name!r} lacks columns {sorted(missing)}; needs layer, head, distance_px")
     names = list(frames)
     colors = color_map(names)
-    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, shared_yaxes=True) if side_by_side else go.Figure()
+    fig = (
+        make_subplots(rows=1, cols=len(names), subplot_titles=names, shared_yaxes=True) if side_by_side else go.Figure()
+    )
     for i, name in enumerate(names):
         df = frames[name]
         offset = 0.0 if side_by_side else 0.15 * (i - (len(names) - 1) / 2)
         trace = go.Scatter(
-            x=df["layer"] + offset, y=df["distance_px"], mode="markers", name=name,
+            x=df["layer"] + offset,
+            y=df["distance_px"],
+            mode="markers",
+            name=name,
             marker=dict(color=colors[name], size=8, opacity=0.8),
             customdata=np.stack([df["layer"], df["head"]], axis=-1),
             hovertemplate="block %{customdata[0]}, head %{customdata[1]}<br>%{y:.1f} px<extra>" + name + "</extra>",
@@ -142,8 +162,12 @@ def distance_figure(frames: Mapping[str, pd.DataFrame], side_by_side: bool = Fal
             fig.add_trace(trace)
     fig.update_layout(template=TEMPLATE, title=title or "mean attention distance")
     if uniform is not None:
-        fig.add_hline(y=uniform, line=dict(dash="dash", color="#777"), annotation_text="uniform attention",
-                      annotation_position="bottom right")
+        fig.add_hline(
+            y=uniform,
+            line=dict(dash="dash", color="#777"),
+            annotation_text="uniform attention",
+            annotation_position="bottom right",
+        )
     fig.update_xaxes(title_text="block", **integer_ticks(max(float(df["layer"].max()) for df in frames.values())))
     if side_by_side:
         fig.update_yaxes(title_text="mean attention distance (px)", col=1)
@@ -162,7 +186,7 @@ def tile_image(tiles, cols: int | None = None, pad: int = 1) -> np.ndarray:
     out = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad, c), np.nan)
     for i, tile in enumerate(t):
         r, q = divmod(i, cols)
-        out[r * (h + pad): r * (h + pad) + h, q * (w + pad): q * (w + pad) + w] = _unit(tile).transpose(1, 2, 0)
+        out[r * (h + pad) : r * (h + pad) + h, q * (w + pad) : q * (w + pad) + w] = _unit(tile).transpose(1, 2, 0)
     return out
 
 
@@ -186,8 +210,9 @@ def tiles_figure(tiles, explained_variance=None, cols: int | None = None, title:
         title += f" (explained variance: {100 * ev.sum():.1f}% in total, first {100 * ev[0]:.1f}%)"
     fig = go.Figure([trace])
     tile_px = min(64.0, max(28.0, (NOTEBOOK_WIDTH - 40) / cols))  # tiles drawn 28-64 px wide
-    fig.update_layout(template=TEMPLATE, title=title, height=round(rows * tile_px) + 80,
-                      margin=dict(l=20, r=20, t=60, b=20))
+    fig.update_layout(
+        template=TEMPLATE, title=title, height=round(rows * tile_px) + 80, margin=dict(l=20, r=20, t=60, b=20)
+    )
     return image_axes(fig)
 
 
@@ -203,31 +228,49 @@ def position_similarity_figure(similarity, title: str | None = None) -> go.Figur
     z = np.full((gh * (gh + 1) - 1, gw * (gw + 1) - 1), np.nan)  # one NaN row/column between tiles
     for r in range(gh):
         for c in range(gw):
-            z[r * (gh + 1): r * (gh + 1) + gh, c * (gw + 1): c * (gw + 1) + gw] = s[r, c]
+            z[r * (gh + 1) : r * (gh + 1) + gh, c * (gw + 1) : c * (gw + 1) + gw] = s[r, c]
     fig = go.Figure([go.Heatmap(z=_json_grid(z), colorscale="Viridis", zmin=-1, zmax=1, colorbar=dict(title="cos"))])
     cell_px = min(12.0, max(4.0, 560 / z.shape[0]))  # the grid of grids drawn 4-12 px per cell
-    fig.update_layout(template=TEMPLATE, title=title or "position-embedding similarity",
-                      height=round(z.shape[0] * cell_px) + 90, margin=dict(t=60, b=30))
+    fig.update_layout(
+        template=TEMPLATE,
+        title=title or "position-embedding similarity",
+        height=round(z.shape[0] * cell_px) + 90,
+        margin=dict(t=60, b=30),
+    )
     return image_axes(fig)
 
 
-def cka_figure(cka: pd.DataFrame, title: str | None = None, row_label: str | None = None, col_label: str | None = None) -> go.Figure:
+def cka_figure(
+    cka: pd.DataFrame, title: str | None = None, row_label: str | None = None, col_label: str | None = None
+) -> go.Figure:
     """Return a CKA heatmap of a layers x layers DataFrame (one model, or model A rows vs model B columns)."""
     if not isinstance(cka, pd.DataFrame) or cka.empty:
         raise ConfigError("cka must be a non-empty DataFrame (layers x layers)")
-    fig = go.Figure([go.Heatmap(
-        z=cka.to_numpy(), x=[str(c) for c in cka.columns], y=[str(i) for i in cka.index],
-        colorscale="Magma", zmin=0, zmax=1, colorbar=dict(title="CKA"),
-        hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>",
-    )])
-    fig.update_layout(template=TEMPLATE, title=title or "linear CKA", height=max(360, 30 * len(cka) + 160),
-                      margin=dict(t=60, b=60))
+    fig = go.Figure(
+        [
+            go.Heatmap(
+                z=cka.to_numpy(),
+                x=[str(c) for c in cka.columns],
+                y=[str(i) for i in cka.index],
+                colorscale="Magma",
+                zmin=0,
+                zmax=1,
+                colorbar=dict(title="CKA"),
+                hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>",
+            )
+        ]
+    )
+    fig.update_layout(
+        template=TEMPLATE, title=title or "linear CKA", height=max(360, 30 * len(cka) + 160), margin=dict(t=60, b=60)
+    )
     fig.update_yaxes(autorange="reversed", title_text=row_label, scaleanchor="x")
     fig.update_xaxes(title_text=col_label, constrain="domain")
     return fig
 
 
-def attribution_figure(images, maps: Mapping[str, object], max_images: int = 4, signed: bool = True, title: str | None = None) -> go.Figure:
+def attribution_figure(
+    images, maps: Mapping[str, object], max_images: int = 4, signed: bool = True, title: str | None = None
+) -> go.Figure:
     """Return a grid: one row per image, first column the image, then one (H, W) map per method.
 
     `images` is (B, C, H, W); `maps` is method name -> (B, H, W). Signed maps use a diverging
@@ -250,8 +293,11 @@ def attribution_figure(images, maps: Mapping[str, object], max_images: int = 4, 
     for i in range(b):
         fig.add_trace(_image_trace(imgs[i]), row=i + 1, col=1)
         for j, k in enumerate(names):
-            fig.add_trace(_map_trace(arrays[k][i], signed=signed and arrays[k].min() < 0, showscale=False), row=i + 1, col=j + 2)
+            fig.add_trace(
+                _map_trace(arrays[k][i], signed=signed and arrays[k].min() < 0, showscale=False), row=i + 1, col=j + 2
+            )
     top = 60 + 18 * max(t.count("<br>") + 1 for t in titles)
-    fig.update_layout(template=TEMPLATE, title=title or "attributions", height=200 * b + top + 20,
-                      margin=dict(t=top, b=20))
+    fig.update_layout(
+        template=TEMPLATE, title=title or "attributions", height=200 * b + top + 20, margin=dict(t=top, b=20)
+    )
     return image_axes(fig)

@@ -34,19 +34,32 @@ def cka_pairs_figure(pairs: Mapping[tuple[str, str], pd.DataFrame], title: str |
     on one 0..1 colour scale: the paper's ViT vs ResNet and ViT_P vs ViT_C panels."""
     if not pairs:
         raise ConfigError("cka_pairs_figure needs at least one (model a, model b) -> CKA DataFrame")
-    fig = make_subplots(rows=1, cols=len(pairs), subplot_titles=[f"{a} vs {b}" for a, b in pairs],
-                        horizontal_spacing=0.12)
+    fig = make_subplots(
+        rows=1, cols=len(pairs), subplot_titles=[f"{a} vs {b}" for a, b in pairs], horizontal_spacing=0.12
+    )
     for i, ((a, b), cka) in enumerate(pairs.items()):
         if not isinstance(cka, pd.DataFrame) or cka.empty:
             raise ConfigError(f"CKA of {a} vs {b} must be a non-empty DataFrame (layers x layers)")
-        fig.add_trace(go.Heatmap(z=cka.to_numpy(), x=[str(c) for c in cka.columns], y=[str(r) for r in cka.index],
-                                 coloraxis="coloraxis", hovertemplate=f"{a} %{{y}} vs {b} %{{x}}: %{{z:.3f}}<extra></extra>"),
-                      row=1, col=i + 1)
+        fig.add_trace(
+            go.Heatmap(
+                z=cka.to_numpy(),
+                x=[str(c) for c in cka.columns],
+                y=[str(r) for r in cka.index],
+                coloraxis="coloraxis",
+                hovertemplate=f"{a} %{{y}} vs {b} %{{x}}: %{{z:.3f}}<extra></extra>",
+            ),
+            row=1,
+            col=i + 1,
+        )
         fig.update_yaxes(title_text=a, autorange="reversed", row=1, col=i + 1)
         fig.update_xaxes(title_text=b, row=1, col=i + 1)
-    fig.update_layout(template=TEMPLATE, title=title or "linear CKA between the layers of two models",
-                      coloraxis=dict(colorscale=CKA_SCALE, cmin=0, cmax=1, colorbar=dict(title="CKA")),
-                      height=420, width=max(520, 380 * len(pairs)))
+    fig.update_layout(
+        template=TEMPLATE,
+        title=title or "linear CKA between the layers of two models",
+        coloraxis=dict(colorscale=CKA_SCALE, cmin=0, cmax=1, colorbar=dict(title="CKA")),
+        height=420,
+        width=max(520, 380 * len(pairs)),
+    )
     return fig
 
 
@@ -62,16 +75,27 @@ def linear_probe_figure(frames: Mapping[str, pd.DataFrame], title: str | None = 
             part = frame[frame["pool"] == pool].sort_values("depth")
             if part.empty:
                 continue
-            fig.add_trace(go.Scatter(
-                x=part["depth"], y=100 * part["accuracy"], mode="lines+markers", name=f"{label} {pool.replace('_', ' ')}",
-                line=dict(color=colors[label], dash=DASHES[pools.index(pool) % len(DASHES)]),
-                customdata=part["layer"], hovertemplate="%{customdata}: %{y:.1f}%<extra></extra>"))
+            fig.add_trace(
+                go.Scatter(
+                    x=part["depth"],
+                    y=100 * part["accuracy"],
+                    mode="lines+markers",
+                    name=f"{label} {pool.replace('_', ' ')}",
+                    line=dict(color=colors[label], dash=DASHES[pools.index(pool) % len(DASHES)]),
+                    customdata=part["layer"],
+                    hovertemplate="%{customdata}: %{y:.1f}%<extra></extra>",
+                )
+            )
     chances = [float(f["chance"].max()) for f in frames.values() if "chance" in f]
     if chances:
         fig.add_hline(y=100 * max(chances), line=dict(color="grey", dash="dot"), annotation_text="chance")
-    fig.update_layout(template=TEMPLATE, title=title or "layerwise linear probes (held-out accuracy)",
-                      xaxis_title="layer (0 = stem output)", yaxis=dict(title="accuracy (%)", range=[0, 101]),
-                      height=460)  # the legend at the right: below the plot it covered the axis title
+    fig.update_layout(
+        template=TEMPLATE,
+        title=title or "layerwise linear probes (held-out accuracy)",
+        xaxis_title="layer (0 = stem output)",
+        yaxis=dict(title="accuracy (%)", range=[0, 101]),
+        height=460,
+    )  # the legend at the right: below the plot it covered the axis title
     return fig
 
 
@@ -82,8 +106,12 @@ def residual_figure(frames: Mapping[str, pd.DataFrame], title: str | None = None
     _check_frames(frames, "residual_figure", ("block", "branch", "tokens", "ratio"))
     tokens = [t for t in ("class", "patch") if any((f["tokens"] == t).any() for f in frames.values())]
     colors = color_map(frames)
-    fig = make_subplots(rows=1, cols=len(tokens), subplot_titles=[f"{t} token{'s' if t == 'patch' else ''}"
-                                                                  for t in tokens], shared_yaxes=True)
+    fig = make_subplots(
+        rows=1,
+        cols=len(tokens),
+        subplot_titles=[f"{t} token{'s' if t == 'patch' else ''}" for t in tokens],
+        shared_yaxes=True,
+    )
     finite = np.concatenate([f["ratio"].to_numpy(dtype=float) for f in frames.values()])
     finite = finite[np.isfinite(finite) & (finite > 0)]
     top = float(finite.max()) * 2 if finite.size else 10.0
@@ -95,17 +123,36 @@ def residual_figure(frames: Mapping[str, pd.DataFrame], title: str | None = None
             part = part.sort_values("x")
             ok = np.isfinite(part["ratio"].to_numpy(dtype=float))
             names = part["block"].astype(str) + " " + part["branch"]
-            fig.add_trace(go.Scatter(x=part["x"][ok], y=part["ratio"][ok], mode="lines+markers", name=label,
-                                     legendgroup=label, showlegend=j == 0, line=dict(color=colors[label]),
-                                     customdata=names[ok], hovertemplate="block %{customdata}: %{y:.2f}<extra></extra>"),
-                          row=1, col=j + 1)
+            fig.add_trace(
+                go.Scatter(
+                    x=part["x"][ok],
+                    y=part["ratio"][ok],
+                    mode="lines+markers",
+                    name=label,
+                    legendgroup=label,
+                    showlegend=j == 0,
+                    line=dict(color=colors[label]),
+                    customdata=names[ok],
+                    hovertemplate="block %{customdata}: %{y:.2f}<extra></extra>",
+                ),
+                row=1,
+                col=j + 1,
+            )
             if (~ok).any():
-                fig.add_trace(go.Scatter(x=part["x"][~ok], y=[top] * int((~ok).sum()), mode="markers",
-                                         marker=dict(symbol="triangle-up", size=11, color=colors[label]),
-                                         name=f"{label}: branch output is zero", legendgroup=label,
-                                         showlegend=not zero_shown,
-                                         hovertemplate="branch output is zero: infinite ratio<extra></extra>"),
-                              row=1, col=j + 1)
+                fig.add_trace(
+                    go.Scatter(
+                        x=part["x"][~ok],
+                        y=[top] * int((~ok).sum()),
+                        mode="markers",
+                        marker=dict(symbol="triangle-up", size=11, color=colors[label]),
+                        name=f"{label}: branch output is zero",
+                        legendgroup=label,
+                        showlegend=not zero_shown,
+                        hovertemplate="branch output is zero: infinite ratio<extra></extra>",
+                    ),
+                    row=1,
+                    col=j + 1,
+                )
                 zero_shown = True
     fig.update_xaxes(title_text="block (+0.5: MLP branch)", dtick=1)
     fig.update_yaxes(type="log", dtick=1, showticklabels=True)  # a label at each power of ten, on every panel
@@ -118,8 +165,9 @@ def _size_label(size) -> str:
     return "all images" if size is None or pd.isna(size) else f"{int(size)} per class"
 
 
-def distance_vs_data_figure(frame: pd.DataFrame, title: str | None = None,
-                             uniform_px: Mapping[str, float] | None = None) -> go.Figure:
+def distance_vs_data_figure(
+    frame: pd.DataFrame, title: str | None = None, uniform_px: Mapping[str, float] | None = None
+) -> go.Figure:
     """Return mean attention distance per head against depth, a panel per model and a colour per
     training-set size (from distance_vs_data); lines join each size's mean over heads.
 
@@ -138,30 +186,65 @@ def distance_vs_data_figure(frame: pd.DataFrame, title: str | None = None,
     for j, model in enumerate(models):
         for k, size in enumerate(sizes):
             label = _size_label(size)
-            sel = (frame["model"] == model) & (frame["train_per_class"].isna() if pd.isna(size)
-                                               else frame["train_per_class"] == size)
+            sel = (frame["model"] == model) & (
+                frame["train_per_class"].isna() if pd.isna(size) else frame["train_per_class"] == size
+            )
             part = frame[sel]
             if part.empty:
                 continue
-            fig.add_trace(go.Scatter(x=part["layer"] + offsets[k], y=part["distance_px"], mode="markers",
-                                     marker=dict(color=colors[label], size=7, opacity=0.75), name=label,
-                                     legendgroup=label, showlegend=j == 0, customdata=part["head"],
-                                     hovertemplate="block %{x:.0f}, head %{customdata}: %{y:.1f} px<extra></extra>"),
-                          row=1, col=j + 1)
+            fig.add_trace(
+                go.Scatter(
+                    x=part["layer"] + offsets[k],
+                    y=part["distance_px"],
+                    mode="markers",
+                    marker=dict(color=colors[label], size=7, opacity=0.75),
+                    name=label,
+                    legendgroup=label,
+                    showlegend=j == 0,
+                    customdata=part["head"],
+                    hovertemplate="block %{x:.0f}, head %{customdata}: %{y:.1f} px<extra></extra>",
+                ),
+                row=1,
+                col=j + 1,
+            )
             mean = part.groupby("layer")["distance_px"].mean()
-            fig.add_trace(go.Scatter(x=mean.index, y=mean.to_numpy(), mode="lines", line=dict(color=colors[label]),
-                                     legendgroup=label, showlegend=False, hoverinfo="skip"), row=1, col=j + 1)
+            fig.add_trace(
+                go.Scatter(
+                    x=mean.index,
+                    y=mean.to_numpy(),
+                    mode="lines",
+                    line=dict(color=colors[label]),
+                    legendgroup=label,
+                    showlegend=False,
+                    hoverinfo="skip",
+                ),
+                row=1,
+                col=j + 1,
+            )
     top = float(frame["distance_px"].max())
     for j, model in enumerate(models):
         ref = (uniform_px or {}).get(model)
         if ref is not None:
             top = max(top, 1.05 * ref)
-            fig.add_hrect(y0=0.95 * ref, y1=1.05 * ref, fillcolor="grey", opacity=0.2, line_width=0,
-                          row=1, col=j + 1, annotation_text=f"uniform attention {ref:.1f} px ±5%",
-                          annotation_position="bottom left", annotation_font_size=11)
+            fig.add_hrect(
+                y0=0.95 * ref,
+                y1=1.05 * ref,
+                fillcolor="grey",
+                opacity=0.2,
+                line_width=0,
+                row=1,
+                col=j + 1,
+                annotation_text=f"uniform attention {ref:.1f} px ±5%",
+                annotation_position="bottom left",
+                annotation_font_size=11,
+            )
     fig.update_xaxes(title_text="block", dtick=1)
     fig.update_yaxes(range=[0, 1.15 * top])
     fig.update_yaxes(title_text="mean attention distance (px)", col=1)
-    fig.update_layout(template=TEMPLATE, title=title or "attention distance against training-set size",
-                      legend_title_text="training images", height=420)
+    fig.update_layout(
+        template=TEMPLATE,
+        title=title or "attention distance against training-set size",
+        legend_title_text="training images",
+        height=420,
+    )
     return fig

@@ -23,8 +23,7 @@ from analysis.plots.frame import (
     diverged_mask,
     groups,
 )
-from analysis.plots.style import (DIVERGED_COLOR, TEMPLATE, group_label, group_styles, head_stems, log_ticks,
-                                  with_alpha)
+from analysis.plots.style import DIVERGED_COLOR, TEMPLATE, group_label, group_styles, head_stems, log_ticks, with_alpha
 
 DEFAULT_BY = ("model", "optimizer")
 STATS = ("best", "median", "mean")
@@ -66,9 +65,7 @@ def _stat(values: pd.Series, stat: str) -> float:
     return float({"best": values.min, "median": values.median, "mean": values.mean}[stat]())
 
 
-def summary_table(
-    df: pd.DataFrame, by: str | Sequence[str] = DEFAULT_BY, within: float = 4.0
-) -> pd.DataFrame:
+def summary_table(df: pd.DataFrame, by: str | Sequence[str] = DEFAULT_BY, within: float = 4.0) -> pd.DataFrame:
     """Return one row per group with the sweep's stability numbers.
 
     Columns: the `by` columns, n (runs with an error, diverged at 100), best, median, mean,
@@ -99,9 +96,7 @@ def summary_table(
     return pd.DataFrame(rows)
 
 
-def epochs_table(
-    df: pd.DataFrame, by: str | Sequence[str] = DEFAULT_BY, stat: str = "best"
-) -> pd.DataFrame:
+def epochs_table(df: pd.DataFrame, by: str | Sequence[str] = DEFAULT_BY, stat: str = "best") -> pd.DataFrame:
     """Return the `stat` error per group and schedule length.
 
     Columns: the `by` columns, epochs, error (best/median/mean over the counted runs),
@@ -169,9 +164,19 @@ def optimizer_gap_table(
         err_a, err_b = float(f(ga.errors[None, :])[0]), float(f(gb.errors[None, :])[0])
         small = min(len(ga.errors), len(gb.errors)) < MIN_RUNS
         low, high = (np.nan, np.nan) if small else interval(f(ga.boot) - f(gb.boot))
-        rows.append({**dict(zip(columns, key)), "epochs": epochs, f"err_{a}": err_a, f"err_{b}": err_b,
-                     "gap": err_a - err_b, "low": low, "high": high,
-                     f"n_{a}": len(ga.errors), f"n_{b}": len(gb.errors)})
+        rows.append(
+            {
+                **dict(zip(columns, key)),
+                "epochs": epochs,
+                f"err_{a}": err_a,
+                f"err_{b}": err_b,
+                "gap": err_a - err_b,
+                "low": low,
+                "high": high,
+                f"n_{a}": len(ga.errors),
+                f"n_{b}": len(gb.errors),
+            }
+        )
     if not rows:
         raise ConfigError(f"optimizers {a!r} and {b!r} have no finished runs to compare")
     return pd.DataFrame(rows)
@@ -264,15 +269,17 @@ def edf_figure(
     return fig
 
 
-
 def _edf_trace(key, err: pd.Series, values: pd.Series, div: pd.Series, style: tuple) -> go.Scatter:
     """One group's EDF as a step line starting at F = 0."""
     label, (color, dash) = group_label(key), style
     x, y = edf(values)
     return go.Scatter(
-        x=np.concatenate([x[:1], x]), y=np.concatenate([[0.0], y]), mode="lines",
+        x=np.concatenate([x[:1], x]),
+        y=np.concatenate([[0.0], y]),
+        mode="lines",
         line=dict(shape="hv", color=color, dash=dash, width=2),
-        name=_legend_label(key, err, int(div.sum())), legendgroup=label,
+        name=_legend_label(key, err, int(div.sum())),
+        legendgroup=label,
         meta={"kind": "edf", "group": label},
         hovertemplate="error %{x:.2f}<br>F %{y:.3f}<extra>" + label + "</extra>",
     )
@@ -281,12 +288,16 @@ def _edf_trace(key, err: pd.Series, values: pd.Series, div: pd.Series, style: tu
 def _diverged_trace(label: str, color: str, n_div: int, n: int, edge: float) -> go.Scatter:
     """A triangle at the right edge where a group's EDF stops short of 1 (empty when none diverged)."""
     return go.Scatter(
-        x=[edge] if n_div else [], y=[1.0 - n_div / n] if n_div else [],
+        x=[edge] if n_div else [],
+        y=[1.0 - n_div / n] if n_div else [],
         mode="markers+text" if n_div else "markers",
         marker=dict(symbol="triangle-right", size=11, color=color, line=dict(color=DIVERGED_COLOR, width=1)),
-        text=[f"{n_div} div"] if n_div else [], textposition="top left", textfont=dict(color=color),
+        text=[f"{n_div} div"] if n_div else [],
+        textposition="top left",
+        textfont=dict(color=color),
         cliponaxis=False,  # the marker sits on the x range's edge: drawn whole, not cut in half
-        showlegend=False, legendgroup=label,
+        showlegend=False,
+        legendgroup=label,
         meta={"kind": "diverged", "group": label, "count": n_div},
         hovertemplate=f"{label}: {n_div} diverged runs (counted at 100% error)<extra></extra>",
     )
@@ -297,19 +308,27 @@ def _bootstrap_trace(label: str, color: str, style: str, percentiles: tuple, fra
     lo, med, hi = percentiles
     if style == "band":
         trace = go.Scatter(
-            x=[lo, hi, hi, lo, lo, None, med, med], y=[0, 0, 1, 1, 0, None, 0, 1], mode="lines", fill="toself",
-            fillcolor=with_alpha(color, 0.12), line=dict(color=with_alpha(color, 0.5), width=1, dash="dot"),
+            x=[lo, hi, hi, lo, lo, None, med, med],
+            y=[0, 0, 1, 1, 0, None, 0, 1],
+            mode="lines",
+            fill="toself",
+            fillcolor=with_alpha(color, 0.12),
+            line=dict(color=with_alpha(color, 0.5), width=1, dash="dot"),
             hoveron="fills+points",
         )
     else:
         trace = go.Scatter(
-            x=[med], y=[-0.04 * row], mode="markers", marker=dict(color=color, size=8, symbol="diamond"),
+            x=[med],
+            y=[-0.04 * row],
+            mode="markers",
+            marker=dict(color=color, size=8, symbol="diamond"),
             error_x=dict(type="data", symmetric=False, array=[hi - med], arrayminus=[med - lo], color=color),
         )
     meta = {"kind": "bootstrap", "group": label, "percentiles": [float(lo), float(med), float(hi)]}
     hover = f"{label}: best of {frac:.0%} bootstrap {lo:.2f} / {med:.2f} / {hi:.2f}<extra></extra>"
     trace.update(showlegend=False, legendgroup=label, meta=meta, hovertemplate=hover)
     return trace
+
 
 def epochs_figure(
     df: pd.DataFrame,
@@ -382,8 +401,13 @@ def optimizer_gap_figure(
             go.Bar(
                 x=labels,
                 y=rows["gap"].tolist(),
-                error_y=dict(type="data", symmetric=False, array=rows["plus"].tolist(),
-                             arrayminus=rows["minus"].tolist(), color="#444"),
+                error_y=dict(
+                    type="data",
+                    symmetric=False,
+                    array=rows["plus"].tolist(),
+                    arrayminus=rows["minus"].tolist(),
+                    color="#444",
+                ),
                 customdata=rows[["low", "high"]].to_numpy(),
                 marker_color=[styles[k][0] for k, _ in keyed],
                 name=f"{a} - {b}",
@@ -399,8 +423,9 @@ def optimizer_gap_figure(
                 go.Scatter(
                     x=g["epochs"],
                     y=g["gap"],
-                    error_y=dict(type="data", symmetric=False, array=g["plus"].tolist(),
-                                 arrayminus=g["minus"].tolist()),
+                    error_y=dict(
+                        type="data", symmetric=False, array=g["plus"].tolist(), arrayminus=g["minus"].tolist()
+                    ),
                     customdata=g[["low", "high"]].to_numpy(),
                     mode="lines+markers",
                     line=dict(color=styles[key][0], dash=styles[key][1]),
@@ -412,8 +437,9 @@ def optimizer_gap_figure(
         ticks = sorted(table["epochs"].unique())
         fig.update_xaxes(title="epochs", type="log", tickvals=ticks, ticktext=[str(t) for t in ticks])
     fig.add_hline(y=0, line=dict(color="gray", width=1))
-    fig.update_layout(template=TEMPLATE, title=title,
-                      yaxis_title=f"error {a} - error {b} ({stat}, points; 95% bootstrap interval)")
+    fig.update_layout(
+        template=TEMPLATE, title=title, yaxis_title=f"error {a} - error {b} ({stat}, points; 95% bootstrap interval)"
+    )
     return fig
 
 
@@ -446,8 +472,14 @@ def sensitivity_figure(
     # are named in the subplot titles, so no axis title runs into the row below
     row_px, gap_px, top_px, bottom_px = 300, 60, 80, 70
     height = top_px + bottom_px + row_px * len(rows) + gap_px * (len(rows) - 1)
-    fig = make_subplots(rows=len(rows), cols=len(panels), subplot_titles=titles, shared_yaxes=True,
-                        horizontal_spacing=0.04, vertical_spacing=gap_px / (height - top_px - bottom_px))
+    fig = make_subplots(
+        rows=len(rows),
+        cols=len(panels),
+        subplot_titles=titles,
+        shared_yaxes=True,
+        horizontal_spacing=0.04,
+        vertical_spacing=gap_px / (height - top_px - bottom_px),
+    )
     cells = []  # (r, c, finished rows, their values, diverged rows)
     for r, row_value in enumerate(rows, start=1):
         for c, panel_value in enumerate(panels, start=1):
@@ -475,8 +507,9 @@ def sensitivity_figure(
             fig.add_trace(trace, row=r, col=c)
         legend_shown |= bool(len(diverged))
         first = (r - 1) * len(panels) + 1  # axis number of the row's first subplot
-        fig.update_xaxes(type="log", row=r, col=c, matches=None if c == 1 else f"x{first if first > 1 else ''}",
-                         **ticks[r][0])
+        fig.update_xaxes(
+            type="log", row=r, col=c, matches=None if c == 1 else f"x{first if first > 1 else ''}", **ticks[r][0]
+        )
         fig.update_yaxes(type="log", row=r, col=c, **ticks[r][1])
 
     fig.update_layout(
@@ -495,26 +528,34 @@ def sensitivity_figure(
     return fig
 
 
-
-def _sensitivity_traces(done: pd.DataFrame, values: pd.Series, diverged: pd.DataFrame, where: str,
-                        show_legend: bool) -> tuple[go.Scatter, go.Scatter]:
+def _sensitivity_traces(
+    done: pd.DataFrame, values: pd.Series, diverged: pd.DataFrame, where: str, show_legend: bool
+) -> tuple[go.Scatter, go.Scatter]:
     """One subplot's finished runs (coloured by error) and diverged runs (crosses) over lr and wd."""
     runs = go.Scatter(
-        x=done["lr"], y=done["wd"], mode="markers",
+        x=done["lr"],
+        y=done["wd"],
+        mode="markers",
         marker=dict(color=values, coloraxis="coloraxis", size=9, line=dict(color="white", width=0.5)),
         text=done["run"] if "run" in done.columns else None,
         hovertemplate="%{text}<br>lr %{x:.3g}<br>wd %{y:.3g}<br>error %{marker.color:.2f}<extra></extra>",
-        showlegend=False, meta={"kind": "runs", "group": where},
+        showlegend=False,
+        meta={"kind": "runs", "group": where},
     )
     crosses = go.Scatter(
-        x=diverged["lr"], y=diverged["wd"], mode="markers",
+        x=diverged["lr"],
+        y=diverged["wd"],
+        mode="markers",
         marker=dict(symbol="x", color=DIVERGED_COLOR, size=9),
         text=diverged["run"] if "run" in diverged.columns else None,
         hovertemplate="%{text}<br>lr %{x:.3g}<br>wd %{y:.3g}<br>diverged<extra></extra>",
-        name="diverged", legendgroup="diverged", showlegend=bool(len(diverged)) and show_legend,
+        name="diverged",
+        legendgroup="diverged",
+        showlegend=bool(len(diverged)) and show_legend,
         meta={"kind": "diverged", "group": where},
     )
     return runs, crosses
+
 
 def _span(values: pd.Series) -> tuple[float, float]:
     """(min, max) of the positive values (0, 0 when there are none)."""

@@ -17,8 +17,14 @@ TEMPLATE = "plotly_white"
 
 # One colour per stem in every figure (ViT_P orange, ViT_C blue); a second model with the same stem
 # gets a shade of it. Keys that name no stem take the palette's other colours in turn.
-STEM_COLORS = {"patchify": PALETTE[1], "conv": PALETTE[0], "patchify_bn": PALETTE[3], "conv_ln": PALETTE[2],
-               "cct": PALETTE[4], "cnn": PALETTE[7]}
+STEM_COLORS = {
+    "patchify": PALETTE[1],
+    "conv": PALETTE[0],
+    "patchify_bn": PALETTE[3],
+    "conv_ln": PALETTE[2],
+    "cct": PALETTE[4],
+    "cnn": PALETTE[7],
+}
 OTHER_COLORS = [c for c in PALETTE if c not in STEM_COLORS.values()]
 
 
@@ -51,10 +57,10 @@ def shade(color: str, k: int) -> str:
     r, g, b = plotly.colors.hex_to_rgb(color)
     step = (k + 1) // 2
     if k % 2:  # darker
-        f = 0.7 ** step
+        f = 0.7**step
         r, g, b = (round(v * f) for v in (r, g, b))
     else:  # lighter
-        f = 1 - 0.6 ** step
+        f = 1 - 0.6**step
         r, g, b = (round(v + (255 - v) * f) for v in (r, g, b))
     return f"#{r:02x}{g:02x}{b:02x}"
 

@@ -17,8 +17,13 @@ from analysis.probes.attention import (
     rollout_matrix,
 )
 from analysis.probes.attributions import integrated_gradients, occlusion, smoothgrad, stem_gradcam
-from analysis.probes.distance import (attention_distance, distance_vs_data, local_heads, mean_attention_distance,
-                                     uniform_distance)
+from analysis.probes.distance import (
+    attention_distance,
+    distance_vs_data,
+    local_heads,
+    mean_attention_distance,
+    uniform_distance,
+)
 from analysis.probes.features import Layer, block_features, read_layers
 from analysis.probes.filters import FilterPCA, filter_pca, first_layer_filters, position_similarity
 from analysis.probes.layout import TokenLayout, first_conv, token_layout

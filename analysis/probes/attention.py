@@ -39,8 +39,10 @@ def _block_attentions(model: nn.Module) -> list[nn.Module]:
     blocks = getattr(model, "blocks", None)
     mods = [getattr(b, "attn", None) for b in blocks] if blocks is not None else []
     if not mods or any(m is None or not hasattr(m, "attn_drop") for m in mods):
-        raise ConfigError(f"{type(model).__name__} has no attention to read: attention probes need a ViT whose "
-                          "blocks hold timm Attention (attn with attn_drop); CNNs have none")
+        raise ConfigError(
+            f"{type(model).__name__} has no attention to read: attention probes need a ViT whose "
+            "blocks hold timm Attention (attn with attn_drop); CNNs have none"
+        )
     return mods
 
 
@@ -93,7 +95,9 @@ def _query_rows(attn: torch.Tensor, num_prefix: int) -> torch.Tensor:
     return attn.mean(dim=-2)
 
 
-def to_image(maps: torch.Tensor, grid_size: tuple[int, int], size: tuple[int, int] | None, mode: str = "bilinear") -> torch.Tensor:
+def to_image(
+    maps: torch.Tensor, grid_size: tuple[int, int], size: tuple[int, int] | None, mode: str = "bilinear"
+) -> torch.Tensor:
     """Reshape (..., P) token values to (..., gh, gw), upsampled to `size` (H, W) unless None."""
     lead = maps.shape[:-1]
     grid = maps.reshape(-1, 1, *grid_size)
@@ -103,9 +107,7 @@ def to_image(maps: torch.Tensor, grid_size: tuple[int, int], size: tuple[int, in
     return grid.reshape(*lead, *grid.shape[-2:])
 
 
-def class_token_attention(
-    model, images: torch.Tensor, upsample: bool = True, mode: str = "bilinear"
-) -> torch.Tensor:
+def class_token_attention(model, images: torch.Tensor, upsample: bool = True, mode: str = "bilinear") -> torch.Tensor:
     """Return (B, layers, heads, H, W) attention of the class token to every patch token.
 
     Each layer's map is the class-token row with all prefix tokens dropped, reshaped to the
@@ -131,7 +133,9 @@ def _fuse_heads(attn: torch.Tensor, head_fusion: str) -> torch.Tensor:
     raise one_of("head_fusion", head_fusion, HEAD_FUSIONS)
 
 
-def rollout_matrix(attentions: Sequence[torch.Tensor], head_fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
+def rollout_matrix(
+    attentions: Sequence[torch.Tensor], head_fusion: str = "mean", discard_ratio: float = 0.0
+) -> torch.Tensor:
     """Return the (B, N, N) attention rollout (Abnar & Zuidema 2020) of per-layer (B, heads, N, N) attentions.
 
     Per layer: fuse heads (mean/max/min), zero the lowest `discard_ratio` fraction of the entries

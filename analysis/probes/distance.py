@@ -83,8 +83,9 @@ def attention_distance(
     return pd.DataFrame({"layer": layers.ravel(), "head": heads.ravel(), "distance_px": mean.ravel()})
 
 
-def distance_vs_data(runs: pd.DataFrame, batches: Iterable, max_images: int | None = None,
-                     renormalize: bool = True) -> pd.DataFrame:
+def distance_vs_data(
+    runs: pd.DataFrame, batches: Iterable, max_images: int | None = None, renormalize: bool = True
+) -> pd.DataFrame:
     """Return mean attention distance per model, training-set size, layer and head.
 
     `runs` has one row per trained ViT: `model` (a label, e.g. ViT_P-fmnist), `train_per_class`
@@ -99,22 +100,30 @@ def distance_vs_data(runs: pd.DataFrame, batches: Iterable, max_images: int | No
     source = "source" if "source" in runs else "run_dir"
     missing = [c for c in ("model", "train_per_class", source) if c not in runs]
     if missing or runs.empty:
-        raise ConfigError(f"distance_vs_data needs rows with model, train_per_class and run_dir (or source); "
-                          f"missing {missing or 'rows'}")
+        raise ConfigError(
+            f"distance_vs_data needs rows with model, train_per_class and run_dir (or source); "
+            f"missing {missing or 'rows'}"
+        )
     batches = list(batches)
     frames = []
     for row in runs.itertuples(index=False):
         model = attention_model(getattr(row, source))
         frame = attention_distance(model, batches, max_images, renormalize)
         size = row.train_per_class
-        frames.append(frame.assign(model=row.model, train_per_class=None if pd.isna(size) else int(size),
-                                   stride_px=token_layout(model).stride))
+        frames.append(
+            frame.assign(
+                model=row.model,
+                train_per_class=None if pd.isna(size) else int(size),
+                stride_px=token_layout(model).stride,
+            )
+        )
     out = pd.concat(frames, ignore_index=True)
     keys = ["model", "train_per_class", "layer", "head"]
     out["train_per_class"] = out["train_per_class"].astype("Int64")
     grouped = out.groupby(keys, dropna=False, sort=False)
-    return grouped.agg(distance_px=("distance_px", "mean"), stride_px=("stride_px", "first"),
-                       runs=("distance_px", "size")).reset_index()
+    return grouped.agg(
+        distance_px=("distance_px", "mean"), stride_px=("stride_px", "first"), runs=("distance_px", "size")
+    ).reset_index()
 
 
 def local_heads(frame: pd.DataFrame, blocks: int = 2, within_tokens: float = 1.5) -> pd.DataFrame:

@@ -42,7 +42,7 @@ class Layer:
 
     def flat(self, prefix_tokens: bool = True) -> torch.Tensor:
         """(B, features): every value of the layer; without `prefix_tokens` only the patch tokens."""
-        v = self.value if prefix_tokens or not self.is_tokens else self.value[:, self.num_prefix:]
+        v = self.value if prefix_tokens or not self.is_tokens else self.value[:, self.num_prefix :]
         return v.reshape(v.shape[0], -1)
 
     def pooled(self) -> dict[str, torch.Tensor]:
@@ -51,7 +51,7 @@ class Layer:
         if not self.is_tokens:
             return {"global_avg": self.value.mean(dim=(2, 3))}
         out = {"class_token": self.value[:, 0]} if self.num_prefix else {}
-        out["patch_mean"] = self.value[:, self.num_prefix:].mean(dim=1)
+        out["patch_mean"] = self.value[:, self.num_prefix :].mean(dim=1)
         return out
 
 
@@ -65,16 +65,17 @@ def has_tokens(model: nn.Module) -> bool:
 
 def _check(model: nn.Module) -> None:
     if not callable(getattr(model, "forward_intermediates", None)):
-        raise ConfigError(f"{type(model).__name__} has no forward_intermediates; the probes read timm models "
-                          "(VisionTransformer, ResNet, RegNet, ...) and the suite's own")
+        raise ConfigError(
+            f"{type(model).__name__} has no forward_intermediates; the probes read timm models "
+            "(VisionTransformer, ResNet, RegNet, ...) and the suite's own"
+        )
 
 
 def _token_layers(model: nn.Module, images: torch.Tensor) -> list[Layer]:
     kept: dict[str, torch.Tensor] = {}
     hook = model.patch_embed.register_forward_hook(lambda m, i, out: kept.__setitem__("stem", out))
     try:
-        outs = model.forward_intermediates(images, output_fmt="NLC", return_prefix_tokens=True,
-                                           intermediates_only=True)
+        outs = model.forward_intermediates(images, output_fmt="NLC", return_prefix_tokens=True, intermediates_only=True)
     finally:
         hook.remove()
     stem = kept["stem"]
@@ -106,8 +107,10 @@ def read_layers(model, images: torch.Tensor) -> list[Layer]:
             return _token_layers(model, images)
         outs = model.forward_intermediates(images, intermediates_only=True)
     if any(o.ndim != 4 for o in outs):
-        raise ConfigError(f"{type(model).__name__}.forward_intermediates returned shapes "
-                          f"{[tuple(o.shape) for o in outs]}; expected NCHW maps")
+        raise ConfigError(
+            f"{type(model).__name__}.forward_intermediates returned shapes "
+            f"{[tuple(o.shape) for o in outs]}; expected NCHW maps"
+        )
     return [Layer(name, o) for name, o in zip(_map_names(model, len(outs)), outs)]
 
 
@@ -116,7 +119,9 @@ def block_features(model, images: torch.Tensor, prefix_tokens: bool = True) -> d
     return {layer.name: layer.flat(prefix_tokens) for layer in read_layers(model, images)}
 
 
-def iter_batches(batches: Iterable, max_images: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+def iter_batches(
+    batches: Iterable, max_images: int | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Yield (images, labels or None) from batches of image tensors or (images, labels) pairs,
     stopping after `max_images` images (the last batch cut short)."""
     seen = 0

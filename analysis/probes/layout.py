@@ -35,8 +35,10 @@ def token_layout(model: nn.Module) -> TokenLayout:
     """Return the TokenLayout of a timm VisionTransformer (grid from the stem, never sqrt(N))."""
     stem = getattr(model, "patch_embed", None)
     if stem is None or getattr(stem, "grid_size", None) is None:
-        raise ConfigError(f"{type(model).__name__} has no patch_embed with a grid_size: it has no tokens to lay "
-                          "over the image; expected a ViT (timm VisionTransformer)")
+        raise ConfigError(
+            f"{type(model).__name__} has no patch_embed with a grid_size: it has no tokens to lay "
+            "over the image; expected a ViT (timm VisionTransformer)"
+        )
     stride = getattr(stem, "stride", None)
     if stride is None:
         stride = stem.patch_size[0]

@@ -28,8 +28,9 @@ def _standardise(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor,
     return (train - mean) / std, (test - mean) / std
 
 
-def ridge_probe(train_x, train_y, test_x, test_y, ridge: float = 1e-3,
-                num_classes: int | None = None) -> tuple[float, float]:
+def ridge_probe(
+    train_x, train_y, test_x, test_y, ridge: float = 1e-3, num_classes: int | None = None
+) -> tuple[float, float]:
     """Return (test accuracy, train accuracy) of a closed-form ridge classifier; x are (n, d) features,
     y integer labels. The solve runs in float64 in the smaller of the primal (d) and dual (n) forms."""
     x, xt = torch.as_tensor(train_x).double(), torch.as_tensor(test_x).double()
@@ -37,8 +38,10 @@ def ridge_probe(train_x, train_y, test_x, test_y, ridge: float = 1e-3,
     if x.ndim != 2 or xt.ndim != 2 or x.shape[1] != xt.shape[1]:
         raise ConfigError(f"features must be (n, d) with the same d, got {tuple(x.shape)} and {tuple(xt.shape)}")
     if len(x) != len(y) or len(xt) != len(yt) or len(x) < 2 or len(xt) < 1:
-        raise ConfigError(f"need one label per example and at least 2 training / 1 test examples, got "
-                          f"{len(x)}/{len(y)} and {len(xt)}/{len(yt)}")
+        raise ConfigError(
+            f"need one label per example and at least 2 training / 1 test examples, got "
+            f"{len(x)}/{len(y)} and {len(xt)}/{len(yt)}"
+        )
     if ridge <= 0:
         raise ConfigError(f"ridge must be > 0, got {ridge}")
     k = num_classes or int(max(y.max(), yt.max())) + 1
@@ -76,9 +79,15 @@ def pooled_features(model, batches: Iterable, max_images: int | None = None):
     return {k: torch.cat(v) for k, v in feats.items()}, torch.cat(labels), names
 
 
-def linear_probes(model, train_batches: Iterable, test_batches: Iterable, ridge: float = 1e-3,
-                  max_train: int | None = None, max_test: int | None = None,
-                  num_classes: int | None = None) -> pd.DataFrame:
+def linear_probes(
+    model,
+    train_batches: Iterable,
+    test_batches: Iterable,
+    ridge: float = 1e-3,
+    max_train: int | None = None,
+    max_test: int | None = None,
+    num_classes: int | None = None,
+) -> pd.DataFrame:
     """Return one row per layer and pool: layer, depth (0 = stem), pool (class_token, patch_mean or
     global_avg), dim, accuracy (held-out), train_accuracy, chance (the most frequent test class's share).
 
@@ -90,6 +99,15 @@ def linear_probes(model, train_batches: Iterable, test_batches: Iterable, ridge:
     rows = []
     for (layer, pool), x in train.items():
         acc, train_acc = ridge_probe(x, y, test[(layer, pool)], yt, ridge, k)
-        rows.append({"layer": layer, "depth": names.index(layer), "pool": pool, "dim": x.shape[1],
-                     "accuracy": acc, "train_accuracy": train_acc, "chance": chance})
+        rows.append(
+            {
+                "layer": layer,
+                "depth": names.index(layer),
+                "pool": pool,
+                "dim": x.shape[1],
+                "accuracy": acc,
+                "train_accuracy": train_acc,
+                "chance": chance,
+            }
+        )
     return pd.DataFrame(rows)

@@ -35,8 +35,10 @@ def _blocks(model: nn.Module) -> list[nn.Module]:
     blocks = list(getattr(model, "blocks", None) or [])
     need = [m for pair in BRANCHES.values() for m in pair]
     if not blocks or any(not hasattr(b, m) for b in blocks for m in need):
-        raise ConfigError(f"{type(model).__name__} has no pre-norm transformer blocks (timm Block with "
-                          f"{', '.join(need)}); residual_strength reads ViTs")
+        raise ConfigError(
+            f"{type(model).__name__} has no pre-norm transformer blocks (timm Block with "
+            f"{', '.join(need)}); residual_strength reads ViTs"
+        )
     return blocks
 
 
@@ -66,9 +68,12 @@ def residual_strength(model, batches: Iterable, max_images: int | None = None) -
 
         return hook
 
-    handles = [getattr(b, m).register_forward_hook(hook_for(i, branch, side))
-               for i, b in enumerate(blocks) for branch, pair in BRANCHES.items()
-               for side, m in zip(("residual", "branch"), pair)]
+    handles = [
+        getattr(b, m).register_forward_hook(hook_for(i, branch, side))
+        for i, b in enumerate(blocks)
+        for branch, pair in BRANCHES.items()
+        for side, m in zip(("residual", "branch"), pair)
+    ]
     seen = 0
     try:
         with evaluating(model), torch.no_grad():
@@ -86,6 +91,15 @@ def residual_strength(model, batches: Iterable, max_images: int | None = None) -
             for tokens in ("class", "patch") if prefix else ("patch",):
                 res = float(sums[(i, branch, "residual", tokens)]) / sums[(i, branch, "residual", f"n_{tokens}")]
                 out = float(sums[(i, branch, "branch", tokens)]) / sums[(i, branch, "branch", f"n_{tokens}")]
-                rows.append({"block": i, "branch": branch, "tokens": tokens, "residual_norm": res,
-                             "branch_norm": out, "ratio": res / out if out > 0 else np.inf, "zero_branch": out == 0})
+                rows.append(
+                    {
+                        "block": i,
+                        "branch": branch,
+                        "tokens": tokens,
+                        "residual_norm": res,
+                        "branch_norm": out,
+                        "ratio": res / out if out > 0 else np.inf,
+                        "zero_branch": out == 0,
+                    }
+                )
     return pd.DataFrame(rows)

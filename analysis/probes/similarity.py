@@ -98,8 +98,9 @@ class MinibatchCKA:
         return cka_from_hsic(self.hsic_sum.cpu().numpy() / self.batches)
 
 
-def _stream(models: Sequence, batches: Iterable, max_images: int | None,
-            prefix_tokens: bool) -> tuple[MinibatchCKA, list[list[str]]]:
+def _stream(
+    models: Sequence, batches: Iterable, max_images: int | None, prefix_tokens: bool
+) -> tuple[MinibatchCKA, list[list[str]]]:
     models = [as_model(m) for m in models]
     acc, names = MinibatchCKA(), []
     for images, _ in iter_batches(batches, max_images):
@@ -121,8 +122,9 @@ def cka_matrix(model, batches: Iterable, max_images: int | None = None, prefix_t
     return pd.DataFrame(acc.result(), index=names[0], columns=names[0])
 
 
-def cka_between(model_a, model_b, batches: Iterable, max_images: int | None = None,
-                prefix_tokens: bool = True) -> pd.DataFrame:
+def cka_between(
+    model_a, model_b, batches: Iterable, max_images: int | None = None, prefix_tokens: bool = True
+) -> pd.DataFrame:
     """Return the minibatch CKA between the layers of two models: rows model_a's layers, columns model_b's.
 
     Any two models (ViT against ViT or CNN, run folders, timm names, ...) see the same images;
@@ -133,13 +135,18 @@ def cka_between(model_a, model_b, batches: Iterable, max_images: int | None = No
     return pd.DataFrame(acc.result()[:la, la:], index=names[0], columns=names[1])
 
 
-def cka_pairs(models: Mapping[str, object], batches: Iterable, pairs: Sequence[tuple[str, str]] | None = None,
-              max_images: int | None = None, prefix_tokens: bool = True) -> dict[tuple[str, str], pd.DataFrame]:
+def cka_pairs(
+    models: Mapping[str, object],
+    batches: Iterable,
+    pairs: Sequence[tuple[str, str]] | None = None,
+    max_images: int | None = None,
+    prefix_tokens: bool = True,
+) -> dict[tuple[str, str], pd.DataFrame]:
     """Return {(a, b): CKA DataFrame (rows a's layers, columns b's)} for pairs of labelled models,
     all read in one pass over `batches` (Raghu et al.'s layer-by-layer heatmaps, e.g. ViT_P vs
     ResNet, ViT_C vs ResNet, ViT_P vs ViT_C). `pairs` defaults to every pair in the given order."""
     labels = list(models)
-    pairs = list(pairs) if pairs is not None else [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:]]
+    pairs = list(pairs) if pairs is not None else [(a, b) for i, a in enumerate(labels) for b in labels[i + 1 :]]
     for a, b in pairs:
         for label in (a, b):
             if label not in models:

@@ -28,6 +28,7 @@ from analysis.backends import check_compatible, shared_key
 from analysis.errors import ConfigError
 from analysis.train import Stopped, Trainer
 
+
 class RunsFailed(RuntimeError):
     """Raised at the end of a group in which some runs failed."""
 
@@ -114,7 +115,7 @@ def plan(run_dirs: list[str], batch_runs: int) -> list[list[str]]:
         groups.setdefault(key if key is not None else ("solo", i), []).append(d)
     chunks = []
     for members in groups.values():
-        chunks += [members[i:i + batch_runs] for i in range(0, len(members), batch_runs)]
+        chunks += [members[i : i + batch_runs] for i in range(0, len(members), batch_runs)]
     return sorted(chunks, key=lambda c: todo.index(c[0]))
 
 

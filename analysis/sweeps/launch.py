@@ -47,7 +47,7 @@ LAUNCH_LOCK = ".launch.lock"
 
 
 def detect_cluster() -> str:
-    """"slurm" when a SLURM controller answers (sinfo), else "local"."""
+    """ "slurm" when a SLURM controller answers (sinfo), else "local"."""
     if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
         return "local"
     try:
@@ -103,8 +103,10 @@ class Sweep:
             self.spec_dict = trust.load_yaml(spec_path)
             self.table = table["runs"]
             if len(self.table) > max_runs():
-                raise ConfigError(f"{sweep_dir}: runs.json lists {len(self.table)} runs, over the limit of "
-                                  f"{max_runs()} (set {MAX_RUNS_ENV} to allow more)")
+                raise ConfigError(
+                    f"{sweep_dir}: runs.json lists {len(self.table)} runs, over the limit of "
+                    f"{max_runs()} (set {MAX_RUNS_ENV} to allow more)"
+                )
             self.run_ids = [r["run"] for r in self.table]
             self.configs = {r["run"]: C.RunConfig().replace(r["overrides"]) for r in self.table}
         except (yaml.YAMLError, KeyError, TypeError, AttributeError):
@@ -140,20 +142,26 @@ class Sweep:
         spec_text = yaml.safe_dump(spec.raw, sort_keys=False)
         runs = spec.runs()
         if (folder / "spec.yaml").is_file() and not _same_runs(folder, runs):
-            raise ConfigError(f"{folder} holds a sweep with another spec (other runs); use another name or root, "
-                              "or delete that folder")
-        trust.check_inside(folder, [folder / name for name in ("spec.yaml", "runs.json", "runs.csv")] +
-                           [folder / "runs" / row["run"] / rundir.CONFIG for row in runs])
+            raise ConfigError(
+                f"{folder} holds a sweep with another spec (other runs); use another name or root, "
+                "or delete that folder"
+            )
+        trust.check_inside(
+            folder,
+            [folder / name for name in ("spec.yaml", "runs.json", "runs.csv")]
+            + [folder / "runs" / row["run"] / rundir.CONFIG for row in runs],
+        )
         folder.mkdir(parents=True, exist_ok=True)
         for row in runs:
             d = folder / "runs" / row["run"]
             d.mkdir(parents=True, exist_ok=True)
             if not (d / rundir.CONFIG).is_file():
                 rundir.write_atomic(d / rundir.CONFIG, row["cfg"].to_yaml().encode())
-        table = [{"run": r["run"], "run_dir": f"runs/{r['run']}", "overrides": r["overrides"],
-                  "sampled": r["sampled"]} for r in runs]
-        rundir.write_json(folder / "runs.json", {"name": spec.name, "dropped_duplicates": spec.dropped,
-                                                 "runs": table})
+        table = [
+            {"run": r["run"], "run_dir": f"runs/{r['run']}", "overrides": r["overrides"], "sampled": r["sampled"]}
+            for r in runs
+        ]
+        rundir.write_json(folder / "runs.json", {"name": spec.name, "dropped_duplicates": spec.dropped, "runs": table})
         flat = pd.DataFrame([{"run": r["run"], "run_dir": r["run_dir"], **r["overrides"]} for r in table])
         rundir.write_atomic(folder / "runs.csv", flat.to_csv(index=False).encode())
         rundir.write_atomic(folder / "spec.yaml", spec_text.encode())
@@ -199,11 +207,18 @@ class Sweep:
 
     def launch_options(self, **overrides) -> dict:
         """The spec's launch section with keyword overrides (None values ignored), checked and typed."""
-        return check_launch({**(self.spec_dict.get("launch") or {}),
-                             **{k: v for k, v in overrides.items() if v is not None}})
+        return check_launch(
+            {**(self.spec_dict.get("launch") or {}), **{k: v for k, v in overrides.items() if v is not None}}
+        )
 
-    def launch(self, runs: list[str] | None = None, wait: bool = False, timeout: float | None = None,
-               code: str | Path | None = None, **options) -> list[str]:
+    def launch(
+        self,
+        runs: list[str] | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+        code: str | Path | None = None,
+        **options,
+    ) -> list[str]:
         """Launch the runs that are not complete and not already queued or running (all of `runs`,
         default every run) as one job array; return the new job ids. Returns at once unless wait.
         A run whose folder a live trainer holds (its lock) counts as running and is never started twice.
@@ -233,8 +248,15 @@ class Sweep:
         todo = [r for r in todo if rundir.lock_holder(self.run_dir(r)) is None]  # trained right now
         if not todo:
             return []
-        trust.check_inside(self.dir, [self.dir / "code", self.dir / "submitit", self.dir / "launches.json",
-                                      *(self.run_dir(r) / name for r in todo for name in rundir.WRITTEN)])
+        trust.check_inside(
+            self.dir,
+            [
+                self.dir / "code",
+                self.dir / "submitit",
+                self.dir / "launches.json",
+                *(self.run_dir(r) / name for r in todo for name in rundir.WRITTEN),
+            ],
+        )
         cluster = opts.get("cluster") or "auto"
         cluster = detect_cluster() if cluster == "auto" else cluster
         launches = self.launches
@@ -248,7 +270,7 @@ class Sweep:
             executor = DetachedLocalExecutor(folder=self.dir / "submitit")
         else:
             per = opts.get("runs_per_job", 1)
-            groups = [todo[i:i + per] for i in range(0, len(todo), per)]
+            groups = [todo[i : i + per] for i in range(0, len(todo), per)]
             executor = submitit.AutoExecutor(folder=self.dir / "submitit", cluster=cluster)
         executor.update_parameters(**self.executor_params(opts, cluster))
         cloudpickle.register_pickle_by_value(boot)
@@ -260,10 +282,17 @@ class Sweep:
                 for job in jobs:
                     if getattr(job, "_process", None) is not None:
                         self._processes[job.job_id] = job._process
-                launches.append({"launch": lid, "time": datetime.now().isoformat(timespec="seconds"),
-                                 "cluster": cluster, "code": str(code_dir.relative_to(self.dir)), "options": opts,
-                                 "jobs": [{"job_id": str(j.job_id), "runs": g} for j, g in zip(jobs, groups)],
-                                 "cancelled": []})
+                launches.append(
+                    {
+                        "launch": lid,
+                        "time": datetime.now().isoformat(timespec="seconds"),
+                        "cluster": cluster,
+                        "code": str(code_dir.relative_to(self.dir)),
+                        "options": opts,
+                        "jobs": [{"job_id": str(j.job_id), "runs": g} for j, g in zip(jobs, groups)],
+                        "cancelled": [],
+                    }
+                )
                 self._save_launches(launches)
         finally:
             cloudpickle.unregister_pickle_by_value(boot)
@@ -281,8 +310,13 @@ class Sweep:
         if gpus:
             params["gpus_per_node"] = gpus
         if cluster == "slurm":
-            slurm = {"partition": "slurm_partition", "account": "slurm_account", "qos": "slurm_qos",
-                     "constraint": "slurm_constraint", "additional": "slurm_additional_parameters"}
+            slurm = {
+                "partition": "slurm_partition",
+                "account": "slurm_account",
+                "qos": "slurm_qos",
+                "constraint": "slurm_constraint",
+                "additional": "slurm_additional_parameters",
+            }
             params.update({v: opts[k] for k, v in slurm.items() if k in opts})
             for k in ("cpus_per_task", "mem_gb", "nodes"):
                 if k in opts:
@@ -315,8 +349,7 @@ class Sweep:
 
         return SweepMonitor(self, interval=interval, **options)
 
-    def wait(self, timeout: float | None = None, poll: float = 5.0, runs: list[str] | None = None,
-             callback=None):
+    def wait(self, timeout: float | None = None, poll: float = 5.0, runs: list[str] | None = None, callback=None):
         """Block until no run (of `runs`, default all) is PENDING or RUNNING (or UNKNOWN while sacct
         fails); return the final status. callback(status) is called with each fresh status frame
         (progress displays without a polling loop of their own). Raises TimeoutError naming the
@@ -347,10 +380,12 @@ class Sweep:
         jobs = sorted({str(j) for j in active["job_id"] if j})
         local = {str(j["job_id"]) for l in self.launches if l.get("cluster") != "slurm" for j in l["jobs"]}
         kind = "local processes" if set(jobs) <= local else "jobs"
-        return (f"interrupted; {len(active)} of {len(status)} runs of {where} are still running or queued "
-                f"({kind} {', '.join(jobs[:6])}{' ...' if len(jobs) > 6 else ''} go on in the background); "
-                f"watch: python -m analysis sweep status {where} --wait; "
-                f"stop: python -m analysis sweep cancel {where}; then resume with: {resume}")
+        return (
+            f"interrupted; {len(active)} of {len(status)} runs of {where} are still running or queued "
+            f"({kind} {', '.join(jobs[:6])}{' ...' if len(jobs) > 6 else ''} go on in the background); "
+            f"watch: python -m analysis sweep status {where} --wait; "
+            f"stop: python -m analysis sweep cancel {where}; then resume with: {resume}"
+        )
 
     def cancel(self, runs: list[str] | None = None) -> list[str]:
         """Cancel the jobs of the given runs (default: all) that are pending or running; return the
@@ -411,8 +446,14 @@ class Sweep:
             return False
         return True
 
-    def resubmit(self, max_retries: int | None = None, wait: bool = False, timeout: float | None = None,
-                 code: str | Path | None = None, **options) -> list[str]:
+    def resubmit(
+        self,
+        max_retries: int | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+        code: str | Path | None = None,
+        **options,
+    ) -> list[str]:
         """Relaunch the runs that failed, were cancelled, timed out or never started, unless they were
         launched max_retries + 1 times already (warning naming them); return the new job ids."""
         opts = self.launch_options(**options)
@@ -422,8 +463,9 @@ class Sweep:
             retry = status[~status["state"].isin(KEEP)]
             over = retry[retry["attempts"] > cap]
             if len(over):
-                warnings.warn(f"not resubmitted (launched {cap + 1} times already): {', '.join(over['run'])}",
-                              stacklevel=2)
+                warnings.warn(
+                    f"not resubmitted (launched {cap + 1} times already): {', '.join(over['run'])}", stacklevel=2
+                )
             todo = list(retry.loc[retry["attempts"] <= cap, "run"])
             ids = self._submit(todo, opts, code) if todo else []
         if wait:

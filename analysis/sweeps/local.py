@@ -33,19 +33,27 @@ SUBMITIT_LINE = "1.5."  # the submitit releases whose private LocalExecutor._sub
 def check_submitit(version: str = submitit.__version__) -> None:
     """Raise UserError unless submitit is of the release line the local back-end is written for."""
     if not version.startswith(SUBMITIT_LINE):
-        raise UserError(f"submitit {version} is not supported by the local back-end (it overrides a private "
-                        f"method of submitit {SUBMITIT_LINE}x); install submitit>=1.5.4,<1.6")
+        raise UserError(
+            f"submitit {version} is not supported by the local back-end (it overrides a private "
+            f"method of submitit {SUBMITIT_LINE}x); install submitit>=1.5.4,<1.6"
+        )
 
 
 def controller_env(command: str, ntasks: int, gpus: range, timeout_min: float, signal_delay_s: int) -> dict:
     """The controller's environment, as submitit 1.5's start_controller sets it (without `setup`)."""
-    return {**os.environ,
-            "SUBMITIT_LOCAL_NTASKS": str(ntasks), "SUBMITIT_LOCAL_COMMAND": command,
-            "SUBMITIT_LOCAL_TIMEOUT_S": str(int(60 * timeout_min)),
-            "SUBMITIT_LOCAL_SIGNAL_DELAY_S": str(int(signal_delay_s)),
-            "SUBMITIT_LOCAL_NODEID": "0", "SUBMITIT_LOCAL_JOB_NUM_NODES": "1",
-            "SUBMITIT_STDERR_TO_STDOUT": "", "SUBMITIT_EXECUTOR": "local",
-            "CUDA_VISIBLE_DEVICES": ",".join(str(k) for k in gpus), "SUBMITIT_LOCAL_WITH_SHELL": ""}
+    return {
+        **os.environ,
+        "SUBMITIT_LOCAL_NTASKS": str(ntasks),
+        "SUBMITIT_LOCAL_COMMAND": command,
+        "SUBMITIT_LOCAL_TIMEOUT_S": str(int(60 * timeout_min)),
+        "SUBMITIT_LOCAL_SIGNAL_DELAY_S": str(int(signal_delay_s)),
+        "SUBMITIT_LOCAL_NODEID": "0",
+        "SUBMITIT_LOCAL_JOB_NUM_NODES": "1",
+        "SUBMITIT_STDERR_TO_STDOUT": "",
+        "SUBMITIT_EXECUTOR": "local",
+        "CUDA_VISIBLE_DEVICES": ",".join(str(k) for k in gpus),
+        "SUBMITIT_LOCAL_WITH_SHELL": "",
+    }
 
 
 class DetachedLocalExecutor(LocalExecutor):
@@ -57,12 +65,22 @@ class DetachedLocalExecutor(LocalExecutor):
 
     def _submit_command(self, command: str) -> LocalJob:
         ntasks = self.parameters.get("tasks_per_node", 1)
-        env = controller_env(command, ntasks, range(self.parameters.get("gpus_per_node", 0)),
-                             self.parameters.get("timeout_min", 2.0), self.parameters.get("signal_delay_s", 30))
+        env = controller_env(
+            command,
+            ntasks,
+            range(self.parameters.get("gpus_per_node", 0)),
+            self.parameters.get("timeout_min", 2.0),
+            self.parameters.get("signal_delay_s", 30),
+        )
         with open(Path(self.folder) / CONTROLLER_LOG, "ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", CONTROLLER, str(self.folder)], env=env,
-                                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+            process = subprocess.Popen(
+                [sys.executable, "-m", CONTROLLER, str(self.folder)],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return LocalJob(folder=self.folder, job_id=str(process.pid), process=process, tasks=list(range(ntasks)))
 
 

@@ -32,9 +32,30 @@ from analysis.names import model_name, stem_of_config
 
 CACHE = ".collect_cache.json"
 CACHE_VERSION = 3  # 3: files keyed by rundir.file_key (inode, size, mtime)
-COLUMNS = ["run", "run_dir", "status", "reason", "model", "preset", "stem", "optimizer", "epochs", "lr", "wd",
-           "batch_size", "seed", "error", "best_error", "top5_error", "ema_error", "diverged", "epochs_done",
-           "seconds", "params", "flops"]
+COLUMNS = [
+    "run",
+    "run_dir",
+    "status",
+    "reason",
+    "model",
+    "preset",
+    "stem",
+    "optimizer",
+    "epochs",
+    "lr",
+    "wd",
+    "batch_size",
+    "seed",
+    "error",
+    "best_error",
+    "top5_error",
+    "ema_error",
+    "diverged",
+    "epochs_done",
+    "seconds",
+    "params",
+    "flops",
+]
 
 
 def _nan(v) -> float:
@@ -58,17 +79,28 @@ def run_row(run: str, run_dir: Path, cfg: C.RunConfig) -> dict:
     stem = stem_of_config(cfg)
     last = metrics[-1] if metrics else {}
     row = {
-        "run": run, "run_dir": str(run_dir), "status": status, "reason": result.get("reason") or reason,
-        "model": model_name(cfg.model.preset, stem), "preset": cfg.model.preset, "stem": stem,
-        "optimizer": cfg.optim.name, "epochs": cfg.train.epochs, "lr": cfg.effective_lr(),
-        "wd": cfg.optim.weight_decay, "batch_size": cfg.train.batch_size, "seed": cfg.train.seed,
+        "run": run,
+        "run_dir": str(run_dir),
+        "status": status,
+        "reason": result.get("reason") or reason,
+        "model": model_name(cfg.model.preset, stem),
+        "preset": cfg.model.preset,
+        "stem": stem,
+        "optimizer": cfg.optim.name,
+        "epochs": cfg.train.epochs,
+        "lr": cfg.effective_lr(),
+        "wd": cfg.optim.weight_decay,
+        "batch_size": cfg.train.batch_size,
+        "seed": cfg.train.seed,
         "error": _nan(result.get("top1_err")) if done else math.nan,
         "best_error": _nan(result.get("best_top1_err")) if done else math.nan,
         "top5_error": _nan(result.get("top5_err")) if done else math.nan,
         "ema_error": _nan(result.get("ema_top1_err")) if done else math.nan,
-        "diverged": status == "diverged", "epochs_done": len(metrics),
+        "diverged": status == "diverged",
+        "epochs_done": len(metrics),
         "seconds": _nan(result.get("seconds", last.get("elapsed"))),
-        "params": _nan(result.get("params")), "flops": _nan(result.get("flops")),
+        "params": _nan(result.get("params")),
+        "flops": _nan(result.get("flops")),
         "_started": bool(metrics) or (run_dir / rundir.CHECKPOINT).exists() or (run_dir / rundir.LOG).exists(),
     }
     row.update({f"cfg.{k}": v for k, v in cfg.flat().items()})
@@ -87,16 +119,21 @@ def _load_cache(folder: Path) -> dict:
     fields = set(COLUMNS) - {"run_dir"} | {"_started"}
     out = {}
     for run, entry in rows.items():
-        if (isinstance(entry, dict) and isinstance(entry.get("key"), list) and isinstance(entry.get("row"), dict)
-                and fields <= set(entry["row"])):
+        if (
+            isinstance(entry, dict)
+            and isinstance(entry.get("key"), list)
+            and isinstance(entry.get("row"), dict)
+            and fields <= set(entry["row"])
+        ):
             out[run] = (tuple(tuple(k) if isinstance(k, list) else k for k in entry["key"]), entry["row"])
     return out
 
 
 def _save_cache(folder: Path, rows: dict) -> None:
     """Write {run: (key, row)} as JSON; run_dir is left out (it follows the folder when it moves)."""
-    data = {run: {"key": key, "row": {k: v for k, v in row.items() if k != "run_dir"}}
-            for run, (key, row) in rows.items()}
+    data = {
+        run: {"key": key, "row": {k: v for k, v in row.items() if k != "run_dir"}} for run, (key, row) in rows.items()
+    }
     try:
         rundir.write_atomic(folder / CACHE, json.dumps({"version": CACHE_VERSION, "rows": data}).encode())
     except (OSError, TypeError, ValueError):
@@ -108,8 +145,10 @@ def _runs_of(folder: Path) -> tuple[list[tuple[str, Path, C.RunConfig | None, li
     table = rundir.read_json(folder / "runs.json")
     if table is not None:
         try:
-            return [(r["run"], folder / r["run_dir"], C.RunConfig().replace(r["overrides"]), list(r.get("sampled", [])))
-                    for r in table["runs"]], True
+            return [
+                (r["run"], folder / r["run_dir"], C.RunConfig().replace(r["overrides"]), list(r.get("sampled", [])))
+                for r in table["runs"]
+            ], True
         except (KeyError, TypeError, AttributeError):
             raise ConfigError(f"{folder / 'runs.json'} is not a run table (written by Sweep.from_dict)") from None
     out = []

@@ -47,9 +47,15 @@ LAUNCH_KEYS = {
     "batch_runs": int,  # compatible runs trained together as one stacked group (analysis.train.train_group; default 1)
     "max_retries": int,  # resubmit() relaunches a run at most this often (default 3)
     "timeout_min": int,  # job time limit in minutes (default 24 h)
-    "partition": str, "account": str, "qos": str, "constraint": str,
+    "partition": str,
+    "account": str,
+    "qos": str,
+    "constraint": str,
     "array_parallelism": int,  # SLURM name for `parallel`
-    "gpus_per_node": int, "cpus_per_task": int, "mem_gb": (int, float), "nodes": int,
+    "gpus_per_node": int,
+    "cpus_per_task": int,
+    "mem_gb": (int, float),
+    "nodes": int,
     "tasks_per_node": int,  # default: one task per GPU (DDP), else 1
     "additional": dict,  # extra sbatch options, e.g. {exclude: "node[1-2]", reservation: "x"}
     "signal_delay_s": int,  # SLURM: USR2 this long before the time limit (default 120)
@@ -107,8 +113,10 @@ def _key(key: str, where: str) -> str:
     """Resolve an alias and check that a dotted key names a run config key."""
     key = ALIASES.get(key, key)
     if key not in config_keys():
-        raise ConfigError(f"{where}: unknown config key {key!r}; use section.key (sections "
-                          f"{', '.join(C.SECTIONS)}; see analysis/config.py) or one of the aliases {', '.join(ALIASES)}")
+        raise ConfigError(
+            f"{where}: unknown config key {key!r}; use section.key (sections "
+            f"{', '.join(C.SECTIONS)}; see analysis/config.py) or one of the aliases {', '.join(ALIASES)}"
+        )
     return key
 
 
@@ -279,8 +287,10 @@ class Spec:
         cap = max_runs()
         cells = math.prod(len(cases) for _, cases in self.axes)
         if cells > cap:
-            raise ConfigError(f"spec {self.name!r} expands to {cells} grid cells, over the limit of {cap} runs "
-                              f"(set {MAX_RUNS_ENV} to allow more)")
+            raise ConfigError(
+                f"spec {self.name!r} expands to {cells} grid cells, over the limit of {cap} runs "
+                f"(set {MAX_RUNS_ENV} to allow more)"
+            )
         total = 0
         for cell in itertools.product(*[cases for _, cases in self.axes]) if self.axes else [()]:
             sampled = set(self.sample)
@@ -289,8 +299,10 @@ class Spec:
                     (sampled.add if isinstance(v, Sampler) else sampled.discard)(k)
             total += self.samples if sampled else 1
             if total > cap:
-                raise ConfigError(f"spec {self.name!r} expands to over {cap} runs (grid {cells} cells x samples "
-                                  f"{self.samples}), the limit; set {MAX_RUNS_ENV} to allow more")
+                raise ConfigError(
+                    f"spec {self.name!r} expands to over {cap} runs (grid {cells} cells x samples "
+                    f"{self.samples}), the limit; set {MAX_RUNS_ENV} to allow more"
+                )
         return total
 
     def runs(self) -> list[dict]:

@@ -23,8 +23,7 @@ from analysis import rundir
 from analysis.sweeps.job import read_job_file
 
 # Scheduler states of a job that will still run (or runs): its runs read PENDING or RUNNING.
-WAITING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED", "STOPPED",
-           "RESV_DEL_HOLD")
+WAITING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED", "STOPPED", "RESV_DEL_HOLD")
 RUNNING = ("RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING")
 # Run states that resubmit() does not touch; every other state (FAILED, CANCELLED, TIMEOUT,
 # NOT_LAUNCHED, PREEMPTED, OUT_OF_MEMORY, NODE_FAIL, ...) is an ended, unfinished run.
@@ -32,10 +31,33 @@ RUNNING = ("RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING")
 FINAL = ("COMPLETED", "DIVERGED")  # run states of a run with a final result: never trained again
 KEEP = (*FINAL, "PENDING", "RUNNING", "UNKNOWN")
 ACTIVE = ("PENDING", "RUNNING", "UNKNOWN")  # run states a watcher waits on (UNKNOWN: sacct did not answer)
-COLORS = {"COMPLETED": "#c8e6c9", "RUNNING": "#bbdefb", "PENDING": "#eeeeee", "FAILED": "#ffcdd2",
-          "CANCELLED": "#ffe0b2", "TIMEOUT": "#ffe0b2", "NOT_LAUNCHED": "#ffffff", "DIVERGED": "#f8bbd0"}
-COLUMNS = ["run", "state", "result", "job_id", "job_state", "attempts", "epoch", "epochs", "progress", "test_err",
-           "train_loss", "elapsed_s", "reason", "trainer", "log_tail"]
+COLORS = {
+    "COMPLETED": "#c8e6c9",
+    "RUNNING": "#bbdefb",
+    "PENDING": "#eeeeee",
+    "FAILED": "#ffcdd2",
+    "CANCELLED": "#ffe0b2",
+    "TIMEOUT": "#ffe0b2",
+    "NOT_LAUNCHED": "#ffffff",
+    "DIVERGED": "#f8bbd0",
+}
+COLUMNS = [
+    "run",
+    "state",
+    "result",
+    "job_id",
+    "job_state",
+    "attempts",
+    "epoch",
+    "epochs",
+    "progress",
+    "test_err",
+    "train_loss",
+    "elapsed_s",
+    "reason",
+    "trainer",
+    "log_tail",
+]
 
 
 def sacct_states(job_ids: list[str]) -> dict[str, str]:
@@ -52,7 +74,9 @@ def sacct_states(job_ids: list[str]) -> dict[str, str]:
     except (OSError, subprocess.TimeoutExpired) as e:
         raise RuntimeError(f"sacct did not answer ({e})") from None
     if out.returncode:
-        raise RuntimeError(f"sacct failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
+        raise RuntimeError(
+            f"sacct failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}"
+        )
     info = SlurmInfoWatcher().read_info(out.stdout)
     return {j: info[j]["State"].split()[0].rstrip("+") for j in job_ids if j in info}
 
@@ -62,8 +86,13 @@ def read_launches(folder: Path) -> list[dict]:
     launches = (rundir.read_json(Path(folder) / "launches.json") or {}).get("launches")
     if not isinstance(launches, list):
         return []
-    return [l for l in launches if isinstance(l, dict) and isinstance(l.get("jobs"), list)
-            and all(isinstance(j, dict) and "job_id" in j and isinstance(j.get("runs"), list) for j in l["jobs"])]
+    return [
+        l
+        for l in launches
+        if isinstance(l, dict)
+        and isinstance(l.get("jobs"), list)
+        and all(isinstance(j, dict) and "job_id" in j and isinstance(j.get("runs"), list) for j in l["jobs"])
+    ]
 
 
 def local_state(folder: Path, job_id: str, cancelled: bool, run_dirs: list[Path], process=None) -> str:
@@ -127,8 +156,9 @@ def job_log_tail(folder: Path, job_id: str, lines: int = 8) -> str:
     return tail(paths.stderr, lines) or tail(paths.stdout, lines)
 
 
-def run_state(job_state: str | None, complete: bool, started_by_job: bool, trained_now: bool = False,
-              diverged: bool = False) -> str:
+def run_state(
+    job_state: str | None, complete: bool, started_by_job: bool, trained_now: bool = False, diverged: bool = False
+) -> str:
     """One state per run from its job's state and its run directory (complete: it has a final
     result, diverged: that result says so; trained_now: a live trainer holds its lock)."""
     if complete:
@@ -179,16 +209,27 @@ def runs_state(folder: Path, run_ids: list[str], processes: dict | None = None) 
             reason = "unreadable result.json"
         holder = rundir.lock_holder(d)
         started = job_id is not None and str(markers[run].get("job_id")) == job_id
-        state = run_state(job_state, rundir.is_final(result), started, holder is not None,
-                          (result or {}).get("status") == "diverged")
-        row = {"run": run, "state": state, "result": (result or {}).get("status"), "job_id": job_id,
-               "job_state": job_state, "attempts": attempts, "reason": reason, "log_tail": "",
-               "trainer": f"{holder.get('host')}:{holder.get('pid')}" if holder else None}
+        state = run_state(
+            job_state, rundir.is_final(result), started, holder is not None, (result or {}).get("status") == "diverged"
+        )
+        row = {
+            "run": run,
+            "state": state,
+            "result": (result or {}).get("status"),
+            "job_id": job_id,
+            "job_state": job_state,
+            "attempts": attempts,
+            "reason": reason,
+            "log_tail": "",
+            "trainer": f"{holder.get('host')}:{holder.get('pid')}" if holder else None,
+        }
         if state not in KEEP and state != "NOT_LAUNCHED":
             own = tail(d / rundir.LOG, 5)
             about_me = last.get(job_id) == run if job_id in last else True
             if not own and job_id in last and not started:
-                row["reason"] = reason or f"not started: its job {job_id} ended ({(job_state or '?').lower()}) before reaching it"
+                row["reason"] = (
+                    reason or f"not started: its job {job_id} ended ({(job_state or '?').lower()}) before reaching it"
+                )
             failed_inside = (result or {}).get("status") == "failed"
             job_tail = job_log_tail(folder, job_id, 4 if own else 8) if about_me and (failed_inside or not own) else ""
             row["log_tail"] = "\n".join(x for x in (own, job_tail) if x)
@@ -196,16 +237,25 @@ def runs_state(folder: Path, run_ids: list[str], processes: dict | None = None) 
     return rows
 
 
-def status_frame(folder: Path, run_ids: list[str], epochs: dict[str, int], processes: dict | None = None) -> "StatusFrame":
+def status_frame(
+    folder: Path, run_ids: list[str], epochs: dict[str, int], processes: dict | None = None
+) -> "StatusFrame":
     """One row per run: state, job, progress and latest metrics; log tail for ended, unfinished runs."""
     rows = []
     for row in runs_state(folder, run_ids, processes):
         metrics = rundir.read_metrics(Path(folder) / "runs" / row["run"])
         last = metrics[-1] if metrics else {}
         total = epochs[row["run"]]
-        row.update({"epoch": len(metrics), "epochs": total, "progress": len(metrics) / total,
-                    "test_err": last.get("test_top1_err"), "train_loss": last.get("train_loss"),
-                    "elapsed_s": last.get("elapsed")})
+        row.update(
+            {
+                "epoch": len(metrics),
+                "epochs": total,
+                "progress": len(metrics) / total,
+                "test_err": last.get("test_top1_err"),
+                "train_loss": last.get("train_loss"),
+                "elapsed_s": last.get("elapsed"),
+            }
+        )
         rows.append(row)
     return StatusFrame(rows, columns=COLUMNS)
 
@@ -235,15 +285,24 @@ class StatusFrame(pd.DataFrame):
                     continue
                 if c == "progress":
                     pct = 0 if pd.isna(v) else max(0.0, min(1.0, float(v))) * 100
-                    cells.append(f'<td><div style="background:#ddd;width:80px;height:10px">'
-                                 f'<div style="background:#1976d2;width:{pct:.0f}%;height:10px"></div></div></td>')
+                    cells.append(
+                        f'<td><div style="background:#ddd;width:80px;height:10px">'
+                        f'<div style="background:#1976d2;width:{pct:.0f}%;height:10px"></div></div></td>'
+                    )
                     continue
-                text = "" if v is None or (isinstance(v, float) and pd.isna(v)) else (
-                    f"{v:.4g}" if isinstance(v, float) else str(v))
+                text = (
+                    ""
+                    if v is None or (isinstance(v, float) and pd.isna(v))
+                    else (f"{v:.4g}" if isinstance(v, float) else str(v))
+                )
                 cells.append(f'<td style="white-space:nowrap">{html.escape(text)}</td>')
             body.append(f'<tr style="background:{color}">{"".join(cells)}</tr>')
             if r["log_tail"]:
-                body.append(f'<tr><td colspan="{len(self.columns) - 1}"><pre style="margin:0;font-size:85%">'
-                            f'{html.escape(r["log_tail"])}</pre></td></tr>')
-        return (f"<div><b>{len(self)} runs</b> ({html.escape(counts)})<table>"
-                f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
+                body.append(
+                    f'<tr><td colspan="{len(self.columns) - 1}"><pre style="margin:0;font-size:85%">'
+                    f"{html.escape(r['log_tail'])}</pre></td></tr>"
+                )
+        return (
+            f"<div><b>{len(self)} runs</b> ({html.escape(counts)})<table>"
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+        )

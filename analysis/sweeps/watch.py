@@ -27,8 +27,16 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import rundir
-from analysis.sweeps.status import (ACTIVE, KEEP, job_log_tail, latest_jobs, read_launches, run_state,
-                                    scheduler_states, tail)
+from analysis.sweeps.status import (
+    ACTIVE,
+    KEEP,
+    job_log_tail,
+    latest_jobs,
+    read_launches,
+    run_state,
+    scheduler_states,
+    tail,
+)
 
 STATES = ("PENDING", "RUNNING", "COMPLETED", "DIVERGED", "FAILED", "CANCELLED")  # always counted
 
@@ -93,8 +101,11 @@ class RunWatch:
     def read(self) -> bool:
         """Read what changed in the run folder since the last call; True when anything did."""
         changed = False
-        for name, reader in ((rundir.METRICS, self._read_metrics), (rundir.RESULT, self._read_result),
-                             (rundir.JOB, self._read_job)):
+        for name, reader in (
+            (rundir.METRICS, self._read_metrics),
+            (rundir.RESULT, self._read_result),
+            (rundir.JOB, self._read_job),
+        ):
             moved, st = self._changed(name)
             if moved:
                 changed |= reader(st, self._stats.get(name))
@@ -151,7 +162,8 @@ class SweepWatcher:
     def __init__(self, sweep) -> None:
         self.sweep = sweep
         self.runs: dict[str, RunWatch] = {
-            run: RunWatch(run, sweep.run_dir(run), sweep.configs[run].train.epochs) for run in sweep.run_ids}
+            run: RunWatch(run, sweep.run_dir(run), sweep.configs[run].train.epochs) for run in sweep.run_ids
+        }
         self.refreshed: float | None = None  # time.time() of the last refresh
         self._launches: list[dict] = []  # launches.json as of the last refresh
         self._rows: dict[str, dict] = {}  # run id -> collect() row of a run with a result
@@ -167,8 +179,13 @@ class SweepWatcher:
             job_id, attempts = jobs.get(run, (None, 0))
             started = job_id is not None and str(w.job.get("job_id")) == str(job_id)
             trained_now = not w.final and rundir.lock_holder(w.dir) is not None
-            state = run_state(states.get(job_id) if job_id else None, w.final, started, trained_now,
-                              bool(w.result) and w.result.get("status") == "diverged")
+            state = run_state(
+                states.get(job_id) if job_id else None,
+                w.final,
+                started,
+                trained_now,
+                bool(w.result) and w.result.get("status") == "diverged",
+            )
             if moved or state != w.state or job_id != w.job_id:
                 changed.add(run)
                 if w.result is not None:
@@ -186,8 +203,16 @@ class SweepWatcher:
         for run in self.runs:
             cfg = self.sweep.configs[run]
             stem = stem_of_config(cfg)
-            rows.append({"run": run, "model": model_name(cfg.model.preset, stem), "preset": cfg.model.preset,
-                         "stem": stem, "optimizer": cfg.optim.name, "epochs": cfg.train.epochs})
+            rows.append(
+                {
+                    "run": run,
+                    "model": model_name(cfg.model.preset, stem),
+                    "preset": cfg.model.preset,
+                    "stem": stem,
+                    "optimizer": cfg.optim.name,
+                    "epochs": cfg.train.epochs,
+                }
+            )
         return pd.DataFrame(rows, columns=["run", "model", "preset", "stem", "optimizer", "epochs"])
 
     def counts(self) -> dict[str, int]:

@@ -21,6 +21,18 @@ from analysis.widgets.base import (
 from analysis.widgets.explorers import AttentionExplorer, FilterExplorer, SensitivityExplorer, run_labels
 from analysis.widgets.monitor import SweepMonitor
 
-__all__ = ["AttentionExplorer", "Explorer", "FigureOutput", "FilterExplorer", "LogRangeSlider", "SensitivityExplorer",
-           "SweepMonitor", "filter_frame", "log_range_slider", "message_figure",
-           "multi_select", "run_labels", "sync_figure"]
+__all__ = [
+    "AttentionExplorer",
+    "Explorer",
+    "FigureOutput",
+    "FilterExplorer",
+    "LogRangeSlider",
+    "SensitivityExplorer",
+    "SweepMonitor",
+    "filter_frame",
+    "log_range_slider",
+    "message_figure",
+    "multi_select",
+    "run_labels",
+    "sync_figure",
+]

@@ -51,8 +51,16 @@ class LogRangeSlider(widgets.HBox):
         lo = math.floor(math.log10(low) / step) * step
         hi = max(math.ceil(math.log10(high) / step) * step, lo + step)
         self.slider = widgets.FloatRangeSlider(
-            min=lo, max=hi, step=step, value=(lo, hi), description=description, readout=False,
-            continuous_update=False, style={"description_width": "initial"}, layout=widgets.Layout(width="250px"))
+            min=lo,
+            max=hi,
+            step=step,
+            value=(lo, hi),
+            description=description,
+            readout=False,
+            continuous_update=False,
+            style={"description_width": "initial"},
+            layout=widgets.Layout(width="250px"),
+        )
         self.readout = widgets.Label(layout=widgets.Layout(width="125px"))
         super().__init__([self.slider, self.readout])
         self._syncing = False
@@ -86,8 +94,11 @@ def log_range_slider(values: Sequence[float], description: str, step: float = 0.
     return None if span is None else LogRangeSlider(span[0], span[1], description, step)
 
 
-def filter_frame(df: pd.DataFrame, selections: dict[str, Sequence] | None = None,
-                 ranges: dict[str, tuple[float, float]] | None = None) -> pd.DataFrame:
+def filter_frame(
+    df: pd.DataFrame,
+    selections: dict[str, Sequence] | None = None,
+    ranges: dict[str, tuple[float, float]] | None = None,
+) -> pd.DataFrame:
     """Return the rows of `df` whose values are in `selections[col]` and within `ranges[col]`.
 
     Ranges are closed; a small relative tolerance keeps values on a slider's end. Rows with a
@@ -118,8 +129,7 @@ def sync_figure(target: go.Figure, source: go.Figure) -> None:
     The layout is overwritten key by key.
     """
     with target.batch_update():
-        same = len(target.data) == len(source.data) and all(
-            t.type == s.type for t, s in zip(target.data, source.data))
+        same = len(target.data) == len(source.data) and all(t.type == s.type for t, s in zip(target.data, source.data))
         if same:
             for t, s in zip(target.data, source.data):
                 new = _plain_json(s)
@@ -173,10 +183,25 @@ def message_figure(text: str, height: int = 240, width: int | None = None) -> go
     """Return a figure without traces or axes that shows `text` in its middle (an empty selection,
     nothing finished yet): what a FigureOutput shows instead of stale axes."""
     fig = go.Figure()
-    fig.update_layout(template=TEMPLATE, height=height, width=width, xaxis=dict(visible=False),
-                      yaxis=dict(visible=False), margin=dict(l=20, r=20, t=20, b=20),
-                      annotations=[dict(text=html.escape(text), x=0.5, y=0.5, xref="paper", yref="paper",
-                                        showarrow=False, font=dict(size=15, color="#666"))])
+    fig.update_layout(
+        template=TEMPLATE,
+        height=height,
+        width=width,
+        xaxis=dict(visible=False),
+        yaxis=dict(visible=False),
+        margin=dict(l=20, r=20, t=20, b=20),
+        annotations=[
+            dict(
+                text=html.escape(text),
+                x=0.5,
+                y=0.5,
+                xref="paper",
+                yref="paper",
+                showarrow=False,
+                font=dict(size=15, color="#666"),
+            )
+        ],
+    )
     return fig
 
 

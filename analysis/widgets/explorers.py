@@ -52,8 +52,14 @@ class SensitivityExplorer(Explorer):
 
     SELECTS = ("stem", "model", "optimizer", "epochs", "preset")
 
-    def __init__(self, df: pd.DataFrame, by: str | Sequence[str] = DEFAULT_BY, panel: str = "stem",
-                 row: str | None = "optimizer", width: int | None = 860) -> None:
+    def __init__(
+        self,
+        df: pd.DataFrame,
+        by: str | Sequence[str] = DEFAULT_BY,
+        panel: str = "stem",
+        row: str | None = "optimizer",
+        width: int | None = 860,
+    ) -> None:
         super().__init__()
         self.width = width
         self.by = as_columns(by)
@@ -77,10 +83,12 @@ class SensitivityExplorer(Explorer):
                     self.controls[key] = slider
                     line.append(slider)
             slider_lines.append(widgets.HBox(line))
-        self.controls["relative"] = widgets.ToggleButton(value=False, description="relative to best",
-                                                         tooltip="error minus each group's best run")
-        self.controls["bootstrap"] = widgets.ToggleButton(value=False, description="bootstrap band",
-                                                          tooltip="2.5-97.5% of the best of 25% resamples")
+        self.controls["relative"] = widgets.ToggleButton(
+            value=False, description="relative to best", tooltip="error minus each group's best run"
+        )
+        self.controls["bootstrap"] = widgets.ToggleButton(
+            value=False, description="bootstrap band", tooltip="2.5-97.5% of the best of 25% resamples"
+        )
 
         self.colors, self.dashes = style_maps(group_keys(df, self.by), head_stems(df, self.by))
         self.color_ranges = {rel: self._color_range(rel) for rel in (False, True)}
@@ -88,14 +96,17 @@ class SensitivityExplorer(Explorer):
         self.edf_fig, self.scatter_fig = go.Figure(), self._scatter(df)
         self.edf_view, self.scatter_view = FigureOutput(), FigureOutput()
         selects = [self.controls[n] for n in self.SELECTS if n in self.controls]
-        self.widget = widgets.VBox([
-            widgets.HBox(selects),
-            widgets.HBox([widgets.VBox(slider_lines), widgets.VBox([self.controls["relative"],
-                                                                    self.controls["bootstrap"]])]),
-            self.status,
-            self.edf_view,
-            self.scatter_view,
-        ])
+        self.widget = widgets.VBox(
+            [
+                widgets.HBox(selects),
+                widgets.HBox(
+                    [widgets.VBox(slider_lines), widgets.VBox([self.controls["relative"], self.controls["bootstrap"]])]
+                ),
+                self.status,
+                self.edf_view,
+                self.scatter_view,
+            ]
+        )
         self.update()
         self.watch()
 
@@ -111,8 +122,15 @@ class SensitivityExplorer(Explorer):
         empty panels), in the full frame's order and colour scale."""
         panels = [p for p in self.panels if df[self.panel].eq(p).any()]
         rows = None if self.rows is None else [r for r in self.rows if df[self.row].eq(r).any()]
-        fig = sensitivity_figure(df, panel=self.panel, row=self.row, relative=relative, panels=panels,
-                                 rows=rows, color_range=self.color_ranges[relative])
+        fig = sensitivity_figure(
+            df,
+            panel=self.panel,
+            row=self.row,
+            relative=relative,
+            panels=panels,
+            rows=rows,
+            color_range=self.color_ranges[relative],
+        )
         return fig.update_layout(width=self.width)
 
     def selections(self) -> dict[str, tuple]:
@@ -153,8 +171,9 @@ class SensitivityExplorer(Explorer):
             self.set_status(f"no runs selected (of {len(self.df)})")
             return
         try:
-            edf = edf_figure(df, by=self.by, relative=relative, bootstrap=bootstrap,
-                             colors=self.colors, dashes=self.dashes)
+            edf = edf_figure(
+                df, by=self.by, relative=relative, bootstrap=bootstrap, colors=self.colors, dashes=self.dashes
+            )
         except ConfigError as err:
             self._show_message(str(err))
             self.set_status(f"{len(df)} runs selected: {err}")
@@ -165,8 +184,10 @@ class SensitivityExplorer(Explorer):
         self.scatter_view.show(self.scatter_fig)
         counted = counted_errors(df)
         n_div = int(diverged_mask(df).loc[counted.index].sum())
-        self.set_status(f"{len(counted)} runs shown of {len(self.df)}: {n_div} diverged, "
-                        f"{len(df) - len(counted)} failed or unfinished in the selection")
+        self.set_status(
+            f"{len(counted)} runs shown of {len(self.df)}: {n_div} diverged, "
+            f"{len(df) - len(counted)} failed or unfinished in the selection"
+        )
 
 
 # ---------------------------------------------------------------- attention and first-layer filters of trained runs
@@ -209,8 +230,14 @@ class AttentionExplorer(Explorer):
     shows it.
     """
 
-    def __init__(self, run_dirs, images: torch.Tensor | None = None, n_images: int = 8,
-                 opacity: float = 0.6, trust_code: bool = False) -> None:
+    def __init__(
+        self,
+        run_dirs,
+        images: torch.Tensor | None = None,
+        n_images: int = 8,
+        opacity: float = 0.6,
+        trust_code: bool = False,
+    ) -> None:
         from analysis.probes import as_model, token_layout
         from analysis.probes.attention import attention_model
         from analysis.probes.layout import evaluating
@@ -218,7 +245,9 @@ class AttentionExplorer(Explorer):
 
         super().__init__()
         self.run_dirs = run_labels(run_dirs)
-        self.models = {label: as_model(d, fused_attn=False, trust_code=trust_code) for label, d in self.run_dirs.items()}
+        self.models = {
+            label: as_model(d, fused_attn=False, trust_code=trust_code) for label, d in self.run_dirs.items()
+        }
         for label, model in self.models.items():
             try:
                 token_layout(attention_model(model))
@@ -236,7 +265,9 @@ class AttentionExplorer(Explorer):
             images = torch.as_tensor(images, dtype=torch.float32)
             images = images[None] if images.ndim == 3 else images
             if images.ndim != 4 or len(images) == 0:
-                raise ConfigError(f"images must be (B, C, H, W) normalised test images, got shape {tuple(images.shape)}")
+                raise ConfigError(
+                    f"images must be (B, C, H, W) normalised test images, got shape {tuple(images.shape)}"
+                )
             options = [(f"image {i}", i) for i in range(len(images))]
         self.images, self.opacity = images, opacity
         self.probs = {}
@@ -250,27 +281,34 @@ class AttentionExplorer(Explorer):
         depth = max(len(m.blocks) for m in self.models.values())
         heads = max(m.blocks[0].attn.num_heads for m in self.models.values())
         self.controls["image"] = widgets.Dropdown(options=options, value=0, description="image")
-        self.controls["method"] = widgets.Dropdown(options=list(ATTENTION_METHODS), value="attention",
-                                                   description="method")
-        self.controls["layer"] = widgets.IntSlider(value=depth - 1, min=0, max=depth - 1, description="block",
-                                                   continuous_update=False)
-        self.controls["head"] = widgets.IntSlider(value=0, min=0, max=heads - 1, description="head",
-                                                  continuous_update=False)
+        self.controls["method"] = widgets.Dropdown(
+            options=list(ATTENTION_METHODS), value="attention", description="method"
+        )
+        self.controls["layer"] = widgets.IntSlider(
+            value=depth - 1, min=0, max=depth - 1, description="block", continuous_update=False
+        )
+        self.controls["head"] = widgets.IntSlider(
+            value=0, min=0, max=heads - 1, description="head", continuous_update=False
+        )
         labels = list(self.models)
-        self.fig = go.Figure(make_subplots(rows=1, cols=1 + len(labels), subplot_titles=["image", *labels],
-                                                 horizontal_spacing=0.03))
+        self.fig = go.Figure(
+            make_subplots(rows=1, cols=1 + len(labels), subplot_titles=["image", *labels], horizontal_spacing=0.03)
+        )
         first = self._panel(labels[0])
         self.fig.add_trace(first.data[0], row=1, col=1)
         for i, label in enumerate(labels):
             for trace in (first if i == 0 else self._panel(label)).data:
                 self.fig.add_trace(trace, row=1, col=i + 2)
         image_axes(self.fig)
-        self.fig.update_traces(showscale=False, selector=dict(type="heatmap"))  # each map has its own range: one colour bar would mislead
+        self.fig.update_traces(
+            showscale=False, selector=dict(type="heatmap")
+        )  # each map has its own range: one colour bar would mislead
         self.fig.update_layout(template="plotly_white", height=360, margin=dict(l=10, r=10, t=80, b=10))
         self.view = FigureOutput()
         c = self.controls
-        self.widget = widgets.VBox([widgets.HBox([c["image"], c["method"]]), widgets.HBox([c["layer"], c["head"]]),
-                                    self.status, self.view])
+        self.widget = widgets.VBox(
+            [widgets.HBox([c["image"], c["method"]]), widgets.HBox([c["layer"], c["head"]]), self.status, self.view]
+        )
         self.update()
         self.watch()
 
@@ -297,8 +335,9 @@ class AttentionExplorer(Explorer):
         return maps[layer, head].numpy(), f"{label}<br>block {layer}, head {head}"
 
     def _panel(self, label: str) -> go.Figure:
-        return attention_overlay_figure(self.images[self.controls["image"].value], self.current(label)[0],
-                                        opacity=self.opacity)
+        return attention_overlay_figure(
+            self.images[self.controls["image"].value], self.current(label)[0], opacity=self.opacity
+        )
 
     def update(self) -> None:
         """Redraw the image and every model's map (in place)."""
@@ -342,17 +381,26 @@ class FilterExplorer(Explorer):
         self.trust_code = trust_code  # import the runs' stem import paths (analysis.trust)
         self._filters: dict[tuple[str, str], np.ndarray] = {}
         self.controls["model"] = widgets.Dropdown(options=list(self.run_dirs), description="model")
-        self.controls["checkpoint"] = widgets.ToggleButtons(options=list(CHECKPOINTS), value="trained",
-                                                            description="weights", style={"button_width": "auto"})
-        self.controls["view"] = widgets.ToggleButtons(options=list(FILTER_VIEWS), value="filters",
-                                                      description="view", style={"button_width": "auto"})
-        self.controls["count"] = widgets.IntSlider(value=min(32, max_tiles), min=1, max=max_tiles,
-                                                   description="tiles", continuous_update=False)
+        self.controls["checkpoint"] = widgets.ToggleButtons(
+            options=list(CHECKPOINTS), value="trained", description="weights", style={"button_width": "auto"}
+        )
+        self.controls["view"] = widgets.ToggleButtons(
+            options=list(FILTER_VIEWS), value="filters", description="view", style={"button_width": "auto"}
+        )
+        self.controls["count"] = widgets.IntSlider(
+            value=min(32, max_tiles), min=1, max=max_tiles, description="tiles", continuous_update=False
+        )
         self.fig, self.variance_fig = go.Figure(), go.Figure()
         self.view, self.variance_view = FigureOutput(), FigureOutput()
         c = self.controls
-        self.widget = widgets.VBox([widgets.HBox([c["model"], c["count"]]), widgets.HBox([c["checkpoint"], c["view"]]),
-                                    self.status, widgets.HBox([self.view, self.variance_view])])
+        self.widget = widgets.VBox(
+            [
+                widgets.HBox([c["model"], c["count"]]),
+                widgets.HBox([c["checkpoint"], c["view"]]),
+                self.status,
+                widgets.HBox([self.view, self.variance_view]),
+            ]
+        )
         self.update()
         self.watch()
 
@@ -381,21 +429,34 @@ class FilterExplorer(Explorer):
             fig = tiles_figure(w[:n], title=f"{name}: {n} of {len(w)} filters")
         else:
             n = min(c["count"], len(pca.explained_variance_ratio))
-            fig = tiles_figure(pca.top(n), explained_variance=pca.explained_variance_ratio[:n],
-                               title=f"{name}: {n} principal components")
+            fig = tiles_figure(
+                pca.top(n),
+                explained_variance=pca.explained_variance_ratio[:n],
+                title=f"{name}: {n} principal components",
+            )
         title = wrap_title(fig.layout.title.text, self.TILES_WIDTH - 40, 15)
-        fig.update_layout(width=self.TILES_WIDTH, height=520, title=dict(text=title, font_size=15),
-                          margin=dict(t=30 + 20 * (title.count("<br>") + 1)))
+        fig.update_layout(
+            width=self.TILES_WIDTH,
+            height=520,
+            title=dict(text=title, font_size=15),
+            margin=dict(t=30 + 20 * (title.count("<br>") + 1)),
+        )
         sync_figure(self.fig, fig)
         ratio = pca.explained_variance_ratio
-        curve = go.Figure(go.Scatter(x=np.arange(1, len(ratio) + 1), y=ratio.cumsum(), mode="lines+markers",
-                                     name=name))
-        curve.update_layout(template=TEMPLATE, title=dict(text="cumulative explained variance", font_size=15),
-                            width=400, height=520,
-                            xaxis_title="components", yaxis=dict(title="explained variance", range=[0, 1.02]))
+        curve = go.Figure(go.Scatter(x=np.arange(1, len(ratio) + 1), y=ratio.cumsum(), mode="lines+markers", name=name))
+        curve.update_layout(
+            template=TEMPLATE,
+            title=dict(text="cumulative explained variance", font_size=15),
+            width=400,
+            height=520,
+            xaxis_title="components",
+            yaxis=dict(title="explained variance", range=[0, 1.02]),
+        )
         sync_figure(self.variance_fig, curve)
         self.view.show(self.fig)
         self.variance_view.show(self.variance_fig)
         k = min(3, len(ratio))
-        self.set_status(f"{name}: {len(w)} filters of shape {tuple(w.shape[1:])}; the first {k} principal "
-                        f"components explain {100 * ratio[:k].sum():.1f}% of their variance")
+        self.set_status(
+            f"{name}: {len(w)} filters of shape {tuple(w.shape[1:])}; the first {k} principal "
+            f"components explain {100 * ratio[:k].sum():.1f}% of their variance"
+        )

@@ -33,11 +33,15 @@ ORDER = {"RUNNING": 0, "PENDING": 2, "UNKNOWN": 2, "DIVERGED": 3, "COMPLETED": 4
 CURVES = (("train_loss", "train loss"), ("test_top1_err", "top-1 test error (%)"))
 BAR = "#1976d2"
 # the claims table scrolls sideways instead of squeezing: one line per cell but the last three (prose)
-CLAIMS_CSS = ("<style>.stemlab-claims{overflow-x:auto;font-size:12px}.stemlab-claims td,.stemlab-claims th"
-              "{white-space:nowrap;line-height:1.3}"
-              ".stemlab-claims td:nth-last-child(-n+3){white-space:normal;min-width:170px}</style>")
-TABLE_CSS = ("<style>.stemlab-runs{font-size:12px;overflow-x:auto}.stemlab-runs table{border-collapse:collapse}"
-             ".stemlab-runs td,.stemlab-runs th{padding:1px 6px;white-space:nowrap;text-align:left}</style>")
+CLAIMS_CSS = (
+    "<style>.stemlab-claims{overflow-x:auto;font-size:12px}.stemlab-claims td,.stemlab-claims th"
+    "{white-space:nowrap;line-height:1.3}"
+    ".stemlab-claims td:nth-last-child(-n+3){white-space:normal;min-width:170px}</style>"
+)
+TABLE_CSS = (
+    "<style>.stemlab-runs{font-size:12px;overflow-x:auto}.stemlab-runs table{border-collapse:collapse}"
+    ".stemlab-runs td,.stemlab-runs th{padding:1px 6px;white-space:nowrap;text-align:left}</style>"
+)
 
 
 def _fmt(value, spec: str) -> str:
@@ -60,10 +64,12 @@ def progress_cell(w, now: float) -> str:
         total = spe * w.epochs
         step = f"~{round(est * total)}" if est > done else str(w.last.get("step"))
         text += f" · step {step}/{total}"
-    return (f'<div style="display:inline-block;vertical-align:middle;background:#ddd;width:90px;height:9px">'
-            f'<div style="float:left;background:{BAR};width:{done * 100:.0f}%;height:9px"></div>'
-            f'<div style="float:left;background:#90caf9;width:{(est - done) * 100:.0f}%;height:9px"></div></div>'
-            f' <span>{html.escape(text)}</span>')
+    return (
+        f'<div style="display:inline-block;vertical-align:middle;background:#ddd;width:90px;height:9px">'
+        f'<div style="float:left;background:{BAR};width:{done * 100:.0f}%;height:9px"></div>'
+        f'<div style="float:left;background:#90caf9;width:{(est - done) * 100:.0f}%;height:9px"></div></div>'
+        f" <span>{html.escape(text)}</span>"
+    )
 
 
 def _note(w) -> str:
@@ -72,8 +78,9 @@ def _note(w) -> str:
     return "" if w.state in KEEP or w.state == "NOT_LAUNCHED" else f"job {w.job_id}: {w.state.lower()}"
 
 
-def runs_table_html(watcher: SweepWatcher, listing: str = "active first", max_rows: int = 30,
-                    now: float | None = None) -> str:
+def runs_table_html(
+    watcher: SweepWatcher, listing: str = "active first", max_rows: int = 30, now: float | None = None
+) -> str:
     """HTML table of the runs `listing` picks (see LISTS), at most `max_rows` of them: state,
     progress, latest train loss and test error, images/s, job and a note (failure reason)."""
     now = now or time.time()
@@ -86,17 +93,26 @@ def runs_table_html(watcher: SweepWatcher, listing: str = "active first", max_ro
     body = []
     for w in runs[:max_rows]:
         last = w.last
-        values = [html.escape(w.run), w.state, progress_cell(w, now), _fmt(last.get("train_loss"), ".3f"),
-                  _fmt(last.get("test_top1_err"), ".2f"), _fmt(last.get("images_per_s"), ".0f"),
-                  html.escape(w.job_id or ""), html.escape(_note(w)[:90])]
+        values = [
+            html.escape(w.run),
+            w.state,
+            progress_cell(w, now),
+            _fmt(last.get("train_loss"), ".3f"),
+            _fmt(last.get("test_top1_err"), ".2f"),
+            _fmt(last.get("images_per_s"), ".0f"),
+            html.escape(w.job_id or ""),
+            html.escape(_note(w)[:90]),
+        ]
         row = "".join(f"<td>{v}</td>" for v in values)
         body.append(f'<tr style="background:{COLORS.get(w.state, "#ffffff")}">{row}</tr>')
     more = len(runs) - max_rows
     foot = f"<div>… and {more} more (pick a list above)</div>" if more > 0 else ""
     if not runs:
         foot = f"<div>no run is {html.escape(listing)}</div>"
-    return (f'<div class="stemlab-runs">{TABLE_CSS}<table>'
-            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{foot}</div>")
+    return (
+        f'<div class="stemlab-runs">{TABLE_CSS}<table>'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{foot}</div>"
+    )
 
 
 class SweepMonitor:
@@ -119,17 +135,27 @@ class SweepMonitor:
 
     _live: dict[Path, "SweepMonitor"] = {}  # the refreshing monitor of each sweep folder
 
-    def __init__(self, sweep, interval: float = 5.0, curves: int = 4, max_rows: int = 30, min_runs: int = MIN_RUNS,
-                 within: float = 4.0, width: int = 860, resubmit_options: dict | None = None,
-                 start: bool = True) -> None:
+    def __init__(
+        self,
+        sweep,
+        interval: float = 5.0,
+        curves: int = 4,
+        max_rows: int = 30,
+        min_runs: int = MIN_RUNS,
+        within: float = 4.0,
+        width: int = 860,
+        resubmit_options: dict | None = None,
+        start: bool = True,
+    ) -> None:
         self.sweep, self.interval, self.max_rows, self.min_runs = sweep, interval, max_rows, min_runs
         self.within = within
         self.n_curves, self.width = curves, width
         self.resubmit_options = dict(resubmit_options or {})
         self.watcher = SweepWatcher(sweep)
         self.plan = self.watcher.plan()
-        self.colors, self.dashes = style_maps(self.plan.groupby(["model", "optimizer"]).size().index,
-                                              head_stems(self.plan, "model"))
+        self.colors, self.dashes = style_maps(
+            self.plan.groupby(["model", "optimizer"]).size().index, head_stems(self.plan, "model")
+        )
         self.run_colors = color_map(sweep.run_ids, head_stems(self.plan, "run"))
         self.refreshes, self.last_error, self.ended = 0, None, None
         self._lock, self._stop = threading.RLock(), threading.Event()
@@ -146,48 +172,69 @@ class SweepMonitor:
 
     # -- widgets ---------------------------------------------------------------------------------
     def _button(self, description: str, icon: str, action, style: str = "") -> widgets.Button:
-        button = widgets.Button(description=description, icon=icon, button_style=style,
-                                layout=widgets.Layout(width="auto", flex="0 0 auto"))
+        button = widgets.Button(
+            description=description, icon=icon, button_style=style, layout=widgets.Layout(width="auto", flex="0 0 auto")
+        )
         button.on_click(lambda _b: action())
         return button
 
     def _build(self) -> None:
         self.header = widgets.HTML(layout=widgets.Layout(flex="1 1 auto"))
         self.stop_button = self._button("stop", "stop", self._toggle)
-        self.listing = widgets.Dropdown(options=list(LISTS), value="active first", description="list",
-                                        layout=widgets.Layout(width="220px"))
+        self.listing = widgets.Dropdown(
+            options=list(LISTS), value="active first", description="list", layout=widgets.Layout(width="220px")
+        )
         self.listing.observe(lambda _c: self._draw_table(), names="value")
         self.table = widgets.HTML()
-        self.select = widgets.SelectMultiple(options=list(self.sweep.run_ids), rows=6, description="runs",
-                                             layout=widgets.Layout(width="340px"))
+        self.select = widgets.SelectMultiple(
+            options=list(self.sweep.run_ids), rows=6, description="runs", layout=widgets.Layout(width="340px")
+        )
         self.select.observe(self._selected, names="value")
-        self.logs_button = widgets.ToggleButton(description="logs of selected", icon="file-text-o",
-                                                layout=widgets.Layout(width="auto"))
+        self.logs_button = widgets.ToggleButton(
+            description="logs of selected", icon="file-text-o", layout=widgets.Layout(width="auto")
+        )
         self.logs_button.observe(lambda _c: self._draw_logs(), names="value")
         self.cancel_button = self._button("cancel selected", "ban", self._ask_cancel, "warning")
         self.resubmit_button = self._button("resubmit failed", "repeat", self._ask_resubmit)
         self.confirm_button = self._button("confirm", "check", self._confirm, "danger")
         self.back_button = self._button("back", "times", self._clear_pending)
-        self.confirm_box = widgets.HBox([self.confirm_button, self.back_button],
-                                        layout=widgets.Layout(display="none"))
+        self.confirm_box = widgets.HBox([self.confirm_button, self.back_button], layout=widgets.Layout(display="none"))
         self.message, self.logs, self.claims = widgets.HTML(), widgets.HTML(), widgets.HTML()
         self.curves_fig = self._curves_layout()
         self.edf_fig = message_figure("no finished runs yet: the EDF fills in as runs end", width=self.width)
         self.curves_view, self.edf_view = FigureOutput(self.curves_fig), FigureOutput(self.edf_fig)
-        actions = widgets.VBox([widgets.HBox([self.logs_button, self.cancel_button, self.resubmit_button]),
-                                widgets.HBox([self.message, self.confirm_box]), self.logs])
-        self.widget = widgets.VBox([
-            widgets.HBox([self.header, self.stop_button], layout=widgets.Layout(justify_content="space-between")),
-            self.listing, self.table, widgets.HBox([self.select, actions]),
-            self.curves_view, self.edf_view, self.claims,
-        ], layout=widgets.Layout(width=f"{self.width + 20}px"))
+        actions = widgets.VBox(
+            [
+                widgets.HBox([self.logs_button, self.cancel_button, self.resubmit_button]),
+                widgets.HBox([self.message, self.confirm_box]),
+                self.logs,
+            ]
+        )
+        self.widget = widgets.VBox(
+            [
+                widgets.HBox([self.header, self.stop_button], layout=widgets.Layout(justify_content="space-between")),
+                self.listing,
+                self.table,
+                widgets.HBox([self.select, actions]),
+                self.curves_view,
+                self.edf_view,
+                self.claims,
+            ],
+            layout=widgets.Layout(width=f"{self.width + 20}px"),
+        )
 
     def _curves_layout(self) -> go.Figure:
         fig = make_subplots(rows=1, cols=2, subplot_titles=[title for _, title in CURVES], horizontal_spacing=0.1)
         longest = max(self.plan["epochs"].max(), 1) if len(self.plan) else 1
         fig.update_xaxes(title="epoch", rangemode="tozero", **integer_ticks(longest))
-        fig.update_layout(template=TEMPLATE, width=self.width, height=340, margin=dict(t=40, b=40),
-                          title=None, legend=dict(orientation="h", x=0, y=-0.25, yanchor="top"))
+        fig.update_layout(
+            template=TEMPLATE,
+            width=self.width,
+            height=340,
+            margin=dict(t=40, b=40),
+            title=None,
+            legend=dict(orientation="h", x=0, y=-0.25, yanchor="top"),
+        )
         return self._curves_message(fig, True)
 
     @staticmethod
@@ -196,9 +243,24 @@ class SweepMonitor:
         text = "the curves of the selected runs appear here after their first epoch"
         fig.update_xaxes(visible=not empty)
         fig.update_yaxes(visible=not empty)
-        fig.update_layout(annotations=[a for a in fig.layout.annotations if a.text != text] + (
-            [dict(text=text, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
-                  font=dict(size=15, color="#666"))] if empty else []))
+        fig.update_layout(
+            annotations=[a for a in fig.layout.annotations if a.text != text]
+            + (
+                [
+                    dict(
+                        text=text,
+                        x=0.5,
+                        y=0.5,
+                        xref="paper",
+                        yref="paper",
+                        showarrow=False,
+                        font=dict(size=15, color="#666"),
+                    )
+                ]
+                if empty
+                else []
+            )
+        )
         for a in fig.layout.annotations:  # the panel titles
             if a.text != text:
                 a.visible = not empty
@@ -286,7 +348,8 @@ class SweepMonitor:
         w = self.watcher
         chips = " ".join(
             f'<span style="background:{COLORS.get(s, "#fff")};padding:1px 5px;border-radius:3px">{s} {n}</span>'
-            for s, n in w.counts().items())
+            for s, n in w.counts().items()
+        )
         done, planned = w.epochs_done()
         first, latest = w.launched(first=True), w.launched()
         if first is None:
@@ -305,7 +368,8 @@ class SweepMonitor:
         self.stop_button.icon = {"stop": "stop", "resume": "play", "refresh": "refresh"}[self.stop_button.description]
         self.header.value = (
             f'<div style="line-height:1.7"><b>{html.escape(self.sweep.name)}</b>: {len(w.runs)} runs {chips}<br>'
-            f'<span class="monitor-progress">epochs {done}/{planned}</span> · {timing} · {html.escape(live)}</div>')
+            f'<span class="monitor-progress">epochs {done}/{planned}</span> · {timing} · {html.escape(live)}</div>'
+        )
 
     def _draw_table(self) -> None:
         text = runs_table_html(self.watcher, self.listing.value, self.max_rows)
@@ -326,7 +390,7 @@ class SweepMonitor:
         if picked != list(self.select.value):
             self._muted = True
             try:
-                self.select.value = tuple(picked[:self.n_curves])
+                self.select.value = tuple(picked[: self.n_curves])
             finally:
                 self._muted = False
 
@@ -340,10 +404,21 @@ class SweepMonitor:
 
     def _curve_traces(self, run: str) -> list[go.Scatter]:
         color = self.run_colors[run]
-        return [go.Scatter(x=[], y=[], mode="lines+markers", name=run, legendgroup=run, showlegend=i == 0,
-                           line=dict(color=color, width=2), marker=dict(size=5), meta={"kind": key, "group": run},
-                           hovertemplate=f"{html.escape(run)}<br>epoch %{{x}}: %{{y:.4g}}<extra></extra>")
-                for i, (key, _) in enumerate(CURVES)]
+        return [
+            go.Scatter(
+                x=[],
+                y=[],
+                mode="lines+markers",
+                name=run,
+                legendgroup=run,
+                showlegend=i == 0,
+                line=dict(color=color, width=2),
+                marker=dict(size=5),
+                meta={"kind": key, "group": run},
+                hovertemplate=f"{html.escape(run)}<br>epoch %{{x}}: %{{y:.4g}}<extra></extra>",
+            )
+            for i, (key, _) in enumerate(CURVES)
+        ]
 
     def _draw_curves(self, changed: set[str]) -> None:
         """Keep one pair of traces per selected run; give a run's traces its new epochs in place."""
@@ -377,11 +452,13 @@ class SweepMonitor:
         frame = self.watcher.frame()
         counted = frame[frame["error"].notna()] if len(frame) else frame
         if counted.empty:
-            sync_figure(self.edf_fig, message_figure("no finished runs yet: the EDF fills in as runs end",
-                                                     width=self.width))
+            sync_figure(
+                self.edf_fig, message_figure("no finished runs yet: the EDF fills in as runs end", width=self.width)
+            )
         else:
-            fig = edf_figure(counted, colors=self.colors, dashes=self.dashes,
-                             title=f"error EDF of the {len(counted)} finished runs")
+            fig = edf_figure(
+                counted, colors=self.colors, dashes=self.dashes, title=f"error EDF of the {len(counted)} finished runs"
+            )
             sync_figure(self.edf_fig, fig.update_layout(width=self.width))
         self.edf_view.show(self.edf_fig)
         self.claims.value = self._claims_html(counted)
@@ -393,15 +470,22 @@ class SweepMonitor:
 
         planned = self.plan.groupby(["model", "optimizer"]).size()
         have = counted.groupby(["model", "optimizer"]).size() if len(counted) else {}
-        short = [f"{m} {o} {int(have.get((m, o), 0))}/{min(self.min_runs, n)}" for (m, o), n in planned.items()
-                 if have.get((m, o), 0) < min(self.min_runs, n)]
+        short = [
+            f"{m} {o} {int(have.get((m, o), 0))}/{min(self.min_runs, n)}"
+            for (m, o), n in planned.items()
+            if have.get((m, o), 0) < min(self.min_runs, n)
+        ]
         if short:
-            return ("<div style='color:#666'>the paper's claims: once each model and optimizer has "
-                    f"{self.min_runs} finished runs (now {html.escape(', '.join(short))})</div>")
+            return (
+                "<div style='color:#666'>the paper's claims: once each model and optimizer has "
+                f"{self.min_runs} finished runs (now {html.escape(', '.join(short))})</div>"
+            )
         table = claims_table(counted, within=self.within)
-        return (f"<div class='stemlab-claims' style='max-width:{self.width}px'>"  # scrolls instead of being cut
-                "<b>the paper's claims on the finished runs</b> "
-                f"(95% bootstrap intervals; within {self.within:g} points){CLAIMS_CSS}{claims_html(table)}</div>")
+        return (
+            f"<div class='stemlab-claims' style='max-width:{self.width}px'>"  # scrolls instead of being cut
+            "<b>the paper's claims on the finished runs</b> "
+            f"(95% bootstrap intervals; within {self.within:g} points){CLAIMS_CSS}{claims_html(table)}</div>"
+        )
 
     # -- logs, cancel, resubmit ------------------------------------------------------------------------
     def _draw_logs(self) -> None:
@@ -411,8 +495,10 @@ class SweepMonitor:
         parts = []
         for run in list(self.select.value)[:6]:
             text = self.watcher.log_tail(run) or "(no log yet)"
-            parts.append(f"<b>{html.escape(run)}</b> ({self.watcher.runs[run].state})"
-                         f"<pre style='margin:0 0 6px 0;font-size:11px;white-space:pre-wrap'>{html.escape(text)}</pre>")
+            parts.append(
+                f"<b>{html.escape(run)}</b> ({self.watcher.runs[run].state})"
+                f"<pre style='margin:0 0 6px 0;font-size:11px;white-space:pre-wrap'>{html.escape(text)}</pre>"
+            )
         self.logs.value = "".join(parts) or "select runs to see their logs"
 
     def _clear_pending(self) -> None:
@@ -425,8 +511,11 @@ class SweepMonitor:
             if not runs:
                 return self._say("none of the selected runs is pending or running")
             jobs = sorted({self.watcher.runs[r].job_id for r in runs})
-            also = [r for r, w in self.watcher.runs.items()
-                    if w.job_id in jobs and r not in runs and w.state in ("PENDING", "RUNNING")]
+            also = [
+                r
+                for r, w in self.watcher.runs.items()
+                if w.job_id in jobs and r not in runs and w.state in ("PENDING", "RUNNING")
+            ]
             text = f"cancel {len(runs)} run(s), job(s) {', '.join(jobs)}"
             if also:
                 text += f"; the same job(s) also train {', '.join(also[:5])}{' ...' if len(also) > 5 else ''}"
@@ -451,8 +540,11 @@ class SweepMonitor:
         if action == "cancel":
             with self._lock:
                 ids = self.sweep.cancel(runs)
-            self._say(f"cancelled job(s) {', '.join(ids)} ({len(runs)} selected run(s))" if ids
-                      else "nothing cancelled: the selected runs had ended")
+            self._say(
+                f"cancelled job(s) {', '.join(ids)} ({len(runs)} selected run(s))"
+                if ids
+                else "nothing cancelled: the selected runs had ended"
+            )
         elif action == "resubmit":
             with self._lock, warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
