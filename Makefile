@@ -35,7 +35,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check analysis tests benchmarks scripts
 
 test: venv data browser lint
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=30 $(PYTEST_ARGS)
 
 test-fast: venv data
 	$(PY) -m pytest -q -m "not slow and not slurm and not browser" $(PYTEST_ARGS)
