@@ -1,4 +1,4 @@
-"""Run the benchmarks: python -m benchmarks.run [--quick] [--only NAME] [--big]; JSON to benchmarks/results/."""
+"""Run the benchmarks: python -m benchmarks.run [--quick] [--only NAME] [--preset NAME] [--big]; JSON to benchmarks/results/."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="fewer presets, repeats and images (minutes)")
     p.add_argument("--only", choices=NAMES, action="append", help="run only this benchmark (repeatable)")
+    p.add_argument("--preset", action="append", help="throughput: measure only this preset (repeatable)")
     p.add_argument("--big", action="store_true", help="also the 224 px presets when no GPU is present (slow)")
     a = p.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*batching rule.*")
@@ -24,7 +25,7 @@ def main(argv=None) -> None:
         if name == "throughput":
             from benchmarks import throughput
 
-            payload = throughput.run(a.quick, a.big)
+            payload = throughput.run(a.quick, a.big, a.preset)
         elif name == "sweep":
             from benchmarks import sweep
 

@@ -200,10 +200,13 @@ def measure(preset: str, engine_kw: dict, ref_fn, repeats: int) -> dict:
     }
 
 
-def run(quick: bool = False, big: bool = False) -> dict:
-    """Measure every preset; returns the JSON payload."""
+def run(quick: bool = False, big: bool = False, only: list[str] | None = None) -> dict:
+    """Measure every small preset (or those in `only`); returns the JSON payload."""
+    unknown = sorted(set(only or ()) - set(SMALL))
+    if unknown:
+        raise SystemExit(f"unknown preset {unknown[0]!r} for the throughput benchmark; allowed: {', '.join(SMALL)}")
     repeats = 1 if quick else 3
-    presets = SMALL[:4] + (["vit_c_cifar"] if quick else SMALL[4:])
+    presets = only or SMALL[:4] + (["vit_c_cifar"] if quick else SMALL[4:])
     per_class, batch = (100, 128) if quick else (200, 128)
     rows = []
     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
