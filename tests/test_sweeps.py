@@ -155,9 +155,11 @@ def test_all_job_specs_validate():
     assert sizes["fmnist_demo_full"] == 2 * 2 * 64  # the paper's 64 per distribution
     demo = Spec.from_yaml(REPO / "jobs" / "fmnist_demo.yaml").runs()
     study = Spec.from_yaml(REPO / "jobs" / "fmnist_regimes.yaml").runs()
-    # the main job is one of the study's regimes, trained on seeds the study never saw
-    regime = {(r["cfg"].model.preset, r["cfg"].train.epochs, r["cfg"].data.train_per_class) for r in study}
-    assert {(r["cfg"].model.preset, r["cfg"].train.epochs, r["cfg"].data.train_per_class) for r in demo} <= regime
+    # the main job keeps a study regime's geometry and data, with fewer epochs (its budget in seconds),
+    # trained on seeds the study never saw
+    regime = {(r["cfg"].model.preset, r["cfg"].data.train_per_class): r["cfg"].train.epochs for r in study}
+    for r in demo:
+        assert r["cfg"].train.epochs <= regime[(r["cfg"].model.preset, r["cfg"].data.train_per_class)]
     assert not {r["cfg"].train.seed for r in demo} & {r["cfg"].train.seed for r in study}
     assert not {(r["cfg"].optim.lr, r["cfg"].optim.weight_decay) for r in demo} & {
         (r["cfg"].optim.lr, r["cfg"].optim.weight_decay) for r in study
