@@ -8,6 +8,7 @@ import time
 import warnings
 
 from benchmarks.common import write
+from benchmarks.throughput import SMALL
 
 NAMES = ("throughput", "sweep", "fastpaths", "analysis", "monitor")
 
@@ -16,7 +17,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="fewer presets, repeats and images (minutes)")
     p.add_argument("--only", choices=NAMES, action="append", help="run only this benchmark (repeatable)")
-    p.add_argument("--preset", action="append", help="throughput: measure only this preset (repeatable)")
+    p.add_argument("--preset", action="append", choices=SMALL, help="throughput: measure only this preset (repeatable)")
     p.add_argument("--big", action="store_true", help="also the 224 px presets when no GPU is present (slow)")
     a = p.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*batching rule.*")
