@@ -187,7 +187,12 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m analysis", description="Conv vs patchify stems in ViTs: train, sweep, analyse."
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="command")
+    for add in (_add_train, _add_demo, _add_analyses, _add_sweep):
+        add(sub)
+    return p
 
+
+def _add_train(sub) -> None:
     t = sub.add_parser(
         "train",
         help="train one run into a run directory",
@@ -208,6 +213,8 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--complexity", action="store_true", help="also count params, flops and activations")
     pr.set_defaults(func=_presets)
 
+
+def _add_demo(sub) -> None:
     d = sub.add_parser(
         "demo",
         help="the main job: ViT_P vs ViT_C on Fashion-MNIST",
@@ -225,6 +232,8 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--full", action="store_true", help="the longer, more faithful setting")
     d.set_defaults(func=_demo)
 
+
+def _add_analyses(sub) -> None:
     r = sub.add_parser(
         "report",
         help="write a sweep's HTML report",
@@ -256,6 +265,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print the table as JSON records instead")
     c.set_defaults(func=_claims)
 
+
+def _add_sweep(sub) -> None:
     sw = sub.add_parser(
         "sweep",
         help="launch, watch and collect sweeps (jobs/*.yaml)",
@@ -286,7 +297,6 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--max-retries", type=int, help="resubmit: launches per run at most this plus one")
     sw.add_argument("--out", help="collect: write CSV (or .parquet) here instead of printing")
     sw.set_defaults(func=_sweep)
-    return p
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:

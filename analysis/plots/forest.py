@@ -66,6 +66,34 @@ def _x_range(rows: pd.DataFrame) -> list[float]:
     return [lo - pad, hi + pad]
 
 
+def _claim_marker(row, claim: str, y_of: dict, labels: dict) -> go.Scatter:
+    """One claim row: its estimate coloured by verdict, its 95% interval as an error bar."""
+    y = y_of[row.setting] + OPTIMIZER_OFFSET.get(row.optimizer, 0.0)
+    color = VERDICT_MARKERS.get(row.verdict, "#7f7f7f")
+    has = math.isfinite(row.low)
+    return go.Scatter(
+        x=[row.estimate],
+        y=[y],
+        mode="markers",
+        showlegend=False,
+        marker=dict(color=color, size=9, symbol=OPTIMIZER_SYMBOL.get(row.optimizer, "circle")),
+        error_x=dict(
+            type="data",
+            symmetric=False,
+            array=[row.high - row.estimate if has else 0],
+            arrayminus=[row.estimate - row.low if has else 0],
+            color=color,
+            thickness=1.5,
+        ),
+        meta={"claim": claim, "setting": row.setting, "optimizer": row.optimizer, "verdict": row.verdict},
+        hovertemplate=(
+            f"{labels.get(row.setting, row.setting)} {row.optimizer}<br>{row.statistic}<br>"
+            f"%{{x:.2f}} [{row.low:.2f}, {row.high:.2f}] {row.verdict} "
+            f"({row.diverged} diverged)<extra></extra>"
+        ),
+    )
+
+
 def forest_figure(
     table: pd.DataFrame, claims: list | None = None, labels: dict | None = None, title: str | None = None
 ) -> go.Figure:
@@ -101,34 +129,7 @@ def forest_figure(
     for i, (claim, _, _, rows) in enumerate(shown):
         r, c = i // cols + 1, i % cols + 1
         for row in rows.itertuples():
-            y = y_of[row.setting] + OPTIMIZER_OFFSET.get(row.optimizer, 0.0)
-            color = VERDICT_MARKERS.get(row.verdict, "#7f7f7f")
-            has = math.isfinite(row.low)
-            fig.add_trace(
-                go.Scatter(
-                    x=[row.estimate],
-                    y=[y],
-                    mode="markers",
-                    showlegend=False,
-                    marker=dict(color=color, size=9, symbol=OPTIMIZER_SYMBOL.get(row.optimizer, "circle")),
-                    error_x=dict(
-                        type="data",
-                        symmetric=False,
-                        array=[row.high - row.estimate if has else 0],
-                        arrayminus=[row.estimate - row.low if has else 0],
-                        color=color,
-                        thickness=1.5,
-                    ),
-                    meta={"claim": claim, "setting": row.setting, "optimizer": row.optimizer, "verdict": row.verdict},
-                    hovertemplate=(
-                        f"{labels.get(row.setting, row.setting)} {row.optimizer}<br>{row.statistic}<br>"
-                        f"%{{x:.2f}} [{row.low:.2f}, {row.high:.2f}] {row.verdict} "
-                        f"({row.diverged} diverged)<extra></extra>"
-                    ),
-                ),
-                row=r,
-                col=c,
-            )
+            fig.add_trace(_claim_marker(row, claim, y_of, labels), row=r, col=c)
         _reference(fig, rows, c, r)  # after the traces: plotly skips shapes on empty subplots
         fig.update_xaxes(range=_x_range(rows), zeroline=False, row=r, col=c)
     fig.update_yaxes(

@@ -165,6 +165,33 @@ def _size_label(size) -> str:
     return "all images" if size is None or pd.isna(size) else f"{int(size)} per class"
 
 
+def _size_traces(part: pd.DataFrame, label: str, color: str, offset: float, legend: bool) -> list:
+    """One training-set size in one panel: a marker per head, a line through the blocks' means."""
+    mean = part.groupby("layer")["distance_px"].mean()
+    return [
+        go.Scatter(
+            x=part["layer"] + offset,
+            y=part["distance_px"],
+            mode="markers",
+            marker=dict(color=color, size=7, opacity=0.75),
+            name=label,
+            legendgroup=label,
+            showlegend=legend,
+            customdata=part["head"],
+            hovertemplate="block %{x:.0f}, head %{customdata}: %{y:.1f} px<extra></extra>",
+        ),
+        go.Scatter(
+            x=mean.index,
+            y=mean.to_numpy(),
+            mode="lines",
+            line=dict(color=color),
+            legendgroup=label,
+            showlegend=False,
+            hoverinfo="skip",
+        ),
+    ]
+
+
 def distance_vs_data_figure(
     frame: pd.DataFrame, title: str | None = None, uniform_px: Mapping[str, float] | None = None
 ) -> go.Figure:
@@ -192,35 +219,8 @@ def distance_vs_data_figure(
             part = frame[sel]
             if part.empty:
                 continue
-            fig.add_trace(
-                go.Scatter(
-                    x=part["layer"] + offsets[k],
-                    y=part["distance_px"],
-                    mode="markers",
-                    marker=dict(color=colors[label], size=7, opacity=0.75),
-                    name=label,
-                    legendgroup=label,
-                    showlegend=j == 0,
-                    customdata=part["head"],
-                    hovertemplate="block %{x:.0f}, head %{customdata}: %{y:.1f} px<extra></extra>",
-                ),
-                row=1,
-                col=j + 1,
-            )
-            mean = part.groupby("layer")["distance_px"].mean()
-            fig.add_trace(
-                go.Scatter(
-                    x=mean.index,
-                    y=mean.to_numpy(),
-                    mode="lines",
-                    line=dict(color=colors[label]),
-                    legendgroup=label,
-                    showlegend=False,
-                    hoverinfo="skip",
-                ),
-                row=1,
-                col=j + 1,
-            )
+            for trace in _size_traces(part, label, colors[label], offsets[k], legend=j == 0):
+                fig.add_trace(trace, row=1, col=j + 1)
     top = float(frame["distance_px"].max())
     for j, model in enumerate(models):
         ref = (uniform_px or {}).get(model)

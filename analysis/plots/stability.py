@@ -443,6 +443,22 @@ def optimizer_gap_figure(
     return fig
 
 
+def _sensitivity_cells(df, panel, row, panels, rows, relative) -> list:
+    """(row number, column number, finished runs, their values, diverged runs) per subplot."""
+    cells = []
+    for r, row_value in enumerate(rows, start=1):
+        for c, panel_value in enumerate(panels, start=1):
+            sel = df[panel].eq(panel_value)
+            if row:
+                sel &= df[row].eq(row_value)
+            g = df[sel.fillna(False).astype(bool)]
+            err = counted_errors(g) if not g.empty else pd.Series(dtype=float)
+            div = diverged_mask(g).loc[err.index] if not g.empty else pd.Series(dtype=bool)
+            values = err - err.min() if relative and len(err) else err
+            cells.append((r, c, g.loc[err.index[~div.to_numpy()]], values[~div], g.loc[err.index[div.to_numpy()]]))
+    return cells
+
+
 def sensitivity_figure(
     df: pd.DataFrame,
     panel: str = "stem",
@@ -480,17 +496,7 @@ def sensitivity_figure(
         horizontal_spacing=0.04,
         vertical_spacing=gap_px / (height - top_px - bottom_px),
     )
-    cells = []  # (r, c, finished rows, their values, diverged rows)
-    for r, row_value in enumerate(rows, start=1):
-        for c, panel_value in enumerate(panels, start=1):
-            sel = df[panel].eq(panel_value)
-            if row:
-                sel &= df[row].eq(row_value)
-            g = df[sel.fillna(False).astype(bool)]
-            err = counted_errors(g) if not g.empty else pd.Series(dtype=float)
-            div = diverged_mask(g).loc[err.index] if not g.empty else pd.Series(dtype=bool)
-            values = err - err.min() if relative and len(err) else err
-            cells.append((r, c, g.loc[err.index[~div.to_numpy()]], values[~div], g.loc[err.index[div.to_numpy()]]))
+    cells = _sensitivity_cells(df, panel, row, panels, rows, relative)
 
     if color_range is None:
         finished = pd.concat([cell[3] for cell in cells])

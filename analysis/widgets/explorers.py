@@ -219,6 +219,20 @@ def run_labels(run_dirs) -> dict[str, Path]:
     return out
 
 
+def _test_images(images, cfg, names, n: int) -> tuple[torch.Tensor, list]:
+    """The explorer's images (given, or n test images of the run's data) and the dropdown's options."""
+    from analysis.runs import sample_images
+
+    if images is None:
+        images, labels, _ = sample_images(cfg, n=n)
+        return images, [(f"{i}: {names[int(y)]}", i) for i, y in enumerate(labels)]
+    images = torch.as_tensor(images, dtype=torch.float32)
+    images = images[None] if images.ndim == 3 else images
+    if images.ndim != 4 or len(images) == 0:
+        raise ConfigError(f"images must be (B, C, H, W) normalised test images, got shape {tuple(images.shape)}")
+    return images, [(f"image {i}", i) for i in range(len(images))]
+
+
 class AttentionExplorer(Explorer):
     """Attention maps of trained ViTs side by side: pick an image, a block, a head and a method.
 
@@ -241,7 +255,7 @@ class AttentionExplorer(Explorer):
         from analysis.probes import as_model, token_layout
         from analysis.probes.attention import attention_model
         from analysis.probes.layout import evaluating
-        from analysis.runs import class_names, load_config, sample_images
+        from analysis.runs import class_names, load_config
 
         super().__init__()
         self.run_dirs = run_labels(run_dirs)
@@ -258,17 +272,7 @@ class AttentionExplorer(Explorer):
             raise ConfigError("no run folder among the models to take test images from; pass images=")
         cfg = load_config(run_dir) if run_dir is not None else None
         names = class_names(cfg) if cfg is not None else None
-        if images is None:
-            images, labels, _ = sample_images(cfg, n=n_images)
-            options = [(f"{i}: {names[int(y)]}", i) for i, y in enumerate(labels)]
-        else:
-            images = torch.as_tensor(images, dtype=torch.float32)
-            images = images[None] if images.ndim == 3 else images
-            if images.ndim != 4 or len(images) == 0:
-                raise ConfigError(
-                    f"images must be (B, C, H, W) normalised test images, got shape {tuple(images.shape)}"
-                )
-            options = [(f"image {i}", i) for i in range(len(images))]
+        images, options = _test_images(images, cfg, names, n_images)
         self.images, self.opacity = images, opacity
         self.probs = {}
         for label, m in self.models.items():
