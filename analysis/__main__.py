@@ -162,7 +162,7 @@ def _sweep(args) -> None:
         spec = Spec.from_yaml(args.target)
         check_launch({**spec.launch, **opts})  # every option checked before the sweep folder is written
         sweep = Sweep.create(spec, root=args.root)
-        ids = sweep.launch(**opts)
+        ids = sweep.launch(trust_code=args.trust_code, **opts)
         print(
             f"{sweep.dir}: launched {len(ids)} job(s) {' '.join(ids)}"
             if ids
@@ -174,7 +174,7 @@ def _sweep(args) -> None:
         ids = sweep.cancel(args.runs or None)
         print(f"cancelled {len(ids)} job(s) {' '.join(ids)}")
     elif args.action == "resubmit":
-        ids = sweep.resubmit(max_retries=args.max_retries, **opts)
+        ids = sweep.resubmit(max_retries=args.max_retries, trust_code=args.trust_code, **opts)
         print(f"resubmitted {len(ids)} job(s) {' '.join(ids)}")
     if args.action in ("launch", "status"):
         status = _wait(sweep, args.timeout) if args.wait else None
@@ -295,6 +295,11 @@ def _add_sweep(sub) -> None:
     sw.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
     sw.add_argument("--runs", nargs="*", help="cancel: only these run ids")
     sw.add_argument("--max-retries", type=int, help="resubmit: launches per run at most this plus one")
+    sw.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="resubmit: let jobs import the stem import paths the sweep's runs name (never from inside the sweep)",
+    )
     sw.add_argument("--out", help="collect: write CSV (or .parquet) here instead of printing")
     sw.set_defaults(func=_sweep)
 

@@ -150,17 +150,18 @@ def check_config(cfg, run_dir: str | Path) -> None:
         )
 
 
-def check_stem(stem: str | None, run_dir: str | Path, trust_code: bool) -> None:
+def check_stem(stem: str | None, run_dir: str | Path, trust_code: bool, named_by: str | None = None) -> None:
     """Allow a run folder's stem import path (`pkg.mod:fn`) to be imported only when trust_code is
     True, and never from a module inside the folder being read. Registered names pass; nothing is
-    imported here but the packages above the stem's module once found outside the folder."""
+    imported here but the packages above the stem's module once found outside the folder.
+    `named_by`: the file that names the stem, for the message (default run_dir/config.yaml)."""
     if not stem or ":" not in stem:
         return
     folder = folder_read(run_dir)
     if not trust_code:
         raise ConfigError(
-            f"refused to import stem {stem!r} named by {run_dir}/config.yaml: code named by a folder "
-            "runs only when allowed; pass trust_code=True (CLI: --trust-code) if you trust that code"
+            f"refused to import stem {stem!r} named by {named_by or f'{run_dir}/config.yaml'}: code named "
+            "by a folder runs only when allowed; pass trust_code=True (CLI: --trust-code) if you trust that code"
         )
     module = stem.split(":")[0].split(".")
     for i in range(1, len(module) + 1):

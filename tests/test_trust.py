@@ -181,6 +181,46 @@ def test_the_report_command_takes_trust_code():
     assert parser().parse_args(["report", "sweeps/x"]).trust_code is False
 
 
+def test_resubmitting_an_opened_sweep_imports_its_stems_only_when_trusted(tmp_path, monkeypatch):
+    """Jobs import the stem a run names: an opened sweep's import paths need trust_code, and a stem
+    whose module lies inside the sweep is refused even then (nothing launched, nothing imported)."""
+    import json
+
+    from analysis.sweeps import Sweep
+
+    spec = tiny_spec("evil")
+    spec["base"]["model"] = {"stem": "tests.user_stems:two_conv"}
+    made = Sweep.from_dict(spec, root=tmp_path / "sweeps")
+    opened = Sweep.open(made.dir)
+    for act in (opened.resubmit, opened.launch):
+        with pytest.raises(ConfigError) as e:
+            act()
+        assert "tests.user_stems:two_conv" in one_line(e.value) and "--trust-code" in str(e.value)
+    marker = tmp_path / "marker"
+    pkg = made.dir / "evilpkg"  # sweeps/evil/evilpkg, importable from tmp_path
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\nstem = None\n")
+    for folder in (made.dir.parent, made.dir):
+        (folder / "__init__.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    table = json.loads((made.dir / "runs.json").read_text())
+    for row in table["runs"]:
+        row["overrides"]["model.stem"] = "sweeps.evil.evilpkg:stem"
+    (made.dir / "runs.json").write_text(json.dumps(table))
+    with pytest.raises(ConfigError) as e:
+        Sweep.open(made.dir).resubmit(trust_code=True)
+    assert "lies inside the folder being read" in one_line(e.value)
+    assert not marker.exists() and made.launches == [] and not (made.dir / "code").exists()
+    assert parser_args("sweep", "resubmit", "sweeps/x", "--trust-code").trust_code is True
+
+
+def parser_args(*argv):
+    from analysis.__main__ import parser
+
+    return parser().parse_args(list(argv))
+
+
 def tiny_spec(name="contained"):
     return {
         "name": name,

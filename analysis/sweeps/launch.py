@@ -114,6 +114,7 @@ class Sweep:
         if not isinstance(self.spec_dict, dict):
             raise ConfigError(f"{sweep_dir}: spec.yaml is not a sweep spec")
         self._processes: dict[str, Any] = {}  # local job id -> Popen, for jobs launched by this object
+        self.from_spec = False  # opened: its stems are what the folder names (see _submit)
 
     def local_processes(self) -> dict[str, Any]:
         """{local job id: Popen} of the local jobs this Sweep object started (their controllers)."""
@@ -167,6 +168,7 @@ class Sweep:
         rundir.write_atomic(folder / "spec.yaml", spec_text.encode())
         sweep = cls(folder)
         sweep.spec = spec
+        sweep.from_spec = True  # its configs are the caller's spec, not only what the folder says
         return sweep
 
     # -- records --------------------------------------------------------------------------------
@@ -217,6 +219,7 @@ class Sweep:
         wait: bool = False,
         timeout: float | None = None,
         code: str | Path | None = None,
+        trust_code: bool = False,
         **options,
     ) -> list[str]:
         """Launch the runs that are not complete and not already queued or running (all of `runs`,
@@ -224,7 +227,9 @@ class Sweep:
         A run whose folder a live trainer holds (its lock) counts as running and is never started twice.
 
         options: see analysis.sweeps.spec.LAUNCH_KEYS (cluster, parallel, partition, gpus_per_node,
-        ...); code: the `analysis` package folder to snapshot (default the imported one)."""
+        ...); code: the `analysis` package folder to snapshot (default the imported one).
+        trust_code: allow stem import paths named by an opened sweep's runs (a sweep made from the
+        caller's spec needs no flag); a stem's module inside the sweep is refused either way."""
         opts = self.launch_options(**options)
         wanted = list(runs) if runs is not None else list(self.run_ids)
         unknown = [r for r in wanted if r not in self.configs]
@@ -233,12 +238,12 @@ class Sweep:
         with self._launching():
             state = {row["run"]: row["state"] for row in runs_state(self.dir, self.run_ids, self._processes)}
             todo = [r for r in wanted if state[r] not in (*FINAL, "PENDING", "RUNNING")]
-            ids = self._submit(todo, opts, code) if todo else []
+            ids = self._submit(todo, opts, code, trust_code) if todo else []
         if wait:
             self.wait(timeout=timeout, poll=2.0)
         return ids
 
-    def _submit(self, todo: list[str], opts: dict, code) -> list[str]:
+    def _submit(self, todo: list[str], opts: dict, code, trust_code: bool) -> list[str]:
         import cloudpickle
         import submitit
 
@@ -257,6 +262,8 @@ class Sweep:
                 *(self.run_dir(r) / name for r in todo for name in rundir.WRITTEN),
             ],
         )
+        for stem in dict.fromkeys(self.configs[r].model.stem for r in todo):  # jobs import these
+            trust.check_stem(stem, self.dir, trust_code or self.from_spec, named_by=f"{self.dir}/runs.json")
         cluster = opts.get("cluster") or "auto"
         cluster = detect_cluster() if cluster == "auto" else cluster
         launches = self.launches
@@ -452,10 +459,12 @@ class Sweep:
         wait: bool = False,
         timeout: float | None = None,
         code: str | Path | None = None,
+        trust_code: bool = False,
         **options,
     ) -> list[str]:
         """Relaunch the runs that failed, were cancelled, timed out or never started, unless they were
-        launched max_retries + 1 times already (warning naming them); return the new job ids."""
+        launched max_retries + 1 times already (warning naming them); return the new job ids.
+        trust_code: as for launch."""
         opts = self.launch_options(**options)
         cap = max_retries if max_retries is not None else opts.get("max_retries", 3)
         with self._launching():
@@ -467,7 +476,7 @@ class Sweep:
                     f"not resubmitted (launched {cap + 1} times already): {', '.join(over['run'])}", stacklevel=2
                 )
             todo = list(retry.loc[retry["attempts"] <= cap, "run"])
-            ids = self._submit(todo, opts, code) if todo else []
+            ids = self._submit(todo, opts, code, trust_code) if todo else []
         if wait:
             self.wait(timeout=timeout, poll=2.0)
         return ids
