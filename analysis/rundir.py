@@ -105,11 +105,40 @@ def write_json(path: str | Path, obj: dict) -> None:
     write_atomic(path, (json.dumps(_clean(obj), indent=1) + "\n").encode())
 
 
-def read_json(path: str | Path) -> dict | None:
-    """Return the parsed JSON object, or None if missing, unreadable or not a JSON object."""
+MAX_JSON_BYTES = 16 << 20  # a sweep's runs.json / launches.json (10,000 runs take some 6 MiB)
+
+
+def read_capped(path: str | Path, max_bytes: int) -> bytes:
+    """The bytes of a file a folder holds, refused (ConfigError, one line) when over max_bytes;
+    never more than max_bytes + 1 are read. OSError when it cannot be read."""
+    with open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ConfigError(f"{path}: over {max_bytes} bytes, the limit for this file; not read")
+    return data
+
+
+def read_tail(path: str | Path, max_bytes: int) -> bytes:
+    """The last max_bytes of a file (all of a smaller one); b"" when it cannot be read."""
     try:
-        value = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - max_bytes))
+            return f.read(max_bytes)
+    except OSError:
+        return b""
+
+
+def read_json(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> dict | None:
+    """Return the parsed JSON object, or None if missing, unreadable or not a JSON object.
+    A file over max_bytes is refused with a one-line ConfigError (bounded memory)."""
+    try:
+        data = read_capped(path, max_bytes)
+    except OSError:
+        return None
+    try:
+        value = json.loads(data)
+    except ValueError:
         return None
     return value if isinstance(value, dict) else None
 
@@ -497,8 +526,8 @@ class RunLock:
 
 def _read_holder(path: Path) -> dict | None:
     try:
-        holder = json.loads(path.read_text() or "null")
-    except (OSError, ValueError):
+        holder = json.loads(read_capped(path, 4096) or b"null")
+    except (OSError, ValueError):  # a lock file over 4 KiB is not one this package wrote
         return None
     return holder if isinstance(holder, dict) else None
 

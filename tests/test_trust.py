@@ -185,6 +185,7 @@ def test_resubmitting_an_opened_sweep_imports_its_stems_only_when_trusted(tmp_pa
     """Jobs import the stem a run names: an opened sweep's import paths need trust_code, and a stem
     whose module lies inside the sweep is refused even then (nothing launched, nothing imported)."""
     import json
+    import sys
 
     from analysis.sweeps import Sweep
 
@@ -204,6 +205,8 @@ def test_resubmitting_an_opened_sweep_imports_its_stems_only_when_trusted(tmp_pa
         (folder / "__init__.py").write_text("")
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m == "sweeps" or m.startswith("sweeps.")]:  # another test's
+        monkeypatch.delitem(sys.modules, name)
     table = json.loads((made.dir / "runs.json").read_text())
     for row in table["runs"]:
         row["overrides"]["model.stem"] = "sweeps.evil.evilpkg:stem"
@@ -421,6 +424,36 @@ def test_a_huge_metrics_file_is_read_in_bounded_memory(tmp_path):
     )
     assert "points 2000" in out or "points 2001" in out, out
     assert peak < 400, out
+
+
+def test_huge_logs_and_run_tables_are_read_in_bounded_memory(tmp_path):
+    """A 1 GiB log (sparse: no disk used) in a failed run: status reads its tail only. A runs.json or
+    launches.json over 16 MiB is refused with one line before it is parsed."""
+    import subprocess
+
+    from analysis.sweeps import Sweep
+
+    sweep = Sweep.from_dict(tiny_spec(), root=tmp_path)
+    run = sweep.run_dir(sweep.run_ids[0])
+    (run / "result.json").write_text('{"status": "failed", "reason": "boom"}')
+    ended = subprocess.Popen(["true"])  # its job: a local controller that ended
+    ended.wait()
+    job = {"job_id": str(ended.pid), "runs": sweep.run_ids}
+    launch = {"launch": 0, "time": "2025-01-01T00:00:00", "cluster": "local", "code": "", "options": {}}
+    sweep._save_launches([{**launch, "jobs": [job], "cancelled": []}])
+    with open(run / "log.txt", "wb") as f:
+        f.seek(1 << 30)
+        f.write(b"\nthe last line of a long log\n")
+    code = f"from analysis.sweeps import Sweep\nprint(Sweep({str(sweep.dir)!r}).status()['log_tail'].iloc[0])"
+    peak, out = peak_mb(code, tmp_path)
+    assert "the last line of a long log" in out and peak < 200, out
+    (sweep.dir / "launches.json").write_bytes(b'{"launches": [' + b"1, " * (6 << 20) + b"1]}")
+    peak, out = peak_mb(code, tmp_path)
+    assert "ConfigError" in out and "launches.json: over 16777216 bytes" in out and peak < 200, out
+    with open(sweep.dir / "runs.json", "ab") as f:
+        f.truncate(1 << 30)
+    peak, out = peak_mb(code, tmp_path)
+    assert "runs.json: over 16777216 bytes" in out and peak < 200, out
 
 
 def test_a_key_given_twice_is_refused():

@@ -32,6 +32,7 @@ from analysis.names import model_name, stem_of_config
 
 CACHE = ".collect_cache.json"
 CACHE_VERSION = 3  # 3: files keyed by rundir.file_key (inode, size, mtime)
+CACHE_BYTES = 64 << 20  # a larger cache is ignored (rebuilt from the run folders)
 COLUMNS = [
     "run",
     "run_dir",
@@ -110,8 +111,8 @@ def run_row(run: str, run_dir: Path, cfg: C.RunConfig) -> dict:
 def _load_cache(folder: Path) -> dict:
     """{run: (key, row)} from the JSON cache; anything not shaped like a cached row is ignored."""
     try:
-        cache = json.loads((folder / CACHE).read_text())
-    except (OSError, ValueError):
+        cache = json.loads(rundir.read_capped(folder / CACHE, CACHE_BYTES))
+    except (OSError, ValueError):  # ValueError: not JSON, or over CACHE_BYTES (ignored, rebuilt)
         return {}
     rows = cache.get("rows") if isinstance(cache, dict) and cache.get("version") == CACHE_VERSION else None
     if not isinstance(rows, dict):

@@ -140,11 +140,12 @@ def latest_jobs(launches: list[dict]) -> dict[str, tuple[str, int]]:
     return out
 
 
+TAIL_BYTES = 64 << 10  # log tails read at most the last 64 KiB of a log, however long it grew
+
+
 def tail(path: Path, lines: int = 8) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
+    """The last non-empty lines of a log file, read from its end in bounded memory."""
+    text = rundir.read_tail(path, TAIL_BYTES).decode(errors="replace")
     return "\n".join([l for l in text.splitlines() if l.strip()][-lines:])
 
 
