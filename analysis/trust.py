@@ -93,9 +93,30 @@ def _expanded_size(node: yaml.Node, limit: int) -> int:
     return size(node)
 
 
+def _duplicate_key(node: yaml.Node) -> yaml.Node | None:
+    """The first key given twice in one mapping of the document (YAML would keep the last silently)."""
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop()
+        if id(n) in seen or not isinstance(n, (yaml.SequenceNode, yaml.MappingNode)):
+            continue
+        seen.add(id(n))
+        if isinstance(n, yaml.SequenceNode):
+            todo.extend(n.value)
+            continue
+        keys = set()
+        for key, value in n.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if key.value in keys:
+                    return key
+                keys.add(key.value)
+            todo.append(value)
+    return None
+
+
 def load_yaml(path: str | Path, max_bytes: int = MAX_YAML_BYTES, max_nodes: int = MAX_YAML_NODES) -> Any:
     """Safe-load one YAML file of at most max_bytes whose aliases expand to at most max_nodes nodes;
-    a file over either limit, or not YAML, is a one-line ConfigError."""
+    a file over either limit, not YAML, or with a key given twice in a mapping is a one-line ConfigError."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
@@ -112,6 +133,11 @@ def load_yaml(path: str | Path, max_bytes: int = MAX_YAML_BYTES, max_nodes: int 
             return None
         if _expanded_size(node, max_nodes) > max_nodes:
             raise ConfigError(f"{path}: its aliases expand to over {max_nodes} YAML nodes (refused)")
+        twice = _duplicate_key(node)
+        if twice is not None:
+            raise ConfigError(
+                f"{path}, line {twice.start_mark.line + 1}: key {twice.value!r} given twice in one mapping; give it once"
+            )
         return loader.construct_document(node)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None

@@ -403,6 +403,26 @@ def test_a_big_yaml_file_is_refused(tmp_path):
         config.load(tmp_path / "config.yaml")
 
 
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        ("optim: {lr: 0.1}\noptim: {wd: 0.1}\n", 2),  # a section twice: the first would vanish
+        ("train:\n  epochs: 3\n  batch_size: 8\n  epochs: 30\n", 4),
+        ("base: &b {optim: {lr: 0.1}}\nother: {<<: *b, extra: 1}\n", None),  # a merge key is not a duplicate
+    ],
+)
+def test_a_yaml_key_given_twice_is_refused(tmp_path, text, line):
+    from analysis.trust import load_yaml
+
+    (tmp_path / "config.yaml").write_text(text)
+    if line is None:
+        assert load_yaml(tmp_path / "config.yaml")["other"]["optim"] == {"lr": 0.1}
+        return
+    with pytest.raises(ConfigError) as e:
+        load_yaml(tmp_path / "config.yaml")
+    assert f"line {line}: key" in one_line(e.value) and "given twice" in str(e.value)
+
+
 def test_a_huge_metrics_file_is_read_in_bounded_memory(tmp_path):
     from analysis.sweeps import Sweep
 
