@@ -75,6 +75,33 @@ def test_report_without_the_probes_of_a_run_whose_checkpoint_is_unreadable(real_
     assert "Error EDFs" in page and "Training curves" in page
 
 
+def test_a_data_root_planted_in_the_sweep_is_never_read_by_the_report_or_the_explorer(real_sweep, tmp_path):
+    """A best run's config naming CIFAR data inside the sweep (batches carrying a payload): the report
+    is written without that run's probes and says why; the attention explorer refuses in one line."""
+    import shutil
+
+    from analysis import config
+    from analysis.errors import ConfigError
+    from analysis.sweeps import collect
+    from analysis.widgets import AttentionExplorer
+    from tests.test_trust import Payload, one_line, write_cifar
+
+    copy = tmp_path / "copy"
+    shutil.copytree(real_sweep, copy)
+    run = copy / "runs" / best_runs(collect(copy)).set_index("model").loc["ViT_C-fmnist_tiny", "run"]
+    marker = tmp_path / "marker"
+    write_cifar(copy / "data" / "cifar-10-batches-py", 2, data=Payload(marker))
+    cfg = config.load(run / "config.yaml").replace({"data.name": "cifar10", "data.root": str(copy / "data")})
+    (run / "config.yaml").write_text(cfg.to_yaml())
+    with pytest.warns(UserWarning, match=run.name):
+        page = write_report(copy, tmp_path / "report.html").read_text()
+    assert "Probes skipped" in page and "lies inside the folder being read" in page
+    with pytest.raises(ConfigError) as e:
+        AttentionExplorer([run])
+    assert "lies inside the folder being read" in one_line(e.value)
+    assert not marker.exists()
+
+
 def test_demo_prints_the_headline_and_the_claims(real_sweep, tmp_path):
     """The demo driver on a finished sweep: nothing to launch; headline, claims table and report."""
     import shutil
