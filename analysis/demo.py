@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _progress(status: pd.DataFrame) -> str:
     counts = status["state"].value_counts().to_dict()
-    return ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
+    return ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
 
 
 class Progress:
@@ -53,9 +53,7 @@ class Progress:
         self.bar.update(done - self.bar.n)
         self.bar.set_postfix_str(
             ", ".join(
-                f"{v} {k.lower()}"
-                for k, v in status["state"].value_counts().items()
-                if k not in (*FINAL, "PENDING", "RUNNING")
+                f"{v} {k}" for k, v in status["state"].value_counts().items() if k not in (*FINAL, "pending", "running")
             )
         )
 

@@ -116,10 +116,10 @@ def test_final_runs_are_not_read_again_and_counts(hand_sweep):
     finish(hand_sweep.run_dir(b), "diverged", 100.0)
     assert watcher.refresh() == {a, b}
     counts = watcher.counts()
-    assert counts["COMPLETED"] == 1 and counts["DIVERGED"] == 1 and counts["NOT_LAUNCHED"] == 2
+    assert counts["completed"] == 1 and counts["diverged"] == 1 and counts["not_launched"] == 2
     # status() says the same: diverged is a state of its own, final like completed (resubmit keeps it)
     states = {r["run"]: r["state"] for r in runs_state(hand_sweep.dir, [a, b])}
-    assert states == {a: "COMPLETED", b: "DIVERGED"} and "DIVERGED" in FINAL and set(FINAL) <= set(KEEP)
+    assert states == {a: "completed", b: "diverged"} and "diverged" in FINAL and set(FINAL) <= set(KEEP)
     assert not watcher.active() and watcher.epochs_done() == (6, 12)
     (hand_sweep.run_dir(a) / rundir.METRICS).unlink()  # a final run is never looked at again
     assert watcher.refresh() == set() and watcher.runs[a].epoch == 3
@@ -136,7 +136,7 @@ def test_progress_estimates_the_running_epoch(hand_sweep):
     watcher.refresh()
     w = watcher.runs[run]
     assert w.progress() == (2 / 3, 2 / 3)  # not running: no estimate
-    w.state = "RUNNING"
+    w.state = "running"
     done, est = w.progress(now=w.metrics_mtime + 0.75)  # half of the last epoch's 1.5 s
     assert done == pytest.approx(2 / 3) and est == pytest.approx(2.5 / 3)
     assert "step ~15/18" in runs_table_html(watcher, now=w.metrics_mtime + 0.75)
@@ -209,8 +209,8 @@ def test_monitor_lists_logs_and_confirms(hand_sweep):
     m.logs_button.value = True
     assert "epoch 1/3 loss 2.0" in m.logs.value
     assert "and 2 more" in m.table.value
-    m.listing.value = "RUNNING"
-    assert "no run is RUNNING" in m.table.value
+    m.listing.value = "running"
+    assert "no run is running" in m.table.value
     m.cancel_button.click()
     assert "none of the selected runs is pending or running" in m.message.value
     assert m.confirm_box.layout.display == "none"
@@ -242,7 +242,7 @@ def test_monitor_follows_a_real_sweep_in_the_background(tmp_path):
         time.sleep(0.1)
     assert m.join(5), "the background refresh did not stop when the sweep ended"
     assert "the sweep has ended" in m.header.value and m.last_error is None
-    assert {"RUNNING", "COMPLETED"} <= seen and m.watcher.counts()["COMPLETED"] == 4
+    assert {"running", "completed"} <= seen and m.watcher.counts()["completed"] == 4
     assert epochs == sorted(epochs) and epochs[0] < epochs[-1] == 12
     assert edf_traces[0] == 0 and edf_traces[-1] == 4 and len(set(edf_traces)) > 2  # traces came one by one
     grown = [(t, n) for t, n in first.values() if t in m.curves_fig.data and len(t.x) > n]
@@ -266,16 +266,16 @@ def test_monitor_cancels_and_resubmits_the_right_runs(tmp_path):
         m.confirm_button.click()
         assert "cancelled job(s)" in m.message.value
         deadline = time.monotonic() + 120
-        while m.watcher.runs[a].state != "CANCELLED" and time.monotonic() < deadline:
+        while m.watcher.runs[a].state != "cancelled" and time.monotonic() < deadline:
             time.sleep(0.3)
-        assert m.watcher.runs[a].state == "CANCELLED" and m.watcher.runs[b].state in ("PENDING", "RUNNING")
+        assert m.watcher.runs[a].state == "cancelled" and m.watcher.runs[b].state in ("pending", "running")
         m.resubmit_button.click()
         assert "resubmit 1 run(s) (1 cancelled)?" in m.message.value
         m.confirm_button.click()
         assert "resubmitted as job(s)" in m.message.value
         assert sweep.launches[-1]["jobs"][0]["runs"] == [a] and len(sweep.launches) == 2
-        assert m.watcher.runs[a].state in ("PENDING", "RUNNING") and m.running
+        assert m.watcher.runs[a].state in ("pending", "running") and m.running
     finally:
         sweep.cancel()
         assert m.join(120)
-    assert {w.state for w in m.watcher.runs.values()} <= {"CANCELLED", "COMPLETED"}
+    assert {w.state for w in m.watcher.runs.values()} <= {"cancelled", "completed"}

@@ -110,7 +110,7 @@ def test_collect_and_status_never_unpickle(tmp_path):
     status = Sweep.open(sweep.dir).status()
     assert not marker.exists()
     assert list(frame["status"]) == ["completed"] * 3 + ["failed"]
-    assert list(status["state"]) == ["COMPLETED"] * 3 + ["FAILED"]
+    assert list(status["state"]) == ["completed"] * 3 + ["failed"]
 
 
 @pytest.mark.slow
@@ -193,8 +193,8 @@ def test_result_json_that_is_not_an_object(tmp_path, text):
     assert frame.loc[done, "status"] == "completed"
     with pytest.warns(UserWarning, match=f"{bad}.*result.json"):
         status = sweep.status().set_index("run")
-    assert status.loc[bad, "state"] == "FAILED" and "result.json" in status.loc[bad, "reason"]
-    assert status.loc[done, "state"] == "COMPLETED"
+    assert status.loc[bad, "state"] == "failed" and "result.json" in status.loc[bad, "reason"]
+    assert status.loc[done, "state"] == "completed"
 
 
 def test_broken_sweep_records_are_one_line_or_skipped(tmp_path):
@@ -202,7 +202,7 @@ def test_broken_sweep_records_are_one_line_or_skipped(tmp_path):
 
     sweep = four_runs(tmp_path)
     (sweep.dir / "launches.json").write_text('{"launches": [1, {"jobs": "x"}, {"jobs": [{"runs": 3}]}]}')
-    assert sweep.launches == [] and set(sweep.status()["state"]) == {"NOT_LAUNCHED"}
+    assert sweep.launches == [] and set(sweep.status()["state"]) == {"not_launched"}
     (sweep.dir / "launches.json").write_text("[]")
     assert sweep.launches == []
     (sweep.dir / "runs.json").write_text('{"runs": [{"run": 1}]}')
@@ -259,10 +259,10 @@ def test_orphaned_trainer_reads_running_and_is_never_started_twice(tmp_path):
             assert time.monotonic() < deadline and alive(trainer), "the stand-in trainer did not lock"
             time.sleep(0.1)
         status = sweep.status().set_index("run")
-        assert status.loc[r0, "state"] == "RUNNING" and status.loc[r0, "job_state"] == "FAILED"
+        assert status.loc[r0, "state"] == "running" and status.loc[r0, "job_state"] == "FAILED"
         assert status.loc[r0, "trainer"] == f"{socket.gethostname()}:{trainer}"
         for run in (r1, r2, r3):  # never started: nothing of r0's log, and a reason that says so
-            assert status.loc[run, "state"] == "FAILED" and "trainer-line" not in status.loc[run, "log_tail"]
+            assert status.loc[run, "state"] == "failed" and "trainer-line" not in status.loc[run, "log_tail"]
             assert "not started" in status.loc[run, "reason"]
         frame = collect(sweep.dir).set_index("run")
         assert frame.loc[r0, "status"] == "running" and frame.loc[r1, "status"] == "failed"
@@ -284,7 +284,7 @@ def test_orphaned_trainer_reads_running_and_is_never_started_twice(tmp_path):
             assert time.monotonic() < deadline, "the orphaned trainer did not stop"
             time.sleep(0.1)
         final = Sweep.open(sweep.dir).status().set_index("run")
-        assert final.loc[r0, "state"] == "CANCELLED", final.loc[r0].to_dict()
+        assert final.loc[r0, "state"] == "cancelled", final.loc[r0].to_dict()
     finally:
         if trainer is not None and alive(trainer):
             os.kill(trainer, signal.SIGKILL)
@@ -358,7 +358,7 @@ def test_wait_calls_back_with_each_status_frame(tmp_path):
     sweep = four_runs(tmp_path)
     frames = []
     final = sweep.wait(poll=0.1, callback=frames.append)
-    assert len(frames) == 1 and frames[0] is final and set(final["state"]) == {"NOT_LAUNCHED"}
+    assert len(frames) == 1 and frames[0] is final and set(final["state"]) == {"not_launched"}
     note = sweep.still_running(final)
     assert "\n" not in note and "no run" in note
 
@@ -374,11 +374,11 @@ def test_demo_progress_lines_and_bar():
     lines, out = [], io.StringIO()
     progress = Progress(3, echo=lines.append, bar=True, file=out)
     for states in (
-        ("PENDING",) * 3,
-        ("PENDING",) * 3,
-        ("RUNNING", "PENDING", "PENDING"),
-        ("COMPLETED", "RUNNING", "PENDING"),
-        ("COMPLETED", "COMPLETED", "FAILED"),
+        ("pending",) * 3,
+        ("pending",) * 3,
+        ("running", "pending", "pending"),
+        ("completed", "running", "pending"),
+        ("completed", "completed", "failed"),
     ):
         progress(frame(*states))
     progress.close()
@@ -419,7 +419,7 @@ def _check_interrupted(proc: subprocess.Popen, folder: Path, words: list[str]) -
         lines = [l for l in err.splitlines() if l.strip()]
         assert len(lines) == 1 and all(w in lines[0] for w in words), err
         sweep = Sweep.open(folder)
-        assert "RUNNING" in set(sweep.status()["state"])  # the jobs go on
+        assert "running" in set(sweep.status()["state"])  # the jobs go on
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -427,7 +427,7 @@ def _check_interrupted(proc: subprocess.Popen, folder: Path, words: list[str]) -
         sweep = Sweep.open(folder)
         sweep.cancel()
         final = sweep.wait(timeout=120, poll=0.5)
-    assert not set(final["state"]) & {"RUNNING", "PENDING"}
+    assert not set(final["state"]) & {"running", "pending"}
 
 
 @pytest.mark.slow

@@ -243,11 +243,11 @@ def test_local_sweep_end_to_end(tmp_path):
     (code / "train.py").write_text("raise RuntimeError('edited after launch')\n")
     assert len(ids) == 2  # two processes, not one per run
     first = sweep.status()
-    assert set(first["state"]) <= {"PENDING", "RUNNING"}  # launch returned before anything finished
+    assert set(first["state"]) <= {"pending", "running"}  # launch returned before anything finished
     final = sweep.wait(timeout=600, poll=1)
     states = dict(zip(final["run"], final["state"]))
     ok, bad = "0000-vit_p_fmnist_tiny-adamw", "0002-vit_c_fmnist_tiny-adamw"
-    assert states == {ok: "COMPLETED", "0001-vit_c_fmnist_tiny-sgd": "COMPLETED", bad: "FAILED"}
+    assert states == {ok: "completed", "0001-vit_c_fmnist_tiny-sgd": "completed", bad: "failed"}
     assert "exceeds" in final.set_index("run").loc[bad, "log_tail"]
     launch = json.loads((sweep.dir / "launches.json").read_text())["launches"][0]
     assert [j["runs"] for j in launch["jobs"]] == [[ok, "0001-vit_c_fmnist_tiny-sgd"], [bad]]
@@ -283,7 +283,7 @@ def test_local_sweep_end_to_end(tmp_path):
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    assert "COMPLETED: 2, FAILED: 1" in out.stdout and "exceeds" in out.stdout
+    assert "completed: 2, failed: 1" in out.stdout and "exceeds" in out.stdout
     for name in ("table.csv", "table.parquet"):
         out = subprocess.run(
             [sys.executable, "-m", "analysis", "sweep", "collect", str(sweep.dir), "--out", str(tmp_path / name)],
@@ -304,17 +304,17 @@ def test_local_cancel_then_resubmit_completes(tmp_path):
     sweep.launch()
     run = sweep.run_ids[0]
     deadline = time.monotonic() + 300
-    while sweep.status()["state"][0] != "RUNNING":
+    while sweep.status()["state"][0] != "running":
         assert time.monotonic() < deadline
         time.sleep(0.5)
     assert sweep.cancel() != []
     status = sweep.wait(timeout=60, poll=0.5)
-    assert status["state"][0] == "CANCELLED" and not rundir.is_complete(sweep.run_dir(run))
+    assert status["state"][0] == "cancelled" and not rundir.is_complete(sweep.run_dir(run))
     reopened = Sweep.open(sweep.dir)  # the cancellation is on record for a new process too
-    assert reopened.status()["state"][0] == "CANCELLED"
+    assert reopened.status()["state"][0] == "cancelled"
     assert len(reopened.resubmit()) == 1
     final = reopened.wait(timeout=600, poll=1)
-    assert final["state"][0] == "COMPLETED" and final["attempts"][0] == 2
+    assert final["state"][0] == "completed" and final["attempts"][0] == 2
 
 
 @pytest.mark.slow
@@ -472,9 +472,9 @@ def test_collect_sweep_reports_missing_run_dirs(tmp_path):
     assert {"optim.lr", "optim.weight_decay"} <= set(frame.columns)  # the sampled hyperparameters
     assert frame["cfg.optim.lr"].tolist() == frame["optim.lr"].tolist()
     status = sweep.status()
-    assert set(status["state"]) == {"NOT_LAUNCHED"}
+    assert set(status["state"]) == {"not_launched"}
     html = status._repr_html_()
-    assert "<table>" in html and "NOT_LAUNCHED" in html
+    assert "<table>" in html and "not_launched" in html
 
 
 def test_slurm_options_reach_the_sbatch_script(tmp_path):

@@ -67,13 +67,13 @@ def test_slurm_sweep_states_and_collect(tmp_path, slurm_cluster):
     sweep = Sweep.from_dict(spec, root=tmp_path)
     ids = sweep.launch()
     assert len(ids) == 3 and len({i.split("_")[0] for i in ids}) == 1  # one job array
-    seen = watch(sweep, lambda s: not s["state"].isin(["PENDING", "RUNNING"]).any(), timeout=240)
+    seen = watch(sweep, lambda s: not s["state"].isin(["pending", "running"]).any(), timeout=240)
     final = sweep.status().set_index("run")
     ok, bad = ["0000-vit_p_fmnist_tiny-adamw", "0001-vit_c_fmnist_tiny-sgd"], "0002-vit_c_fmnist_tiny-adamw"
-    assert list(final.loc[ok, "state"]) == ["COMPLETED", "COMPLETED"] and final.loc[bad, "state"] == "FAILED"
+    assert list(final.loc[ok, "state"]) == ["completed", "completed"] and final.loc[bad, "state"] == "failed"
     assert "exceeds" in final.loc[bad, "log_tail"]
     every = set().union(*seen.values())
-    assert {"PENDING", "RUNNING"} <= every, seen
+    assert {"pending", "running"} <= every, seen
     frame = collect(sweep.dir).set_index("run")
     assert list(frame.loc[ok, "status"]) == ["completed", "completed"] and frame.loc[bad, "status"] == "failed"
     assert frame.loc[ok, "error"].between(0, 100).all()
@@ -91,16 +91,16 @@ def test_slurm_cancel_and_kill_then_resubmit(tmp_path, slurm_cluster):
     }
     sweep = Sweep.from_dict(spec, root=tmp_path)
     sweep.launch()
-    watch(sweep, lambda s: (s["state"] == "RUNNING").all(), timeout=180)
+    watch(sweep, lambda s: (s["state"] == "running").all(), timeout=180)
     cancelled, killed = sweep.run_ids
     assert len(sweep.cancel(runs=[cancelled])) == 1
     os.kill(read_job_file(sweep.run_dir(killed))["pid"], signal.SIGKILL)  # dies outside Python
     status = sweep.wait(timeout=120, poll=0.5).set_index("run")  # returns: no waiting forever
-    assert status.loc[cancelled, "state"] == "CANCELLED" and status.loc[killed, "state"] == "FAILED"
+    assert status.loc[cancelled, "state"] == "cancelled" and status.loc[killed, "state"] == "failed"
     assert not rundir.is_complete(sweep.run_dir(killed))
     assert len(sweep.resubmit()) == 2
     final = sweep.wait(timeout=300, poll=1)
-    assert list(final["state"]) == ["COMPLETED", "COMPLETED"] and list(final["attempts"]) == [2, 2]
+    assert list(final["state"]) == ["completed", "completed"] and list(final["attempts"]) == [2, 2]
 
 
 def test_slurm_preempted_run_requeues_and_resumes(tmp_path, slurm_cluster):
@@ -117,7 +117,7 @@ def test_slurm_preempted_run_requeues_and_resumes(tmp_path, slurm_cluster):
     reference = tmp_path / "uninterrupted"  # trained here while the job requeues
     train(RunConfig().replace({f"{s}.{k}": v for s, sec in LONGER.items() for k, v in sec.items()}), reference)
     final = sweep.wait(timeout=300, poll=1)
-    assert final["state"][0] == "COMPLETED" and final["job_id"][0] == job_id  # same job, requeued
+    assert final["state"][0] == "completed" and final["job_id"][0] == job_id  # same job, requeued
     text = log.read_text()
     assert "stopped and checkpointed" in text and "resumed at" in text
     sacct = wait_for_sacct(job_id)  # the run is complete; its job is ending
@@ -165,7 +165,7 @@ def test_slurm_preempted_stacked_chunk_requeues_and_resumes(tmp_path, slurm_clus
     reference = [tmp_path / f"uninterrupted{i}" for i in range(3)]  # trained here while the job requeues
     train_group([sweep.configs[r] for r in sweep.run_ids], reference)
     final = sweep.wait(timeout=300, poll=1)
-    assert list(final["state"]) == ["COMPLETED"] * 3 and set(final["job_id"]) == {job_id}
+    assert list(final["state"]) == ["completed"] * 3 and set(final["job_id"]) == {job_id}
     for log in logs:
         text = log.read_text()
         assert "stopped and checkpointed" in text and "resumed at" in text and text.count(" start ") == 1
@@ -183,6 +183,6 @@ def test_slurm_two_task_ddp(tmp_path, slurm_cluster):
     sweep = Sweep.from_dict(spec, root=tmp_path)
     sweep.launch()
     final = sweep.wait(timeout=240, poll=1)
-    assert final["state"][0] == "COMPLETED", final["log_tail"][0]
+    assert final["state"][0] == "completed", final["log_tail"][0]
     assert "processes=2" in (sweep.run_dir(sweep.run_ids[0]) / rundir.LOG).read_text()
     assert collect(sweep.dir)["status"][0] == "completed"

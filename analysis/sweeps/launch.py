@@ -40,7 +40,7 @@ from analysis import config as C
 from analysis import rundir, trust
 from analysis.errors import ConfigError, one_of
 from analysis.sweeps.spec import MAX_RUNS_ENV, Spec, check_launch, max_runs
-from analysis.sweeps.status import ACTIVE, FINAL, KEEP, RUNNING, WAITING, runs_state
+from analysis.sweeps.status import ACTIVE, FINAL, JOB_RUNNING, JOB_WAITING, KEEP, runs_state
 
 
 LAUNCH_LOCK = ".launch.lock"
@@ -237,7 +237,7 @@ class Sweep:
             raise one_of("run", unknown[0], self.run_ids[:5] + (["..."] if len(self.run_ids) > 5 else []))
         with self._launching():
             state = {row["run"]: row["state"] for row in runs_state(self.dir, self.run_ids, self._processes)}
-            todo = [r for r in wanted if state[r] not in (*FINAL, "PENDING", "RUNNING")]
+            todo = [r for r in wanted if state[r] not in (*FINAL, "pending", "running")]
             ids = self._submit(todo, opts, code, trust_code) if todo else []
         if wait:
             self.wait(timeout=timeout, poll=2.0)
@@ -336,8 +336,8 @@ class Sweep:
 
     # -- watching -------------------------------------------------------------------------------
     def status(self):
-        """StatusFrame, one row per run: state (NOT_LAUNCHED, PENDING, RUNNING, COMPLETED, FAILED,
-        CANCELLED, TIMEOUT, ...), result, job, attempts, epoch progress, latest metrics, the live
+        """StatusFrame, one row per run: state (not_launched, pending, running, completed,
+        diverged, failed, cancelled, timeout, ...), result, job, attempts, epoch progress, latest metrics, the live
         trainer (host:pid) and, for ended unfinished runs, a log tail (see analysis.sweeps.status)."""
         from analysis.sweeps.status import status_frame
 
@@ -357,7 +357,7 @@ class Sweep:
         return SweepMonitor(self, interval=interval, **options)
 
     def wait(self, timeout: float | None = None, poll: float = 5.0, runs: list[str] | None = None, callback=None):
-        """Block until no run (of `runs`, default all) is PENDING or RUNNING (or UNKNOWN while sacct
+        """Block until no run (of `runs`, default all) is pending or running (or unknown while sacct
         fails); return the final status. callback(status) is called with each fresh status frame
         (progress displays without a polling loop of their own). Raises TimeoutError naming the
         unfinished runs after `timeout` seconds."""
@@ -397,11 +397,11 @@ class Sweep:
     def cancel(self, runs: list[str] | None = None) -> list[str]:
         """Cancel the jobs of the given runs (default: all) that are pending or running; return the
         cancelled job ids. A job training a group of runs is cancelled as a whole. A local trainer
-        that outlived its job's controller (state RUNNING, job ended) is stopped directly."""
+        that outlived its job's controller (state running, job ended) is stopped directly."""
         status = self._states()
         sel = status if runs is None else status[status["run"].isin(runs)]
-        job_ids = sorted({j for j, s in zip(sel["job_id"], sel["job_state"]) if j and s in WAITING + RUNNING})
-        orphans = sel[(sel["state"] == "RUNNING") & ~sel["job_state"].isin(WAITING + RUNNING)]
+        job_ids = sorted({j for j, s in zip(sel["job_id"], sel["job_state"]) if j and s in JOB_WAITING + JOB_RUNNING})
+        orphans = sel[(sel["state"] == "running") & ~sel["job_state"].isin(JOB_WAITING + JOB_RUNNING)]
         stopped = [j for run, j in zip(orphans["run"], orphans["job_id"]) if self._stop_trainer(run) and j]
         job_ids = sorted(set(job_ids) | set(stopped))
         if not job_ids:

@@ -205,12 +205,12 @@ def collect(folder: str | Path, scheduler: bool = True, cache: bool = True) -> p
         if r["status"] is not None:
             continue
         state = states.get(r["run"])
-        if state in ("RUNNING", "PENDING", "NOT_LAUNCHED", None):
-            r["status"] = "running" if started and state in ("RUNNING", None) else "pending"
-        elif state == "COMPLETED":
+        if state in ("running", "pending", "not_launched", None):
+            r["status"] = "running" if started and state in ("running", None) else "pending"
+        elif state == "completed":
             r["status"] = "running"  # finished between reading its directory and asking the scheduler
         else:
-            r["status"], r["reason"] = "failed", r["reason"] or f"job {state.lower()}"
+            r["status"], r["reason"] = "failed", r["reason"] or f"job {state}"
     cfg_cols = [f"cfg.{k}" for k in C.RunConfig().flat()]
     frame = pd.DataFrame(rows, columns=COLUMNS + cfg_cols + sampled_keys)
     frame["diverged"] = frame["diverged"].astype(bool)

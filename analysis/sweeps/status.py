@@ -4,9 +4,9 @@ Where states come from (no file of the sweep folder is ever unpickled):
 - SLURM jobs: accounting (`sacct`), parsed as text.
 - local jobs: the controller process (alive, on this machine) and the cancellations on record in
   launches.json; a local job that ended is COMPLETED when all its runs are complete, else FAILED.
-- each run: its result.json (complete: COMPLETED), its training lock (a live trainer holds it:
-  RUNNING, whatever its job's state, e.g. after the local controller died), its job.json (which job
-  started it) and otherwise its job's state.
+- each run (lowercase states): its result.json (complete: completed, or diverged), its training
+  lock (a live trainer holds it: running, whatever its job's state, e.g. after the local controller
+  died), its job.json (which job started it) and otherwise its job's state.
 submitit's own `job.result()` unpickles the job's result file; nothing here calls it.
 """
 
@@ -22,24 +22,36 @@ import pandas as pd
 from analysis import rundir
 from analysis.sweeps.job import read_job_file
 
-# Scheduler states of a job that will still run (or runs): its runs read PENDING or RUNNING.
-WAITING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED", "STOPPED", "RESV_DEL_HOLD")
-RUNNING = ("RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING")
-# Run states that resubmit() does not touch; every other state (FAILED, CANCELLED, TIMEOUT,
-# NOT_LAUNCHED, PREEMPTED, OUT_OF_MEMORY, NODE_FAIL, ...) is an ended, unfinished run.
-# DIVERGED: a run that ended diverged (a final result, like COMPLETED: resubmit leaves it alone).
-FINAL = ("COMPLETED", "DIVERGED")  # run states of a run with a final result: never trained again
-KEEP = (*FINAL, "PENDING", "RUNNING", "UNKNOWN")
-ACTIVE = ("PENDING", "RUNNING", "UNKNOWN")  # run states a watcher waits on (UNKNOWN: sacct did not answer)
+# Scheduler states of a job (SLURM's words, uppercase; local jobs use the same) that will still run
+# (or runs): its runs read pending or running.
+JOB_WAITING = (
+    "PENDING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "CONFIGURING",
+    "SUSPENDED",
+    "STOPPED",
+    "RESV_DEL_HOLD",
+)
+JOB_RUNNING = ("RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING")
+# Run states: one set of lowercase words, in status(), the monitor and collect()'s `status` column
+# (collect() folds the ended unfinished ones into failed). completed and diverged are final (a
+# result; never trained again); pending, running and unknown (the scheduler did not answer) are
+# active; every other state (failed, cancelled, timeout, not_launched, or an ended job's own state
+# lowercased: preempted, out_of_memory, node_fail, ...) is an ended, unfinished run resubmit() retries.
+FINAL = ("completed", "diverged")
+KEEP = (*FINAL, "pending", "running", "unknown")  # run states resubmit() does not touch
+ACTIVE = ("pending", "running", "unknown")  # run states a watcher waits on
 COLORS = {
-    "COMPLETED": "#c8e6c9",
-    "RUNNING": "#bbdefb",
-    "PENDING": "#eeeeee",
-    "FAILED": "#ffcdd2",
-    "CANCELLED": "#ffe0b2",
-    "TIMEOUT": "#ffe0b2",
-    "NOT_LAUNCHED": "#ffffff",
-    "DIVERGED": "#f8bbd0",
+    "completed": "#c8e6c9",
+    "running": "#bbdefb",
+    "pending": "#eeeeee",
+    "failed": "#ffcdd2",
+    "cancelled": "#ffe0b2",
+    "timeout": "#ffe0b2",
+    "not_launched": "#ffffff",
+    "diverged": "#f8bbd0",
 }
 COLUMNS = [
     "run",
@@ -163,18 +175,18 @@ def run_state(
     """One state per run from its job's state and its run directory (complete: it has a final
     result, diverged: that result says so; trained_now: a live trainer holds its lock)."""
     if complete:
-        return "DIVERGED" if diverged else "COMPLETED"
+        return "diverged" if diverged else "completed"
     if trained_now:
-        return "RUNNING"
+        return "running"
     if job_state is None:
-        return "NOT_LAUNCHED"
-    if job_state in RUNNING:
-        return "RUNNING" if started_by_job else "PENDING"
-    if job_state in WAITING:
-        return "PENDING"
+        return "not_launched"
+    if job_state in JOB_RUNNING:
+        return "running" if started_by_job else "pending"
+    if job_state in JOB_WAITING:
+        return "pending"
     if job_state == "COMPLETED":  # the job ended, this run did not: it failed inside
-        return "FAILED"
-    return job_state
+        return "failed"
+    return job_state.lower()
 
 
 def _last_started(markers: dict[str, dict], jobs: dict[str, tuple[str, int]]) -> dict[str, str]:
@@ -224,7 +236,7 @@ def runs_state(folder: Path, run_ids: list[str], processes: dict | None = None) 
             "log_tail": "",
             "trainer": f"{holder.get('host')}:{holder.get('pid')}" if holder else None,
         }
-        if state not in KEEP and state != "NOT_LAUNCHED":
+        if state not in KEEP and state != "not_launched":
             own = tail(d / rundir.LOG, 5)
             about_me = last.get(job_id) == run if job_id in last else True
             if not own and job_id in last and not started:

@@ -38,7 +38,7 @@ from analysis.sweeps.status import (
     tail,
 )
 
-STATES = ("PENDING", "RUNNING", "COMPLETED", "DIVERGED", "FAILED", "CANCELLED")  # always counted
+STATES = ("pending", "running", "completed", "diverged", "failed", "cancelled")  # always counted
 
 
 @dataclass
@@ -51,7 +51,7 @@ class RunWatch:
     rows: list[dict] = field(default_factory=list)  # metrics.jsonl, one row per epoch
     result: dict | None = None
     job: dict = field(default_factory=dict)  # job.json: which job trains (or trained) the run
-    state: str = "NOT_LAUNCHED"
+    state: str = "not_launched"
     job_id: str | None = None
     attempts: int = 0
     metrics_mtime: float | None = None  # seconds since the epoch; when the last epoch was written
@@ -80,10 +80,10 @@ class RunWatch:
         """(fraction of the planned epochs done, estimated fraction including the running epoch).
 
         The estimate adds the time since the last epoch was written over that epoch's duration
-        (at most 0.99 of an epoch) while the run is RUNNING; it equals the first value otherwise.
+        (at most 0.99 of an epoch) while the run is running; it equals the first value otherwise.
         """
         done = min(1.0, self.epoch / self.epochs) if self.epochs else 0.0
-        if self.final or self.state != "RUNNING" or len(self.rows) < 1 or self.metrics_mtime is None:
+        if self.final or self.state != "running" or len(self.rows) < 1 or self.metrics_mtime is None:
             return (1.0 if self.final else done), (1.0 if self.final else done)
         elapsed = [r.get("elapsed") for r in self.rows[-2:]]
         if None in elapsed:

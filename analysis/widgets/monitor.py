@@ -28,8 +28,8 @@ from analysis.sweeps.status import COLORS, KEEP
 from analysis.sweeps.watch import STATES, SweepWatcher
 from analysis.widgets.base import FigureOutput, message_figure, sync_figure
 
-LISTS = ("active first", "all", *STATES, "NOT_LAUNCHED")  # what the runs table lists
-ORDER = {"RUNNING": 0, "PENDING": 2, "UNKNOWN": 2, "DIVERGED": 3, "COMPLETED": 4, "NOT_LAUNCHED": 5}  # else 1
+LISTS = ("active first", "all", *STATES, "not_launched")  # what the runs table lists
+ORDER = {"running": 0, "pending": 2, "unknown": 2, "diverged": 3, "completed": 4, "not_launched": 5}  # else 1
 CURVES = (("train_loss", "train loss"), ("test_top1_err", "top-1 test error (%)"))
 BAR = "#1976d2"
 # the claims table scrolls sideways instead of squeezing: one line per cell but the last three (prose)
@@ -75,7 +75,7 @@ def progress_cell(w, now: float) -> str:
 def _note(w) -> str:
     if w.result and w.result.get("reason"):
         return str(w.result["reason"])
-    return "" if w.state in KEEP or w.state == "NOT_LAUNCHED" else f"job {w.job_id}: {w.state.lower()}"
+    return "" if w.state in KEEP or w.state == "not_launched" else f"job {w.job_id}: {w.state}"
 
 
 def runs_table_html(
@@ -385,7 +385,7 @@ class SweepMonitor:
         """Until the user picks runs, add runs that start training to the selection (up to `curves`)."""
         if not self._follow or len(self.select.value) >= self.n_curves:
             return
-        started = [r for r, w in self.watcher.runs.items() if w.state == "RUNNING" or w.rows]
+        started = [r for r, w in self.watcher.runs.items() if w.state == "running" or w.rows]
         picked = list(self.select.value) + [r for r in started if r not in self.select.value]
         if picked != list(self.select.value):
             self._muted = True
@@ -507,14 +507,14 @@ class SweepMonitor:
 
     def _ask_cancel(self) -> None:
         with self._lock:
-            runs = [r for r in self.select.value if self.watcher.runs[r].state in ("PENDING", "RUNNING")]
+            runs = [r for r in self.select.value if self.watcher.runs[r].state in ("pending", "running")]
             if not runs:
                 return self._say("none of the selected runs is pending or running")
             jobs = sorted({self.watcher.runs[r].job_id for r in runs})
             also = [
                 r
                 for r, w in self.watcher.runs.items()
-                if w.job_id in jobs and r not in runs and w.state in ("PENDING", "RUNNING")
+                if w.job_id in jobs and r not in runs and w.state in ("pending", "running")
             ]
             text = f"cancel {len(runs)} run(s), job(s) {', '.join(jobs)}"
             if also:
@@ -530,7 +530,7 @@ class SweepMonitor:
                     retry[w.state] = retry.get(w.state, 0) + 1
             if not retry:
                 return self._say("nothing to resubmit: no run failed, was cancelled or is unlaunched")
-            counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(retry.items()))
+            counts = ", ".join(f"{n} {s}" for s, n in sorted(retry.items()))
             self._pending = ("resubmit", None)
             self._say(f"resubmit {sum(retry.values())} run(s) ({counts})?", pending=True)
 
