@@ -76,17 +76,17 @@ def _launch_set(items: list[str]) -> dict:
     import yaml
 
     from analysis.errors import one_of
-    from analysis.sweeps.spec import LAUNCH_KEYS
+    from analysis.sweeps.options import LaunchConfig
 
-    opts = {}
+    opts, types = {}, LaunchConfig.types()
     for item in items:
         key, eq, value = item.partition("=")
         key = key.strip().removeprefix("launch.")
         if not eq:
             raise ConfigError(f"--set takes launch.KEY=VALUE, e.g. launch.partition=gpu; got {item!r}")
-        if key not in LAUNCH_KEYS:
-            raise one_of("launch option", key, list(LAUNCH_KEYS))
-        if LAUNCH_KEYS[key] is dict:
+        if key not in types:
+            raise one_of("launch option", key, list(types))
+        if dict in types[key]:
             try:
                 value = yaml.safe_load(value)
             except yaml.YAMLError:
@@ -152,7 +152,7 @@ def _collect(args) -> None:
 def _sweep(args) -> None:
     """sweep launch|status|cancel|resubmit|collect."""
     from analysis.sweeps import Sweep
-    from analysis.sweeps.spec import Spec, check_launch
+    from analysis.sweeps.spec import Spec
 
     if args.action == "collect":
         return _collect(args)
@@ -160,7 +160,7 @@ def _sweep(args) -> None:
     opts.update({k: v for k, v in (("cluster", args.cluster), ("parallel", args.parallel)) if v is not None})
     if args.action == "launch":
         spec = Spec.from_yaml(args.target)
-        check_launch({**spec.launch, **opts})  # every option checked before the sweep folder is written
+        spec.launch.updated(**opts)  # every option checked before the sweep folder is written
         sweep = Sweep.create(spec, root=args.root)
         ids = sweep.launch(trust_code=args.trust_code, **opts)
         print(

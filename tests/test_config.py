@@ -7,7 +7,7 @@ import yaml
 
 from analysis import config
 from analysis.errors import ConfigError
-from analysis.sweeps import Spec, Sweep, check_launch
+from analysis.sweeps import LaunchConfig, Spec, Sweep
 
 SMALL = {"data": {"train_per_class": 30, "test_per_class": 10}, "train": {"epochs": 1, "batch_size": 50}}
 
@@ -98,7 +98,7 @@ def test_spec_file_with_scientific_notation(tmp_path):
     path.write_text(SPEC_YAML)
     spec = Spec.from_yaml(path)
     runs = spec.runs()
-    assert runs and spec.launch == {"cluster": "local", "mem_gb": 10.0, "timeout_min": 60}
+    assert runs and spec.launch.to_dict() == {"cluster": "local", "timeout_min": 60, "mem_gb": 10.0}
     for r in runs:
         cfg = r["cfg"]
         assert cfg.data.train_per_class == 30 and cfg.optim.warmup_epochs == 0.5
@@ -109,7 +109,7 @@ def test_spec_file_with_scientific_notation(tmp_path):
             assert cfg.optim.lr in (0.05, 0.1, 0.15, 0.2)
         assert all(not isinstance(v, str) for k, v in r["overrides"].items() if k != "optim.name")
     sweep = Sweep.create(spec, root=tmp_path / "sweeps")
-    assert sweep.launch_options() == {"cluster": "local", "mem_gb": 10.0, "timeout_min": 60}
+    assert sweep.launch_options() == LaunchConfig(cluster="local", mem_gb=10.0, timeout_min=60)
     reopened = Sweep.open(sweep.dir)  # the run table holds typed values
     assert [c.optim.lr for c in reopened.configs.values()] == [r["cfg"].optim.lr for r in runs]
 
@@ -134,17 +134,31 @@ def test_bad_sampler_numbers_are_one_line(tmp_path, sampler, words):
 
 
 def test_launch_options_take_numbers_as_strings():
-    assert check_launch({"parallel": "2", "mem_gb": "1e2", "timeout_min": "6e1", "partition": "7"}) == {
-        "parallel": 2,
-        "mem_gb": 100.0,
-        "timeout_min": 60,
-        "partition": "7",
-    }
+    opts = LaunchConfig.from_dict({"parallel": "2", "mem_gb": "1e2", "timeout_min": "6e1", "partition": "7"})
+    assert opts == LaunchConfig(parallel=2, mem_gb=100.0, timeout_min=60, partition="7")
     for opts, words in (
         ({"parallel": "two"}, "parallel must be int"),
         ({"parallel": "1.5"}, "whole number"),
         ({"mem_gb": "nan"}, "finite"),
         ({"parallel": 0}, ">= 1"),
+        ({"batch_runs": None}, "may not be null"),
+        ({"array_parallelism": 2}, "unknown launch option 'array_parallelism'; allowed: cluster, parallel"),
     ):
         with pytest.raises(ConfigError, match=words):
-            check_launch(opts)
+            LaunchConfig.from_dict(opts)
+
+
+def test_launch_options_mean_one_thing_on_both_back_ends():
+    """parallel: jobs at once; runs_per_job: runs one job trains in turn. Locally, where every job
+    starts at once, parallel splits the runs into that many jobs; both given must agree."""
+    runs = list(range(10))
+    assert LaunchConfig(parallel=4).jobs(runs, "local") == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
+    assert LaunchConfig().jobs(runs, "local") == [runs]
+    assert LaunchConfig(parallel=4).jobs(runs, "slurm") == [[r] for r in runs]
+    assert LaunchConfig(runs_per_job=4).jobs(runs, "local") == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert LaunchConfig(runs_per_job=4, parallel=2).jobs(runs, "slurm")[2] == [8, 9]
+    with pytest.raises(ConfigError, match="runs_per_job=4 makes 3 jobs of 10 runs, over parallel=2"):
+        LaunchConfig(runs_per_job=4, parallel=2).jobs(runs, "local")
+    params = LaunchConfig(parallel=16).executor_params("slurm", "demo")
+    assert params["slurm_array_parallelism"] == 16 and params["name"] == "demo"
+    assert "slurm_array_parallelism" not in LaunchConfig(parallel=16).executor_params("local", "demo")

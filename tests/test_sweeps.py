@@ -189,7 +189,7 @@ def test_same_folder_other_spec_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="another spec"):
         Sweep.from_dict(reordered, root=tmp_path)
     relaunched = {**lrwd_spec(samples=1), "launch": {"cluster": "local", "parallel": 2}}
-    assert Sweep.from_dict(relaunched, root=tmp_path).launch_options()["parallel"] == 2  # same runs
+    assert Sweep.from_dict(relaunched, root=tmp_path).launch_options().parallel == 2  # same runs
 
 
 def test_model_names():
@@ -497,7 +497,7 @@ def test_slurm_options_reach_the_sbatch_script(tmp_path):
         constraint="volta32gb", additional={"exclude": "node[1-2]"}, parallel=16, cpus_per_task=10
     )
     executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="slurm")
-    executor.update_parameters(**sweep.executor_params(opts, "slurm"))
+    executor.update_parameters(**opts.executor_params("slurm", sweep.name))
     script = executor._executor._make_submission_file_text("python -m x", "uid")
     for line in (
         "--partition=gpu",

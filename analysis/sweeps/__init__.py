@@ -11,6 +11,7 @@ status, cancel/resubmit, and collecting run directories into one DataFrame.
 from analysis.names import model_name
 from analysis.sweeps.launch import Sweep, detect_cluster
 from analysis.sweeps.results import collect
-from analysis.sweeps.spec import LAUNCH_KEYS, Sampler, Spec, check_launch
+from analysis.sweeps.options import LaunchConfig
+from analysis.sweeps.spec import Sampler, Spec
 
-__all__ = ["Sweep", "Spec", "Sampler", "collect", "model_name", "detect_cluster", "LAUNCH_KEYS", "check_launch"]
+__all__ = ["Sweep", "Spec", "Sampler", "collect", "model_name", "detect_cluster", "LaunchConfig"]

@@ -39,7 +39,8 @@ import yaml
 from analysis import config as C
 from analysis import rundir, trust
 from analysis.errors import ConfigError, one_of
-from analysis.sweeps.spec import MAX_RUNS_ENV, Spec, check_launch, max_runs
+from analysis.sweeps.options import LaunchConfig
+from analysis.sweeps.spec import MAX_RUNS_ENV, Spec, max_runs
 from analysis.sweeps.status import ACTIVE, FINAL, JOB_RUNNING, JOB_WAITING, KEEP, runs_state
 
 
@@ -75,18 +76,6 @@ def snapshot_code(dest: Path, source: Path | None = None) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
-
-
-def split(items: list, n: int) -> list[list]:
-    """Split into n contiguous, nearly equal, non-empty parts (fewer if there are fewer items)."""
-    n = max(1, min(n, len(items)))
-    size, extra = divmod(len(items), n)
-    out, i = [], 0
-    for k in range(n):
-        j = i + size + (k < extra)
-        out.append(items[i:j])
-        i = j
-    return [part for part in out if part]
 
 
 class Sweep:
@@ -207,11 +196,12 @@ class Sweep:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def launch_options(self, **overrides) -> dict:
+    def launch_options(self, **overrides) -> LaunchConfig:
         """The spec's launch section with keyword overrides (None values ignored), checked and typed."""
-        return check_launch(
-            {**(self.spec_dict.get("launch") or {}), **{k: v for k, v in overrides.items() if v is not None}}
-        )
+        launch = self.spec_dict.get("launch") or {}
+        if not isinstance(launch, dict):
+            raise ConfigError(f"{self.dir}/spec.yaml: launch must be a mapping of launch options")
+        return LaunchConfig.from_dict(launch).updated(**overrides)
 
     def launch(
         self,
@@ -226,8 +216,8 @@ class Sweep:
         default every run) as one job array; return the new job ids. Returns at once unless wait.
         A run whose folder a live trainer holds (its lock) counts as running and is never started twice.
 
-        options: see analysis.sweeps.spec.LAUNCH_KEYS (cluster, parallel, partition, gpus_per_node,
-        ...); code: the `analysis` package folder to snapshot (default the imported one).
+        options: see analysis.sweeps.options.LaunchConfig (cluster, parallel, partition,
+        gpus_per_node, ...); code: the `analysis` package folder to snapshot (default the imported one).
         trust_code: allow stem import paths named by an opened sweep's runs (a sweep made from the
         caller's spec needs no flag); a stem's module inside the sweep is refused either way."""
         opts = self.launch_options(**options)
@@ -243,7 +233,7 @@ class Sweep:
             self.wait(timeout=timeout, poll=2.0)
         return ids
 
-    def _submit(self, todo: list[str], opts: dict, code, trust_code: bool) -> list[str]:
+    def _submit(self, todo: list[str], opts: LaunchConfig, code, trust_code: bool) -> list[str]:
         import cloudpickle
         import submitit
 
@@ -264,8 +254,9 @@ class Sweep:
         )
         for stem in dict.fromkeys(self.configs[r].model.stem for r in todo):  # jobs import these
             trust.check_stem(stem, self.dir, trust_code or self.from_spec, named_by=f"{self.dir}/runs.json")
-        cluster = opts.get("cluster") or "auto"
+        cluster = opts.cluster or "auto"
         cluster = detect_cluster() if cluster == "auto" else cluster
+        groups = opts.jobs(todo, cluster)
         launches = self.launches
         lid = len(launches)
         code_dir = snapshot_code(self.dir / "code" / f"launch-{lid:03d}", code)
@@ -273,19 +264,16 @@ class Sweep:
 
         snapshot_stem_code(code_dir, [self.configs[r].model.stem for r in todo])
         if cluster == "local":
-            groups = split(todo, opts.get("parallel", 1))
             executor = DetachedLocalExecutor(folder=self.dir / "submitit")
         else:
-            per = opts.get("runs_per_job", 1)
-            groups = [todo[i : i + per] for i in range(0, len(todo), per)]
             executor = submitit.AutoExecutor(folder=self.dir / "submitit", cluster=cluster)
-        executor.update_parameters(**self.executor_params(opts, cluster))
+        executor.update_parameters(**opts.executor_params(cluster, self.name))
         cloudpickle.register_pickle_by_value(boot)
         try:
             fn = boot.GroupJob(str(code_dir))
             run_dirs = [[str(self.run_dir(r)) for r in g] for g in groups]
             with _sigint_deferred():  # jobs started are on record in launches.json before a Ctrl-C lands
-                jobs = executor.map_array(fn, run_dirs, [opts.get("batch_runs", 1)] * len(groups))
+                jobs = executor.map_array(fn, run_dirs, [opts.batch_runs] * len(groups))
                 for job in jobs:
                     if getattr(job, "_process", None) is not None:
                         self._processes[job.job_id] = job._process
@@ -295,7 +283,7 @@ class Sweep:
                         "time": datetime.now().isoformat(timespec="seconds"),
                         "cluster": cluster,
                         "code": str(code_dir.relative_to(self.dir)),
-                        "options": opts,
+                        "options": opts.to_dict(),
                         "jobs": [{"job_id": str(j.job_id), "runs": g} for j, g in zip(jobs, groups)],
                         "cancelled": [],
                     }
@@ -304,35 +292,6 @@ class Sweep:
         finally:
             cloudpickle.unregister_pickle_by_value(boot)
         return [str(j.job_id) for j in jobs]
-
-    def executor_params(self, opts: dict, cluster: str) -> dict:
-        """The submitit executor parameters for launch options `opts` on `cluster` ("slurm" or
-        "local"): what update_parameters() receives, and for SLURM what reaches the sbatch script."""
-        gpus = opts.get("gpus_per_node", 0)
-        params: dict[str, Any] = {
-            "name": opts.get("name", self.name),
-            "timeout_min": opts.get("timeout_min", 24 * 60),
-            "tasks_per_node": opts.get("tasks_per_node", max(gpus, 1)),
-        }
-        if gpus:
-            params["gpus_per_node"] = gpus
-        if cluster == "slurm":
-            slurm = {
-                "partition": "slurm_partition",
-                "account": "slurm_account",
-                "qos": "slurm_qos",
-                "constraint": "slurm_constraint",
-                "additional": "slurm_additional_parameters",
-            }
-            params.update({v: opts[k] for k, v in slurm.items() if k in opts})
-            for k in ("cpus_per_task", "mem_gb", "nodes"):
-                if k in opts:
-                    params[k] = opts[k]
-            parallel = opts.get("array_parallelism", opts.get("parallel"))
-            if parallel:
-                params["slurm_array_parallelism"] = parallel
-            params["slurm_signal_delay_s"] = opts.get("signal_delay_s", 120)
-        return params
 
     # -- watching -------------------------------------------------------------------------------
     def status(self):
@@ -466,7 +425,7 @@ class Sweep:
         launched max_retries + 1 times already (warning naming them); return the new job ids.
         trust_code: as for launch."""
         opts = self.launch_options(**options)
-        cap = max_retries if max_retries is not None else opts.get("max_retries", 3)
+        cap = max_retries if max_retries is not None else opts.max_retries
         with self._launching():
             status = self._states()
             retry = status[~status["state"].isin(KEEP)]

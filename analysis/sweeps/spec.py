@@ -13,7 +13,7 @@ A spec is a mapping (YAML file or a dict in a cell):
       optim.weight_decay: {log_uniform: [0.02, 0.8], step: 0.01}
     samples: 8                   # draws per grid cell (1 when nothing is sampled)
     seed: 0                      # sampling seed
-    launch: {cluster: local, parallel: 1, timeout_min: 60}   # see LAUNCH_KEYS below
+    launch: {cluster: local, parallel: 1, timeout_min: 60}   # see analysis.sweeps.options.LaunchConfig
 
 Samplers: {log_uniform: [low, high]}, {uniform: [low, high]} (closed ranges) and {choice: [a, b, ...]},
 each with an optional quantization `step` (values are rounded to multiples of it, within the range).
@@ -36,32 +36,9 @@ import numpy as np
 
 from analysis import config as C
 from analysis.errors import ConfigError, one_of
+from analysis.sweeps.options import LaunchConfig
 from analysis.trust import load_yaml
 
-# Launch options (spec `launch:` section, keyword arguments of Sweep.launch()/resubmit(), or
-# `--set launch.KEY=VALUE` on the command line), with their types.
-LAUNCH_KEYS = {
-    "cluster": (str, type(None)),  # None/"auto": SLURM when sinfo answers, else "local"; or "slurm", "local"
-    "parallel": int,  # local: processes at once (default 1); SLURM: array parallelism (default unlimited)
-    "runs_per_job": int,  # SLURM: runs trained one after another by one array task (default 1)
-    "batch_runs": int,  # compatible runs trained together as one stacked group (analysis.train.train_group; default 1)
-    "max_retries": int,  # resubmit() relaunches a run at most this often (default 3)
-    "timeout_min": int,  # job time limit in minutes (default 24 h)
-    "partition": str,
-    "account": str,
-    "qos": str,
-    "constraint": str,
-    "array_parallelism": int,  # SLURM name for `parallel`
-    "gpus_per_node": int,
-    "cpus_per_task": int,
-    "mem_gb": (int, float),
-    "nodes": int,
-    "tasks_per_node": int,  # default: one task per GPU (DDP), else 1
-    "additional": dict,  # extra sbatch options, e.g. {exclude: "node[1-2]", reservation: "x"}
-    "signal_delay_s": int,  # SLURM: USR2 this long before the time limit (default 120)
-    "name": str,  # job name (default: the sweep's name)
-}
-CLUSTERS = ("auto", "slurm", "local")
 ALIASES = {"preset": "model.preset", "stem": "model.stem", "optimizer": "optim.name", "epochs": "train.epochs"}
 SPEC_KEYS = ("name", "base", "grid", "sample", "samples", "seed", "launch", "description")
 SAMPLERS = ("log_uniform", "uniform", "choice")
@@ -77,31 +54,6 @@ def max_runs() -> int:
     if not value.strip().isdigit() or int(value) < 1:
         raise ConfigError(f"{MAX_RUNS_ENV} must be a positive integer, got {value!r}")
     return int(value)
-
-
-def check_launch(opts: dict) -> dict:
-    """Return the launch options with numbers parsed (`mem_gb: 1e2`, "2" from the command line);
-    raise a one-line ConfigError for an unknown option or a value of the wrong type."""
-    out = {}
-    for k, v in opts.items():
-        if k not in LAUNCH_KEYS:
-            raise one_of("launch option", k, list(LAUNCH_KEYS))
-        types = LAUNCH_KEYS[k] if isinstance(LAUNCH_KEYS[k], tuple) else (LAUNCH_KEYS[k],)
-        if isinstance(v, str) and str not in types:
-            v = C.parse_number(v, "int" if float not in types else "float", f"launch option {k}")
-        if isinstance(v, float) and float not in types and v.is_integer():
-            v = int(v)
-        if v is not None and (not isinstance(v, types) or isinstance(v, bool)):
-            raise ConfigError(f"launch option {k} must be {' or '.join(t.__name__ for t in types)}, got {v!r}")
-        if k == "cluster" and v is not None and v not in CLUSTERS:
-            raise one_of("launch cluster", v, CLUSTERS)
-        if isinstance(v, (int, float)) and not math.isfinite(v):
-            raise ConfigError(f"launch option {k} must be a finite number, got {v}")
-        least = 0 if k == "gpus_per_node" else 1
-        if isinstance(v, (int, float)) and v < least:
-            raise ConfigError(f"launch option {k} must be >= {least}, got {v}")
-        out[k] = v
-    return out
 
 
 def config_keys() -> dict[str, str]:
@@ -217,7 +169,7 @@ class Spec:
     sample: dict[str, Sampler]
     samples: int
     seed: int
-    launch: dict[str, Any] = field(default_factory=dict)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
     raw: dict = field(default_factory=dict)
     dropped: int = 0  # duplicate configs dropped by the last runs()
 
@@ -269,7 +221,7 @@ class Spec:
         launch = d.get("launch") or {}
         if not isinstance(launch, dict):
             raise ConfigError(f"spec launch must be a mapping of launch options, got {launch!r}")
-        spec = cls(name, base, axes, sample, samples, seed, check_launch(launch), raw=copy.deepcopy(d))
+        spec = cls(name, base, axes, sample, samples, seed, LaunchConfig.from_dict(launch), raw=copy.deepcopy(d))
         spec.count()  # counted before anything is built
         spec.runs()  # every expanded config validates before anything is written or launched
         return spec

@@ -1,0 +1,147 @@
+"""Launch options: where and how a sweep's runs are launched, typed like the run config.
+
+They come from a spec's `launch:` section, the keyword arguments of Sweep.launch()/resubmit() and
+`--set launch.KEY=VALUE` on the command line; each key means one thing on both back-ends (SLURM
+through submitit, and local processes). A *job* is one SLURM array task or one local process; it
+trains its runs one after another.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from analysis import config as C
+from analysis.errors import ConfigError, one_of
+
+CLUSTERS = ("auto", "slurm", "local")
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    cluster: str | None = None  # None/"auto": SLURM when sinfo answers, else "local"; or "slurm", "local"
+    parallel: int | None = None  # jobs running at once (default: local 1; SLURM no limit)
+    runs_per_job: int | None = None  # runs one job trains in turn (default: SLURM 1; local: enough for `parallel` jobs)
+    batch_runs: int = 1  # compatible runs of a job trained together, stacked (analysis.train.train_group)
+    max_retries: int = 3  # resubmit() relaunches a run at most this often
+    timeout_min: int = 24 * 60  # a job's time limit in minutes
+    partition: str | None = None  # SLURM partition, account, QoS and node constraint
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    gpus_per_node: int = 0
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    nodes: int | None = None
+    tasks_per_node: int | None = None  # default: one task per GPU (DDP), else 1
+    additional: dict | None = None  # extra sbatch options, e.g. {exclude: "node[1-2]", reservation: "x"}
+    signal_delay_s: int = 120  # SLURM: USR2 this long before the time limit (checkpoint and requeue)
+    name: str | None = None  # job name (default: the sweep's name)
+
+    @classmethod
+    def types(cls) -> dict[str, tuple[type, ...]]:
+        """{option: the types its value may take}."""
+        hints = typing.get_type_hints(cls)
+        return {f.name: tuple(typing.get_args(hints[f.name]) or (hints[f.name],)) for f in fields(cls)}
+
+    @classmethod
+    def from_dict(cls, opts: dict | None) -> "LaunchConfig":
+        """Check and type launch options (numbers in any spelling float() takes: `mem_gb: 1e2`, "2"
+        from the command line); a one-line ConfigError for an unknown option or a bad value."""
+        types = cls.types()
+        out = {}
+        for k, v in (opts or {}).items():
+            if k not in types:
+                raise one_of("launch option", k, list(types))
+            out[k] = _checked(k, v, types[k])
+        return cls(**out)
+
+    def updated(self, **overrides) -> "LaunchConfig":
+        """These options with keyword overrides (None values ignored), checked."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return LaunchConfig.from_dict({**self.to_dict(), **given}) if given else self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options that differ from their defaults (what launches.json records)."""
+        default = LaunchConfig()
+        return {k: v for k, v in asdict(self).items() if v != getattr(default, k)}
+
+    def jobs(self, runs: list, cluster: str) -> list[list]:
+        """The runs split into jobs, in order: `runs_per_job` runs each (SLURM default 1); locally,
+        where every job starts at once, `parallel` nearly equal jobs unless runs_per_job is given."""
+        per = self.runs_per_job
+        if per is None and cluster == "local":
+            return split(runs, self.parallel or 1)
+        per = per or 1
+        groups = [runs[i : i + per] for i in range(0, len(runs), per)]
+        if cluster == "local" and self.parallel is not None and len(groups) > self.parallel:
+            raise ConfigError(
+                f"local jobs all start at once: runs_per_job={per} makes {len(groups)} jobs of {len(runs)} runs, "
+                f"over parallel={self.parallel}; raise runs_per_job or parallel, or give only one of them"
+            )
+        return groups
+
+    def executor_params(self, cluster: str, name: str) -> dict:
+        """The submitit executor parameters on `cluster` ("slurm" or "local"), `name` the default job
+        name: what update_parameters() receives, and for SLURM what reaches the sbatch script."""
+        params: dict[str, Any] = {
+            "name": self.name or name,
+            "timeout_min": self.timeout_min,
+            "tasks_per_node": self.tasks_per_node or max(self.gpus_per_node, 1),
+        }
+        if self.gpus_per_node:
+            params["gpus_per_node"] = self.gpus_per_node
+        if cluster != "slurm":
+            return params
+        slurm = {
+            "slurm_partition": self.partition,
+            "slurm_account": self.account,
+            "slurm_qos": self.qos,
+            "slurm_constraint": self.constraint,
+            "slurm_additional_parameters": self.additional,
+            "cpus_per_task": self.cpus_per_task,
+            "mem_gb": self.mem_gb,
+            "nodes": self.nodes,
+            "slurm_array_parallelism": self.parallel,
+        }
+        params.update({k: v for k, v in slurm.items() if v is not None})
+        params["slurm_signal_delay_s"] = self.signal_delay_s
+        return params
+
+
+def _checked(key: str, value, types: tuple[type, ...]):
+    """One option's value parsed and checked against its types and range (one-line ConfigError)."""
+    if isinstance(value, str) and str not in types:
+        value = C.parse_number(value, "int" if float not in types else "float", f"launch option {key}")
+    if isinstance(value, float) and float not in types and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and float in types:
+        value = float(value)
+    allowed = tuple(t for t in types if t is not type(None))
+    if value is not None and (not isinstance(value, allowed) or isinstance(value, bool)):
+        names = " or ".join(t.__name__ for t in allowed)
+        raise ConfigError(f"launch option {key} must be {names}, got {value!r}")
+    if value is None and type(None) not in types:
+        raise ConfigError(f"launch option {key} may not be null")
+    if key == "cluster" and value is not None and value not in CLUSTERS:
+        raise one_of("launch cluster", value, CLUSTERS)
+    if isinstance(value, (int, float)) and not math.isfinite(value):
+        raise ConfigError(f"launch option {key} must be a finite number, got {value}")
+    least = 0 if key == "gpus_per_node" else 1
+    if isinstance(value, (int, float)) and value < least:
+        raise ConfigError(f"launch option {key} must be >= {least}, got {value}")
+    return value
+
+
+def split(items: list, n: int) -> list[list]:
+    """Split into n contiguous, nearly equal, non-empty parts (fewer if there are fewer items)."""
+    n = max(1, min(n, len(items)))
+    size, extra = divmod(len(items), n)
+    out, i = [], 0
+    for k in range(n):
+        j = i + size + (k < extra)
+        out.append(items[i:j])
+        i = j
+    return [part for part in out if part]
