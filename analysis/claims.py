@@ -519,8 +519,17 @@ def claims_text(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+# the claims table scrolls sideways instead of squeezing: one line per cell but the last three (prose)
+CLAIMS_CSS = (
+    "<style>.stemlab-claims{overflow-x:auto;max-width:100%}.stemlab-claims td,.stemlab-claims th"
+    "{white-space:nowrap;line-height:1.3}"
+    ".stemlab-claims td:nth-last-child(-n+3){white-space:normal;min-width:170px}</style>"
+)
+
+
 def claims_html(table: pd.DataFrame) -> str:
-    """Return the claims table as one HTML <table class="claims"> with inline styles (verdicts coloured)."""
+    """Return the claims table as HTML: a <table class="claims"> with inline styles (verdicts
+    coloured) in a box that scrolls sideways where the page is narrower than the table."""
     if table.empty:
         return "<p class=claims>no claims: the frame holds no ViT_P / ViT_C runs to compare</p>"
     shown = _display(table)
@@ -535,6 +544,6 @@ def claims_html(table: pd.DataFrame) -> str:
             tds.append(f"<td style='{style}'>{html.escape(str(v))}</td>")
         body.append("<tr>" + "".join(tds) + "</tr>")
     return (
-        f"<table class=claims style='border-collapse:collapse;font-size:90%'><thead><tr>{head}</tr></thead>"
-        f"<tbody>{''.join(body)}</tbody></table>"
+        f"{CLAIMS_CSS}<div class='stemlab-claims'><table class=claims style='border-collapse:collapse;font-size:90%'>"
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
     )

@@ -228,7 +228,11 @@ def test_text_and_html():
     assert len(lines) == len(table) + 1 and lines[0].split()[:4] == ["claim", "subject", "optimizer", "setting"]
     assert "reproduced" in text and "[" in text
     page = claims_html(table)
-    assert page.startswith("<table class=claims") and page.count("<tr>") == len(table) + 1
+    assert "<table class=claims" in page and page.count("<tr>") == len(table) + 1
+    # in a notebook the table scrolls sideways (prose columns wrap at a readable width) instead of
+    # squeezing its last column to a letter per line
+    assert page.startswith("<style>.stemlab-claims{overflow-x:auto") and "<div class='stemlab-claims'>" in page
+    assert "td:nth-last-child(-n+3){white-space:normal;min-width:170px}" in page
     assert "background:#d4edda" in page  # reproduced is green
     page = claims_html(claims_table(frame(stable_vs_unstable("P", "C"))))
     assert "background:#f8d7da" in page  # contradicted is red

@@ -160,6 +160,8 @@ def test_cka_pairs_is_the_pairwise_cka_in_one_pass(vits, resnet):
     fig = cka_pairs_figure(pairs)
     assert len(fig.data) == 3 and fig.layout.coloraxis.cmin == 0 and fig.layout.coloraxis.cmax == 1
     assert [a.text for a in fig.layout.annotations] == ["ViT_P vs ResNet", "ViT_C vs ResNet", "ViT_P vs ViT_C"]
+    # two panels to a row and no fixed width: the figure fits a notebook (a third panel was cut off)
+    assert fig.layout.width is None and fig.data[2].xaxis == "x3" and fig.layout.yaxis3.domain[1] < 0.5
 
 
 # --- loading from any source ------------------------------------------------------------------

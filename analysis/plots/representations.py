@@ -7,6 +7,8 @@ Pure functions: DataFrames from analysis.probes in, a plotly Figure out.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping
 
 import numpy as np
@@ -30,14 +32,22 @@ def _check_frames(frames: Mapping, what: str, columns: tuple[str, ...]) -> None:
 
 
 def cka_pairs_figure(pairs: Mapping[tuple[str, str], pd.DataFrame], title: str | None = None) -> go.Figure:
-    """Return side-by-side CKA heatmaps, one per (row model, column model) pair (from cka_pairs),
-    on one 0..1 colour scale: the paper's ViT vs ResNet and ViT_P vs ViT_C panels."""
+    """Return CKA heatmaps, one per (row model, column model) pair (from cka_pairs), two to a row
+    so they fit a notebook's width, on one 0..1 colour scale: the paper's ViT vs ResNet and ViT_P vs
+    ViT_C panels."""
     if not pairs:
         raise ConfigError("cka_pairs_figure needs at least one (model a, model b) -> CKA DataFrame")
+    cols = min(2, len(pairs))
+    rows = math.ceil(len(pairs) / cols)
     fig = make_subplots(
-        rows=1, cols=len(pairs), subplot_titles=[f"{a} vs {b}" for a, b in pairs], horizontal_spacing=0.12
+        rows=rows,
+        cols=cols,
+        subplot_titles=[f"{a} vs {b}" for a, b in pairs],
+        horizontal_spacing=0.2,
+        vertical_spacing=0.5 / rows,
     )
     for i, ((a, b), cka) in enumerate(pairs.items()):
+        r, c = i // cols + 1, i % cols + 1
         if not isinstance(cka, pd.DataFrame) or cka.empty:
             raise ConfigError(f"CKA of {a} vs {b} must be a non-empty DataFrame (layers x layers)")
         fig.add_trace(
@@ -48,17 +58,16 @@ def cka_pairs_figure(pairs: Mapping[tuple[str, str], pd.DataFrame], title: str |
                 coloraxis="coloraxis",
                 hovertemplate=f"{a} %{{y}} vs {b} %{{x}}: %{{z:.3f}}<extra></extra>",
             ),
-            row=1,
-            col=i + 1,
+            row=r,
+            col=c,
         )
-        fig.update_yaxes(title_text=a, autorange="reversed", row=1, col=i + 1)
-        fig.update_xaxes(title_text=b, row=1, col=i + 1)
+        fig.update_yaxes(title_text=a, autorange="reversed", row=r, col=c)
+        fig.update_xaxes(title_text=b, row=r, col=c)
     fig.update_layout(
         template=TEMPLATE,
         title=title or "linear CKA between the layers of two models",
         coloraxis=dict(colorscale=CKA_SCALE, cmin=0, cmax=1, colorbar=dict(title="CKA")),
-        height=420,
-        width=max(520, 380 * len(pairs)),
+        height=120 + 380 * rows,
     )
     return fig
 

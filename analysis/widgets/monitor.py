@@ -32,12 +32,6 @@ LISTS = ("active first", "all", *STATES, "not_launched")  # what the runs table 
 ORDER = {"running": 0, "pending": 2, "unknown": 2, "diverged": 3, "completed": 4, "not_launched": 5}  # else 1
 CURVES = (("train_loss", "train loss"), ("test_top1_err", "top-1 test error (%)"))
 BAR = "#1976d2"
-# the claims table scrolls sideways instead of squeezing: one line per cell but the last three (prose)
-CLAIMS_CSS = (
-    "<style>.stemlab-claims{overflow-x:auto;font-size:12px}.stemlab-claims td,.stemlab-claims th"
-    "{white-space:nowrap;line-height:1.3}"
-    ".stemlab-claims td:nth-last-child(-n+3){white-space:normal;min-width:170px}</style>"
-)
 TABLE_CSS = (
     "<style>.stemlab-runs{font-size:12px;overflow-x:auto}.stemlab-runs table{border-collapse:collapse}"
     ".stemlab-runs td,.stemlab-runs th{padding:1px 6px;white-space:nowrap;text-align:left}</style>"
@@ -482,9 +476,9 @@ class SweepMonitor:
             )
         table = claims_table(counted, within=self.within)
         return (
-            f"<div class='stemlab-claims' style='max-width:{self.width}px'>"  # scrolls instead of being cut
+            f"<div style='max-width:{self.width}px;font-size:12px'>"  # the table scrolls instead of being cut
             "<b>the paper's claims on the finished runs</b> "
-            f"(95% bootstrap intervals; within {self.within:g} points){CLAIMS_CSS}{claims_html(table)}</div>"
+            f"(95% bootstrap intervals; within {self.within:g} points){claims_html(table)}</div>"
         )
 
     # -- logs, cancel, resubmit ------------------------------------------------------------------------
