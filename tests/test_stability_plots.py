@@ -111,6 +111,9 @@ def test_edf_x_range_and_any_grouping(sweep):
     mark = [t for t in traces(fig, "diverged") if t.meta["count"]]
     assert mark and mark[0].x[0] == 20
     fig = edf_figure(sweep, by=["stem", "optimizer", "epochs"])
+    finished = sweep.loc[~sweep["diverged"], "error"].dropna()
+    lo, hi = fig.layout.xaxis.range  # by default a margin either side: no step sits on an axis
+    assert lo < finished.min() and finished.max() < hi < 100
     assert len(traces(fig, "edf")) == sweep.dropna(subset=["error"]).groupby(["stem", "optimizer", "epochs"]).ngroups
 
 

@@ -191,9 +191,8 @@ def _legend_label(key: Hashable, err: pd.Series, n_div: int) -> str:
 
 
 def _default_x_range(values: list[pd.Series], diverged: list[pd.Series]) -> list[float] | None:
-    """Clip the x axis before the diverged pile-up at 100 when there is one; else autorange."""
-    if not any(d.any() for d in diverged):
-        return None
+    """The finished runs' errors with a margin, so the first and last steps do not sit on the axes;
+    this clips the axis before the diverged pile-up at 100 when there is one."""
     finite = pd.concat([v[~d] for v, d in zip(values, diverged)])
     if finite.empty:
         return None
