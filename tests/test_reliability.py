@@ -354,11 +354,14 @@ def test_set_values_are_checked_before_the_folder_is_written(tmp_path, capsys):
     assert main(args) == 0 and "nothing to launch" in capsys.readouterr().out
 
 
-def test_wait_calls_back_with_each_status_frame(tmp_path):
+def test_wait_calls_back_with_each_status_frame(tmp_path, capsys):
     sweep = four_runs(tmp_path)
     frames = []
     final = sweep.wait(poll=0.1, callback=frames.append)
     assert len(frames) == 1 and frames[0] is final and set(final["state"]) == {"not_launched"}
+    sweep.wait(poll=0.1, progress=True)  # the counts as a line, and the bar (to stdout)
+    out = capsys.readouterr().out
+    assert "4 not_launched" in out and "0/4" in out
     note = sweep.still_running(final)
     assert "\n" not in note and "no run" in note
 
@@ -366,7 +369,7 @@ def test_wait_calls_back_with_each_status_frame(tmp_path):
 def test_demo_progress_lines_and_bar():
     import io
 
-    from analysis.demo import Progress
+    from analysis.sweeps.progress import Progress
 
     def frame(*states):
         return pd.DataFrame({"run": [f"r{i}" for i in range(len(states))], "state": list(states)})

@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -315,11 +316,30 @@ class Sweep:
 
         return SweepMonitor(self, interval=interval, **options)
 
-    def wait(self, timeout: float | None = None, poll: float = 5.0, runs: list[str] | None = None, callback=None):
+    def wait(
+        self,
+        timeout: float | None = None,
+        poll: float = 5.0,
+        runs: list[str] | None = None,
+        callback=None,
+        progress: bool = False,
+    ):
         """Block until no run (of `runs`, default all) is pending or running (or unknown while sacct
         fails); return the final status. callback(status) is called with each fresh status frame
-        (progress displays without a polling loop of their own). Raises TimeoutError naming the
-        unfinished runs after `timeout` seconds."""
+        (progress displays without a polling loop of their own); progress=True shows a line per
+        change of the run counts and a bar of finished runs (analysis.sweeps.progress). Raises
+        TimeoutError naming the unfinished runs after `timeout` seconds."""
+        if progress and callback is None:
+            from analysis.sweeps.progress import Progress
+
+            callback = Progress(len(runs or self.run_ids), bar=True, file=sys.stdout)
+        try:
+            return self._wait(timeout, poll, runs, callback)
+        finally:
+            if progress and hasattr(callback, "close"):
+                callback.close()
+
+    def _wait(self, timeout, poll, runs, callback):
         start = time.monotonic()
         while True:
             status = self.status()
