@@ -1,11 +1,11 @@
-"""A small, realistic collected sweep frame with real run directories, for the figure tests.
+"""A small, realistic sweep for the figure tests: real run folders, read by collect().
 
-Shaped like the collected sweep (one row per run, the columns of the sweep contract): two
-Fashion-MNIST models (patchify and conv stem) x {adamw, sgd}; 16 random log-uniform (lr, wd)
-pairs each at 20 epochs, and tuned runs at 10/20/40 epochs with two seeds. Errors follow a
-bowl in log lr / log wd that is steeper for the patchify stem; patchify + SGD at high lr
-diverges. One failed, one running and one pending run have no error. Every run has a
-directory with a metrics.jsonl of its finished epochs.
+Two Fashion-MNIST models (patchify and conv stem) x {adamw, sgd}; 16 random log-uniform (lr, wd)
+pairs each at 20 epochs, and tuned runs at 10/20/40 epochs with two seeds. Errors follow a bowl
+in log lr / log wd that is steeper for the patchify stem; patchify + SGD at high lr diverges. One
+failed, one running and one pending run have no error. Each run folder holds the files the engine
+writes (config.yaml, result.json when it ended, metrics.jsonl of its finished epochs), and the
+frame is `analysis.sweeps.collect` of them: the figure tests see collect()'s own columns.
 """
 
 import json
@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from analysis.config import RunConfig
+from analysis.sweeps import collect
 
 MODELS = {  # display name: (preset, stem, base error, sensitivity)
     "ViT_C-fmnist": ("vit_c_fmnist", "conv", 9.0, 2.0),
@@ -48,81 +51,61 @@ def make_sweep_frame(root: Path, seed: int = 0) -> pd.DataFrame:
                 for s in (0, 1):
                     specs.append((model, optimizer, epochs, *GOOD[optimizer], s))
 
-    rows = []
-    for i, (model, optimizer, epochs, lr, wd, run_seed) in enumerate(specs):
-        preset, stem, _, _ = MODELS[model]
+    runs = []  # (config overrides, result or None, epochs done, error, diverged)
+    for model, optimizer, epochs, lr, wd, run_seed in specs:
+        stem = MODELS[model][1]
         error = _error(rng, model, optimizer, lr, wd, epochs)
         diverged = stem == "patchify" and optimizer == "sgd" and lr > 1.6 and rng.random() < 0.8
-        status, epochs_done = ("diverged", int(rng.integers(2, epochs))) if diverged else ("completed", epochs)
-        rows.append(
-            dict(
-                run=f"r{i:03d}",
-                status=status,
-                reason="loss is NaN" if diverged else None,
-                model=model,
-                preset=preset,
-                stem=stem,
-                optimizer=optimizer,
-                epochs=epochs,
-                lr=lr,
-                wd=wd,
-                batch_size=256,
-                seed=run_seed,
-                error=100.0 if diverged else error,
-                best_error=100.0 if diverged else error - 0.1,
-                top5_error=100.0 if diverged else error / 8,
-                ema_error=np.nan,
-                diverged=diverged,
-                epochs_done=epochs_done,
-                seconds=3.0 * epochs_done,
-                params=1.2e6,
-                flops=5.0e7,
-            )
-        )
+        done = int(rng.integers(2, epochs)) if diverged else epochs
+        err = 100.0 if diverged else error
+        result = {
+            "status": "diverged" if diverged else "completed",
+            "reason": "loss is NaN" if diverged else None,
+            "epoch": done,
+            "top1_err": err,
+            "best_top1_err": 100.0 if diverged else error - 0.1,
+            "top5_err": 100.0 if diverged else error / 8,
+            "ema_top1_err": None,
+            "seconds": 3.0 * done,
+            "params": 1.2e6,
+            "flops": 5.0e7,
+        }
+        runs.append((_overrides(model, optimizer, epochs, lr, wd, run_seed), result, done, error, diverged))
     # runs without an error: one failed, one still running, one not started
     for status, model, optimizer, done in (
         ("failed", "ViT_C-fmnist", "sgd", 1),
         ("running", "ViT_P-fmnist", "adamw", 7),
         ("pending", "ViT_C-fmnist", "adamw", 0),
     ):
-        preset, stem, _, _ = MODELS[model]
-        lr, wd = GOOD[optimizer]
-        rows.append(
-            dict(
-                run=f"r{len(rows):03d}",
-                status=status,
-                reason="CUDA error" if status == "failed" else None,
-                model=model,
-                preset=preset,
-                stem=stem,
-                optimizer=optimizer,
-                epochs=20,
-                lr=lr,
-                wd=wd,
-                batch_size=256,
-                seed=0,
-                error=np.nan,
-                best_error=np.nan,
-                top5_error=np.nan,
-                ema_error=np.nan,
-                diverged=False,
-                epochs_done=done,
-                seconds=3.0 * done,
-                params=1.2e6,
-                flops=5.0e7,
-            )
-        )
-    frame = pd.DataFrame(rows)
-    frame["cfg.optim.warmup_epochs"] = 2
-    frame.insert(1, "run_dir", [str(root / run) for run in frame["run"]])
-    for row in frame.itertuples():
-        write_metrics(Path(row.run_dir), row.epochs, row.epochs_done, row.lr, row.error, row.diverged)
-    return frame
+        result = {"status": "failed", "reason": "CUDA error"} if status == "failed" else None
+        runs.append((_overrides(model, optimizer, 20, *GOOD[optimizer], 0), result, done, math.nan, False))
+    for i, (overrides, result, done, error, diverged) in enumerate(runs):
+        run_dir = root / f"r{i:03d}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(RunConfig().replace(overrides).to_yaml())
+        if result is not None:
+            (run_dir / "result.json").write_text(json.dumps(result))
+        write_metrics(run_dir, overrides["train.epochs"], done, overrides["optim.lr"], error, diverged)
+    return collect(root, cache=False)
+
+
+def _overrides(model: str, optimizer: str, epochs: int, lr: float, wd: float, seed: int) -> dict:
+    """A run's config: the model's preset, the optimizer at its lr and wd for batch 256."""
+    return {
+        "model.preset": MODELS[model][0],
+        "optim.name": optimizer,
+        "optim.lr": lr,
+        "optim.weight_decay": wd,
+        "optim.ref_batch": 256,
+        "optim.warmup_epochs": 2,
+        "train.batch_size": 256,
+        "train.epochs": epochs,
+        "train.seed": seed,
+    }
 
 
 def write_metrics(run_dir: Path, epochs: int, done: int, peak_lr: float, final_err: float, diverged: bool) -> None:
     """Write `done` epochs of a plausible metrics.jsonl (warmup + cosine lr, decaying error)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
     lines = []
     for e in range(1, done + 1):
         lr = peak_lr * (e / 2 if e <= 2 else 0.5 * (1 + math.cos(math.pi * (e - 2) / (epochs - 2))))
