@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 
+import ipywidgets as widgets
 import pytest
 
 from analysis import rundir
@@ -218,7 +219,8 @@ def test_monitor_lists_logs_and_confirms(hand_sweep):
     assert "resubmit 4 run(s) (4 not_launched)?" in m.message.value and m.confirm_box.layout.display is None
     m.back_button.click()
     assert m.message.value.endswith("></span>") and m._pending is None
-    assert m._repr_mimebundle_()["application/vnd.jupyter.widget-view+json"]["model_id"] == m.widget.model_id
+    assert m._repr_mimebundle_()["application/vnd.jupyter.widget-view+json"]["model_id"] == m.model_id
+    assert m.children == (m.widget,) and widgets.VBox([m]).children[0] is m  # composes like any widget
 
 
 # ---------------------------------------------------------------- real sweeps

@@ -138,10 +138,15 @@ def test_colours_stay_with_their_group(explorer):
     assert after and all(after[g] == before[g] for g in after)
 
 
-def test_explorer_displays_as_a_widget(explorer):
+def test_explorer_displays_as_a_widget_and_composes(explorer):
+    import ipywidgets as widgets
+
     bundle = explorer._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle
-    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == explorer.widget.model_id
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == explorer.model_id
+    assert explorer.children == (explorer.widget,)
+    row = widgets.HBox([explorer, widgets.HTML("beside it")])  # a widget among widgets
+    assert row.children[0] is explorer
 
 
 def test_explorer_rejects_bad_columns(sweep):

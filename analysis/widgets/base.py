@@ -6,7 +6,6 @@ from __future__ import annotations
 import html
 import json
 import math
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import ipywidgets as widgets
@@ -205,17 +204,30 @@ def message_figure(text: str, height: int = 240, width: int | None = None) -> go
     return fig
 
 
-class Explorer(ABC):
-    """Base of the explorers: named controls, a status line, a container widget, notebook display.
+class Explorer(widgets.VBox):
+    """Base of the explorers: named controls, a status line and their layout, `self.widget`.
 
-    Subclasses fill `self.controls` (name -> widget with a `value`), build `self.widget`
-    and implement `update()`; `watch()` makes every control change call `update()`.
+    An explorer is itself a widget (a VBox holding `self.widget`): a cell displays it, and it goes
+    into any ipywidgets layout (`widgets.HBox([explorer, monitor])`). Subclasses fill
+    `self.controls` (name -> widget with a `value`), build `self.widget` and implement `update()`;
+    `watch()` makes every control change call `update()`.
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.controls: dict[str, widgets.Widget] = {}
         self.status = widgets.HTML()
-        self.widget: widgets.Box = widgets.VBox()
+        self.widget = widgets.VBox()
+
+    @property
+    def widget(self) -> widgets.Box:
+        """The explorer's layout of controls and figures (its one child)."""
+        return self._body
+
+    @widget.setter
+    def widget(self, box: widgets.Box) -> None:
+        self._body = box
+        self.children = (box,)
 
     def watch(self) -> None:
         """Call `update()` whenever a control's value changes."""
@@ -226,9 +238,6 @@ class Explorer(ABC):
         """Show one line of text under the controls."""
         self.status.value = f"<span style='font-family:monospace'>{html.escape(text)}</span>"
 
-    @abstractmethod
     def update(self) -> None:
         """Redraw the figures from the controls' current values."""
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        raise NotImplementedError

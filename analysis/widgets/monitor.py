@@ -109,7 +109,7 @@ def runs_table_html(
     )
 
 
-class SweepMonitor:
+class SweepMonitor(widgets.VBox):
     """A live view of a sweep (ipywidgets 8 + plotly figures in FigureOutputs), refreshed in the background.
 
     Shows a header (runs per state, epochs done of planned, elapsed time since the first launch),
@@ -124,7 +124,8 @@ class SweepMonitor:
     interval: seconds between refreshes. curves: runs followed in the curves until the user
     selects runs. max_rows: rows of the runs table. resubmit_options: keyword arguments of
     `Sweep.resubmit` (e.g. cluster, parallel). start=False: no background refresh (call
-    `refresh()` yourself).
+    `refresh()` yourself). The monitor is itself a widget (a VBox holding `self.widget`): a cell
+    displays it, and it goes into any ipywidgets layout.
     """
 
     _live: dict[Path, "SweepMonitor"] = {}  # the refreshing monitor of each sweep folder
@@ -141,6 +142,7 @@ class SweepMonitor:
         resubmit_options: dict | None = None,
         start: bool = True,
     ) -> None:
+        super().__init__()
         self.sweep, self.interval, self.max_rows, self.min_runs = sweep, interval, max_rows, min_runs
         self.within = within
         self.n_curves, self.width = curves, width
@@ -216,6 +218,7 @@ class SweepMonitor:
             ],
             layout=widgets.Layout(width=f"{self.width + 20}px"),
         )
+        self.children = (self.widget,)
 
     def _curves_layout(self) -> go.Figure:
         fig = make_subplots(rows=1, cols=2, subplot_titles=[title for _, title in CURVES], horizontal_spacing=0.1)
@@ -259,9 +262,6 @@ class SweepMonitor:
             if a.text != text:
                 a.visible = not empty
         return fig
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
 
     # -- the background refresh ----------------------------------------------------------------------
     @property
