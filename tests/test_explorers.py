@@ -23,7 +23,7 @@ def runs(notebook_root):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def attention(runs):
-    return AttentionExplorer(list(runs.values()), n_images=3)
+    return AttentionExplorer(list(runs.values()), n=3)
 
 
 def z(trace) -> np.ndarray:

@@ -241,14 +241,14 @@ class AttentionExplorer(Explorer):
     gradient of the predicted class). Controls (in `.controls`): "image", "method", "layer",
     "head". A model with fewer blocks or heads than the slider shows its last one. `.fig` is one
     figure: the image, then each model's map over it; its traces change in place and `.view`
-    shows it.
+    shows it. Images: `images` (normalised test images), else `n` test images of the first run's data.
     """
 
     def __init__(
         self,
         run_dirs,
         images: torch.Tensor | None = None,
-        n_images: int = 8,
+        n: int = 8,
         opacity: float = 0.6,
         trust_code: bool = False,
     ) -> None:
@@ -272,7 +272,7 @@ class AttentionExplorer(Explorer):
             raise ConfigError("no run folder among the models to take test images from; pass images=")
         cfg = load_config(run_dir) if run_dir is not None else None
         names = class_names(cfg) if cfg is not None else None
-        images, options = _test_images(images, cfg, names, n_images)
+        images, options = _test_images(images, cfg, names, n)
         self.images, self.opacity = images, opacity
         self.probs = {}
         for label, m in self.models.items():
