@@ -8,10 +8,9 @@
     sweep.resubmit()                   # failed, cancelled, timed-out or never-started runs
     frame = sweep.collect()
 
-The sweep folder holds everything needed to come back to it from a new process
-(`Sweep.open(folder)`): spec.yaml, runs.json/runs.csv (the sampled run table), runs/<run id>/
-(one run directory each), code/<launch>/analysis (the code each launch runs), submitit/ (job
-files and logs) and launches.json (job ids -> run ids for every launch).
+The sweep folder (analysis.sweeps.folder) holds everything needed to come back to it from a new
+process (`Sweep.open(folder)`); `Sweep` adds the launcher: submitit executors, the launch lock,
+waiting and cancelling (local processes through analysis.sweeps.local).
 
 Nothing here unpickles a file of the sweep folder: states come from the scheduler (sacct), the
 local job processes and the run directories (see analysis.sweeps.status). Local jobs run in their
@@ -35,13 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
-from analysis import config as C
 from analysis import rundir, trust
 from analysis.errors import ConfigError, one_of
+from analysis.sweeps.folder import SweepFolder
+from analysis.sweeps.local import interrupt_job, stop_trainer
 from analysis.sweeps.options import LaunchConfig
-from analysis.sweeps.spec import MAX_RUNS_ENV, Spec, max_runs
 from analysis.sweeps.status import ACTIVE, FINAL, JOB_RUNNING, JOB_WAITING, KEEP, runs_state
 
 
@@ -79,108 +77,19 @@ def snapshot_code(dest: Path, source: Path | None = None) -> Path:
     return dest
 
 
-class Sweep:
-    """A sweep folder: its spec, run table, run directories, launches and jobs."""
+class Sweep(SweepFolder):
+    """A sweep folder (analysis.sweeps.folder.SweepFolder: spec, run table, run directories, launch
+    records) and its launcher: launch and resubmit as submitit job arrays, status, wait, cancel."""
 
     def __init__(self, sweep_dir: str | Path):
         """Open an existing sweep folder (written by from_yaml/from_dict)."""
-        self.dir = Path(sweep_dir).resolve()
-        table = rundir.read_json(self.dir / "runs.json")
-        spec_path = self.dir / "spec.yaml"
-        if table is None or not spec_path.is_file():
-            raise ConfigError(f"{sweep_dir} is not a sweep folder (no spec.yaml/runs.json)")
-        try:
-            self.spec_dict = trust.load_yaml(spec_path)
-            self.table = table["runs"]
-            if len(self.table) > max_runs():
-                raise ConfigError(
-                    f"{sweep_dir}: runs.json lists {len(self.table)} runs, over the limit of "
-                    f"{max_runs()} (set {MAX_RUNS_ENV} to allow more)"
-                )
-            self.run_ids = [r["run"] for r in self.table]
-            self.configs = {r["run"]: C.RunConfig().replace(r["overrides"]) for r in self.table}
-        except (yaml.YAMLError, KeyError, TypeError, AttributeError):
-            raise ConfigError(f"{sweep_dir}: unreadable spec.yaml or runs.json (not written by this package)") from None
-        if not isinstance(self.spec_dict, dict):
-            raise ConfigError(f"{sweep_dir}: spec.yaml is not a sweep spec")
+        super().__init__(sweep_dir)
         self._processes: dict[str, Any] = {}  # local job id -> Popen, for jobs launched by this object
         self.from_spec = False  # opened: its stems are what the folder names (see _submit)
 
     def local_processes(self) -> dict[str, Any]:
         """{local job id: Popen} of the local jobs this Sweep object started (their controllers)."""
         return dict(self._processes)
-
-    # -- creating -------------------------------------------------------------------------------
-    @classmethod
-    def from_dict(cls, d: dict, root: str | Path = "sweeps", name: str | None = None) -> "Sweep":
-        """Validate the spec, sample its runs and write the sweep folder root/<name> (idempotent)."""
-        return cls.create(Spec.from_dict(d, name=name), root)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, root: str | Path = "sweeps") -> "Sweep":
-        return cls.create(Spec.from_yaml(path), root)
-
-    @classmethod
-    def open(cls, sweep_dir: str | Path) -> "Sweep":
-        return cls(sweep_dir)
-
-    @classmethod
-    def create(cls, spec: Spec, root: str | Path = "sweeps") -> "Sweep":
-        """Write spec.yaml, runs.json, runs.csv and each run's config.yaml under root/<spec.name>.
-        An existing folder is reused when the spec gives the same runs (ids, in order, and configs);
-        a spec giving other runs (other values, or grid axes in another order) is refused."""
-        folder = Path(root) / spec.name
-        spec_text = yaml.safe_dump(spec.raw, sort_keys=False)
-        runs = spec.runs()
-        if (folder / "spec.yaml").is_file() and not _same_runs(folder, runs):
-            raise ConfigError(
-                f"{folder} holds a sweep with another spec (other runs); use another name or root, "
-                "or delete that folder"
-            )
-        trust.check_inside(
-            folder,
-            [folder / name for name in ("spec.yaml", "runs.json", "runs.csv")]
-            + [folder / "runs" / row["run"] / rundir.CONFIG for row in runs],
-        )
-        folder.mkdir(parents=True, exist_ok=True)
-        for row in runs:
-            d = folder / "runs" / row["run"]
-            d.mkdir(parents=True, exist_ok=True)
-            if not (d / rundir.CONFIG).is_file():
-                rundir.write_atomic(d / rundir.CONFIG, row["cfg"].to_yaml().encode())
-        table = [
-            {"run": r["run"], "run_dir": f"runs/{r['run']}", "overrides": r["overrides"], "sampled": r["sampled"]}
-            for r in runs
-        ]
-        rundir.write_json(folder / "runs.json", {"name": spec.name, "dropped_duplicates": spec.dropped, "runs": table})
-        flat = pd.DataFrame([{"run": r["run"], "run_dir": r["run_dir"], **r["overrides"]} for r in table])
-        rundir.write_atomic(folder / "runs.csv", flat.to_csv(index=False).encode())
-        rundir.write_atomic(folder / "spec.yaml", spec_text.encode())
-        sweep = cls(folder)
-        sweep.spec = spec
-        sweep.from_spec = True  # its configs are the caller's spec, not only what the folder says
-        return sweep
-
-    # -- records --------------------------------------------------------------------------------
-    @property
-    def name(self) -> str:
-        return self.dir.name
-
-    @property
-    def launches(self) -> list[dict]:
-        """Every launch so far: id, time, cluster, code, options and jobs [{job_id, runs}]."""
-        from analysis.sweeps.status import read_launches
-
-        return read_launches(self.dir)
-
-    def _save_launches(self, launches: list[dict]) -> None:
-        rundir.write_json(self.dir / "launches.json", {"launches": launches})
-
-    def run_dir(self, run: str) -> Path:
-        return self.dir / "runs" / run
-
-    def __repr__(self) -> str:
-        return f"Sweep({str(self.dir)!r}, runs={len(self.run_ids)}, launches={len(self.launches)})"
 
     # -- launching ------------------------------------------------------------------------------
     @contextmanager
@@ -381,7 +290,7 @@ class Sweep:
         sel = status if runs is None else status[status["run"].isin(runs)]
         job_ids = sorted({j for j, s in zip(sel["job_id"], sel["job_state"]) if j and s in JOB_WAITING + JOB_RUNNING})
         orphans = sel[(sel["state"] == "running") & ~sel["job_state"].isin(JOB_WAITING + JOB_RUNNING)]
-        stopped = [j for run, j in zip(orphans["run"], orphans["job_id"]) if self._stop_trainer(run) and j]
+        stopped = [j for run, j in zip(orphans["run"], orphans["job_id"]) if stop_trainer(self.run_dir(run)) and j]
         job_ids = sorted(set(job_ids) | set(stopped))
         if not job_ids:
             return []
@@ -395,42 +304,10 @@ class Sweep:
             else:
                 for jid in mine:
                     if jid not in stopped:
-                        self._interrupt_local(jid)
+                        interrupt_job(jid, self.dir / "submitit", self._processes.get(jid))
                 launch["cancelled"] = sorted(set(launch.get("cancelled", [])) | set(mine))
         self._save_launches(launches)
         return job_ids
-
-    def _interrupt_local(self, job_id: str) -> None:
-        """SIGINT to a local job's controller (it stops its task; the run keeps its last checkpoint)."""
-
-        from analysis.sweeps.local import controller_alive
-
-        proc = self._processes.get(job_id)
-        try:
-            if proc is not None:
-                proc.send_signal(signal.SIGINT)
-            elif controller_alive(job_id, self.dir / "submitit"):
-                os.kill(int(job_id), signal.SIGINT)
-        except ProcessLookupError:
-            pass
-
-    def _stop_trainer(self, run: str) -> bool:
-        """SIGINT to the live trainer of `run` when it runs on this machine and holds the run's lock."""
-        import socket
-
-        from analysis.sweeps.local import holds_open
-
-        holder = rundir.lock_holder(self.run_dir(run)) or {}
-        pid = holder.get("pid")
-        if holder.get("host") != socket.gethostname() or not isinstance(pid, int):
-            return False
-        if not holds_open(pid, self.run_dir(run) / rundir.LOCK):  # the record names a process that has it open
-            return False
-        try:
-            os.kill(pid, signal.SIGINT)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
 
     def resubmit(
         self,
@@ -465,16 +342,6 @@ class Sweep:
         from analysis.sweeps.results import collect
 
         return collect(self.dir, **kwargs)
-
-
-def _same_runs(folder: Path, runs: list[dict]) -> bool:
-    """True when folder/runs.json lists exactly these runs: the same ids in the same order, equal configs."""
-    table = (rundir.read_json(folder / "runs.json") or {}).get("runs")
-    try:
-        old = [(r["run"], C.RunConfig().replace(r["overrides"]).flat()) for r in table]
-    except (TypeError, KeyError, AttributeError, ConfigError):
-        return False
-    return old == [(r["run"], r["cfg"].flat()) for r in runs]
 
 
 @contextmanager

@@ -16,6 +16,8 @@ executor refuses others, and tests/test_local_backend.py fails when submitit cha
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +25,7 @@ from pathlib import Path
 import submitit
 from submitit.local.local import LocalExecutor, LocalJob
 
+from analysis import rundir
 from analysis.errors import UserError
 
 CONTROLLER = "submitit.local._local"
@@ -128,3 +131,31 @@ def holds_open(pid: int, path: Path) -> bool:
         except OSError:
             continue
     return False
+
+
+def interrupt_job(job_id: str, folder: Path, process=None) -> None:
+    """SIGINT to a local job's controller (it stops its task; the run keeps its last checkpoint):
+    through `process` (its Popen) when this process started it, else by pid when it is alive."""
+    try:
+        if process is not None:
+            process.send_signal(signal.SIGINT)
+        elif controller_alive(job_id, folder):
+            os.kill(int(job_id), signal.SIGINT)
+    except ProcessLookupError:
+        pass
+
+
+def stop_trainer(run_dir: Path) -> bool:
+    """SIGINT to the live trainer of a run folder when it runs on this machine and holds its lock
+    (a trainer that outlived its job's controller); True when one was signalled."""
+    holder = rundir.lock_holder(run_dir) or {}
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return False
+    if not holds_open(pid, Path(run_dir) / rundir.LOCK):  # the record names a process that has it open
+        return False
+    try:
+        os.kill(pid, signal.SIGINT)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True

@@ -1,0 +1,128 @@
+"""A sweep folder: a spec expanded into run directories, and the record of its launches.
+
+root/<name>/ holds spec.yaml, runs.json/runs.csv (the sampled run table), runs/<run id>/ (one run
+directory each), code/<launch>/analysis (the code each launch runs), submitit/ (job files and
+logs) and launches.json (job ids -> run ids for every launch). `create` writes it (idempotent for
+the same runs); opening it reads only those files, bounded (analysis.trust). The launcher on top
+is analysis.sweeps.launch.Sweep.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from analysis import config as C
+from analysis import rundir, trust
+from analysis.errors import ConfigError
+from analysis.sweeps.spec import MAX_RUNS_ENV, Spec, max_runs
+
+
+class SweepFolder:
+    """A sweep folder: its spec, run table, run directories and the record of its launches."""
+
+    def __init__(self, sweep_dir: str | Path):
+        """Open an existing sweep folder (written by from_yaml/from_dict)."""
+        self.dir = Path(sweep_dir).resolve()
+        table = rundir.read_json(self.dir / "runs.json")
+        spec_path = self.dir / "spec.yaml"
+        if table is None or not spec_path.is_file():
+            raise ConfigError(f"{sweep_dir} is not a sweep folder (no spec.yaml/runs.json)")
+        try:
+            self.spec_dict = trust.load_yaml(spec_path)
+            self.table = table["runs"]
+            if len(self.table) > max_runs():
+                raise ConfigError(
+                    f"{sweep_dir}: runs.json lists {len(self.table)} runs, over the limit of "
+                    f"{max_runs()} (set {MAX_RUNS_ENV} to allow more)"
+                )
+            self.run_ids = [r["run"] for r in self.table]
+            self.configs = {r["run"]: C.RunConfig().replace(r["overrides"]) for r in self.table}
+        except (yaml.YAMLError, KeyError, TypeError, AttributeError):
+            raise ConfigError(f"{sweep_dir}: unreadable spec.yaml or runs.json (not written by this package)") from None
+        if not isinstance(self.spec_dict, dict):
+            raise ConfigError(f"{sweep_dir}: spec.yaml is not a sweep spec")
+
+    # -- creating -------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict, root: str | Path = "sweeps", name: str | None = None) -> "SweepFolder":
+        """Validate the spec, sample its runs and write the sweep folder root/<name> (idempotent)."""
+        return cls.create(Spec.from_dict(d, name=name), root)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, root: str | Path = "sweeps") -> "SweepFolder":
+        return cls.create(Spec.from_yaml(path), root)
+
+    @classmethod
+    def open(cls, sweep_dir: str | Path) -> "SweepFolder":
+        return cls(sweep_dir)
+
+    @classmethod
+    def create(cls, spec: Spec, root: str | Path = "sweeps") -> "SweepFolder":
+        """Write spec.yaml, runs.json, runs.csv and each run's config.yaml under root/<spec.name>.
+        An existing folder is reused when the spec gives the same runs (ids, in order, and configs);
+        a spec giving other runs (other values, or grid axes in another order) is refused."""
+        folder = Path(root) / spec.name
+        spec_text = yaml.safe_dump(spec.raw, sort_keys=False)
+        runs = spec.runs()
+        if (folder / "spec.yaml").is_file() and not _same_runs(folder, runs):
+            raise ConfigError(
+                f"{folder} holds a sweep with another spec (other runs); use another name or root, "
+                "or delete that folder"
+            )
+        trust.check_inside(
+            folder,
+            [folder / name for name in ("spec.yaml", "runs.json", "runs.csv")]
+            + [folder / "runs" / row["run"] / rundir.CONFIG for row in runs],
+        )
+        folder.mkdir(parents=True, exist_ok=True)
+        for row in runs:
+            d = folder / "runs" / row["run"]
+            d.mkdir(parents=True, exist_ok=True)
+            if not (d / rundir.CONFIG).is_file():
+                rundir.write_atomic(d / rundir.CONFIG, row["cfg"].to_yaml().encode())
+        table = [
+            {"run": r["run"], "run_dir": f"runs/{r['run']}", "overrides": r["overrides"], "sampled": r["sampled"]}
+            for r in runs
+        ]
+        rundir.write_json(folder / "runs.json", {"name": spec.name, "dropped_duplicates": spec.dropped, "runs": table})
+        flat = pd.DataFrame([{"run": r["run"], "run_dir": r["run_dir"], **r["overrides"]} for r in table])
+        rundir.write_atomic(folder / "runs.csv", flat.to_csv(index=False).encode())
+        rundir.write_atomic(folder / "spec.yaml", spec_text.encode())
+        sweep = cls(folder)
+        sweep.spec = spec
+        sweep.from_spec = True  # its configs are the caller's spec, not only what the folder says
+        return sweep
+
+    # -- records --------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    @property
+    def launches(self) -> list[dict]:
+        """Every launch so far: id, time, cluster, code, options and jobs [{job_id, runs}]."""
+        from analysis.sweeps.status import read_launches
+
+        return read_launches(self.dir)
+
+    def _save_launches(self, launches: list[dict]) -> None:
+        rundir.write_json(self.dir / "launches.json", {"launches": launches})
+
+    def run_dir(self, run: str) -> Path:
+        return self.dir / "runs" / run
+
+    def __repr__(self) -> str:
+        return f"Sweep({str(self.dir)!r}, runs={len(self.run_ids)}, launches={len(self.launches)})"
+
+
+def _same_runs(folder: Path, runs: list[dict]) -> bool:
+    """True when folder/runs.json lists exactly these runs: the same ids in the same order, equal configs."""
+    table = (rundir.read_json(folder / "runs.json") or {}).get("runs")
+    try:
+        old = [(r["run"], C.RunConfig().replace(r["overrides"]).flat()) for r in table]
+    except (TypeError, KeyError, AttributeError, ConfigError):
+        return False
+    return old == [(r["run"], r["cfg"].flat()) for r in runs]
