@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp-$(shell cat requirements.txt pyproject.toml 2>/dev/null | md5sum | cut -c1-12)
 PYTEST_ARGS ?=
-# pytest-xdist workers; a test file stays on one worker (its fixtures and order with it)
+# pytest-xdist workers; tests/conftest.py groups the tests: each file one group, the SLURM tests one group
 TEST_WORKERS ?= 2
 
 .PHONY: venv data browser slurm demo demo-full lint test test-fast bench clean-runs
@@ -36,8 +36,8 @@ lint: venv
 	$(VENV)/bin/ruff check analysis tests benchmarks scripts
 	$(VENV)/bin/ruff format --check analysis tests benchmarks scripts
 
-test: venv data browser lint
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30 $(PYTEST_ARGS)
+test: venv data browser slurm lint
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=30 $(PYTEST_ARGS)
 
 test-fast: venv data
 	$(PY) -m pytest -q -m "not slow and not slurm and not browser" $(PYTEST_ARGS)

@@ -298,7 +298,8 @@ def _add_sweep(sub) -> None:
     sw.add_argument(
         "--trust-code",
         action="store_true",
-        help="resubmit: let jobs import the stem import paths the sweep's runs name (never from inside the sweep)",
+        help="launch/resubmit: let jobs import the stem import paths the sweep's run configs name "
+        "(never from inside the sweep; launching your own spec needs no flag)",
     )
     sw.add_argument("--out", help="collect: write CSV (or .parquet) here instead of printing")
     sw.set_defaults(func=_sweep)

@@ -93,8 +93,9 @@ def _expanded_size(node: yaml.Node, limit: int) -> int:
     return size(node)
 
 
-def _duplicate_key(node: yaml.Node) -> yaml.Node | None:
-    """The first key given twice in one mapping of the document (YAML would keep the last silently)."""
+def _duplicate_key(loader: yaml.SafeLoader, node: yaml.Node) -> yaml.Node | None:
+    """The first key given twice in one mapping of the document (YAML would keep the last silently);
+    keys compare as the values they load as (`1` and `'1'` differ, `yes` and `true` do not)."""
     seen, todo = set(), [node]
     while todo:
         n = todo.pop()
@@ -107,9 +108,11 @@ def _duplicate_key(node: yaml.Node) -> yaml.Node | None:
         keys = set()
         for key, value in n.value:
             if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
-                if key.value in keys:
+                value_of_key = loader.construct_object(key)
+                loaded = (type(value_of_key).__name__, value_of_key)
+                if loaded in keys:
                     return key
-                keys.add(key.value)
+                keys.add(loaded)
             todo.append(value)
     return None
 
@@ -133,7 +136,7 @@ def load_yaml(path: str | Path, max_bytes: int = MAX_YAML_BYTES, max_nodes: int 
             return None
         if _expanded_size(node, max_nodes) > max_nodes:
             raise ConfigError(f"{path}: its aliases expand to over {max_nodes} YAML nodes (refused)")
-        twice = _duplicate_key(node)
+        twice = _duplicate_key(loader, node)
         if twice is not None:
             raise ConfigError(
                 f"{path}, line {twice.start_mark.line + 1}: key {twice.value!r} given twice in one mapping; give it once"

@@ -155,7 +155,9 @@ def test_launch_options_mean_one_thing_on_both_back_ends():
     assert LaunchConfig(parallel=4).jobs(runs, "local") == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
     assert LaunchConfig().jobs(runs, "local") == [runs]
     assert LaunchConfig(parallel=4).jobs(runs, "slurm") == [[r] for r in runs]
-    assert LaunchConfig(runs_per_job=4).jobs(runs, "local") == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert LaunchConfig(runs_per_job=4, parallel=3).jobs(runs, "local") == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    with pytest.raises(ConfigError, match="over parallel=1"):  # locally parallel defaults to 1: one job
+        LaunchConfig(runs_per_job=1).jobs(runs, "local")
     assert LaunchConfig(runs_per_job=4, parallel=2).jobs(runs, "slurm")[2] == [8, 9]
     with pytest.raises(ConfigError, match="runs_per_job=4 makes 3 jobs of 10 runs, over parallel=2"):
         LaunchConfig(runs_per_job=4, parallel=2).jobs(runs, "local")

@@ -211,9 +211,15 @@ def test_resubmitting_an_opened_sweep_imports_its_stems_only_when_trusted(tmp_pa
     for row in table["runs"]:
         row["overrides"]["model.stem"] = "sweeps.evil.evilpkg:stem"
     (made.dir / "runs.json").write_text(json.dumps(table))
+    for run in made.run_ids:
+        cfg = config.load(made.run_dir(run) / "config.yaml").replace({"model.stem": "sweeps.evil.evilpkg:stem"})
+        (made.run_dir(run) / "config.yaml").write_text(cfg.to_yaml())
     with pytest.raises(ConfigError) as e:
         Sweep.open(made.dir).resubmit(trust_code=True)
     assert "lies inside the folder being read" in one_line(e.value)
+    with pytest.raises(ConfigError) as e:  # the job trains config.yaml: a stem planted there needs trust too,
+        made.resubmit()  # even in a sweep made from the caller's own spec
+    assert "config.yaml" in one_line(e.value) and "--trust-code" in str(e.value)
     assert not marker.exists() and made.launches == [] and not (made.dir / "code").exists()
     assert parser_args("sweep", "resubmit", "sweeps/x", "--trust-code").trust_code is True
 

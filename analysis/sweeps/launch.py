@@ -162,8 +162,7 @@ class Sweep(SweepFolder):
                 *(self.run_dir(r) / name for r in todo for name in rundir.WRITTEN),
             ],
         )
-        for stem in dict.fromkeys(self.configs[r].model.stem for r in todo):  # jobs import these
-            trust.check_stem(stem, self.dir, trust_code or self.from_spec, named_by=f"{self.dir}/runs.json")
+        stems = self._checked_stems(todo, trust_code)
         cluster = opts.cluster or "auto"
         cluster = detect_cluster() if cluster == "auto" else cluster
         groups = opts.jobs(todo, cluster)
@@ -172,7 +171,7 @@ class Sweep(SweepFolder):
         code_dir = snapshot_code(self.dir / "code" / f"launch-{lid:03d}", code)
         from analysis.models.registry import snapshot_stem_code  # users' stems named by import path
 
-        snapshot_stem_code(code_dir, [self.configs[r].model.stem for r in todo])
+        snapshot_stem_code(code_dir, stems)
         if cluster == "local":
             executor = DetachedLocalExecutor(folder=self.dir / "submitit")
         else:
@@ -202,6 +201,22 @@ class Sweep(SweepFolder):
         finally:
             cloudpickle.unregister_pickle_by_value(boot)
         return [str(j.job_id) for j in jobs]
+
+    def _checked_stems(self, todo: list[str], trust_code: bool) -> list:
+        """The stems the jobs of `todo` will import, each vetted by the folder rule (analysis.trust):
+        jobs train what each run's config.yaml says, so that file is read and checked (its data.root,
+        and a stem import path allowed without trust_code only when it is the caller's own spec's)."""
+        from analysis import config
+
+        stems = []
+        for r in todo:
+            path = self.run_dir(r) / rundir.CONFIG
+            cfg = config.load(path)
+            trust.check_config(cfg, self.run_dir(r))
+            own = self.from_spec and cfg.model.stem == self.configs[r].model.stem
+            trust.check_stem(cfg.model.stem, self.run_dir(r), trust_code or own, named_by=str(path))
+            stems.append(cfg.model.stem)
+        return stems
 
     # -- watching -------------------------------------------------------------------------------
     def status(self):
@@ -238,15 +253,17 @@ class Sweep(SweepFolder):
         (progress displays without a polling loop of their own); progress=True shows a line per
         change of the run counts and a bar of finished runs (analysis.sweeps.progress). Raises
         TimeoutError naming the unfinished runs after `timeout` seconds."""
+        shown = None
         if progress and callback is None:
             from analysis.sweeps.progress import Progress
 
-            callback = Progress(len(runs or self.run_ids), bar=True, file=sys.stdout)
+            shown = Progress(len(runs or self.run_ids), bar=True, file=sys.stdout)
+            callback = shown if runs is None else (lambda status: shown(status[status["run"].isin(runs)]))
         try:
             return self._wait(timeout, poll, runs, callback)
         finally:
-            if progress and hasattr(callback, "close"):
-                callback.close()
+            if shown is not None:
+                shown.close()
 
     def _wait(self, timeout, poll, runs, callback):
         start = time.monotonic()

@@ -76,10 +76,11 @@ class LaunchConfig:
             return split(runs, self.parallel or 1)
         per = per or 1
         groups = [runs[i : i + per] for i in range(0, len(runs), per)]
-        if cluster == "local" and self.parallel is not None and len(groups) > self.parallel:
+        at_once = self.parallel or 1
+        if cluster == "local" and len(groups) > at_once:
             raise ConfigError(
                 f"local jobs all start at once: runs_per_job={per} makes {len(groups)} jobs of {len(runs)} runs, "
-                f"over parallel={self.parallel}; raise runs_per_job or parallel, or give only one of them"
+                f"over parallel={at_once}; raise runs_per_job or parallel (or leave runs_per_job out locally)"
             )
         return groups
 

@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analysis.claims import MIN_RUNS
+from analysis.errors import UserError
 from analysis.plots.stability import edf_figure
 from analysis.plots.style import TEMPLATE, color_map, head_stems, integer_ticks, style_maps
 from analysis.sweeps.status import COLORS, KEEP
@@ -540,9 +541,13 @@ class SweepMonitor(widgets.VBox):
                 else "nothing cancelled: the selected runs had ended"
             )
         elif action == "resubmit":
-            with self._lock, warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                ids = self.sweep.resubmit(**self.resubmit_options)
+            try:
+                with self._lock, warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    ids = self.sweep.resubmit(**self.resubmit_options)
+            except UserError as e:  # e.g. a stem the sweep names, refused without trust_code: said here
+                self._say(f"not resubmitted: {e}")
+                return
             note = "; ".join(str(c.message) for c in caught)
             done = f"resubmitted as job(s) {', '.join(ids)}" if ids else "nothing resubmitted"
             self._say(done + (f" ({note})" if note else ""))
