@@ -152,7 +152,7 @@ def test_all_job_specs_validate():
     sizes = {p.stem: len(Spec.from_yaml(p).runs()) for p in specs}
     assert sizes["imagenet_lrwd_stability"] == 6 * 2 * 64
     assert sizes["fmnist_demo"] == 2 * 2 * 24  # >= 24 runs per model and optimizer: evidence, not anecdote
-    assert sizes["fmnist_demo_full"] == 2 * 2 * 24  # 24 per distribution, as the main job (samples: 64 gives the paper's)
+    assert sizes["fmnist_demo_full"] == 2 * 2 * 24  # as the main job; samples: 64 gives the paper's
     demo = Spec.from_yaml(REPO / "jobs" / "fmnist_demo.yaml").runs()
     study = Spec.from_yaml(REPO / "jobs" / "fmnist_regimes.yaml").runs()
     # the main job keeps a study regime's geometry and data, with fewer epochs (its budget in seconds),
