@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp-$(shell cat requirements.txt pyproject.toml 2>/dev/null | md5sum | cut -c1-12)
 PYTEST_ARGS ?=
-# pytest-xdist workers; tests/conftest.py groups the tests: each file one group, the SLURM tests one group
+# pytest-xdist workers for all but the SLURM tests (a file per worker at a time, tests/conftest.py);
+# the SLURM tests run after them, alone, as jobs on the local cluster's two CPUs
 TEST_WORKERS ?= 2
 
 .PHONY: venv data browser slurm demo demo-full lint test test-fast bench clean-runs
@@ -37,7 +38,9 @@ lint: venv
 	$(VENV)/bin/ruff format --check analysis tests benchmarks scripts
 
 test: venv data browser slurm lint
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=30 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slurm" --durations=30 $(PYTEST_ARGS); \
+		rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+	$(PY) -m pytest -q -m slurm --durations=10 $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 test-fast: venv data
 	$(PY) -m pytest -q -m "not slow and not slurm and not browser" $(PYTEST_ARGS)

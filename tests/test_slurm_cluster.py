@@ -95,7 +95,13 @@ def test_preempted_checkpointable_job_is_requeued_and_resumes(slurm_cluster, tmp
         return len(log_file.read_text().split()) if log_file.exists() else 0
 
     wait_until(lambda: counted() >= 3, 60, f"job {job.job_id} counting")
-    job._interrupt()  # SIGTERM then USR2 to the job's steps, as SLURM does on preemption
+    # preemption as SLURM does it: SIGTERM to the job's steps (submitit lets it pass), then USR2. USR2 is
+    # sent once the job has logged the SIGTERM: sent back to back (submitit's job._interrupt()), a loaded
+    # machine can deliver USR2 first, and the late SIGTERM then kills the `scontrol requeue` it started
+    subprocess.check_call(["scancel", job.job_id, "--signal", "SIGTERM"])
+    stdout = job.paths.stdout
+    wait_until(lambda: stdout.exists() and "Bypassing signal SIGTERM" in stdout.read_text(), 30, "the SIGTERM")
+    subprocess.check_call(["scancel", job.job_id, "--signal", "USR2"])
     # The requeued job waits (AuthInfo=cred_expire, 20 s here) before it starts again.
     wait_for_state(job.job_id, {"REQUEUED", "PENDING"}, 30)
     reached = counted()  # the first run stopped counting before it requeued itself
