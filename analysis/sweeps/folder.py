@@ -44,6 +44,7 @@ class SweepFolder:
             raise ConfigError(f"{sweep_dir}: unreadable spec.yaml or runs.json (not written by this package)") from None
         if not isinstance(self.spec_dict, dict):
             raise ConfigError(f"{sweep_dir}: spec.yaml is not a sweep spec")
+        self.spec: Spec | None = None  # the caller's Spec when made by create(); None when opened
 
     # -- creating -------------------------------------------------------------------------------
     @classmethod
@@ -92,8 +93,7 @@ class SweepFolder:
         rundir.write_atomic(folder / "runs.csv", flat.to_csv(index=False).encode())
         rundir.write_atomic(folder / "spec.yaml", spec_text.encode())
         sweep = cls(folder)
-        sweep.spec = spec
-        sweep.from_spec = True  # its configs are the caller's spec, not only what the folder says
+        sweep.spec = spec  # its configs are the caller's spec, not only what the folder says
         return sweep
 
     # -- records --------------------------------------------------------------------------------

@@ -85,7 +85,6 @@ class Sweep(SweepFolder):
         """Open an existing sweep folder (written by from_yaml/from_dict)."""
         super().__init__(sweep_dir)
         self._processes: dict[str, Any] = {}  # local job id -> Popen, for jobs launched by this object
-        self.from_spec = False  # opened: its stems are what the folder names (see _submit)
 
     def local_processes(self) -> dict[str, Any]:
         """{local job id: Popen} of the local jobs this Sweep object started (their controllers)."""
@@ -213,7 +212,7 @@ class Sweep(SweepFolder):
             path = self.run_dir(r) / rundir.CONFIG
             cfg = config.load(path)
             trust.check_config(cfg, self.run_dir(r))
-            own = self.from_spec and cfg.model.stem == self.configs[r].model.stem
+            own = self.spec is not None and cfg.model.stem == self.configs[r].model.stem
             trust.check_stem(cfg.model.stem, self.run_dir(r), trust_code or own, named_by=str(path))
             stems.append(cfg.model.stem)
         return stems
