@@ -2,6 +2,8 @@
 
 import math
 
+import os
+
 import pytest
 import yaml
 
@@ -153,14 +155,35 @@ def test_launch_options_mean_one_thing_on_both_back_ends():
     starts at once, parallel splits the runs into that many jobs; both given must agree."""
     runs = list(range(10))
     assert LaunchConfig(parallel=4).jobs(runs, "local") == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
-    assert LaunchConfig().jobs(runs, "local") == [runs]
+    assert LaunchConfig(parallel=1).jobs(runs, "local") == [runs]
     assert LaunchConfig(parallel=4).jobs(runs, "slurm") == [[r] for r in runs]
     assert LaunchConfig(runs_per_job=4, parallel=3).jobs(runs, "local") == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    with pytest.raises(ConfigError, match="over parallel=1"):  # locally parallel defaults to 1: one job
-        LaunchConfig(runs_per_job=1).jobs(runs, "local")
+    with pytest.raises(ConfigError, match="over parallel=1"):
+        LaunchConfig(runs_per_job=1, parallel=1).jobs(runs, "local")
     assert LaunchConfig(runs_per_job=4, parallel=2).jobs(runs, "slurm")[2] == [8, 9]
     with pytest.raises(ConfigError, match="runs_per_job=4 makes 3 jobs of 10 runs, over parallel=2"):
         LaunchConfig(runs_per_job=4, parallel=2).jobs(runs, "local")
     params = LaunchConfig(parallel=16).executor_params("slurm", "demo")
     assert params["slurm_array_parallelism"] == 16 and params["name"] == "demo"
     assert "slurm_array_parallelism" not in LaunchConfig(parallel=16).executor_params("local", "demo")
+
+
+def test_parallel_auto_runs_one_process_per_available_core_capped_by_the_run_count():
+    """parallel: auto (and, locally, no value) is one job per core of this process's affinity mask,
+    never more jobs than runs; a number still means that number; on SLURM auto sets no array limit."""
+    cores = len(os.sched_getaffinity(0))
+    many = list(range(cores * 3 + 1))
+    for opts in (
+        LaunchConfig.from_dict({"parallel": "auto"}),
+        LaunchConfig(),
+        LaunchConfig.from_dict({"parallel": "AUTO"}),
+    ):
+        assert opts.at_once("local") == cores
+        jobs = opts.jobs(many, "local")
+        assert len(jobs) == cores and sum(jobs, []) == many
+        assert len(opts.jobs([0], "local")) == 1  # capped by the run count
+        assert "slurm_array_parallelism" not in opts.executor_params("slurm", "x")
+    assert len(LaunchConfig.from_dict({"parallel": "3"}).jobs(many, "local")) == min(3, len(many))
+    assert LaunchConfig.from_dict({"parallel": "auto"}).to_dict() == {"parallel": "auto"}
+    with pytest.raises(ConfigError, match="parallel must be"):
+        LaunchConfig.from_dict({"parallel": "all"})

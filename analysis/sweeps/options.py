@@ -9,6 +9,7 @@ trains its runs one after another.
 from __future__ import annotations
 
 import math
+import os
 import typing
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -22,7 +23,9 @@ CLUSTERS = ("auto", "slurm", "local")
 @dataclass(frozen=True)
 class LaunchConfig:
     cluster: str | None = None  # None/"auto": SLURM when sinfo answers, else "local"; or "slurm", "local"
-    parallel: int | None = None  # jobs running at once (default: local 1; SLURM no limit)
+    parallel: int | str | None = (
+        None  # jobs at once; "auto" (local default): one per available core; SLURM default: no limit
+    )
     runs_per_job: int | None = None  # runs one job trains in turn (default: SLURM 1; local: enough for `parallel` jobs)
     batch_runs: int = 1  # compatible runs of a job trained together, stacked (analysis.train.train_group)
     max_retries: int = 3  # resubmit() relaunches a run at most this often
@@ -68,15 +71,23 @@ class LaunchConfig:
         default = LaunchConfig()
         return {k: v for k, v in asdict(self).items() if v != getattr(default, k)}
 
+    def at_once(self, cluster: str) -> int | None:
+        """Jobs at once: a number as given; "auto" (and, locally, no value) one per core this process
+        may run on (os.sched_getaffinity); on SLURM no value or "auto" means no array limit (None)."""
+        if isinstance(self.parallel, int):
+            return self.parallel
+        return available_cores() if cluster == "local" else None
+
     def jobs(self, runs: list, cluster: str) -> list[list]:
         """The runs split into jobs, in order: `runs_per_job` runs each (SLURM default 1); locally,
-        where every job starts at once, `parallel` nearly equal jobs unless runs_per_job is given."""
+        where every job starts at once, `at_once` nearly equal jobs (capped by the run count) unless
+        runs_per_job is given."""
         per = self.runs_per_job
         if per is None and cluster == "local":
-            return split(runs, self.parallel or 1)
+            return split(runs, self.at_once(cluster))
         per = per or 1
         groups = [runs[i : i + per] for i in range(0, len(runs), per)]
-        at_once = self.parallel or 1
+        at_once = self.at_once(cluster) or 1
         if cluster == "local" and len(groups) > at_once:
             raise ConfigError(
                 f"local jobs all start at once: runs_per_job={per} makes {len(groups)} jobs of {len(runs)} runs, "
@@ -105,15 +116,27 @@ class LaunchConfig:
             "cpus_per_task": self.cpus_per_task,
             "mem_gb": self.mem_gb,
             "nodes": self.nodes,
-            "slurm_array_parallelism": self.parallel,
+            "slurm_array_parallelism": self.at_once(cluster),
         }
         params.update({k: v for k, v in slurm.items() if v is not None})
         params["slurm_signal_delay_s"] = self.signal_delay_s
         return params
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask; os.cpu_count() where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def _checked(key: str, value, types: tuple[type, ...]):
     """One option's value parsed and checked against its types and range (one-line ConfigError)."""
+    if key == "parallel" and isinstance(value, str):
+        if value.strip().lower() == "auto":
+            return "auto"
+        types = (int, type(None))
     if isinstance(value, str) and str not in types:
         value = C.parse_number(value, "int" if float not in types else "float", f"launch option {key}")
     if isinstance(value, float) and float not in types and value.is_integer():
@@ -122,7 +145,7 @@ def _checked(key: str, value, types: tuple[type, ...]):
         value = float(value)
     allowed = tuple(t for t in types if t is not type(None))
     if value is not None and (not isinstance(value, allowed) or isinstance(value, bool)):
-        names = " or ".join(t.__name__ for t in allowed)
+        names = "int or 'auto'" if key == "parallel" else " or ".join(t.__name__ for t in allowed)
         raise ConfigError(f"launch option {key} must be {names}, got {value!r}")
     if value is None and type(None) not in types:
         raise ConfigError(f"launch option {key} may not be null")
