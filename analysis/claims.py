@@ -47,8 +47,9 @@ Verdicts, by the test the paper's sentence calls for (column `test`):
 Diverged runs count at 100% (the paper's convention); every row says how many of its runs diverged
 (`diverged`) and the verdict the same runs give without them (`verdict_without_diverged`); when the
 two differ, `note` says the verdict rests on the diverged runs.
-A group with fewer than MIN_RUNS counted runs still gives its rows, with the estimate but no
-interval, marked "inconclusive" (levels: "") and the reason in `note`.
+A group with fewer than MIN_RUNS (8) counted runs still gives its rows, with the estimate but no
+interval, marked "insufficient" (levels: "") and the reason in `note`: below 8 runs the bootstrap's
+resamples repeat a handful of values and its interval is too narrow to trust (this suite's choice).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ from analysis.names import STEM_NAMES, preset_size
 from analysis.plots.frame import check_frame, counted_errors, diverged_mask
 from analysis.stats import best_of_quantiles
 
-MIN_RUNS = 3
+MIN_RUNS = 8  # counted runs a group needs for an interval and a verdict (see the module docstring)
 PAIR_COLUMNS = (
     "cfg.data.name",
     "cfg.data.train_per_class",
@@ -93,7 +94,7 @@ COLUMNS = [
     "note",
 ]
 MARGIN = 2.0  # points: the equivalence margin of the insensitivity claims (see the module docstring)
-VERDICTS = ("reproduced", "contradicted", "inconclusive")
+VERDICTS = ("reproduced", "contradicted", "inconclusive", "insufficient")
 PAPER = {  # what Xiao et al. found (ImageNet), one short phrase per claim
     "optimizer_gap": {"ViT_P": "SGD worse, by up to 10 points", "ViT_C": "SGD within about a point of AdamW"},
     "optimizer_gap_difference": "ViT_P's gap far larger than ViT_C's",
@@ -228,7 +229,7 @@ def interval(values: np.ndarray) -> tuple[float, float]:
 # ---------------------------------------------------------------- rows
 
 
-def _verdict(low: float, high: float, margin: float | None = None) -> str:
+def verdict_of(low: float, high: float, margin: float | None = None) -> str:
     """One-sided (margin None): above 0 reproduces, below 0 contradicts. Equivalence: inside
     (-margin, margin) reproduces, wholly outside it contradicts. Anything else is inconclusive."""
     if margin is None:
@@ -262,7 +263,7 @@ def _row(
     low = high = math.nan
     if not small:
         low, high = interval(combine(*[f(g.boot) for g, f in parts]))
-    verdict = "" if level else "inconclusive" if small else _verdict(low, high, margin)
+    verdict = "" if level else "insufficient" if small else verdict_of(low, high, margin)
     counted = sum(len(g.errors) for g in groups)
     test = "" if level else "> 0" if margin is None else f"within ±{margin:g}"
     return {
@@ -488,7 +489,12 @@ def _rows(df: pd.DataFrame, within, resamples, seed, subsample, area_range, marg
 
 # ---------------------------------------------------------------- display
 
-VERDICT_COLORS = {"reproduced": "#d4edda", "contradicted": "#f8d7da", "inconclusive": "#eeeeee"}
+VERDICT_COLORS = {
+    "reproduced": "#d4edda",
+    "contradicted": "#f8d7da",
+    "inconclusive": "#eeeeee",
+    "insufficient": "#fff3cd",
+}
 
 
 def _number(v: float) -> str:

@@ -117,17 +117,20 @@ def test_estimates_by_hand_and_diverged_runs_at_100():
 
 
 def test_small_groups_give_rows_without_interval_and_say_why():
+    """Fewer than 8 counted runs in a group: the estimate, no interval, "insufficient" (not a verdict)."""
     errors = {
-        ("P", "adamw"): [10, 11],
-        ("P", "sgd"): [12, 14, 16],
-        ("C", "adamw"): [9, 10, 11],
-        ("C", "sgd"): [9, 10, 11],
+        ("P", "adamw"): [10, 11, 10, 11, 10, 11, 10],
+        ("P", "sgd"): [12, 14, 16, 12, 14, 16, 14, 14],
+        ("C", "adamw"): [9, 10, 11, 9, 10, 11, 9, 10],
+        ("C", "sgd"): [9, 10, 11, 9, 10, 11, 9, 10],
     }
     t = claims_table(frame(errors))
     p_gap = t[(t.claim == "optimizer_gap") & (t.subject == "ViT_P-fmnist_tiny")].iloc[0]
-    assert p_gap.verdict == "inconclusive" and np.isnan(p_gap.low) and np.isnan(p_gap.high)
-    assert p_gap.estimate == pytest.approx(14 - 10.5)
-    assert "fewer than 3 runs in ViT_P-fmnist_tiny adamw" in p_gap.note
+    assert p_gap.verdict == "insufficient" and np.isnan(p_gap.low) and np.isnan(p_gap.high)
+    assert p_gap.estimate == pytest.approx(14 - 10)
+    assert "fewer than 8 runs in ViT_P-fmnist_tiny adamw" in p_gap.note
+    diff = t[t.claim == "optimizer_gap_difference"].iloc[0]
+    assert diff.verdict == "insufficient" and diff.verdict_without_diverged == "insufficient"
     c_gap = t[(t.claim == "optimizer_gap") & (t.subject == "ViT_C-fmnist_tiny")].iloc[0]
     assert c_gap.note == "" and np.isfinite(c_gap.low)
 
@@ -148,8 +151,8 @@ def test_schedule_length_rows_when_epochs_vary():
     rng = np.random.default_rng(4)
     parts = []
     for epochs, p_loss, c_loss in ((2, 15.0, 2.0), (8, 0.0, 0.0)):
-        errs = {("P", o): list(12 + p_loss + rng.normal(0, 0.5, 6)) for o in ("adamw", "sgd")}
-        errs.update({("C", o): list(10 + c_loss + rng.normal(0, 0.5, 6)) for o in ("adamw", "sgd")})
+        errs = {("P", o): list(12 + p_loss + rng.normal(0, 0.5, 8)) for o in ("adamw", "sgd")}
+        errs.update({("C", o): list(10 + c_loss + rng.normal(0, 0.5, 8)) for o in ("adamw", "sgd")})
         parts.append(frame(errs, epochs=epochs))
     t = claims_table(pd.concat(parts, ignore_index=True))
     sched = t[t.claim.str.startswith("schedule_loss")].set_index(["claim", "subject", "optimizer"])
@@ -171,7 +174,7 @@ def test_fixture_sweep(sweep):  # noqa: F811
     assert main.loc[("within_k", "ViT_P-fmnist", "adamw"), ["n", "excluded"]].tolist() == ["18/19", 1]
     # 10 and 40 epochs hold two tuned runs per group: estimates without intervals
     short = t[t.setting == "fmnist, 10 epochs"]
-    assert len(short) and (short.verdict.isin(["inconclusive", ""])).all() and short.low.isna().all()
+    assert len(short) and (short.verdict.isin(["insufficient", ""])).all() and short.low.isna().all()
     assert (t.claim == "schedule_loss_difference").sum() == 2
 
 
