@@ -55,13 +55,15 @@ def _report(args) -> None:
 
 
 def _claims(args) -> None:
-    from analysis.claims import claims_table, claims_text
-    from analysis.sweeps import collect
+    from analysis.claims import claims_text
+    from analysis.replication import replication_table, replication_text, sweep_tables
 
-    df = collect(args.sweep_dir)
-    if df.empty:
-        raise ConfigError(f"{args.sweep_dir} holds no runs; launch the sweep first")
-    table = claims_table(df, within=args.within, resamples=args.resamples, seed=args.seed)
+    tables = sweep_tables(args.sweep_dir, within=args.within, resamples=args.resamples, seed=args.seed)
+    if len(tables) > 1:  # several seeds of one spec: the replication table
+        rep = replication_table(tables)
+        print(rep.to_json(orient="records", indent=1) if args.json else replication_text(rep))
+        return
+    table = next(iter(tables.values()))
     print(table.to_json(orient="records", indent=1) if args.json else claims_text(table))
 
 
@@ -228,9 +230,31 @@ def _add_demo(sub) -> None:
         choices=["local", "slurm", "auto"],
         help="where the runs go (default local processes)",
     )
-    d.add_argument("--parallel", type=int, default=None, help="processes (local) or array tasks at once")
+    d.add_argument(
+        "--parallel", type=_parallel, default=None, help="processes at once (default auto: one per available core)"
+    )
     d.add_argument("--full", action="store_true", help="the longer, more faithful setting")
+    d.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="run the spec on this many held-out seeds (its own and the ones after it) and print the "
+        "replication table: each seed's estimate and interval per claim, and how many reproduce it",
+    )
     d.set_defaults(func=_demo)
+
+
+def _parallel(text: str):
+    """--parallel: a whole number >= 1 or "auto"."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1 or auto, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1 or auto, got {text!r}")
+    return value
 
 
 def _add_analyses(sub) -> None:
@@ -258,7 +282,12 @@ def _add_analyses(sub) -> None:
         "statistic, a 95%% bootstrap interval and a verdict (reproduced, contradicted, "
         "inconclusive). See analysis/claims.py.",
     )
-    c.add_argument("sweep_dir", help="the sweep folder (e.g. sweeps/fmnist_demo)")
+    c.add_argument(
+        "sweep_dir",
+        nargs="+",
+        help="the sweep folder (e.g. sweeps/fmnist_demo); several sweeps of one spec on different seeds "
+        "give the replication table: each seed's estimate, interval and verdict, and how many reproduce it",
+    )
     c.add_argument("--within", type=float, default=4.0, help="k of the within-k-points statistic (default 4)")
     c.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
     c.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
@@ -278,7 +307,9 @@ def _add_sweep(sub) -> None:
     sw.add_argument("target", help="launch: a spec YAML; otherwise: the sweep folder (e.g. sweeps/fmnist_demo)")
     sw.add_argument("--root", default="sweeps", help="launch: where sweep folders go (default sweeps)")
     sw.add_argument("--cluster", choices=["auto", "slurm", "local"], help="launch/resubmit: where jobs run")
-    sw.add_argument("--parallel", type=int, help="launch: local processes at once / SLURM array parallelism")
+    sw.add_argument(
+        "--parallel", type=_parallel, help="launch: local processes at once (auto: one per core) / SLURM array limit"
+    )
     sw.add_argument(
         "--set",
         nargs="*",
