@@ -51,11 +51,16 @@ def watch(sweep, until, timeout: float, poll: float = 0.5) -> dict[str, set[str]
         time.sleep(poll)
 
 
-def test_slurm_sweep_states_and_collect(tmp_path, slurm_cluster):
+def test_slurm_sweep_states_and_collect(tmp_path, slurm_cluster, monkeypatch):
+    """pending -> running -> completed/failed, seen whatever the machine's speed: the runs' stem is
+    built only once the test opens a gate file (tests.user_stems:gated_two_conv), and the array runs
+    two tasks at once, so the third waits in the queue while the first two hold still in `running`."""
+    gate = tmp_path / "gate"
+    monkeypatch.setenv("STEMLAB_TEST_GATE", str(gate))  # sbatch passes the environment to the jobs
     spec = {
         "name": "small",
-        "base": TINY,
-        "launch": launch_opts(slurm_cluster),
+        "base": {**TINY, "model": {"stem": "tests.user_stems:gated_two_conv"}},
+        "launch": launch_opts(slurm_cluster, parallel=2),
         "grid": {
             "run": [
                 {"preset": "vit_p_fmnist_tiny", "optimizer": "adamw"},
@@ -67,13 +72,21 @@ def test_slurm_sweep_states_and_collect(tmp_path, slurm_cluster):
     sweep = Sweep.from_dict(spec, root=tmp_path)
     ids = sweep.launch()
     assert len(ids) == 3 and len({i.split("_")[0] for i in ids}) == 1  # one job array
-    seen = watch(sweep, lambda s: not s["state"].isin(["pending", "running"]).any(), timeout=240)
+    first, third = sweep.run_ids[:2], sweep.run_ids[2]
+
+    def held(s):
+        state = dict(zip(s["run"], s["state"]))
+        return all(state[r] == "running" for r in first) and state[third] == "pending"
+
+    seen = watch(sweep, held, timeout=240)
+    gate.touch()
+    seen_after = watch(sweep, lambda s: not s["state"].isin(["pending", "running"]).any(), timeout=240)
     final = sweep.status().set_index("run")
     ok, bad = ["0000-vit_p_fmnist_tiny-adamw", "0001-vit_c_fmnist_tiny-sgd"], "0002-vit_c_fmnist_tiny-adamw"
     assert list(final.loc[ok, "state"]) == ["completed", "completed"] and final.loc[bad, "state"] == "failed"
     assert "exceeds" in final.loc[bad, "log_tail"]
-    every = set().union(*seen.values())
-    assert {"pending", "running"} <= every, seen
+    every = set().union(*seen.values(), *seen_after.values())
+    assert {"pending", "running", "completed", "failed"} <= every, (seen, seen_after)
     frame = collect(sweep.dir).set_index("run")
     assert list(frame.loc[ok, "status"]) == ["completed", "completed"] and frame.loc[bad, "status"] == "failed"
     assert frame.loc[ok, "error"].between(0, 100).all()

@@ -4,6 +4,9 @@
 `tests.user_stems:two_conv`. The others break the stem contract on purpose.
 """
 
+import os
+import time
+
 from torch import nn
 
 from analysis.models import register_stem
@@ -35,6 +38,22 @@ def two_conv(img_size, patch_size, in_chans, embed_dim):
 def pooled_two_conv(**kwargs):
     """The same stem in a ViT without class token, pooled by sequence pooling."""
     return TwoConvStem(**kwargs)
+
+
+class GatedTwoConvStem(TwoConvStem):
+    """TwoConvStem whose first training step waits until the file that $STEMLAB_TEST_GATE names exists
+    (at most 300 s): a job training it holds still in `running` (its job.json written, its lock held)
+    until a test has seen it there, whatever the machine's speed."""
+
+    def forward(self, x):
+        gate, deadline = os.environ.get("STEMLAB_TEST_GATE"), time.monotonic() + 300
+        while self.training and gate and not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return super().forward(x)
+
+
+def gated_two_conv(**kwargs):
+    return GatedTwoConvStem(**kwargs)
 
 
 def no_grid(**kwargs):
