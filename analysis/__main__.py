@@ -1,12 +1,21 @@
-"""Command line: python -m analysis <command> --help."""
+"""Command line: stemlab <command> --help (or python -m analysis <command> --help)."""
 
 from __future__ import annotations
 
-import argparse
-import errno
+import os
 import sys
 
-from analysis.errors import ConfigError, UserError
+# `python -m` puts the working folder first on sys.path, so a `yaml.py` planted in a sweep folder that
+# a user cd's into would be imported instead of the real one: drop it before anything else is
+# imported, as `python -P` does (the `stemlab` console script never has it).
+if __name__ == "__main__" and sys.path and not sys.flags.safe_path:
+    if os.path.realpath(sys.path[0] or os.curdir) == os.path.realpath(os.curdir):
+        del sys.path[0]
+
+import argparse  # noqa: E402
+import errno  # noqa: E402
+
+from analysis.errors import ConfigError, UserError  # noqa: E402
 
 
 def _train(args) -> None:
@@ -371,5 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `stemlab` console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
