@@ -28,6 +28,7 @@ import pandas as pd
 
 from analysis.claims import MARGIN, _frame, best_of, interval, setting_of, verdict_of
 from analysis.errors import ConfigError
+from analysis.names import preset_size
 from analysis.plots.frame import counted_errors
 
 GROUPS = (("ViT_P", "adamw"), ("ViT_P", "sgd"), ("ViT_C", "adamw"), ("ViT_C", "sgd"))
@@ -115,3 +116,50 @@ def pairs_needed(
         if power(pilot, n, **kwargs)[row] >= target:
             return n
     return None
+
+
+def study_plan(
+    df: pd.DataFrame, settings: list[str] | None = None, target: float = 0.8, candidates=CANDIDATES, **kwargs
+) -> pd.DataFrame:
+    """Per claims-table setting of a pilot sweep (default every ViT_P / ViT_C setting it holds): the
+    pilot's runs per group, the spread (standard deviation) of each group's errors, the power of the
+    primary claim's rows at 24 pairs, and the least pairs per model x optimizer of `candidates` that
+    give the difference row, and both rows together, `target` power (None: none of them)."""
+    named = setting_of(df).dropna()
+    rows = []
+    for setting in settings or sorted(named.unique()):
+        pilot = pilot_errors(df, setting)
+        at24 = power(pilot, 24, **kwargs)
+        rows.append(
+            {
+                "setting": setting,
+                "pilot_runs": min(len(e) for e in pilot.values()),
+                **{f"sd {s} {o}": float(np.std(pilot[s, o], ddof=1)) for s, o in GROUPS},
+                "power_at_24": at24["difference"],
+                "primary_at_24": at24["primary"],
+                "pairs_difference": pairs_needed(pilot, target, "difference", candidates, **kwargs),
+                "pairs_primary": pairs_needed(pilot, target, "primary", candidates, **kwargs),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+# The powered study's plan (jobs/fmnist_power.yaml): pairs per model x optimizer analysed in each regime,
+# (preset size, epochs) -> n, from the power calculation on the n=6 study's groups.
+STUDY_PLAN = {("fmnist_tiny", 15): 24, ("fmnist_tiny", 10): 48, ("fmnist_p16_tiny", 15): 48, ("fmnist_tiny", 20): 24}
+
+
+def planned_runs(run_ids: list[str], configs: dict, plan: dict | None = None) -> list[str]:
+    """The runs a study's plan analyses, in run order: in each cell of model x schedule x optimizer, the
+    first n runs in sample order, n = plan[(preset size, epochs)] (0 for a regime the plan leaves out).
+    A spec's runs come cell by cell, each cell's samples in the order they were drawn."""
+    plan = STUDY_PLAN if plan is None else plan
+    seen: dict[tuple, int] = {}
+    out = []
+    for run in run_ids:
+        cfg = configs[run]
+        cell = (cfg.model.preset, cfg.train.epochs, cfg.optim.name)
+        seen[cell] = seen.get(cell, 0) + 1
+        if seen[cell] <= plan.get((preset_size(cfg.model.preset), cfg.train.epochs), 0):
+            out.append(run)
+    return out

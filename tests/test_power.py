@@ -51,3 +51,30 @@ def test_pairs_needed_and_pilot_errors_from_a_sweep_frame():
         pilot_errors(frame({**errors, ("C", "sgd"): [9]}), "fmnist_tiny, 4 epochs")
     with pytest.raises(ConfigError, match="pilot errors missing"):
         power({GROUPS[0]: [1.0]}, 8)
+
+
+def test_the_powered_study_spec_draws_what_its_plan_analyses_on_an_unused_seed():
+    """jobs/fmnist_power.yaml: 48 pairs per model x optimizer x regime drawn, the plan analyses the first
+    n of each cell (48 or 24, from the power calculation), and its seed is used by no other spec."""
+    from pathlib import Path
+
+    from analysis.names import preset_size
+    from analysis.power import STUDY_PLAN, planned_runs
+    from analysis.sweeps import Spec
+
+    jobs = Path(__file__).resolve().parents[1] / "jobs"
+    spec = Spec.from_yaml(jobs / "fmnist_power.yaml")
+    rows = spec.runs()
+    ids, configs = [r["run"] for r in rows], {r["run"]: r["cfg"] for r in rows}
+    assert len(rows) == 4 * 2 * 2 * 48
+    plan = planned_runs(ids, configs)
+    cells = {}
+    for r in plan:
+        c = configs[r]
+        cells.setdefault((preset_size(c.model.preset), c.train.epochs, c.model.preset, c.optim.name), []).append(r)
+    assert len(cells) == 16 and len(plan) == sum(4 * n for n in STUDY_PLAN.values())
+    for (size, epochs, _, _), runs in cells.items():
+        assert len(runs) == STUDY_PLAN[size, epochs] >= 24
+        assert runs == [r for r in ids if r in set(runs)][: len(runs)]  # the first n of the cell, in order
+    seeds = {s.seed for s in map(Spec.from_yaml, jobs.glob("*.yaml")) if s.name != "fmnist_power"}
+    assert spec.seed not in seeds | {3, 4} and {c.train.seed for c in configs.values()} == {spec.seed}
