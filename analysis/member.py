@@ -82,8 +82,11 @@ class Member:
         """Under the lock: remove temp files of interrupted writes, a failed attempt's result (or, on
         restart, the run's records), and mark the job that trains the folder."""
         removed = rundir.remove_temp_files(self.out)
+        unshared = rundir.unshare(self.out)  # before the first log line: appends stay in this folder
         if removed:
             self.log(f"removed {removed} temporary file(s) of an interrupted write")
+        if unshared:
+            self.log(f"gave {unshared} hard-linked file(s) a private copy (this folder's writes stay in it)")
         if restart:
             rundir.clear_run(self.out)
             self.log("restarted: checkpoint, metrics and result removed")
@@ -146,7 +149,7 @@ class Member:
         (None: start afresh). The checkpoint itself is not kept.
         A checkpoint that cannot be read, or does not fit this run, raises rundir.CheckpointError
         naming the file and --restart."""
-        ckpt = rundir.load_checkpoint(self.out, map_location=device)
+        ckpt = rundir.load_checkpoint(self.out, map_location=device, model=self.model)
         if ckpt is None:
             return None
         try:

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import socket
+import stat
 import tempfile
 import time
 import warnings
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 
-from analysis.errors import CheckpointError, ConfigError, RunLocked
+from analysis.errors import CheckpointError, ConfigError, RunLocked, shown
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -108,10 +109,32 @@ def write_json(path: str | Path, obj: dict) -> None:
 MAX_JSON_BYTES = 16 << 20  # a sweep's runs.json / launches.json (10,000 runs take some 6 MiB)
 
 
+class NotRegularFile(ConfigError):
+    """A file a folder names is a device, FIFO, socket or folder: never read (one line)."""
+
+
+def open_regular(path: str | Path):
+    """Open a file a run or sweep folder holds for reading, as a binary file object: O_NOFOLLOW and
+    O_NONBLOCK (a FIFO does not block the open), then fstat: anything but a regular file raises
+    NotRegularFile (a device such as /dev/zero, a FIFO, a socket); a symbolic link as the last part of
+    the path is an OSError (ELOOP). Readers stop at their own byte limits whatever st_size says."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device or folder"
+            raise NotRegularFile(f"{path} is {kind}, not a regular file; not read")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_capped(path: str | Path, max_bytes: int) -> bytes:
-    """The bytes of a file a folder holds, refused (ConfigError, one line) when over max_bytes;
-    never more than max_bytes + 1 are read. OSError when it cannot be read."""
-    with open(path, "rb") as f:
+    """The bytes of a file a folder holds, refused (ConfigError, one line) when over max_bytes or not
+    a regular file; never more than max_bytes + 1 are read. OSError when it cannot be read."""
+    with open_regular(path) as f:
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise ConfigError(f"{path}: over {max_bytes} bytes, the limit for this file; not read")
@@ -119,19 +142,20 @@ def read_capped(path: str | Path, max_bytes: int) -> bytes:
 
 
 def read_tail(path: str | Path, max_bytes: int) -> bytes:
-    """The last max_bytes of a file (all of a smaller one); b"" when it cannot be read."""
+    """The last max_bytes of a file (all of a smaller one); b"" when it cannot be read or is not a
+    regular file."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
             f.seek(max(0, size - max_bytes))
             return f.read(max_bytes)
-    except OSError:
+    except (OSError, NotRegularFile):
         return b""
 
 
 def read_json(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> dict | None:
     """Return the parsed JSON object, or None if missing, unreadable or not a JSON object.
-    A file over max_bytes is refused with a one-line ConfigError (bounded memory)."""
+    A file over max_bytes, or not a regular file, is refused with a one-line ConfigError."""
     try:
         data = read_capped(path, max_bytes)
     except OSError:
@@ -147,6 +171,30 @@ def failure_reason(error: BaseException) -> str:
     """One line for a result record: the exception type and the first line of its message."""
     text = str(error).strip()
     return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def unshare(run_dir: str | Path) -> int:
+    """Give each file the suite appends to or rewrites in place (metrics.jsonl, log.txt) that has other
+    hard links (a `cp -al` snapshot) a private copy, so that no write here changes a file outside the
+    folder; a file that is not regular is removed. Returns how many were replaced. Called under the
+    run's lock before a trainer writes."""
+    replaced = 0
+    for name in (METRICS, LOG):
+        path = Path(run_dir) / name
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_nlink <= 1:
+            continue
+        data = b""
+        if stat.S_ISREG(st.st_mode):
+            with open_regular(path) as f:
+                data = f.read()
+        path.unlink()
+        write_atomic(path, data)
+        replaced += 1
+    return replaced
 
 
 def append_metrics(run_dir: str | Path, row: dict) -> None:
@@ -197,19 +245,37 @@ def _lines(f, limit: int):
         yield line
 
 
+class _Bounded:
+    """A binary file read through readline() for at most `left` more bytes (a file that grows while it
+    is read, or lies about its size, is never read past the limit)."""
+
+    def __init__(self, f, left: int):
+        self.f, self.left = f, left
+
+    def readline(self, limit: int) -> bytes:
+        if self.left <= 0:
+            return b""
+        line = self.f.readline(min(limit, self.left))
+        self.left -= len(line)
+        return line
+
+
 def read_metrics(run_dir: str | Path, max_bytes: int = MAX_METRICS_BYTES) -> list[dict]:
     """Return the per-epoch rows, last row per epoch kept, a torn last line ignored. Streamed in
     bounded memory: a file over max_bytes is read from its last max_bytes on (a warning says so)."""
     path = Path(run_dir) / METRICS
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
             if size > max_bytes:
                 warnings.warn(f"{path}: over {max_bytes} bytes; read from its last {max_bytes} bytes", stacklevel=2)
                 f.seek(size - max_bytes)
-                f.readline()  # the rest of a cut line
-            rows = metric_rows(_lines(f, MAX_LINE_BYTES))
+                f.readline(MAX_LINE_BYTES)  # the rest of a cut line
+            rows = metric_rows(_lines(_Bounded(f, max_bytes), MAX_LINE_BYTES))
     except OSError:
+        return []
+    except NotRegularFile as e:
+        warnings.warn(str(e), stacklevel=2)
         return []
     return [rows[e] for e in sorted(rows)]
 
@@ -239,14 +305,35 @@ def save_checkpoint(run_dir: str | Path, state: dict) -> None:
     write_atomic(Path(run_dir) / CHECKPOINT, buf.getvalue())
 
 
-def load_checkpoint(run_dir: str | Path, map_location="cpu") -> dict | None:
-    """Return the last checkpoint (weights_only loading), or None if there is none. An empty,
-    truncated, corrupt or unsafe file raises CheckpointError with one line."""
+CHECKPOINT_FACTOR = 6  # a checkpoint holds model, EMA and two optimizer moments: ~4x the parameters
+
+
+def checkpoint_limit(model: torch.nn.Module | None) -> int | None:
+    """The most bytes a run checkpoint of `model` may take: CHECKPOINT_FACTOR times its parameter and
+    buffer bytes, plus 1 MiB of records (None without a model: no limit)."""
+    if model is None:
+        return None
+    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    return CHECKPOINT_FACTOR * size + (1 << 20)
+
+
+def load_checkpoint(run_dir: str | Path, map_location="cpu", model: torch.nn.Module | None = None) -> dict | None:
+    """Return the last checkpoint (weights_only loading, memory-mapped), or None if there is none. An
+    empty, truncated, corrupt or unsafe file, or one larger than a checkpoint of `model` can be
+    (checkpoint_limit), raises CheckpointError with one line."""
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         return None
+    limit = checkpoint_limit(model)
+    size = path.stat().st_size
+    if limit is not None and size > limit:
+        raise CheckpointError(
+            f"checkpoint {path} is {size} bytes, over the {limit} a checkpoint of this run's model can take "
+            f"({CHECKPOINT_FACTOR}x its parameters); not read. Start the run over with "
+            f"`stemlab train --restart --out {run_dir} ...` or delete that file"
+        )
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file
         if path.stat().st_size == 0:
             what = "is empty"
@@ -296,7 +383,7 @@ def result_problem(result: dict) -> str | None:
     for key, (low, high) in [*((k, (0, 100)) for k in _ERRORS), *((k, (0, math.inf)) for k in _COUNTS)]:
         value = result.get(key)
         if (value is not None or key == "top1_err" and status != "failed") and not _number(value, low, high):
-            return f"{key} is {value!r}, not a finite number in [{low}, {high}]"
+            return f"{key} is {shown(value)}, not a finite number in [{low}, {high}]"
     return None
 
 
@@ -322,13 +409,13 @@ def read_result(run_dir: str | Path) -> dict | None:
     with the reason, and a warning names the file."""
     path = Path(run_dir) / RESULT
     try:
-        if path.stat().st_size > MAX_RESULT_BYTES:
-            problem, result = f"over {MAX_RESULT_BYTES} bytes", None
-        else:
-            result = loads_finite(path.read_text())
-            problem = result_problem(result) if isinstance(result, dict) else None
+        data = read_capped(path, MAX_RESULT_BYTES)
+        result = loads_finite(data.decode("utf-8", errors="replace"))
+        problem = result_problem(result) if isinstance(result, dict) else None
     except OSError:
         return None
+    except ConfigError as e:  # over the limit, or not a regular file (a device, a FIFO)
+        problem, result = str(e).removeprefix(f"{path}: ").removeprefix(f"{path} "), None
     except ValueError as e:
         if "is not a number" not in str(e):
             return None  # not JSON: the callers report an unreadable result.json
@@ -489,11 +576,35 @@ class RunLock:
 
     def acquire(self, tries: int = 20) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        for _ in range(5):  # until the locked inode is the one the path names
+            fd = open_lock_file(self.path)
+            self._lock(fd, tries)
+            st = os.fstat(fd)
+            if st.st_nlink > 1:  # shared with a snapshot (cp -al): lock a private file of our own
+                write_atomic(self.path, b"")  # replaces the name; a trainer that waits on the old inode re-checks
+                os.close(fd)
+                continue
+            try:
+                same = os.stat(self.path).st_ino == st.st_ino
+            except OSError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        else:
+            raise RunLocked(f"{self.path}: the lock file keeps changing under this trainer; is another trainer racing?")
+        record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record.encode(), 0)
+        self.fd = fd
+        _HELD.add(fd)
+        return self
+
+    def _lock(self, fd: int, tries: int) -> None:
         for i in range(tries):  # a status check holds a shared lock for an instant: retry briefly
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                return
             except OSError as e:
                 if e.errno not in (errno.EAGAIN, errno.EACCES) or i == tries - 1:
                     os.close(fd)
@@ -504,12 +615,6 @@ class RunLock:
                         "wait for it or stop it first"
                     ) from None
                 time.sleep(0.05)
-        record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()})
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, record.encode(), 0)
-        self.fd = fd
-        _HELD.add(fd)
-        return self
 
     def release(self) -> None:
         if self.fd is not None:
@@ -524,6 +629,21 @@ class RunLock:
         self.release()
 
 
+def open_lock_file(path: Path) -> int:
+    """A descriptor of a run's lock file, created when missing; not a regular file (a FIFO, a device,
+    a symbolic link) is refused in one line instead of blocking or writing through it."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ConfigError(f"{path} is a symbolic link, not this folder's lock file; remove it") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotRegularFile(f"{path} is not a regular file; remove it before training this folder")
+    return fd
+
+
 def _read_holder(path: Path) -> dict | None:
     try:
         holder = json.loads(read_capped(path, 4096) or b"null")
@@ -536,8 +656,11 @@ def lock_holder(run_dir: str | Path) -> dict | None:
     """{"host", "pid", "since"} of the live process training this run folder, or None."""
     path = Path(run_dir) / LOCK
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device is no trainer's lock
+        os.close(fd)
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -69,8 +69,13 @@ def load_pickle(path: str | Path) -> Any:
         raise ConfigError(f"{path}: not a readable data pickle ({type(e).__name__})") from None
 
 
+SCALAR_CHARS_PER_NODE = 256  # a scalar counts one node per 256 characters of its text
+
+
 def _expanded_size(node: yaml.Node, limit: int) -> int:
-    """Number of nodes of the document with every alias expanded, counted up to just past limit."""
+    """Number of nodes of the document with every alias expanded, counted up to just past limit; a
+    long scalar counts one node per SCALAR_CHARS_PER_NODE characters, so 99,000 aliases of one 600 KB
+    string (some 59 GB once expanded) are over the limit like 99,000 aliases of a long list."""
     sizes: dict[int, int] = {}
 
     def size(n: yaml.Node) -> int:
@@ -82,7 +87,7 @@ def _expanded_size(node: yaml.Node, limit: int) -> int:
             children = [x for pair in n.value for x in pair]
         else:
             children = []
-        total = 1
+        total = 1 + (len(n.value) // SCALAR_CHARS_PER_NODE if isinstance(n, yaml.ScalarNode) else 0)
         for child in children:
             total += size(child)
             if total > limit:
@@ -120,9 +125,11 @@ def _duplicate_key(loader: yaml.SafeLoader, node: yaml.Node) -> yaml.Node | None
 def load_yaml(path: str | Path, max_bytes: int = MAX_YAML_BYTES, max_nodes: int = MAX_YAML_NODES) -> Any:
     """Safe-load one YAML file of at most max_bytes whose aliases expand to at most max_nodes nodes;
     a file over either limit, not YAML, or with a key given twice in a mapping is a one-line ConfigError."""
+    from analysis.rundir import open_regular
+
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             raw = fh.read(max_bytes + 1)
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None

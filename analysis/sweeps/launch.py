@@ -98,12 +98,12 @@ class Sweep(SweepFolder):
         import fcntl
 
         trust.check_inside(self.dir, [self.dir / LAUNCH_LOCK])
-        with open(self.dir / LAUNCH_LOCK, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        fd = rundir.open_lock_file(self.dir / LAUNCH_LOCK)  # a FIFO or device planted there: one line
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def launch_options(self, **overrides) -> LaunchConfig:
         """The spec's launch section with keyword overrides (None values ignored), checked and typed."""

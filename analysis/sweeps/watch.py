@@ -124,11 +124,11 @@ class RunWatch:
         else:
             changed = False
         try:
-            with open(self.dir / rundir.METRICS, "rb") as f:
+            with rundir.open_regular(self.dir / rundir.METRICS) as f:
                 skip = max(0, st[1] - self._offset - rundir.MAX_METRICS_BYTES)  # read the tail only
                 f.seek(self._offset + skip)
                 chunk = f.read(rundir.MAX_METRICS_BYTES)
-        except OSError:
+        except (OSError, rundir.NotRegularFile):
             return changed
         if skip:
             cut = chunk.find(b"\n") + 1  # the rest of a cut line
