@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from analysis.errors import ConfigError, one_of
+from analysis.errors import ConfigError, one_of, shown
 
 OPTIMIZERS = ("adamw", "sgd")
 DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagefolder")
@@ -122,7 +122,7 @@ class RunConfig:
             if section not in d or not name:
                 raise one_of("config key", key, [f"{s}.<key>" for s in d])
             if name not in d[section]:
-                raise one_of(f"key in section {section!r}", name, list(d[section]))
+                raise one_of(f"key in section {shown(section)}", name, list(d[section]))
             d[section][name] = value
         return from_dict(d)
 
@@ -141,22 +141,22 @@ def parse_number(value: Any, kind: str, where: str) -> int | float:
         try:
             value = float(value)
         except ValueError:
-            raise ConfigError(f"{where} must be {kind}, got {given!r}") from None
+            raise ConfigError(f"{where} must be {kind}, got {shown(given)}") from None
         try:
             exact = decimal.Decimal(given.strip())  # exact digits, for long whole numbers
         except decimal.InvalidOperation:
             exact = None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{where} must be {kind}, got {given!r}")
+        raise ConfigError(f"{where} must be {kind}, got {shown(given)}")
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{where} must be a finite number, got {given!r}")
+        raise ConfigError(f"{where} must be a finite number, got {shown(given)}")
     if kind == "float":
         return float(value)
     if isinstance(value, int):
         return value
     exact = exact if exact is not None and exact.is_finite() else decimal.Decimal(value)
     if exact != exact.to_integral_value():
-        raise ConfigError(f"{where} must be int (a whole number), got {given!r}")
+        raise ConfigError(f"{where} must be int (a whole number), got {shown(given)}")
     return int(exact)
 
 
@@ -172,7 +172,7 @@ def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
             try:
                 value = yaml.safe_load(value)
             except yaml.YAMLError:
-                raise ConfigError(f"{where} must be bool, got {value!r}") from None
+                raise ConfigError(f"{where} must be bool, got {shown(value)}") from None
     if value is None:
         if "None" in f.type:
             return None
@@ -180,7 +180,7 @@ def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
     if kind in ("int", "float"):
         return parse_number(value, kind, where)
     if not isinstance(value, {"str": str, "bool": bool}[kind]):
-        raise ConfigError(f"{where} must be {kind}, got {value!r}")
+        raise ConfigError(f"{where} must be {kind}, got {shown(value)}")
     return value
 
 
@@ -204,11 +204,11 @@ def from_dict(d: dict) -> RunConfig:
     for section, cls in SECTIONS.items():
         given = d.get(section) or {}
         if not isinstance(given, dict):
-            raise ConfigError(f"config section {section!r} must be a mapping, got {given!r}")
+            raise ConfigError(f"config section {shown(section)} must be a mapping, got {shown(given)}")
         known = {f.name: f for f in fields(cls)}
         for key in given:
             if key not in known:
-                raise one_of(f"key in section {section!r}", key, list(known))
+                raise one_of(f"key in section {shown(section)}", key, list(known))
         built[section] = cls(**{k: _coerce(section, known[k], v) for k, v in given.items()})
     cfg = RunConfig(**built)
     validate(cfg)
@@ -301,10 +301,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, eq, value = item.partition("=")
         if not eq or "." not in key:
-            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. optim.lr=1e-3")
+            raise ConfigError(f"override {shown(item)} must look like section.key=value, e.g. optim.lr=1e-3")
         if key.strip() in out:
             raise ConfigError(
-                f"override {key.strip()} is given twice ({out[key.strip()]!r} and {value!r}); give it once"
+                f"override {key.strip()} is given twice ({shown(out[key.strip()])} and {shown(value)}); give it once"
             )
         out[key.strip()] = value
     return out

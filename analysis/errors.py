@@ -8,6 +8,20 @@ UserError is the base the CLI catches (exit status 2); its kinds are siblings:
 Catch ConfigError for bad input only; a locked folder or a bad checkpoint is not bad input.
 """
 
+import reprlib
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 160, 160, 60
+_REPR.maxtuple = _REPR.maxlist = _REPR.maxarray = _REPR.maxdict = _REPR.maxset = _REPR.maxfrozenset = 6
+MAX_SHOWN = 200  # characters of a value an error message quotes
+
+
+def shown(value) -> str:
+    """repr(value) for an error message, bounded: at most MAX_SHOWN characters, computed without
+    building the whole repr (a YAML value of many aliases may expand to gigabytes)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+
 
 class UserError(Exception):
     """A problem the user can fix; the message names what is wrong and what to do or what is allowed."""
@@ -27,4 +41,4 @@ class RunLocked(UserError):
 
 def one_of(what: str, value, allowed) -> ConfigError:
     """ConfigError for `value` not among `allowed`."""
-    return ConfigError(f"unknown {what} {value!r}; allowed: {', '.join(map(str, allowed))}")
+    return ConfigError(f"unknown {what} {shown(value)}; allowed: {', '.join(map(str, allowed))}")

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from analysis import config as C
-from analysis.errors import ConfigError, one_of
+from analysis.errors import ConfigError, one_of, shown
 
 CLUSTERS = ("auto", "slurm", "local")
 
@@ -146,7 +146,7 @@ def _checked(key: str, value, types: tuple[type, ...]):
     allowed = tuple(t for t in types if t is not type(None))
     if value is not None and (not isinstance(value, allowed) or isinstance(value, bool)):
         names = "int or 'auto'" if key == "parallel" else " or ".join(t.__name__ for t in allowed)
-        raise ConfigError(f"launch option {key} must be {names}, got {value!r}")
+        raise ConfigError(f"launch option {key} must be {names}, got {shown(value)}")
     if value is None and type(None) not in types:
         raise ConfigError(f"launch option {key} may not be null")
     if key == "cluster" and value is not None and value not in CLUSTERS:

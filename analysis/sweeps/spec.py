@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from analysis import config as C
-from analysis.errors import ConfigError, one_of
+from analysis.errors import ConfigError, one_of, shown
 from analysis.sweeps.options import LaunchConfig
 from analysis.trust import load_yaml
 
@@ -52,7 +52,7 @@ def max_runs() -> int:
     if value is None:
         return MAX_RUNS
     if not value.strip().isdigit() or int(value) < 1:
-        raise ConfigError(f"{MAX_RUNS_ENV} must be a positive integer, got {value!r}")
+        raise ConfigError(f"{MAX_RUNS_ENV} must be a positive integer, got {shown(value)}")
     return int(value)
 
 
@@ -66,7 +66,7 @@ def _key(key: str, where: str) -> str:
     key = ALIASES.get(key, key)
     if key not in config_keys():
         raise ConfigError(
-            f"{where}: unknown config key {key!r}; use section.key (sections "
+            f"{where}: unknown config key {shown(key)}; use section.key (sections "
             f"{', '.join(C.SECTIONS)}; see analysis/config.py) or one of the aliases {', '.join(ALIASES)}"
         )
     return key
@@ -95,13 +95,13 @@ class Sampler:
         if step is not None:
             step = C.parse_number(step, "float", f"{where}: {key} step")
             if step <= 0:
-                raise ConfigError(f"{where}: {key} step must be a number > 0, got {d['step']!r}")
+                raise ConfigError(f"{where}: {key} step must be a number > 0, got {shown(d['step'])}")
         if kind == "choice":
             if not isinstance(arg, list) or not arg:
-                raise ConfigError(f"{where}: {key} choice needs a non-empty list of values, got {arg!r}")
+                raise ConfigError(f"{where}: {key} choice needs a non-empty list of values, got {shown(arg)}")
             return cls(key, kind, values=tuple(C.coerce(key, v) for v in arg), step=step)
         if not isinstance(arg, list) or len(arg) != 2:
-            raise ConfigError(f"{where}: {key} {kind} needs [low, high] (two numbers), got {arg!r}")
+            raise ConfigError(f"{where}: {key} {kind} needs [low, high] (two numbers), got {shown(arg)}")
         low, high = (C.parse_number(v, "float", f"{where}: {key} {kind} bound") for v in arg)
         if not low <= high:
             raise ConfigError(f"{where}: {key} {kind} range [{arg[0]}, {arg[1]}] is empty (low > high)")
@@ -183,7 +183,7 @@ class Spec:
                 raise one_of("sweep spec key", k, SPEC_KEYS)
         name = str(d.get("name") or name or "sweep")
         if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-            raise ConfigError(f"sweep name {name!r} must use letters, digits, '-', '_' or '.' only")
+            raise ConfigError(f"sweep name {shown(name)} must use letters, digits, '-', '_' or '.' only")
         base = _flatten_base(d.get("base"))
         for k, v in base.items():
             if _is_sampler(v):
@@ -194,7 +194,7 @@ class Spec:
             raise ConfigError(f"spec grid must be a mapping of axis -> list, got {type(grid).__name__}")
         for axis, values in grid.items():
             if not isinstance(values, list) or not values:
-                raise ConfigError(f"grid axis {axis!r} needs a non-empty list of values, got {values!r}")
+                raise ConfigError(f"grid axis {shown(axis)} needs a non-empty list of values, got {shown(values)}")
             cases = []
             for v in values:
                 if isinstance(v, dict):
@@ -208,19 +208,19 @@ class Spec:
             axes.append((str(axis), cases))
         sample = {}
         if not isinstance(d.get("sample") or {}, dict):
-            raise ConfigError(f"spec sample must be a mapping of key -> sampler, got {d.get('sample')!r}")
+            raise ConfigError(f"spec sample must be a mapping of key -> sampler, got {shown(d.get('sample'))}")
         for k, v in (d.get("sample") or {}).items():
             kk = _key(k, "sample")
             if not _is_sampler(v):
-                raise ConfigError(f"sample: {kk} must be a sampler like {{log_uniform: [low, high]}}, got {v!r}")
+                raise ConfigError(f"sample: {kk} must be a sampler like {{log_uniform: [low, high]}}, got {shown(v)}")
             sample[kk] = Sampler.parse(kk, v, "sample")
         samples, seed = d.get("samples", 1), d.get("seed", 0)
         for what, v, lo in (("samples", samples, 1), ("seed", seed, 0)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ConfigError(f"spec {what} must be an integer >= {lo}, got {v!r}")
+                raise ConfigError(f"spec {what} must be an integer >= {lo}, got {shown(v)}")
         launch = d.get("launch") or {}
         if not isinstance(launch, dict):
-            raise ConfigError(f"spec launch must be a mapping of launch options, got {launch!r}")
+            raise ConfigError(f"spec launch must be a mapping of launch options, got {shown(launch)}")
         spec = cls(name, base, axes, sample, samples, seed, LaunchConfig.from_dict(launch), raw=copy.deepcopy(d))
         spec.count()  # counted before anything is built
         spec.runs()  # every expanded config validates before anything is written or launched
