@@ -14,6 +14,7 @@ if __name__ == "__main__" and sys.path and not sys.flags.safe_path:
 
 import argparse  # noqa: E402
 import errno  # noqa: E402
+import re  # noqa: E402
 
 from analysis.errors import ConfigError, UserError  # noqa: E402
 
@@ -150,9 +151,14 @@ def _collect(args) -> None:
 
     frame = collect(args.target)
     if args.out:
+        import io
+
+        from analysis import rundir
+
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_parquet(out, index=False) if out.suffix == ".parquet" else frame.to_csv(out, index=False)
+        buf = io.BytesIO()
+        frame.to_parquet(buf, index=False) if out.suffix == ".parquet" else frame.to_csv(buf, index=False)
+        rundir.write_atomic(out, buf.getvalue())  # a kill or a full disk never leaves a torn file
         print(f"{len(frame)} runs -> {out}")
         return
     cols = ["run", "status", "model", "optimizer", "epochs", "lr", "wd", "error", "epochs_done"]
@@ -359,11 +365,50 @@ def os_error_line(e: OSError) -> str:
     return f"{e.strerror or type(e).__name__}{where}"[:500]
 
 
+# Control characters but newline, tab and carriage return: what a folder's text could use to drive the
+# terminal (ESC sequences that retitle it, write the clipboard through OSC 52 or clear the screen).
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """text without the control characters a terminal acts on (escape sequences lose their ESC)."""
+    return _CONTROL.sub("", text)
+
+
+class _Printable:
+    """A text stream that strips control characters from what is written to it (see printable)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(printable(text))
+        return len(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+# commands that print what a run or sweep folder holds (reasons, log tails, names): their output is
+# stripped of control characters; train and demo print the suite's own progress bars as they are
+_READS_FOLDERS = ("sweep", "claims", "report")
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
     args = parser().parse_args(argv)
     warnings.showwarning = _warning_line
+    streams = sys.stdout, sys.stderr
+    if args.command in _READS_FOLDERS:
+        sys.stdout, sys.stderr = _Printable(sys.stdout), _Printable(sys.stderr)
+    try:
+        return _main(args)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _main(args) -> int:
     try:
         args.func(args)
     except UserError as e:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from analysis import trust
+from analysis import rundir, trust
 from analysis.errors import ConfigError
 
 PROBE_IMAGES = 6
@@ -247,8 +247,7 @@ def write_report(
         f"<style>{STYLE}</style><script>{plotly.offline.get_plotlyjs()}</script></head>"
         f"<body>{''.join(parts)}</body></html>"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page)
+    rundir.write_atomic(out, page.encode())  # temp file and rename: never a torn page, never a hard link's target
     if png_dir:
         export_png([f for _, f in figs], png_dir)
     return out

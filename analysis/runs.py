@@ -50,13 +50,19 @@ def load_model(
     seed_everything(cfg.train.seed)
     model = build_model(cfg)
     if not initial:
-        ckpt = rundir.load_checkpoint(run_dir)
+        ckpt = rundir.load_checkpoint(run_dir, model=model)
         if ckpt is None:
             raise ConfigError(f"{run_dir} has no {rundir.CHECKPOINT} yet; wait for its first epoch or use initial=True")
         key = "ema" if ema else "model"
         if key not in ckpt:
             raise ConfigError(f"{run_dir} was trained without EMA (train.ema_decay is null); use ema=False")
-        model.load_state_dict(ckpt[key])
+        try:
+            model.load_state_dict(ckpt[key])
+        except RuntimeError as e:  # other shapes: a checkpoint of another model
+            raise rundir.CheckpointError(
+                f"checkpoint {Path(run_dir) / rundir.CHECKPOINT} does not fit this run's model "
+                f"({str(e).splitlines()[0][:200]})"
+            ) from None
     model.run_dir = str(run_dir)
     return model.to(device).eval()
 

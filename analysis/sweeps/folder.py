@@ -16,7 +16,7 @@ import yaml
 
 from analysis import config as C
 from analysis import rundir, trust
-from analysis.errors import ConfigError
+from analysis.errors import ConfigError, shown
 from analysis.sweeps.spec import MAX_RUNS_ENV, Spec, max_runs
 
 
@@ -38,7 +38,7 @@ class SweepFolder:
                     f"{sweep_dir}: runs.json lists {len(self.table)} runs, over the limit of "
                     f"{max_runs()} (set {MAX_RUNS_ENV} to allow more)"
                 )
-            self.run_ids = [r["run"] for r in self.table]
+            self.run_ids = [_valid_run_id(r["run"], sweep_dir) for r in self.table]
             self.configs = {r["run"]: C.RunConfig().replace(r["overrides"]) for r in self.table}
         except (yaml.YAMLError, KeyError, TypeError, AttributeError):
             raise ConfigError(f"{sweep_dir}: unreadable spec.yaml or runs.json (not written by this package)") from None
@@ -116,6 +116,18 @@ class SweepFolder:
 
     def __repr__(self) -> str:
         return f"Sweep({str(self.dir)!r}, runs={len(self.run_ids)}, launches={len(self.launches)})"
+
+
+def _valid_run_id(run, sweep_dir) -> str:
+    """A run id read from runs.json, checked by the rule sweep names follow (letters, digits, '-', '_',
+    '.'; not starting with '.'), so no id names a folder outside runs/ (`../other`, `a/b`)."""
+    ok = isinstance(run, str) and 0 < len(run) <= 200 and not run.startswith(".")
+    if not ok or not run.replace("-", "").replace("_", "").replace(".", "").isalnum() or not run.isascii():
+        raise ConfigError(
+            f"{sweep_dir}: runs.json names a run {shown(run)}; run ids use letters, digits, '-', '_' and '.' "
+            "and do not start with '.' (this folder was not written by this package)"
+        )
+    return run
 
 
 def _same_runs(folder: Path, runs: list[dict]) -> bool:
