@@ -1,0 +1,150 @@
+"""Shared folders, second pass: what a hostile or careless folder holds ends in one line, runs no code,
+changes nothing outside it and keeps memory bounded (README, "What a run or sweep folder holds")."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.test_trust import peak_mb, tiny_spec
+
+from analysis import rundir, trust
+from analysis.errors import MAX_SHOWN, CheckpointError, ConfigError
+from analysis.sweeps import Sweep
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def cli(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python -m analysis ARGS` in a fresh interpreter; a reader that blocks fails the test by timeout."""
+    return subprocess.run(
+        [sys.executable, "-m", "analysis", *args], capture_output=True, text=True, cwd=cwd, env=ENV, timeout=timeout
+    )
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Sweep:
+    """A sweep folder with two run folders (configs only: nothing trained)."""
+    return Sweep.from_dict(tiny_spec("hostile"), root=tmp_path)
+
+
+@pytest.mark.parametrize("name", ["result.json", "metrics.jsonl", "log.txt", "job.json", "train.lock"])
+def test_a_fifo_in_a_run_folder_blocks_no_reader(sweep, name):
+    os.mkfifo(sweep.run_dir(sweep.run_ids[0]) / name)
+    for command in (["sweep", "status"], ["sweep", "collect"], ["claims"]):
+        out = cli([*command, str(sweep.dir)], cwd=sweep.dir.parent, timeout=90)
+        assert out.returncode in (0, 2), out.stderr[-1500:]
+        assert "Traceback" not in out.stderr
+    with pytest.raises(rundir.NotRegularFile, match="FIFO"):
+        rundir.read_capped(sweep.run_dir(sweep.run_ids[0]) / name, 100)
+
+
+def test_a_fifo_as_the_launch_lock_or_run_table_is_one_line(sweep):
+    lock = sweep.dir / ".launch.lock"
+    lock.unlink(missing_ok=True)
+    os.mkfifo(lock)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        sweep.launch()
+    (sweep.dir / "runs.json").unlink()
+    os.mkfifo(sweep.dir / "runs.json")
+    out = cli(["sweep", "status", str(sweep.dir)], cwd=sweep.dir.parent, timeout=60)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "error:" in out.stderr
+
+
+def test_devices_behind_run_files_are_read_in_bounded_memory(sweep):
+    run = sweep.run_dir(sweep.run_ids[0])
+    (run / "result.json").symlink_to("/dev/zero")
+    (run / "metrics.jsonl").symlink_to("/dev/urandom")
+    peak, out = peak_mb(
+        f"from analysis.sweeps import Sweep, collect\ns = Sweep.open({str(sweep.dir)!r})\n"
+        "print(list(s.status()['state']))\nprint(len(collect(s.dir)))\n",
+        cwd=sweep.dir.parent,
+    )
+    assert peak < 300 and "Error" not in out.split("PEAK")[0], out
+
+
+def test_run_ids_that_leave_the_sweep_are_refused(sweep):
+    table = json.loads((sweep.dir / "runs.json").read_text())
+    table["runs"][0]["run"] = "../../../other_run"
+    (sweep.dir / "runs.json").write_text(json.dumps(table))
+    with pytest.raises(ConfigError, match="run ids use letters") as e:
+        Sweep.open(sweep.dir)
+    assert "\n" not in str(e.value)
+    out = cli(["sweep", "cancel", str(sweep.dir)], cwd=sweep.dir.parent)
+    assert out.returncode == 2 and "run ids use letters" in out.stderr
+
+
+def test_terminal_escapes_from_a_folder_are_stripped(sweep):
+    run = sweep.run_dir(sweep.run_ids[0])
+    evil = "boom \x1b]52;c;ZXZpbA==\x07 \x1b]0;title\x07 \x1b[2J \x9b"
+    rundir.write_json(run / "result.json", {"status": "failed", "reason": evil})
+    (run / "log.txt").write_text(f"line {evil}\n")
+    out = cli(["sweep", "status", str(sweep.dir)], cwd=sweep.dir.parent)
+    assert out.returncode == 0, out.stderr
+    assert "boom" in out.stdout and not any(c in out.stdout + out.stderr for c in "\x1b\x07\x9b")
+
+
+def test_python_m_analysis_never_imports_from_the_working_folder(sweep, tmp_path):
+    marker = tmp_path / "ran"
+    (sweep.dir / "yaml.py").write_text(f"open({str(marker)!r}, 'w').write('x')\nraise SystemExit(9)\n")
+    (sweep.dir / "pandas.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    out = cli(["sweep", "status", "."], cwd=sweep.dir)
+    assert out.returncode == 0, out.stderr[-1500:]
+    assert not marker.exists()
+
+
+def test_yaml_scalar_amplification_and_long_values_in_messages(tmp_path):
+    big = tmp_path / "config.yaml"
+    aliases = ", ".join(["*a"] * 3000)
+    big.write_text(f"optim:\n  lr: &a '{'x' * 200_000}'\n  name: [{aliases}]\n")
+    with pytest.raises(ConfigError, match="expand to over") as e:
+        trust.load_yaml(big)
+    assert len(str(e.value)) < 400
+    from analysis import config
+
+    with pytest.raises(ConfigError) as e:
+        config.coerce("optim.lr", ["y" * 10_000] * 1000)
+    assert len(str(e.value)) < MAX_SHOWN + 200 and "\n" not in str(e.value)
+
+
+def test_writes_never_go_through_hard_links_of_a_snapshot(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.txt").write_text("original log\n")
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    (run / "train.lock").write_text("")
+    snap = tmp_path / "snap"
+    subprocess.run(["cp", "-al", str(run), str(snap)], check=True)
+    assert rundir.unshare(snap) == 2
+    rundir.log_line(snap, "snapshot line")
+    rundir.append_metrics(snap, {"epoch": 2})
+    with rundir.RunLock(snap):
+        assert os.stat(snap / "train.lock").st_nlink == 1
+    assert (run / "log.txt").read_text() == "original log\n"
+    assert (run / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
+    assert (run / "train.lock").read_text() == "" and os.stat(run / "train.lock").st_nlink == 1
+
+
+def test_collect_out_replaces_the_file_and_leaves_its_hard_links_alone(sweep, tmp_path):
+    out = tmp_path / "runs.csv"
+    out.write_text("old\n")
+    os.link(out, tmp_path / "kept.csv")
+    res = cli(["sweep", "collect", str(sweep.dir), "--out", str(out)], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "kept.csv").read_text() == "old\n" and out.read_text().startswith("run,")
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_an_oversized_checkpoint_is_refused_in_one_line_without_reading_it(sweep):
+    run = sweep.run_dir(sweep.run_ids[0])
+    with open(run / "checkpoint.pt", "wb") as f:
+        f.truncate(2 << 30)  # 2 GiB, sparse
+    peak, out = peak_mb(f"from analysis.runs import load_model\nload_model({str(run)!r})\n", cwd=sweep.dir.parent)
+    assert "CheckpointError" in out and "over the" in out and peak < 300, out
+    with pytest.raises(CheckpointError, match="over the"):
+        from analysis.runs import load_model
+
+        load_model(run)
