@@ -158,7 +158,7 @@ def _collect(args) -> None:
         out = Path(args.out)
         buf = io.BytesIO()
         frame.to_parquet(buf, index=False) if out.suffix == ".parquet" else frame.to_csv(buf, index=False)
-        rundir.write_atomic(out, buf.getvalue())  # a kill or a full disk never leaves a torn file
+        rundir.write_output(out, buf.getvalue())  # a kill or a full disk never leaves a torn file
         print(f"{len(frame)} runs -> {out}")
         return
     cols = ["run", "status", "model", "optimizer", "epochs", "lr", "wd", "error", "epochs_done"]

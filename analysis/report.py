@@ -247,7 +247,7 @@ def write_report(
         f"<style>{STYLE}</style><script>{plotly.offline.get_plotlyjs()}</script></head>"
         f"<body>{''.join(parts)}</body></html>"
     )
-    rundir.write_atomic(out, page.encode())  # temp file and rename: never a torn page, never a hard link's target
+    rundir.write_output(out, page.encode())  # temp file and rename: never a torn page, never a hard link's target
     if png_dir:
         export_png([f for _, f in figs], png_dir)
     return out

@@ -91,6 +91,23 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def write_output(path: str | Path, data: bytes) -> None:
+    """Write an output file the user named (collect --out, a report): atomically (write_atomic) unless
+    the path is an existing device or FIFO (/dev/stdout, a pipe), which is written as it is; a full
+    disk raises OSError ENOSPC and leaves any earlier file whole."""
+    path = Path(path)
+    try:
+        special = not stat.S_ISREG(os.stat(path).st_mode) and not path.is_dir()
+    except OSError:
+        special = False
+    if not special:
+        write_atomic(path, data)
+        return
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+
+
 def _clean(value: Any) -> Any:
     """Make floats JSON-safe (NaN/inf become None)."""
     if isinstance(value, float) and not math.isfinite(value):

@@ -148,3 +148,34 @@ def test_an_oversized_checkpoint_is_refused_in_one_line_without_reading_it(sweep
         from analysis.runs import load_model
 
         load_model(run)
+
+
+class Payload:
+    """A pickle that, when loaded, creates a marker file: what a planted job pickle would run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_job_pickles_planted_in_the_sweep_are_never_loaded(sweep, tmp_path):
+    """Pickles planted in submitit/ for the next process ids (as someone sharing the folder could): the
+    launch writes its job files into a folder of its own, made fresh with mode 0700, so its jobs never
+    load them; the runs train and nothing runs."""
+    import pickle
+
+    marker = tmp_path / "payload-ran"
+    planted = sweep.dir / "submitit"
+    planted.mkdir(exist_ok=True)
+    pid = os.getpid()
+    for p in range(pid, pid + 400):
+        for name in (f"{p}_submitted.pkl", f"{p}_0_submitted.pkl"):
+            (planted / name).write_bytes(pickle.dumps(Payload(marker)))
+    sweep.launch(cluster="local", parallel=1, wait=True, timeout=600)
+    assert set(sweep.status()["state"]) == {"completed"} and not marker.exists()
+    (launch,) = json.loads((sweep.dir / "launches.json").read_text())["launches"]
+    own = sweep.dir / launch["submitit"]
+    assert own.parent == planted and own.name.startswith("launch-000-") and (own.stat().st_mode & 0o777) == 0o700
+    assert list(own.glob("*_submitted.pkl"))  # the jobs' own pickles are there

@@ -253,7 +253,7 @@ def test_local_sweep_end_to_end(tmp_path):
     assert [j["runs"] for j in launch["jobs"]] == [[ok, "0001-vit_c_fmnist_tiny-sgd"], [bad]]
     snapshot = sweep.dir / launch["code"] / "analysis"
     assert "edited after launch" not in (snapshot / "train.py").read_text()
-    logs = "".join(p.read_text() for p in (sweep.dir / "submitit").glob("*_log.out"))
+    logs = "".join(p.read_text() for p in (sweep.dir / launch["submitit"]).glob("*_log.out"))
     assert f"analysis code: {snapshot}" in logs
 
     frame = collect(sweep.dir)

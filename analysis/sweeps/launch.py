@@ -40,7 +40,16 @@ from analysis.errors import ConfigError, one_of
 from analysis.sweeps.folder import SweepFolder
 from analysis.sweeps.local import interrupt_job, stop_trainer
 from analysis.sweeps.options import LaunchConfig
-from analysis.sweeps.status import ACTIVE, FINAL, JOB_RUNNING, JOB_WAITING, KEEP, runs_state
+from analysis.sweeps.status import (
+    ACTIVE,
+    FINAL,
+    JOB_RUNNING,
+    JOB_WAITING,
+    KEEP,
+    SUBMITIT,
+    runs_state,
+    submitit_folder,
+)
 
 
 LAUNCH_LOCK = ".launch.lock"
@@ -55,6 +64,18 @@ def detect_cluster() -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "local"
     return "slurm" if out.returncode == 0 and out.stdout.strip() else "local"
+
+
+def fresh_private_folder(parent: Path, prefix: str) -> Path:
+    """A new folder under `parent` for one launch's submitit job files, made by tempfile.mkdtemp: created
+    here and now under a name nobody could have taken before, mode 0700, so no other user can plant a job
+    pickle that the launch's jobs would load (a folder of another owner is refused in one line)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    st = os.lstat(path)
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise ConfigError(f"{path} is not a private folder of this user; refused")
+    return path
 
 
 def snapshot_code(dest: Path, source: Path | None = None) -> Path:
@@ -156,7 +177,7 @@ class Sweep(SweepFolder):
             self.dir,
             [
                 self.dir / "code",
-                self.dir / "submitit",
+                self.dir / SUBMITIT,
                 self.dir / "launches.json",
                 *(self.run_dir(r) / name for r in todo for name in rundir.WRITTEN),
             ],
@@ -171,10 +192,11 @@ class Sweep(SweepFolder):
         from analysis.models.registry import snapshot_stem_code  # users' stems named by import path
 
         snapshot_stem_code(code_dir, stems)
+        jobs_dir = fresh_private_folder(self.dir / SUBMITIT, f"launch-{lid:03d}-")
         if cluster == "local":
-            executor = DetachedLocalExecutor(folder=self.dir / "submitit")
+            executor = DetachedLocalExecutor(folder=jobs_dir)
         else:
-            executor = submitit.AutoExecutor(folder=self.dir / "submitit", cluster=cluster)
+            executor = submitit.AutoExecutor(folder=jobs_dir, cluster=cluster)
         executor.update_parameters(**opts.executor_params(cluster, self.name))
         cloudpickle.register_pickle_by_value(boot)
         try:
@@ -191,6 +213,7 @@ class Sweep(SweepFolder):
                         "time": datetime.now().isoformat(timespec="seconds"),
                         "cluster": cluster,
                         "code": str(code_dir.relative_to(self.dir)),
+                        "submitit": str(jobs_dir.relative_to(self.dir)),
                         "options": opts.to_dict(),
                         "jobs": [{"job_id": str(j.job_id), "runs": g} for j, g in zip(jobs, groups)],
                         "cancelled": [],
@@ -320,7 +343,7 @@ class Sweep(SweepFolder):
             else:
                 for jid in mine:
                     if jid not in stopped:
-                        interrupt_job(jid, self.dir / "submitit", self._processes.get(jid))
+                        interrupt_job(jid, submitit_folder(self.dir, launch), self._processes.get(jid))
                 launch["cancelled"] = sorted(set(launch.get("cancelled", [])) | set(mine))
         self._save_launches(launches)
         return job_ids

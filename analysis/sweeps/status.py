@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import subprocess
+import re
 import warnings
 from pathlib import Path
 
@@ -107,12 +108,30 @@ def read_launches(folder: Path) -> list[dict]:
     ]
 
 
+SUBMITIT = "submitit"  # the sweep's folder of submitit job files: one fresh subfolder per launch
+
+
+def submitit_folder(folder: Path, launch: dict) -> Path:
+    """The submitit folder of one launch: submitit/launch-NNN-xxxx (made fresh, mode 0700, by that launch),
+    or submitit/ itself for launches recorded before there were subfolders; a record naming anything
+    else (launches.json is a folder's data) reads as the latter."""
+    name = launch.get("submitit", SUBMITIT) if isinstance(launch, dict) else SUBMITIT
+    if not isinstance(name, str) or not re.fullmatch(r"submitit(/launch-\d{3,6}-[A-Za-z0-9_]{1,16})?", name):
+        name = SUBMITIT
+    return Path(folder) / name
+
+
+def job_folders(folder: Path, launches: list[dict]) -> dict[str, Path]:
+    """{job id: the submitit folder of the launch that started it}."""
+    return {str(j["job_id"]): submitit_folder(folder, launch) for launch in launches for j in launch["jobs"]}
+
+
 def local_state(folder: Path, job_id: str, cancelled: bool, run_dirs: list[Path], process=None) -> str:
-    """State of a local submitit job of the sweep in `folder`: RUNNING while its controller lives, else
-    CANCELLED when cancelled, COMPLETED when all its runs are complete, else FAILED."""
+    """State of a local submitit job whose submitit folder is `folder`: RUNNING while its controller
+    lives, else CANCELLED when cancelled, COMPLETED when all its runs are complete, else FAILED."""
     from analysis.sweeps.local import controller_alive
 
-    if controller_alive(job_id, Path(folder) / "submitit", process):
+    if controller_alive(job_id, Path(folder), process):
         return "RUNNING"
     if cancelled:
         return "CANCELLED"
@@ -131,7 +150,8 @@ def scheduler_states(folder: Path, launches: list[dict], processes: dict | None 
                 continue
             run_dirs = [Path(folder) / "runs" / str(r) for r in job["runs"]]
             cancelled = jid in launch.get("cancelled", [])
-            states[jid] = local_state(folder, jid, cancelled, run_dirs, (processes or {}).get(jid))
+            where = submitit_folder(folder, launch)
+            states[jid] = local_state(where, jid, cancelled, run_dirs, (processes or {}).get(jid))
     if slurm_ids:
         try:
             found, missing = sacct_states(slurm_ids), "PENDING"  # not in accounting yet: just submitted
@@ -161,11 +181,11 @@ def tail(path: Path, lines: int = 8) -> str:
     return "\n".join([l for l in text.splitlines() if l.strip()][-lines:])
 
 
-def job_log_tail(folder: Path, job_id: str, lines: int = 8) -> str:
-    """The last lines of a job's submitit log (stderr, else stdout)."""
+def job_log_tail(submitit_dir: Path, job_id: str, lines: int = 8) -> str:
+    """The last lines of a job's submitit log (stderr, else stdout), in its launch's submitit folder."""
     from submitit.core.utils import JobPaths
 
-    paths = JobPaths(Path(folder) / "submitit", job_id, 0)
+    paths = JobPaths(Path(submitit_dir), job_id, 0)
     return tail(paths.stderr, lines) or tail(paths.stdout, lines)
 
 
@@ -208,6 +228,7 @@ def runs_state(folder: Path, run_ids: list[str], processes: dict | None = None) 
     folder = Path(folder)
     launches = read_launches(folder)
     states, jobs = scheduler_states(folder, launches, processes), latest_jobs(launches)
+    where = job_folders(folder, launches)
     markers = {run: read_job_file(folder / "runs" / run) for run in run_ids}
     last = _last_started(markers, jobs)
     rows = []
@@ -244,7 +265,8 @@ def runs_state(folder: Path, run_ids: list[str], processes: dict | None = None) 
                     reason or f"not started: its job {job_id} ended ({(job_state or '?').lower()}) before reaching it"
                 )
             failed_inside = (result or {}).get("status") == "failed"
-            job_tail = job_log_tail(folder, job_id, 4 if own else 8) if about_me and (failed_inside or not own) else ""
+            wanted = about_me and (failed_inside or not own)
+            job_tail = job_log_tail(where.get(job_id, folder / SUBMITIT), job_id, 4 if own else 8) if wanted else ""
             row["log_tail"] = "\n".join(x for x in (own, job_tail) if x)
         rows.append(row)
     return rows

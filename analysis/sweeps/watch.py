@@ -30,6 +30,8 @@ from analysis import rundir
 from analysis.sweeps.status import (
     ACTIVE,
     KEEP,
+    SUBMITIT,
+    job_folders,
     job_log_tail,
     latest_jobs,
     read_launches,
@@ -265,6 +267,7 @@ class SweepWatcher:
         w = self.runs[run]
         text = tail(w.dir / rundir.LOG, lines)
         if w.state not in KEEP and w.job_id:
-            job_text = job_log_tail(self.sweep.dir, w.job_id, lines)
+            where = job_folders(self.sweep.dir, self._launches).get(w.job_id, self.sweep.dir / SUBMITIT)
+            job_text = job_log_tail(where, w.job_id, lines)
             text = "\n".join(t for t in (text, job_text and f"-- job {w.job_id} log --\n{job_text}") if t)
         return text
