@@ -143,36 +143,41 @@ def _cnn_figures(vits: dict, cnns: dict) -> list[tuple[str, go.Figure]]:
     ]
 
 
+def _section(heading: str, build) -> tuple[str, go.Figure | str]:
+    """(heading, figure), or (heading, the one sentence saying why there is none) when the sweep's runs
+    cannot make it yet (a group without finished runs, a running sweep): a report is never all or nothing."""
+    try:
+        return heading, build()
+    except ConfigError as e:
+        return heading, f"Not drawn: {e}."
+
+
 def figures(
     df: pd.DataFrame, probes: bool = True, skipped: list | None = None, trust_code: bool = False
-) -> list[tuple[str, go.Figure]]:
-    """(heading, figure) pairs of the report, in order. Runs whose probes were left out (their
+) -> list[tuple[str, go.Figure | str]]:
+    """(heading, figure or the sentence why it is missing) pairs of the report, in order. Runs whose probes were left out (their
     checkpoint could not be loaded) are appended to `skipped` as (run, reason). trust_code: import
     the stem import paths the runs' configs name (analysis.trust)."""
     from analysis.plots.curves import curves_figure
     from analysis.plots.stability import edf_figure, epochs_figure, optimizer_gap_figure, sensitivity_figure
 
     out = [
-        ("Error EDFs (diverged runs counted at 100%)", edf_figure(df)),
-        (
+        _section("Error EDFs (diverged runs counted at 100%)", lambda: edf_figure(df)),
+        _section(
             "Error relative to each group's best run, with bootstrap band",
-            edf_figure(df, relative=True, bootstrap="band"),
+            lambda: edf_figure(df, relative=True, bootstrap="band"),
         ),
     ]
     if df["lr"].nunique() > 1 and df["wd"].nunique() > 1:
-        out.append(("lr / wd sensitivity", sensitivity_figure(df)))
+        out.append(_section("lr / wd sensitivity", lambda: sensitivity_figure(df)))
     if df["epochs"].nunique() > 1:
-        out.append(("Error against training length", epochs_figure(df)))
+        out.append(_section("Error against training length", lambda: epochs_figure(df)))
     if any({"adamw", "sgd"} <= set(opts) for opts in df.groupby("model")["optimizer"].unique()):
-        out.append(("Optimizer gap (SGD minus AdamW)", optimizer_gap_figure(df)))
+        out.append(_section("Optimizer gap (SGD minus AdamW)", lambda: optimizer_gap_figure(df)))
     best = best_runs(df)
     if not best.empty:
-        out.append(
-            (
-                "Training curves of each model's best run",
-                curves_figure(best, labels=list(best["model"] + " " + best["optimizer"])),
-            )
-        )
+        labels = list(best["model"] + " " + best["optimizer"])
+        out.append(_section("Training curves of each model's best run", lambda: curves_figure(best, labels=labels)))
         loaded = _best_models(best, skipped, trust_code) if probes else {}  # best_runs gives one run per model
         vits = {k: v for k, v in loaded.items() if getattr(v[0], "family", "vit") == "vit"}
         cnns = {k: v for k, v in loaded.items() if getattr(v[0], "family", "vit") == "cnn"}
@@ -222,9 +227,16 @@ def write_report(
     skipped: list[tuple[str, str]] = []
     figs = figures(df, probes=probes, skipped=skipped, trust_code=trust_code)
     counts = df["status"].value_counts().to_dict()
+    finished = int(df["status"].isin(["completed", "diverged"]).sum())
+    partial = (
+        f"<p class=meta><b>partial: {finished} of {len(df)} runs finished</b>; sections without runs say so</p>"
+        if finished < len(df)
+        else ""
+    )
     parts = [
         f"<h1>Conv vs patchify stems: {html.escape(sweep_dir.name)}</h1>",
-        f"<p class=meta>{len(df)} runs ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
+        partial,
+        f"<p class=meta>{len(df)} runs ({html.escape(', '.join(f'{v} {k}' for k, v in counts.items()))}); "
         f"written {time.strftime('%Y-%m-%d %H:%M')}</p>",
         "<h2>The paper's claims (95% bootstrap intervals)</h2>",
         claims,
@@ -241,7 +253,10 @@ def write_report(
             warnings.warn(f"report: probes of run {run} skipped ({why})", stacklevel=2)
     for heading, fig in figs:
         parts.append(f"<h2>{html.escape(heading)}</h2>")
-        parts.append(fig.to_html(full_html=False, include_plotlyjs=False))
+        if isinstance(fig, str):
+            parts.append(f"<p class=meta>{html.escape(fig)}</p>")
+        else:
+            parts.append(fig.to_html(full_html=False, include_plotlyjs=False))
     page = (
         f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(sweep_dir.name)}</title>"
         f"<style>{STYLE}</style><script>{plotly.offline.get_plotlyjs()}</script></head>"
@@ -249,7 +264,7 @@ def write_report(
     )
     rundir.write_output(out, page.encode())  # temp file and rename: never a torn page, never a hard link's target
     if png_dir:
-        export_png([f for _, f in figs], png_dir)
+        export_png([f for _, f in figs if not isinstance(f, str)], png_dir)
     return out
 
 

@@ -179,3 +179,20 @@ def test_job_pickles_planted_in_the_sweep_are_never_loaded(sweep, tmp_path):
     own = sweep.dir / launch["submitit"]
     assert own.parent == planted and own.name.startswith("launch-000-") and (own.stat().st_mode & 0o777) == 0o700
     assert list(own.glob("*_submitted.pkl"))  # the jobs' own pickles are there
+
+
+def test_a_report_of_a_sweep_with_an_unfinished_group_is_partial(tmp_path):
+    """One model x optimizer without a finished run (a running sweep): the report is written, says
+    "partial: N of M runs finished" at the top and one sentence where a section lacks runs."""
+    from tests.test_reliability import DONE, _fake_run, four_runs
+
+    from analysis.report import write_report
+
+    sweep = four_runs(tmp_path)
+    for run in sweep.run_ids[:3]:  # the fourth group has no result
+        _fake_run(sweep.run_dir(run), sweep.configs[run], 1, DONE)
+    out = cli(["report", str(sweep.dir), "--no-probes"], cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-1500:]
+    page = (sweep.dir / "report.html").read_text()
+    assert "partial: 3 of 4 runs finished" in page
+    assert write_report(sweep.dir, probes=False).is_file()
