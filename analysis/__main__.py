@@ -28,6 +28,8 @@ def _train(args) -> None:
     if args.preset:
         overrides["model.preset"] = args.preset
     cfg = cfg.replace(overrides)
+    for text in cfg.unusual():
+        _warning_line(f"{text} is far outside the usual range", UserWarning, "", 0)
     result = train(cfg, args.out, restart=args.restart)
     print(f"{result['status']}: test top-1 error {result['top1_err']:.2f}% -> {args.out}")
 

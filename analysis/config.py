@@ -110,6 +110,20 @@ class RunConfig:
         """Return {"section.key": value} for every key."""
         return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
 
+    def unusual(self) -> list[str]:
+        """The keys whose values lie far outside what the paper and timm use (a typo more often than a
+        choice): each as "key=value (usual: ...)". Such values are allowed; callers warn about them."""
+        out = []
+        for key, value, high, usual in (
+            ("optim.lr", self.optim.lr, 10.0, "up to about 3 at batch 2048"),
+            ("optim.weight_decay", self.optim.weight_decay, 10.0, "up to about 1"),
+            ("train.epochs", self.train.epochs, 10_000, "up to 400"),
+            ("train.batch_size", self.train.batch_size, 100_000, "up to 4096"),
+        ):
+            if isinstance(value, (int, float)) and value > high:
+                out.append(f"{key}={value:g} (usual: {usual})")
+        return out
+
     def effective_lr(self) -> float:
         """Peak lr for this run's batch size (linear scaling from ref_batch)."""
         return self.optim.lr * self.train.batch_size / self.optim.ref_batch

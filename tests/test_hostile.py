@@ -196,3 +196,63 @@ def test_a_report_of_a_sweep_with_an_unfinished_group_is_partial(tmp_path):
     page = (sweep.dir / "report.html").read_text()
     assert "partial: 3 of 4 runs finished" in page
     assert write_report(sweep.dir, probes=False).is_file()
+
+
+def test_forged_rows_in_the_collect_cache_are_not_believed(tmp_path):
+    """.collect_cache.json is a folder's data: a cached row whose numbers no result.json could hold
+    (inf, -50, over 100) is recomputed from the run's files, and its config fields (a model name with
+    HTML in it) always come from the run table."""
+    from tests.test_reliability import DONE, _fake_run, four_runs
+
+    from analysis.sweeps import collect
+
+    sweep = four_runs(tmp_path)
+    for run in sweep.run_ids:
+        _fake_run(sweep.run_dir(run), sweep.configs[run], 1, DONE)
+    assert list(collect(sweep.dir)["error"]) == [40.0] * 4
+    cache_file = sweep.dir / ".collect_cache.json"
+    cache = json.loads(cache_file.read_text())
+    forged = [float("inf"), -50.0, 1e9, -1e308]
+    for (run, entry), value in zip(sorted(cache["rows"].items()), forged):
+        entry["row"]["error"] = value
+        entry["row"]["model"] = "<script>alert(1)</script>"
+    cache_file.write_text(json.dumps(cache))
+    again = collect(sweep.dir)
+    assert list(again["error"]) == [40.0] * 4 and not again["model"].str.contains("<").any()
+    cache = json.loads(cache_file.read_text())
+    (run, entry), *_ = sorted(cache["rows"].items())
+    entry["row"]["model"] = "<b>forged</b>"  # numbers valid, a config field forged
+    cache_file.write_text(json.dumps(cache))
+    assert not collect(sweep.dir)["model"].str.contains("<").any()
+
+
+def test_a_stale_config_yaml_is_refused_when_the_sweep_is_reused(sweep, tmp_path):
+    """The job trains config.yaml and collect reports runs.json: reusing a folder whose config.yaml says
+    other than runs.json (lr 0.9 for 2 epochs instead of the table's) is one line, and nothing launches."""
+    path = sweep.run_dir(sweep.run_ids[0]) / "config.yaml"
+    text = path.read_text()
+    path.write_text(text.replace("epochs: 1\n", "epochs: 2\n"))
+    with pytest.raises(ConfigError, match="train.epochs=2 but the sweep's runs.json 1") as e:
+        Sweep.from_dict(tiny_spec("hostile"), root=tmp_path)
+    assert "\n" not in str(e.value)
+    path.write_text(text)
+    Sweep.from_dict(tiny_spec("hostile"), root=tmp_path)  # restored: reused as before
+
+
+def test_values_far_outside_the_usual_ranges_warn_and_a_key_set_twice_is_one_line(tmp_path):
+    from analysis.sweeps import LaunchConfig, Spec
+
+    spec = {"name": "odd", "base": {"optim": {"lr": 1e300}, "train": {"epochs": 10**9}}}
+    with pytest.warns(UserWarning, match=r"optim.lr=1e\+300.*train.epochs=1e\+09"):
+        Spec.from_dict(spec).runs()
+    with pytest.warns(UserWarning, match="max_retries=1e\\+09"):
+        LaunchConfig.from_dict({"max_retries": 10**9})
+    out = cli(["train", "--out", str(tmp_path / "r"), "optim.lr=1e300", f"data.root={tmp_path}/none"], cwd=tmp_path)
+    assert "warning: optim.lr=1e+300 (usual: up to about 3 at batch 2048) is far outside" in out.stderr
+    for bad, words in (
+        ({"grid": {"optimizer": ["adamw"], "optim.name": ["sgd"]}}, "both set optim.name"),
+        ({"base": {"optim": {"lr": 1e-3}, "optim.lr": 2e-3}}, "optim.lr is given twice"),
+    ):
+        with pytest.raises(ConfigError, match=words) as e:
+            Spec.from_dict({"name": "twice", **bad})
+        assert "\n" not in str(e.value)

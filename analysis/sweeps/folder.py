@@ -84,6 +84,8 @@ class SweepFolder:
             d.mkdir(parents=True, exist_ok=True)
             if not (d / rundir.CONFIG).is_file():
                 rundir.write_atomic(d / rundir.CONFIG, row["cfg"].to_yaml().encode())
+            else:
+                _check_run_config(d, row["cfg"])
         table = [
             {"run": r["run"], "run_dir": f"runs/{r['run']}", "overrides": r["overrides"], "sampled": r["sampled"]}
             for r in runs
@@ -128,6 +130,26 @@ def _valid_run_id(run, sweep_dir) -> str:
             "and do not start with '.' (this folder was not written by this package)"
         )
     return run
+
+
+def _check_run_config(run_dir: Path, cfg: C.RunConfig) -> None:
+    """A reused run's config.yaml (what its job trains) must be the config the run table gives: equal in
+    every key but train.precision, which the trainer resolves ("auto" -> "fp32"); else one line naming
+    the first key that differs."""
+    try:
+        held = C.load(run_dir / rundir.CONFIG).flat()
+    except ConfigError as e:
+        raise ConfigError(f"{run_dir}: its config.yaml cannot be read ({e}); delete that run folder") from None
+    want = cfg.flat()
+    for key in want:
+        if key == "train.precision" and want[key] == "auto":
+            continue
+        if held.get(key) != want[key]:
+            raise ConfigError(
+                f"{run_dir / rundir.CONFIG} gives {key}={shown(held.get(key))} but the sweep's runs.json "
+                f"{shown(want[key])}: the job would train another config than the sweep reports; delete that run "
+                "folder (or restore its config.yaml)"
+            )
 
 
 def _same_runs(folder: Path, runs: list[dict]) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import typing
+import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -60,6 +61,16 @@ class LaunchConfig:
                 raise one_of("launch option", k, list(types))
             out[k] = _checked(k, v, types[k])
         return cls(**out)
+
+    def __post_init__(self) -> None:
+        for key, value, high in (
+            ("timeout_min", self.timeout_min, 14 * 24 * 60),
+            ("max_retries", self.max_retries, 100),
+        ):
+            if isinstance(value, (int, float)) and value > high:
+                warnings.warn(
+                    f"launch option {key}={value:g} is far outside the usual range (at most {high})", stacklevel=3
+                )
 
     def updated(self, **overrides) -> "LaunchConfig":
         """These options with keyword overrides (None values ignored), checked."""

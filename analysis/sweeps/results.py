@@ -64,6 +64,45 @@ def _nan(v) -> float:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
 
+def _config_fields(cfg: C.RunConfig) -> dict:
+    """The row fields that come from a run's config (not its result files)."""
+    stem = stem_of_config(cfg)
+    return {
+        "model": model_name(cfg.model.preset, stem),
+        "preset": cfg.model.preset,
+        "stem": stem,
+        "optimizer": cfg.optim.name,
+        "epochs": cfg.train.epochs,
+        "lr": cfg.effective_lr(),
+        "wd": cfg.optim.weight_decay,
+        "batch_size": cfg.train.batch_size,
+        "seed": cfg.train.seed,
+        **{f"cfg.{k}": v for k, v in cfg.flat().items()},
+    }
+
+
+def _cached_row_ok(row: dict) -> bool:
+    """Whether a cached row's result fields are what a result.json could give (the cache is a folder's
+    data like any other): errors NaN or in [0, 100], counts NaN or finite >= 0, a known status."""
+
+    def number(v, high=math.inf) -> bool:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            return False
+        return math.isnan(v) or (math.isfinite(v) and 0 <= v <= high)
+
+    return (
+        row.get("status") in (*rundir.STATUSES, None)
+        and isinstance(row.get("reason"), (str, type(None)))
+        and isinstance(row.get("diverged"), bool)
+        and isinstance(row.get("_started"), bool)
+        and isinstance(row.get("epochs_done"), int)
+        and not isinstance(row.get("epochs_done"), bool)
+        and row["epochs_done"] >= 0
+        and all(number(row.get(k), 100) for k in ("error", "best_error", "top5_error", "ema_error"))
+        and all(number(row.get(k)) for k in ("seconds", "params", "flops"))
+    )
+
+
 def run_row(run: str, run_dir: Path, cfg: C.RunConfig) -> dict:
     """The row of one run directory from its result.json and metrics.jsonl (status may be None:
     no result yet; the caller decides running/pending/failed)."""
@@ -77,22 +116,13 @@ def run_row(run: str, run_dir: Path, cfg: C.RunConfig) -> dict:
     metrics = rundir.read_metrics(run_dir)
     status = result.get("status")
     done = rundir.is_complete(run_dir)
-    stem = stem_of_config(cfg)
     last = metrics[-1] if metrics else {}
     row = {
         "run": run,
         "run_dir": str(run_dir),
         "status": status,
         "reason": result.get("reason") or reason,
-        "model": model_name(cfg.model.preset, stem),
-        "preset": cfg.model.preset,
-        "stem": stem,
-        "optimizer": cfg.optim.name,
-        "epochs": cfg.train.epochs,
-        "lr": cfg.effective_lr(),
-        "wd": cfg.optim.weight_decay,
-        "batch_size": cfg.train.batch_size,
-        "seed": cfg.train.seed,
+        **{k: v for k, v in _config_fields(cfg).items() if not k.startswith("cfg.")},
         "error": _nan(result.get("top1_err")) if done else math.nan,
         "best_error": _nan(result.get("best_top1_err")) if done else math.nan,
         "top5_error": _nan(result.get("top5_err")) if done else math.nan,
@@ -104,7 +134,7 @@ def run_row(run: str, run_dir: Path, cfg: C.RunConfig) -> dict:
         "flops": _nan(result.get("flops")),
         "_started": bool(metrics) or (run_dir / rundir.CHECKPOINT).exists() or (run_dir / rundir.LOG).exists(),
     }
-    row.update({f"cfg.{k}": v for k, v in cfg.flat().items()})
+    row.update({k: v for k, v in _config_fields(cfg).items() if k.startswith("cfg.")})
     return row
 
 
@@ -182,7 +212,10 @@ def collect(folder: str | Path, scheduler: bool = True, cache: bool = True) -> p
             continue
         key = tuple(rundir.file_key(d / f) for f in (rundir.CONFIG, rundir.RESULT, rundir.METRICS))
         hit = cached.get(run)
-        row = {**hit[1], "run": run, "run_dir": str(d)} if hit and hit[0] == key else run_row(run, d, cfg)
+        if hit and hit[0] == key and _cached_row_ok(hit[1]):  # what the run's files gave, checked like them
+            row = {**hit[1], **_config_fields(cfg), "run": run, "run_dir": str(d)}
+        else:
+            row = run_row(run, d, cfg)
         if row["reason"] != "unreadable result.json":  # re-read (and warn) until it is fixed
             fresh[run] = (key, row)
         row = dict(row)

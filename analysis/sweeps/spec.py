@@ -28,6 +28,7 @@ import copy
 import itertools
 import math
 import os
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -150,12 +151,18 @@ def _flatten_base(base: Any) -> dict[str, Any]:
     if not isinstance(base, dict):
         raise ConfigError(f"spec base must be a mapping (a run config), got {type(base).__name__}")
     out = {}
+
+    def put(key: str, value) -> None:
+        if key in out:  # `optim: {lr: ..}` and `optim.lr: ..`, or an alias and its key
+            raise ConfigError(f"base: {key} is given twice (nested and dotted, or by an alias); give it once")
+        out[key] = value
+
     for k, v in base.items():
         if isinstance(v, dict) and "." not in k and k not in ALIASES:
             for kk, vv in v.items():
-                out[_key(f"{k}.{kk}", "base")] = vv
+                put(_key(f"{k}.{kk}", "base"), vv)
         else:
-            out[_key(k, "base")] = v
+            put(_key(k, "base"), v)
     return out
 
 
@@ -205,6 +212,12 @@ class Spec:
                     cases.append(case)
                 else:
                     cases.append({_key(axis, "grid"): v})
+            for other, other_cases in axes:
+                twice = {k for c in cases for k in c} & {k for c in other_cases for k in c}
+                if twice:
+                    raise ConfigError(
+                        f"grid axes {shown(other)} and {shown(axis)} both set {sorted(twice)[0]}; one key, one axis"
+                    )
             axes.append((str(axis), cases))
         sample = {}
         if not isinstance(d.get("sample") or {}, dict):
@@ -290,6 +303,9 @@ class Spec:
                     continue
                 seen.add(key)
                 rows.append({"overrides": overrides, "sampled": sorted(drawn), "cfg": cfg})
+        unusual = sorted({u.split("=")[0]: u for r in rows for u in r["cfg"].unusual()}.values())
+        if unusual:
+            warnings.warn(f"spec {self.name!r}: far outside the usual range: {'; '.join(unusual)}", stacklevel=2)
         varies = _varying(rows)
         for i, row in enumerate(rows):
             row["run"] = run_id(i, row["cfg"], varies)
