@@ -216,7 +216,7 @@ def write_report(
 
     sweep_dir = Path(sweep_dir)
     if not out:
-        out = sweep_dir / "report.html"
+        out = sweep_dir / rundir.REPORT
         trust.check_inside(sweep_dir, [out])
     df = collect(sweep_dir)
     if df.empty:

@@ -23,6 +23,8 @@ from typing import Any
 import yaml
 
 from analysis.errors import ConfigError
+from analysis.rundir.layout import RUN_TABLE, SPEC
+from analysis.rundir.io import open_regular
 
 MAX_YAML_BYTES = 1 << 20  # a run's config.yaml or a sweep's spec.yaml
 MAX_YAML_NODES = 100_000  # YAML nodes after expanding aliases
@@ -125,8 +127,6 @@ def _duplicate_key(loader: yaml.SafeLoader, node: yaml.Node) -> yaml.Node | None
 def load_yaml(path: str | Path, max_bytes: int = MAX_YAML_BYTES, max_nodes: int = MAX_YAML_NODES) -> Any:
     """Safe-load one YAML file of at most max_bytes whose aliases expand to at most max_nodes nodes;
     a file over either limit, not YAML, or with a key given twice in a mapping is a one-line ConfigError."""
-    from analysis.rundir import open_regular
-
     path = Path(path)
     try:
         with open_regular(path) as fh:
@@ -170,7 +170,7 @@ def folder_read(run_dir: str | Path) -> Path:
     above with spec.yaml and runs.json), else the run folder itself."""
     run_dir = Path(run_dir).absolute()
     for folder in (run_dir, *run_dir.parents):
-        if (folder / "spec.yaml").is_file() and (folder / "runs.json").is_file():
+        if (folder / SPEC).is_file() and (folder / RUN_TABLE).is_file():
             return folder
     return run_dir
 

@@ -26,8 +26,8 @@ class SweepFolder:
     def __init__(self, sweep_dir: str | Path):
         """Open an existing sweep folder (written by from_yaml/from_dict)."""
         self.dir = Path(sweep_dir).resolve()
-        table = rundir.read_json(self.dir / "runs.json")
-        spec_path = self.dir / "spec.yaml"
+        table = rundir.read_json(self.dir / rundir.RUN_TABLE)
+        spec_path = self.dir / rundir.SPEC
         if table is None or not spec_path.is_file():
             raise ConfigError(f"{sweep_dir} is not a sweep folder (no spec.yaml/runs.json)")
         try:
@@ -68,19 +68,19 @@ class SweepFolder:
         folder = Path(root) / spec.name
         spec_text = yaml.safe_dump(spec.raw, sort_keys=False)
         runs = spec.runs()
-        if (folder / "spec.yaml").is_file() and not _same_runs(folder, runs):
+        if (folder / rundir.SPEC).is_file() and not _same_runs(folder, runs):
             raise ConfigError(
                 f"{folder} holds a sweep with another spec (other runs); use another name or root, "
                 "or delete that folder"
             )
         trust.check_inside(
             folder,
-            [folder / name for name in ("spec.yaml", "runs.json", "runs.csv")]
-            + [folder / "runs" / row["run"] / rundir.CONFIG for row in runs],
+            [folder / name for name in (rundir.SPEC, rundir.RUN_TABLE, rundir.RUN_TABLE_CSV)]
+            + [folder / rundir.RUNS / row["run"] / rundir.CONFIG for row in runs],
         )
         folder.mkdir(parents=True, exist_ok=True)
         for row in runs:
-            d = folder / "runs" / row["run"]
+            d = folder / rundir.RUNS / row["run"]
             d.mkdir(parents=True, exist_ok=True)
             if not (d / rundir.CONFIG).is_file():
                 rundir.write_atomic(d / rundir.CONFIG, row["cfg"].to_yaml().encode())
@@ -90,10 +90,10 @@ class SweepFolder:
             {"run": r["run"], "run_dir": f"runs/{r['run']}", "overrides": r["overrides"], "sampled": r["sampled"]}
             for r in runs
         ]
-        rundir.write_json(folder / "runs.json", {"name": spec.name, "dropped_duplicates": spec.dropped, "runs": table})
+        rundir.write_json(folder / rundir.RUN_TABLE, {"name": spec.name, "dropped_duplicates": spec.dropped, "runs": table})
         flat = pd.DataFrame([{"run": r["run"], "run_dir": r["run_dir"], **r["overrides"]} for r in table])
-        rundir.write_atomic(folder / "runs.csv", flat.to_csv(index=False).encode())
-        rundir.write_atomic(folder / "spec.yaml", spec_text.encode())
+        rundir.write_atomic(folder / rundir.RUN_TABLE_CSV, flat.to_csv(index=False).encode())
+        rundir.write_atomic(folder / rundir.SPEC, spec_text.encode())
         sweep = cls(folder)
         sweep.spec = spec  # its configs are the caller's spec, not only what the folder says
         return sweep
@@ -111,10 +111,10 @@ class SweepFolder:
         return read_launches(self.dir)
 
     def _save_launches(self, launches: list[dict]) -> None:
-        rundir.write_json(self.dir / "launches.json", {"launches": launches})
+        rundir.write_json(self.dir / rundir.LAUNCHES, {"launches": launches})
 
     def run_dir(self, run: str) -> Path:
-        return self.dir / "runs" / run
+        return self.dir / rundir.RUNS / run
 
     def __repr__(self) -> str:
         return f"Sweep({str(self.dir)!r}, runs={len(self.run_ids)}, launches={len(self.launches)})"
@@ -134,15 +134,15 @@ def _valid_run_id(run, sweep_dir) -> str:
 
 def _check_run_config(run_dir: Path, cfg: C.RunConfig) -> None:
     """A reused run's config.yaml (what its job trains) must be the config the run table gives: equal in
-    every key but train.precision, which the trainer resolves ("auto" -> "fp32"); else one line naming
-    the first key that differs."""
+    every key but those the trainer resolves (analysis.config.RUNTIME_KEYS); else one line naming the
+    first key that differs."""
     try:
         held = C.load(run_dir / rundir.CONFIG).flat()
     except ConfigError as e:
         raise ConfigError(f"{run_dir}: its config.yaml cannot be read ({e}); delete that run folder") from None
     want = cfg.flat()
     for key in want:
-        if key == "train.precision" and want[key] == "auto":
+        if key in C.RUNTIME_KEYS:  # what the trainer resolves (train.precision "auto" -> "fp32")
             continue
         if held.get(key) != want[key]:
             raise ConfigError(
@@ -154,7 +154,7 @@ def _check_run_config(run_dir: Path, cfg: C.RunConfig) -> None:
 
 def _same_runs(folder: Path, runs: list[dict]) -> bool:
     """True when folder/runs.json lists exactly these runs: the same ids in the same order, equal configs."""
-    table = (rundir.read_json(folder / "runs.json") or {}).get("runs")
+    table = (rundir.read_json(folder / rundir.RUN_TABLE) or {}).get("runs")
     try:
         old = [(r["run"], C.RunConfig().replace(r["overrides"]).flat()) for r in table]
     except (TypeError, KeyError, AttributeError, ConfigError):

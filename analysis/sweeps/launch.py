@@ -52,7 +52,7 @@ from analysis.sweeps.status import (
 )
 
 
-LAUNCH_LOCK = ".launch.lock"
+LAUNCH_LOCK = rundir.LAUNCH_LOCK
 
 
 def detect_cluster() -> str:
@@ -89,7 +89,7 @@ def snapshot_code(dest: Path, source: Path | None = None) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
     try:
-        os.chmod(tmp, 0o777 & ~rundir._umask())  # mkdtemp makes 0700; follow the umask like mkdir
+        os.chmod(tmp, 0o777 & ~rundir.umask())  # mkdtemp makes 0700; follow the umask like mkdir
         shutil.copytree(source, tmp / "analysis", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
         tmp.rename(dest)
     except BaseException:
@@ -176,9 +176,9 @@ class Sweep(SweepFolder):
         trust.check_inside(
             self.dir,
             [
-                self.dir / "code",
+                self.dir / rundir.CODE,
                 self.dir / SUBMITIT,
-                self.dir / "launches.json",
+                self.dir / rundir.LAUNCHES,
                 *(self.run_dir(r) / name for r in todo for name in rundir.WRITTEN),
             ],
         )
@@ -188,7 +188,7 @@ class Sweep(SweepFolder):
         groups = opts.jobs(todo, cluster)
         launches = self.launches
         lid = len(launches)
-        code_dir = snapshot_code(self.dir / "code" / f"launch-{lid:03d}", code)
+        code_dir = snapshot_code(self.dir / rundir.CODE / f"launch-{lid:03d}", code)
         from analysis.models.registry import snapshot_stem_code  # users' stems named by import path
 
         snapshot_stem_code(code_dir, stems)

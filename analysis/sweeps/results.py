@@ -30,7 +30,7 @@ from analysis import rundir
 from analysis.errors import ConfigError
 from analysis.names import model_name, stem_of_config
 
-CACHE = ".collect_cache.json"
+CACHE = rundir.COLLECT_CACHE
 CACHE_VERSION = 3  # 3: files keyed by rundir.file_key (inode, size, mtime)
 CACHE_BYTES = 64 << 20  # a larger cache is ignored (rebuilt from the run folders)
 COLUMNS = [
@@ -173,7 +173,7 @@ def _save_cache(folder: Path, rows: dict) -> None:
 
 def _runs_of(folder: Path) -> tuple[list[tuple[str, Path, C.RunConfig | None, list[str]]], bool]:
     """[(run id, run dir, config or None when unreadable, sampled keys)], and whether it is a sweep."""
-    table = rundir.read_json(folder / "runs.json")
+    table = rundir.read_json(folder / rundir.RUN_TABLE)
     if table is not None:
         try:
             return [

@@ -96,7 +96,7 @@ def sacct_states(job_ids: list[str]) -> dict[str, str]:
 
 def read_launches(folder: Path) -> list[dict]:
     """The launches on record in folder/launches.json (entries that are not well-formed are left out)."""
-    launches = (rundir.read_json(Path(folder) / "launches.json") or {}).get("launches")
+    launches = (rundir.read_json(Path(folder) / rundir.LAUNCHES) or {}).get("launches")
     if not isinstance(launches, list):
         return []
     return [
@@ -108,7 +108,7 @@ def read_launches(folder: Path) -> list[dict]:
     ]
 
 
-SUBMITIT = "submitit"  # the sweep's folder of submitit job files: one fresh subfolder per launch
+SUBMITIT = rundir.SUBMITIT
 
 
 def submitit_folder(folder: Path, launch: dict) -> Path:
@@ -148,7 +148,7 @@ def scheduler_states(folder: Path, launches: list[dict], processes: dict | None 
             if launch.get("cluster") == "slurm":
                 slurm_ids.append(jid)
                 continue
-            run_dirs = [Path(folder) / "runs" / str(r) for r in job["runs"]]
+            run_dirs = [Path(folder) / rundir.RUNS / str(r) for r in job["runs"]]
             cancelled = jid in launch.get("cancelled", [])
             where = submitit_folder(folder, launch)
             states[jid] = local_state(where, jid, cancelled, run_dirs, (processes or {}).get(jid))
@@ -229,11 +229,11 @@ def runs_state(folder: Path, run_ids: list[str], processes: dict | None = None) 
     launches = read_launches(folder)
     states, jobs = scheduler_states(folder, launches, processes), latest_jobs(launches)
     where = job_folders(folder, launches)
-    markers = {run: read_job_file(folder / "runs" / run) for run in run_ids}
+    markers = {run: read_job_file(folder / rundir.RUNS / run) for run in run_ids}
     last = _last_started(markers, jobs)
     rows = []
     for run in run_ids:
-        d = folder / "runs" / run
+        d = folder / rundir.RUNS / run
         job_id, attempts = jobs.get(run, (None, 0))
         job_state = states.get(job_id) if job_id else None
         result = rundir.read_result(d)
@@ -278,7 +278,7 @@ def status_frame(
     """One row per run: state, job, progress and latest metrics; log tail for ended, unfinished runs."""
     rows = []
     for row in runs_state(folder, run_ids, processes):
-        metrics = rundir.read_metrics(Path(folder) / "runs" / row["run"])
+        metrics = rundir.read_metrics(Path(folder) / rundir.RUNS / row["run"])
         last = metrics[-1] if metrics else {}
         total = epochs[row["run"]]
         row.update(
