@@ -21,7 +21,7 @@ from analysis.errors import ConfigError, UserError  # noqa: E402
 
 def _train(args) -> None:
     from analysis import config
-    from analysis.train import train
+    from analysis.engine.train import train
 
     cfg = config.load(args.config) if args.config else config.RunConfig()
     overrides = config.parse_overrides(args.overrides)

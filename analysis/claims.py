@@ -4,7 +4,7 @@
     table = claims_table(collect("sweeps/fmnist_demo"))
     print(claims_text(table))            # or: python -m analysis claims sweeps/fmnist_demo
 
-Runs: the errors that count are those of `analysis.plots.frame.counted_errors` (diverged runs at
+Runs: the errors that count are those of `analysis.frame.counted_errors` (diverged runs at
 100%); failed and unfinished runs are left out and counted in `excluded`. Only the paper's two
 stems are compared (ViT_P: patchify, ViT_C: conv); other stems and CNNs are left out.
 
@@ -64,7 +64,7 @@ import pandas as pd
 
 from analysis.errors import ConfigError, one_of
 from analysis.names import STEM_NAMES, preset_size
-from analysis.plots.frame import check_frame, counted_errors, diverged_mask
+from analysis.frame import check_frame, counted_errors, diverged_mask
 from analysis.stats import best_of_quantiles
 
 MIN_RUNS = 8  # counted runs a group needs for an interval and a verdict (see the module docstring)

@@ -29,7 +29,7 @@ import pandas as pd
 from analysis.claims import MARGIN, _frame, best_of, interval, setting_of, verdict_of
 from analysis.errors import ConfigError
 from analysis.names import preset_size
-from analysis.plots.frame import counted_errors
+from analysis.frame import counted_errors
 
 GROUPS = (("ViT_P", "adamw"), ("ViT_P", "sgd"), ("ViT_C", "adamw"), ("ViT_C", "sgd"))
 CANDIDATES = (8, 16, 24, 32, 40, 48, 64, 80, 96, 128)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from analysis import config, rundir, trust
-from analysis import data as D
+from analysis.engine import data as D
 from analysis.errors import ConfigError
 
 
@@ -42,7 +42,7 @@ def load_model(
     """The run's model in eval mode: the last checkpoint's weights (its EMA weights with ema=True),
     or the untrained initialisation the run started from with initial=True. A stem import path in
     the run's config is imported only with trust_code=True, never from inside the folder (analysis.trust)."""
-    from analysis.recipe import build_model, seed_everything
+    from analysis.engine.recipe import build_model, seed_everything
 
     cfg = load_config(run_dir)
     trust.check_stem(cfg.model.stem, run_dir, trust_code)
@@ -180,7 +180,7 @@ def sample_images(cfg: config.RunConfig, n: int = 8, one_per_class: bool = True,
         idx = idx.T.flatten()[:n]
     else:
         idx = torch.arange(n)
-    from analysis.recipe import input_size
+    from analysis.engine.recipe import input_size
 
     raw = D.resize(
         D.ArrayData(data.images[idx], data.labels[idx], data.classes, data.mean, data.std), input_size(cfg)
@@ -228,7 +228,7 @@ def ensure_trained(
     engine's bar over each epoch's steps (train.progress "bar"; its log lines go to stdout)."""
     from tqdm.auto import tqdm
 
-    from analysis.train import train
+    from analysis.engine.train import train
 
     out = {}
     bar = tqdm(presets, desc="runs", unit="run") if progress else None

@@ -16,7 +16,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from analysis import data as D
+from analysis.engine import data as D
 from analysis.config import RunConfig
 from analysis.models import create_model, set_fused_attn
 from benchmarks.common import interleaved, ratios
@@ -120,8 +120,8 @@ def data_paths(batch: int, per_class: int, repeats: int) -> dict:
 def batched_runs(preset: str, batch: int, k: int, repeats: int) -> dict:
     """K training steps of K separate models against one step of the K runs through the stacked
     back-end (each run keeps its own AdamW), with explicit and with fused attention inside vmap."""
-    from analysis.backends import Dist, StackedBackend
-    from analysis.member import Member
+    from analysis.engine.backends import Dist, StackedBackend
+    from analysis.engine.member import Member
 
     cfgs = [RunConfig().replace({"model.preset": preset, "train.seed": i}) for i in range(k)]
     models = [create_model(preset) for _ in range(k)]

@@ -59,7 +59,7 @@ def reference_model(preset: str) -> torch.nn.Module:
 
 def fashion_mnist_root() -> Path:
     """A torchvision FashionMNIST root (raw IDX files decompressed into the benchmark cache)."""
-    from analysis.data import default_root
+    from analysis.engine.data import default_root
 
     src = Path(default_root("fashion_mnist"))
     raw = CACHE / "FashionMNIST" / "raw"

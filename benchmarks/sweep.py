@@ -6,7 +6,7 @@ jobs/fmnist_demo.yaml, on a Fashion-MNIST subset, log-uniform lr/wd, AdamW and S
   process-per-run layout on a 2-core CPU, where two threads in one process scale badly);
 - reference_process_per_run: the same layout with the plain timm reference loop;
 - stacked_per_core: the same processes, each training its share as stacked groups
-  (analysis.train.train_group: one vmapped forward/backward for all runs of a preset);
+  (analysis.engine.train.train_group: one vmapped forward/backward for all runs of a preset);
 - stacked_one_process: one process with one thread per core, all runs of a preset stacked.
 
 Wall times include process start-up, data loading and a test pass per epoch. Ratios are against
@@ -76,7 +76,7 @@ def worker(spec: str) -> None:
     import torch
 
     from analysis.config import RunConfig
-    from analysis.train import train, train_group
+    from analysis.engine.train import train, train_group
 
     s = json.loads(spec)
     torch.set_num_threads(s["threads"])

@@ -1,6 +1,6 @@
 """Training throughput: the suite's engine against the plain reference loop, same model and batch.
 
-Engine: `analysis.train.train` on a data subset for two epochs; its own metrics give the second
+Engine: `analysis.engine.train.train` on a data subset for two epochs; its own metrics give the second
 epoch's training images/s (evaluation excluded). Reference: `benchmarks.reference.run` for two
 epochs, the second timed the same way. Engine and reference alternate, repeated; medians and the
 median of the per-pair ratios are reported. Achieved FLOP/s = images/s x flops (MACs, pycls
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from analysis import config, rundir
-from analysis.data import default_root
+from analysis.engine.data import default_root
 from benchmarks import reference
 from benchmarks.common import CACHE, matmul_peak, spread
 
@@ -79,7 +79,7 @@ def imagefolder_root(n_per_class: int = 64, classes: int = 10) -> str:
 
 def engine_images_per_s(overrides: dict) -> float:
     """Images/s of the engine's last training epoch (from its metrics.jsonl)."""
-    from analysis.train import train
+    from analysis.engine.train import train
 
     cfg = config.RunConfig().replace(overrides)
     with tempfile.TemporaryDirectory() as d:

@@ -8,8 +8,8 @@ import torch
 
 from analysis import config, rundir
 from analysis.errors import ConfigError
-from analysis.recipe import build_model
-from analysis.train import Stopped, Trainer, train, train_group
+from analysis.engine.recipe import build_model
+from analysis.engine.train import Stopped, Trainer, train, train_group
 from tests.test_train import tiny_cfg
 
 # Why not bit-identical: in fp32 the stacked forward batches each matmul and conv over the K runs

@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from analysis import config, data as D, recipe
+from analysis import config
+from analysis.engine import data as D, recipe
 
 
 @pytest.fixture(scope="module")

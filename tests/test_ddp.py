@@ -6,7 +6,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from analysis import rundir
-from analysis.train import train
+from analysis.engine.train import train
 from tests.test_train import tiny_cfg
 
 

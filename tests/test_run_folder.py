@@ -11,7 +11,7 @@ import torch
 
 from analysis import rundir
 from analysis.errors import ConfigError
-from analysis.train import Stopped, Trainer, train
+from analysis.engine.train import Stopped, Trainer, train
 from tests.test_train import tiny_cfg
 
 CLI = [
@@ -249,7 +249,7 @@ def test_group_skips_a_folder_another_trainer_holds(tmp_path, capsys):
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        from analysis.train import train_group
+        from analysis.engine.train import train_group
 
         results = train_group(cfgs, [tmp_path / "a", tmp_path / "b"])
     finally:
@@ -262,7 +262,7 @@ def test_group_skips_a_folder_another_trainer_holds(tmp_path, capsys):
 
 def test_sweep_job_prints_the_traceback_and_records_this_attempts_failure(tmp_path, monkeypatch, capsys):
     # Fault injection: the optimizer step raises inside the loop (a bug in a run's code path).
-    from analysis.member import Member
+    from analysis.engine.member import Member
     from analysis.sweeps.job import RunsFailed, run_group
 
     run = tmp_path / "run"

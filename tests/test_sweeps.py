@@ -19,7 +19,7 @@ from analysis.errors import ConfigError
 from analysis.sweeps import Spec, Sweep, collect, model_name
 from analysis.sweeps import results as collect_module
 from analysis.sweeps.job import Preemption, plan, run_group
-from analysis.train import Stopped
+from analysis.engine.train import Stopped
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {
@@ -240,7 +240,7 @@ def test_local_sweep_end_to_end(tmp_path):
     sweep = Sweep.from_dict(spec, root=tmp_path / "sweeps")
     ids = sweep.launch(code=code)
     # the user edits their code right after launching: the jobs must not see it
-    (code / "train.py").write_text("raise RuntimeError('edited after launch')\n")
+    (code / "engine" / "train.py").write_text("raise RuntimeError('edited after launch')\n")
     assert len(ids) == 2  # two processes, not one per run
     first = sweep.status()
     assert set(first["state"]) <= {"pending", "running"}  # launch returned before anything finished
@@ -252,7 +252,7 @@ def test_local_sweep_end_to_end(tmp_path):
     launch = json.loads((sweep.dir / "launches.json").read_text())["launches"][0]
     assert [j["runs"] for j in launch["jobs"]] == [[ok, "0001-vit_c_fmnist_tiny-sgd"], [bad]]
     snapshot = sweep.dir / launch["code"] / "analysis"
-    assert "edited after launch" not in (snapshot / "train.py").read_text()
+    assert "edited after launch" not in (snapshot / "engine" / "train.py").read_text()
     logs = "".join(p.read_text() for p in (sweep.dir / launch["submitit"]).glob("*_log.out"))
     assert f"analysis code: {snapshot}" in logs
 

@@ -12,7 +12,7 @@ from analysis import rundir
 from analysis.config import RunConfig
 from analysis.sweeps import Sweep, collect
 from analysis.sweeps.job import read_job_file
-from analysis.train import train, train_group
+from analysis.engine.train import train, train_group
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -9,8 +9,8 @@ import torch
 
 from analysis import config, rundir
 from analysis.errors import ConfigError
-from analysis.recipe import lr_factor
-from analysis.train import Stopped, Trainer, train
+from analysis.engine.recipe import lr_factor
+from analysis.engine.train import Stopped, Trainer, train
 
 
 def tiny_cfg(**overrides) -> config.RunConfig:
@@ -125,7 +125,7 @@ def test_lr_schedule_warmup_then_cosine():
 
 
 def test_weight_decay_skips_norms_biases_and_embeddings():
-    from analysis.recipe import build_model, make_optimizer
+    from analysis.engine.recipe import build_model, make_optimizer
 
     cfg = tiny_cfg()
     model = build_model(cfg)

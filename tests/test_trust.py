@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis import config, data as D
+from analysis import config
+from analysis.engine import data as D
 from analysis.errors import ConfigError
 
 PACKAGE = Path(__file__).resolve().parent.parent / "analysis"

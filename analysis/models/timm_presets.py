@@ -13,7 +13,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, is_model, register_model, resolve_pretrained_cfg
 from torch import nn
 
-from analysis.data import STATS
+from analysis.engine.data import STATS
 from analysis.errors import ConfigError
 from analysis.models.factory import build
 from analysis.models.presets import PRESETS, timm_name

@@ -9,7 +9,7 @@ from plotly.subplots import make_subplots
 
 from analysis import rundir
 from analysis.errors import ConfigError, one_of
-from analysis.plots.frame import check_frame
+from analysis.frame import check_frame
 from analysis.plots.style import TEMPLATE, color_map, head_stems, integer_ticks
 from analysis.rundir import METRIC_KEYS
 

@@ -15,7 +15,8 @@ from plotly.subplots import make_subplots
 
 from analysis.errors import ConfigError, one_of
 from analysis.stats import best_of_quantiles
-from analysis.plots.frame import (
+from analysis.claims import MIN_RUNS, group_name, group_stat, interval, make_group
+from analysis.frame import (
     DIVERGED_ERROR,
     as_columns,
     check_frame,
@@ -144,7 +145,6 @@ def optimizer_gap_table(
     group has fewer than analysis.claims.MIN_RUNS runs), n_<a>, n_<b> (counted runs). Groups where
     either optimizer has no counted run are left out.
     """
-    from analysis.claims import MIN_RUNS, group_name, group_stat, interval, make_group
 
     columns = as_columns(by)
     check_frame(df, [*columns, "optimizer", "epochs", "error"])

@@ -90,7 +90,9 @@ class SweepFolder:
             {"run": r["run"], "run_dir": f"runs/{r['run']}", "overrides": r["overrides"], "sampled": r["sampled"]}
             for r in runs
         ]
-        rundir.write_json(folder / rundir.RUN_TABLE, {"name": spec.name, "dropped_duplicates": spec.dropped, "runs": table})
+        rundir.write_json(
+            folder / rundir.RUN_TABLE, {"name": spec.name, "dropped_duplicates": spec.dropped, "runs": table}
+        )
         flat = pd.DataFrame([{"run": r["run"], "run_dir": r["run_dir"], **r["overrides"]} for r in table])
         rundir.write_atomic(folder / rundir.RUN_TABLE_CSV, flat.to_csv(index=False).encode())
         rundir.write_atomic(folder / rundir.SPEC, spec_text.encode())

@@ -3,7 +3,7 @@
     run_group(["sweeps/s/runs/0000-...", "sweeps/s/runs/0001-..."], batch_runs=8)
 
 Complete runs are skipped. With batch_runs > 1, compatible runs (equal in everything
-analysis.backends.SHARED lists) train together as one stacked group of up to batch_runs; the rest
+analysis.engine.backends.SHARED lists) train together as one stacked group of up to batch_runs; the rest
 train one at a time. A failing run is recorded in its run directory (result.json "failed") and the
 job goes on; it fails at the end if any run failed. A run folder another live process is training
 (its lock is held) is left alone.
@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 from analysis import config, rundir
-from analysis.backends import check_compatible, shared_key
+from analysis.engine.backends import check_compatible, shared_key
 from analysis.errors import ConfigError
-from analysis.train import Stopped, Trainer
+from analysis.engine.train import Stopped, Trainer
 
 
 class RunsFailed(RuntimeError):

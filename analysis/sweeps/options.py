@@ -28,7 +28,7 @@ class LaunchConfig:
         None  # jobs at once; "auto" (local default): one per available core; SLURM default: no limit
     )
     runs_per_job: int | None = None  # runs one job trains in turn (default: SLURM 1; local: enough for `parallel` jobs)
-    batch_runs: int = 1  # compatible runs of a job trained together, stacked (analysis.train.train_group)
+    batch_runs: int = 1  # compatible runs of a job trained together, stacked (analysis.engine.train.train_group)
     max_retries: int = 3  # resubmit() relaunches a run at most this often
     timeout_min: int = 24 * 60  # a job's time limit in minutes
     partition: str | None = None  # SLURM partition, account, QoS and node constraint

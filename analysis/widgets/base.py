@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import traitlets
 
-from analysis.plots.frame import check_frame, positive_range
+from analysis.frame import check_frame, positive_range
 from analysis.plots.style import TEMPLATE
 
 

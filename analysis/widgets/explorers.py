@@ -18,7 +18,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from analysis.errors import ConfigError, one_of
-from analysis.plots.frame import as_columns, check_frame, counted_errors, diverged_mask, group_keys
+from analysis.frame import as_columns, check_frame, counted_errors, diverged_mask, group_keys
 from analysis.plots.maps import attention_overlay_figure, image_axes, tiles_figure
 from analysis.plots.stability import DEFAULT_BY, edf_figure, sensitivity_figure
 from analysis.plots.style import TEMPLATE, head_stems, style_maps, wrap_title

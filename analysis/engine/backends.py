@@ -12,7 +12,7 @@
   (`SHARED` lists what must be equal).
 
 Everything else (schedule, optimizer steps, EMA, evaluation, checkpoints, stop requests,
-divergence, metrics, results) is the loop's, in analysis/train.py.
+divergence, metrics, results) is the loop's, in analysis/engine/train.py.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torch.func import functional_call, vmap
 
 from analysis.config import RunConfig
 from analysis.errors import ConfigError
-from analysis.recipe import autocast
+from analysis.engine.recipe import autocast
 
 # Config keys (or key prefixes) the runs of one stacked group must share; all others may differ.
 SHARED = (

@@ -3,7 +3,7 @@
 The paper's recipe (sections 5-6): AdamW or SGD, no weight decay on norms, biases, position
 embedding and class token (timm's optimizer factory); linear warmup then half-period cosine,
 stepped per iteration; lr stated for a reference batch and scaled linearly. The loop that uses
-these lives in analysis/train.py.
+these lives in analysis/engine/train.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from analysis import data as D
+from analysis.engine import data as D
 from analysis import rundir
 from analysis.config import RunConfig
 from analysis.errors import ConfigError

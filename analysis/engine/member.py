@@ -2,7 +2,7 @@
 
 A Member owns what is one run's alone: its run directory (locked while it trains), its model,
 its torch optimizer (timm's factory, as every run), its timm EMA, its mixup, its data order, its
-checkpoints, metrics rows and result. The loop (analysis/train.py) drives one or K of them.
+checkpoints, metrics rows and result. The loop (analysis/engine/train.py) drives one or K of them.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from analysis import data as D
+from analysis.engine import data as D
 from analysis import rundir
 from analysis.config import RunConfig
-from analysis.recipe import build_model, evaluate, lr_factor, make_optimizer, seed_everything
+from analysis.engine.recipe import build_model, evaluate, lr_factor, make_optimizer, seed_everything
 
 
 class Member:

@@ -3,13 +3,13 @@
     result = train(cfg, "runs/vit_c")               # one run; resumes from its checkpoint if present
     results = train_group(cfgs, outs)               # K runs at once, each into its own run directory
 
-A run is a `Member` (analysis/member.py: its folder, model, torch optimizer, timm EMA, data
-order, records). The loop asks a back-end (analysis/backends.py) for the step's losses and
+A run is a `Member` (analysis/engine/member.py: its folder, model, torch optimizer, timm EMA, data
+order, records). The loop asks a back-end (analysis/engine/backends.py) for the step's losses and
 gradients: the single-model one for one run (any data source; DDP under torch.distributed), the
 stacked one for K runs (vmap over the runs' stacked weights). Schedule, optimizer steps, EMA,
 evaluation, checkpoints, stop requests, divergence, metrics and results are the loop's alone.
 
-The recipe is the paper's (analysis/recipe.py). A non-finite loss ends that run as "diverged"
+The recipe is the paper's (analysis/engine/recipe.py). A non-finite loss ends that run as "diverged"
 (error 100%) and the others go on; a stop request (preemption) checkpoints every run at the next
 step and raises Stopped; a resumed run ends with the same metrics as an uninterrupted one.
 """
@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 
 from analysis import rundir
-from analysis.backends import Dist, SingleBackend, StackedBackend, check_compatible
+from analysis.engine.backends import Dist, SingleBackend, StackedBackend, check_compatible
 from analysis.config import RunConfig
 from analysis.errors import ConfigError
-from analysis.member import Member
-from analysis.recipe import build_data, choose_precision, resolve_device
+from analysis.engine.member import Member
+from analysis.engine.recipe import build_data, choose_precision, resolve_device
 
 CHECK_EVERY = 25  # steps between host checks for a non-finite loss (each one is a device sync)
 
@@ -45,7 +45,7 @@ def train(cfg: RunConfig, out: str | Path, restart: bool = False) -> dict:
 
 
 def train_group(cfgs: list[RunConfig], outs: list[str | Path], stop_at_step: int | None = None) -> list[dict]:
-    """Train compatible runs (see analysis.backends.SHARED) at once, each into its own run directory;
+    """Train compatible runs (see analysis.engine.backends.SHARED) at once, each into its own run directory;
     return their result records in order. Finished runs are not trained again."""
     return Trainer(cfgs, outs, stop_at_step=stop_at_step).run()
 

@@ -1,4 +1,4 @@
-"""Checks and groupings of the collected sweep frame (one row per run) shared by the figures."""
+"""Checks and groupings of the collected sweep frame (one row per run), shared by the claims, the figures and the widgets."""
 
 from collections.abc import Hashable, Iterable, Sequence
 
