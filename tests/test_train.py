@@ -215,3 +215,21 @@ def test_tensorboard_event_files_mirror_the_metrics(tmp_path):
     assert {"train_loss", "lr", "images_per_s"} <= set(events.Tags()["scalars"])
     train(tiny_cfg(**{"train.epochs": 1}), tmp_path / "plain")
     assert not (tmp_path / "plain" / "tensorboard").exists()  # off by default
+
+
+def test_mixup_loss_is_timms_soft_target_cross_entropy():
+    """The engine's loss on mixup's soft targets is timm's SoftTargetCrossEntropy, which equals the
+    mean over the batch of -sum(y * log_softmax(out)) (the formula the engine wrote by hand before)."""
+    import torch.nn.functional as F
+    from timm.data import Mixup
+
+    from analysis.engine.member import _SOFT_TARGET_CE
+
+    torch.manual_seed(0)
+    out = torch.randn(8, 10)
+    x, y = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=10)(
+        torch.randn(8, 1, 28, 28), torch.arange(8)
+    )
+    assert y.shape == (8, 10)
+    by_hand = torch.sum(-y * F.log_softmax(out, dim=-1), dim=-1).mean()
+    assert torch.equal(_SOFT_TARGET_CE(out, y), by_hand)

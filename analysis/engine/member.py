@@ -15,11 +15,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timm.loss import SoftTargetCrossEntropy
 
 from analysis.engine import data as D
 from analysis import rundir
 from analysis.config import RunConfig
 from analysis.engine.recipe import build_model, evaluate, lr_factor, make_optimizer, seed_everything
+
+
+_SOFT_TARGET_CE = SoftTargetCrossEntropy()  # timm's: mean over the batch of -sum(y * log_softmax(out))
 
 
 class Member:
@@ -202,7 +206,7 @@ class Member:
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if y.ndim == 2:  # mixup's soft targets (label smoothing included)
-            return torch.sum(-y * F.log_softmax(out, dim=-1), dim=-1).mean()
+            return _SOFT_TARGET_CE(out, y)
         return F.cross_entropy(out, y, label_smoothing=self.cfg.train.label_smoothing)
 
     def lr(self, step: int, total: int) -> float:
