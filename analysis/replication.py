@@ -8,7 +8,7 @@
 A claim is *replicated* (column `replicated`) when at least `required` of the seeds reproduce it:
 by default two thirds of them, rounded up (2 of 3, the rule the README's headline uses); it is
 "contradicted" when as many contradict it, "insufficient" when fewer seeds than that give a verdict
-at all (groups under analysis.claims.MIN_RUNS runs), else "mixed".
+at all (groups under analysis.claims.MIN_RUNS runs), else "inconclusive" (neither way on enough seeds).
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def replication_table(tables: dict, required: int | None = None) -> pd.DataFrame
             if n_con >= need
             else "insufficient"
             if decided < need
-            else "mixed"
+            else "inconclusive"
         )
         out.append({**row, "reproduced": f"{n_rep} of {len(tables)}", "replicated": replicated})
     cols = KEY + [f"{label} {c}" for label in tables for c in ("estimate", "interval", "verdict")]

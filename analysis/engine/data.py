@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from analysis.models.presets import DATASET_STATS as STATS
 from analysis.errors import ConfigError
 from analysis.trust import load_pickle
 
@@ -34,12 +35,6 @@ FASHION_MNIST_CLASSES = (
     "Ankle boot",
 )
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-# Per-channel mean/std on [0, 1] pixels.
-STATS = {
-    "fashion_mnist": ((0.2860,), (0.3530,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
 
 
 @dataclass

@@ -19,11 +19,37 @@ from timm.loss import SoftTargetCrossEntropy
 
 from analysis.engine import data as D
 from analysis import rundir
+from analysis.errors import ConfigError
+from analysis.config import RUNTIME_KEYS, load
 from analysis.config import RunConfig
 from analysis.engine.recipe import build_model, evaluate, lr_factor, make_optimizer, seed_everything
 
 
 _SOFT_TARGET_CE = SoftTargetCrossEntropy()  # timm's: mean over the batch of -sum(y * log_softmax(out))
+
+
+def prepare_folder(run_dir: str | Path, cfg, create: bool = True):
+    """Create the run directory (unless create=False), or check that the config it already holds
+    matches `cfg` (all but analysis.config.RUNTIME_KEYS, e.g. the resolved train.precision); return
+    the config to resume with (the stored one, else `cfg`)."""
+    run_dir = Path(run_dir)
+    rundir.check_out(run_dir)
+    if create:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / rundir.CONFIG
+    if not path.is_file():
+        return cfg
+    old = load(path)
+    a, b = old.flat(), cfg.flat()
+    for key in RUNTIME_KEYS:
+        a.pop(key), b.pop(key)
+    if a != b:
+        diff = sorted(k for k in a if a[k] != b[k])
+        raise ConfigError(
+            f"{run_dir} holds a run with another config (differs in {', '.join(diff)}); "
+            "use another run directory or delete that one"
+        )
+    return old
 
 
 class Member:
@@ -47,7 +73,7 @@ class Member:
         rundir.check_out(self.out)
         if not rundir.is_complete(self.out):
             return False
-        rundir.prepare(self.out, self.cfg, create=False)  # another config there: one line
+        prepare_folder(self.out, self.cfg, create=False)  # another config there: one line
         self.result = rundir.read_result(self.out)
         return True
 
@@ -62,7 +88,7 @@ class Member:
         """Create or check the folder, take its lock (rank 0; every rank learns the outcome), tidy it
         and mark it with `job` (job.json); return the precision to resume with: the saved, resolved
         one when the run resumes from a checkpoint, else None (resolve it afresh)."""
-        saved = rundir.prepare(self.out, self.cfg)
+        saved = prepare_folder(self.out, self.cfg)
         refused = None
         if self.dist.main:
             try:

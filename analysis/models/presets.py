@@ -64,6 +64,13 @@ def _cnn(arch: str, img_size: int, in_chans: int, num_classes: int, dataset: str
 
 
 IMAGENET, FMNIST, CIFAR = "imagenet", "fashion_mnist", "cifar10"
+# Per-channel mean/std on [0, 1] pixels of the small datasets: the data loaders normalise with them and
+# each preset's pretrained_cfg in timm's registry carries them (ImageNet takes timm's own).
+DATASET_STATS = {
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
 _S16 = [2, 2, 2, 2]
 _S16_DEEP = [2, 2, 1, 2, 1, 2]
 _DEEP = [64, 128, 128, 256, 256, 512]

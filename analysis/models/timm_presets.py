@@ -13,9 +13,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, is_model, register_model, resolve_pretrained_cfg
 from torch import nn
 
-from analysis.engine.data import STATS
 from analysis.errors import ConfigError
 from analysis.models.factory import build
+from analysis.models.presets import DATASET_STATS as STATS
 from analysis.models.presets import PRESETS, timm_name
 
 OVERRIDES = ("stem", "local_mlp", "num_classes", "in_chans", "img_size", "fused_attn")

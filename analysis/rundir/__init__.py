@@ -76,7 +76,6 @@ from analysis.rundir.checkpoint import (  # noqa: F401
 )
 from analysis.rundir.run import (  # noqa: F401
     check_out,
-    prepare,
     remove_temp_files,
     clear_run,
 )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 from analysis.errors import ConfigError
-from analysis.rundir.layout import CHECKPOINT, CONFIG, METRICS, RESULT
+from analysis.rundir.layout import CHECKPOINT, METRICS, RESULT
 
 
 def check_out(run_dir: str | Path) -> None:
@@ -22,32 +22,6 @@ def check_out(run_dir: str | Path) -> None:
                 what = "is not writable" if parent == run_dir else f"cannot be created: {parent} is not writable"
                 raise ConfigError(f"run folder {run_dir} {what}; choose a folder you can write")
             return
-
-
-def prepare(run_dir: str | Path, cfg, create: bool = True):
-    """Create the run directory (unless create=False), or check that the config it already holds
-    matches `cfg` (all but analysis.config.RUNTIME_KEYS, e.g. the resolved train.precision); return
-    the config to resume with (the stored one, else `cfg`)."""
-    from analysis.config import RUNTIME_KEYS, load
-
-    run_dir = Path(run_dir)
-    check_out(run_dir)
-    if create:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / CONFIG
-    if not path.is_file():
-        return cfg
-    old = load(path)
-    a, b = old.flat(), cfg.flat()
-    for key in RUNTIME_KEYS:
-        a.pop(key), b.pop(key)
-    if a != b:
-        diff = sorted(k for k in a if a[k] != b[k])
-        raise ConfigError(
-            f"{run_dir} holds a run with another config (differs in {', '.join(diff)}); "
-            "use another run directory or delete that one"
-        )
-    return old
 
 
 def remove_temp_files(run_dir: str | Path) -> int:
