@@ -32,7 +32,7 @@ from analysis.names import preset_size
 from analysis.frame import counted_errors
 
 GROUPS = (("ViT_P", "adamw"), ("ViT_P", "sgd"), ("ViT_C", "adamw"), ("ViT_C", "sgd"))
-CANDIDATES = (8, 16, 24, 32, 40, 48, 64, 80, 96, 128)
+CANDIDATES = (16, 24, 32, 48, 64, 96, 128)  # the n the powered study's plan was computed on
 
 
 def pilot_errors(df: pd.DataFrame, setting: str) -> dict[tuple[str, str], np.ndarray]:
@@ -163,3 +163,47 @@ def planned_runs(run_ids: list[str], configs: dict, plan: dict | None = None) ->
         if seen[cell] <= plan.get((preset_size(cfg.model.preset), cfg.train.epochs), 0):
             out.append(run)
     return out
+
+
+def primary_table(table: pd.DataFrame, df: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The primary claim per setting of a claims table: the optimizer_gap_best_difference row and ViT_C's
+    optimizer_gap_best row (estimate, interval, verdict), `primary` (both reproduced) and, given the
+    sweep frame `df`, the median seconds per run; sorted by the selection rule of jobs/fmnist_power.yaml
+    (primary first, then the cheapest runs, ties to the paper's geometry p16)."""
+    rows = []
+    for setting, t in table.groupby("setting", sort=True):
+        diff = t[t["claim"].eq("optimizer_gap_best_difference")]
+        gap = t[t["claim"].eq("optimizer_gap_best") & t["subject"].str.startswith("ViT_C-")]
+        if diff.empty or gap.empty:
+            continue
+        d, c = diff.iloc[0], gap.iloc[0]
+        rows.append(
+            {
+                "setting": setting,
+                "difference": d["estimate"],
+                "difference_interval": (d["low"], d["high"]),
+                "difference_verdict": d["verdict"],
+                "vit_c_gap": c["estimate"],
+                "vit_c_gap_interval": (c["low"], c["high"]),
+                "vit_c_gap_verdict": c["verdict"],
+                "primary": d["verdict"] == "reproduced" and c["verdict"] == "reproduced",
+            }
+        )
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    out["seconds_per_run"] = np.nan
+    if df is not None and "seconds" in df:
+        named = setting_of(df)
+        for i, setting in enumerate(out["setting"]):
+            out.loc[i, "seconds_per_run"] = float(df.loc[named.eq(setting), "seconds"].median())
+    p16 = out["setting"].str.contains("_p16").astype(int)
+    order = out.assign(_p16=p16).sort_values(["primary", "seconds_per_run", "_p16"], ascending=[False, True, False])
+    return order.drop(columns="_p16").reset_index(drop=True)
+
+
+def choose_main_regime(primary: pd.DataFrame) -> str | None:
+    """The selection rule of jobs/fmnist_power.yaml: among the settings where the primary claim is
+    reproduced, the one with the cheapest runs (ties to p16); None when it holds in none."""
+    hits = primary[primary["primary"]] if len(primary) else primary
+    return None if hits.empty else str(hits["setting"].iloc[0])

@@ -65,14 +65,19 @@ def same_spec(specs: list[dict]) -> None:
 
 def sweep_tables(sweep_dirs: list, **claims_args) -> dict:
     """{"seed N": claims_table} of each sweep folder (collected), in order; sweeps of different specs
-    (anything but name and seeds) are refused in one line, as is a sweep with no runs."""
+    (anything but name and seeds) are refused in one line, as is a sweep with no runs. One folder (a
+    sweep, or a folder of run folders) gives {"": its claims table}."""
     from analysis.claims import claims_table
     from analysis.sweeps import collect
     from analysis.sweeps.folder import SweepFolder
 
+    if len(sweep_dirs) == 1:  # one sweep (or a folder of run folders): its claims table
+        df = collect(sweep_dirs[0])
+        if df.empty:
+            raise ConfigError(f"{sweep_dirs[0]} holds no runs; launch the sweep first")
+        return {"": claims_table(df, **claims_args)}
     folders = [SweepFolder.open(d) for d in sweep_dirs]
-    if len(folders) > 1:
-        same_spec([f.spec_dict for f in folders])
+    same_spec([f.spec_dict for f in folders])
     tables = {}
     for d, f in zip(sweep_dirs, folders):
         df = collect(f.dir)

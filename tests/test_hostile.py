@@ -256,3 +256,54 @@ def test_values_far_outside_the_usual_ranges_warn_and_a_key_set_twice_is_one_lin
         with pytest.raises(ConfigError, match=words) as e:
             Spec.from_dict({"name": "twice", **bad})
         assert "\n" not in str(e.value)
+
+
+def test_malformed_idx_files_and_a_gzip_bomb_are_one_line_in_bounded_memory(tmp_path):
+    """A data root of someone else's: a truncated IDX file, trailing bytes, a bad header, and a gzip
+    bomb (a header promising 60000 images, then gigabytes of zeros) each stop in one line."""
+    import gzip
+
+    from analysis.engine.data import _read_idx
+
+    header = b"\x00\x00\x08\x03" + (60000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    cases = {
+        "short": header + b"\x00" * 100,
+        "long": b"\x00\x00\x08\x01" + (3).to_bytes(4, "big") + b"\x01\x02\x03\x04",
+        "magic": b"\x00\x00\x0d\x01" + (3).to_bytes(4, "big") + b"\x01\x02\x03",
+        "huge": b"\x00\x00\x08\x03" + (10**6).to_bytes(4, "big") * 3,
+    }
+    for name, data in cases.items():
+        path = tmp_path / f"{name}-idx"
+        path.write_bytes(data)
+        with pytest.raises(ConfigError) as e:
+            _read_idx(path)
+        assert "\n" not in str(e.value) and str(path) in str(e.value)
+    bomb = tmp_path / "bomb-idx.gz"
+    with gzip.open(bomb, "wb", compresslevel=9) as f:
+        f.write(header)
+        for _ in range(64):  # 2 GiB of zeros, a few MB on disk
+            f.write(bytes(32 << 20))
+    peak, out = peak_mb(
+        f"from pathlib import Path\nfrom analysis.engine.data import _read_idx\n_read_idx(Path({str(bomb)!r}))\n",
+        cwd=tmp_path,
+    )
+    assert "ConfigError" in out and "header says" in out and peak < 300, out
+
+
+def test_a_full_disk_during_the_code_snapshot_is_one_line(tmp_path):
+    """The launch copies the package into the sweep (code/launch-NNN); on a full disk that is one line,
+    not shutil's list of every file that failed. A real full file system: a 256 KiB tmpfs (root only)."""
+    import yaml
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(yaml.safe_dump(tiny_spec("full")))
+        out = cli(["sweep", "launch", str(spec), "--root", str(disk)], cwd=tmp_path)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr[-2000:]
+        assert "cannot snapshot the code" in out.stderr and "Traceback" not in out.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

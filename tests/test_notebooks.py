@@ -81,7 +81,11 @@ CASES = {
     "06_representations": (dict(TINY_TRAIN, n_images=2, cka_images=40, cka_batch=20, ig_steps=4), 5, 0),
     "07_cluster": ({"spec": "jobs/fmnist_peak.yaml"}, 0, 1),
     "08_see_like_cnns": (dict(TINY_TRAIN, cnn_epochs=1, fractions=[0.7], probe_images=40, probe_batch=20), 6, 0),
-    "09_where_the_stem_matters": ({"spec": REGIME_SPEC, "cluster": "local", "timeout": 900, "resamples": 200}, 1, 0),
+    "09_where_the_stem_matters": (
+        {"spec": REGIME_SPEC, "cluster": "local", "timeout": 900, "resamples": 200, "power_sims": 20},
+        1,
+        0,
+    ),
 }
 
 

@@ -1,6 +1,7 @@
 """The powered study's power calculation: simulation with the claims code's own bootstrap."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from tests.test_claims import frame
 
@@ -78,3 +79,20 @@ def test_the_powered_study_spec_draws_what_its_plan_analyses_on_an_unused_seed()
         assert runs == [r for r in ids if r in set(runs)][: len(runs)]  # the first n of the cell, in order
     seeds = {s.seed for s in map(Spec.from_yaml, jobs.glob("*.yaml")) if s.name != "fmnist_power"}
     assert spec.seed not in seeds | {3, 4} and {c.train.seed for c in configs.values()} == {spec.seed}
+
+
+def test_the_primary_claim_per_setting_and_the_selection_rule():
+    """Both rows must be reproduced; among such settings the cheapest runs win; none: no pick."""
+    from tests.test_claims import stable_vs_unstable
+
+    from analysis.claims import claims_table
+    from analysis.power import choose_main_regime, primary_table
+
+    shows = frame(stable_vs_unstable("C", "P", n=24, seed=1), size="fmnist_tiny", epochs=10)
+    flat = frame({k: [30.0 + i % 5 for i in range(24)] for k in stable_vs_unstable("C", "P")}, epochs=20)
+    df = pd.concat([shows.assign(seconds=40.0), flat.assign(seconds=80.0)], ignore_index=True)
+    table = primary_table(claims_table(df, resamples=500), df)
+    assert list(table["setting"]) == ["fmnist_tiny, 10 epochs", "fmnist_tiny, 20 epochs"]
+    assert list(table["primary"]) == [True, False] and table["seconds_per_run"].tolist() == [40.0, 80.0]
+    assert choose_main_regime(table) == "fmnist_tiny, 10 epochs"
+    assert choose_main_regime(table[~table["primary"]]) is None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import gzip
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,16 +71,32 @@ def _missing(name: str, root: str, hint: str) -> ConfigError:
     return ConfigError(f"{name} not found in {root}: {hint}")
 
 
+MAX_IDX_BYTES = 256 << 20  # an IDX data file of at most 256 MiB once inflated (Fashion-MNIST's largest: 47 MB)
+
+
 def _read_idx(path: Path) -> np.ndarray:
-    """Read one IDX file (optionally gzipped) into a numpy array."""
+    """Read one IDX file (optionally gzipped) into a numpy array, inflating no more than its header's
+    shape says (a gzip bomb stops there): a bad header, a size over MAX_IDX_BYTES, a truncated file or
+    trailing data is a one-line ConfigError."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    if raw[:2] != b"\x00\x00" or raw[2] != 0x08:
-        raise ConfigError(f"{path}: not an unsigned-byte IDX file")
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4 or head[:2] != b"\x00\x00" or head[2] != 0x08 or not 1 <= head[3] <= 4:
+                raise ConfigError(f"{path}: not an unsigned-byte IDX file")
+            dims = f.read(4 * head[3])
+            shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(head[3]))
+            size = int(np.prod(shape, dtype=np.float64))
+            if len(dims) < 4 * head[3] or size > MAX_IDX_BYTES:
+                raise ConfigError(f"{path}: IDX shape {shape} is truncated or over {MAX_IDX_BYTES} bytes")
+            raw = f.read(size + 1)
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise ConfigError(f"{path}: unreadable IDX file ({type(e).__name__})") from None
+    if len(raw) != size:
+        raise ConfigError(
+            f"{path}: holds {len(raw)}{'+' if len(raw) > size else ''} bytes of data, its header says {size}"
+        )
+    return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
 
 
 def load_fashion_mnist(root: str, train: bool) -> ArrayData:

@@ -92,6 +92,11 @@ def snapshot_code(dest: Path, source: Path | None = None) -> Path:
         os.chmod(tmp, 0o777 & ~rundir.umask())  # mkdtemp makes 0700; follow the umask like mkdir
         shutil.copytree(source, tmp / "analysis", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
         tmp.rename(dest)
+    except shutil.Error as e:  # copytree's list of failed files (a full disk): one line
+        shutil.rmtree(tmp, ignore_errors=True)
+        first = e.args[0][0] if e.args and isinstance(e.args[0], list) and e.args[0] else e
+        why = first[2] if isinstance(first, tuple) and len(first) == 3 else str(first)
+        raise ConfigError(f"cannot snapshot the code for this launch into {dest}: {why[:200]}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
