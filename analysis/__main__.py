@@ -6,8 +6,9 @@ import os
 import sys
 
 # `python -m` puts the working folder first on sys.path, so a `yaml.py` planted in a sweep folder that
-# a user cd's into would be imported instead of the real one: drop it before anything else is
-# imported, as `python -P` does (the `stemlab` console script never has it).
+# a user cd's into would be imported instead of the real one: drop it before anything else is imported
+# (a planted `analysis/` package itself is imported before this runs: only `stemlab` and `python -P`
+# avoid that; the `stemlab` console script never has the working folder on its path).
 if __name__ == "__main__" and sys.path and not sys.flags.safe_path:
     if os.path.realpath(sys.path[0] or os.curdir) == os.path.realpath(os.curdir):
         del sys.path[0]

@@ -29,17 +29,19 @@ def seed_specs(spec: dict, seeds: list[int]) -> list[dict]:
     the spec's name, the others are named "<name>-seed<seed>" (each its own sweep folder)."""
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds must be distinct, got {seeds}")
-    out = []
+    out, name = [], str(spec.get("name") or "sweep")
     for i, seed in enumerate(seeds):
         d = copy.deepcopy(spec)
         d["seed"] = seed
-        base = d.setdefault("base", {})
-        train = base.setdefault("train", {})
+        base = d["base"] = d.get("base") or {}
+        if not isinstance(base, dict):
+            raise ConfigError("base must be a mapping to set its train.seed")
+        base.pop("train.seed", None)  # a dotted key: replaced by the nested one
+        train = base["train"] = base.get("train") or {}
         if not isinstance(train, dict):
             raise ConfigError("base.train must be a mapping to set its seed")
         train["seed"] = seed
-        if i:
-            d["name"] = f"{spec['name']}-seed{seed}"
+        d["name"] = f"{name}-seed{seed}" if i else name
         out.append(d)
     return out
 

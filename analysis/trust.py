@@ -129,7 +129,7 @@ def load_yaml(path: str | Path, max_bytes: int = MAX_YAML_BYTES, max_nodes: int 
     a file over either limit, not YAML, or with a key given twice in a mapping is a one-line ConfigError."""
     path = Path(path)
     try:
-        with open_regular(path) as fh:
+        with open_regular(path, follow=True) as fh:  # a spec or config may be a link; never a FIFO or device
             raw = fh.read(max_bytes + 1)
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None

@@ -307,3 +307,44 @@ def test_a_full_disk_during_the_code_snapshot_is_one_line(tmp_path):
         assert "cannot snapshot the code" in out.stderr and "Traceback" not in out.stderr
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_outputs_through_links_keep_the_link_and_user_yaml_may_be_a_link(tmp_path):
+    """--out /dev/stdout (a link) is written through, never replaced by a rename; a spec or config the
+    user names may be a symbolic link (read as before), but a FIFO there is refused."""
+    target = tmp_path / "target.csv"
+    target.write_text("old\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    rundir.write_output(link, b"new\n")
+    assert link.is_symlink() and target.read_text() == "new\n"
+    spec = tmp_path / "real.yaml"
+    spec.write_text("name: linked\n")
+    (tmp_path / "linked.yaml").symlink_to(spec)
+    assert trust.load_yaml(tmp_path / "linked.yaml") == {"name": "linked"}
+    os.mkfifo(tmp_path / "fifo.yaml")
+    with pytest.raises(ConfigError, match="FIFO"):
+        trust.load_yaml(tmp_path / "fifo.yaml")
+
+
+def test_a_lock_with_many_hard_links_is_replaced_once_and_held(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train.lock").write_text("")
+    for k in (1, 2):
+        subprocess.run(["cp", "-al", str(run), str(tmp_path / f"snap{k}")], check=True)
+    assert os.stat(run / "train.lock").st_nlink == 3
+    with rundir.RunLock(tmp_path / "snap1") as lock:
+        assert os.fstat(lock.fd).st_ino == os.stat(tmp_path / "snap1" / "train.lock").st_ino
+        assert os.stat(tmp_path / "snap1" / "train.lock").st_nlink == 1
+    assert (run / "train.lock").read_text() == "" and os.stat(run / "train.lock").st_nlink == 2
+
+
+def test_a_run_table_naming_folders_outside_the_sweep_is_refused_by_collect(sweep):
+    from analysis.sweeps import collect
+
+    table = json.loads((sweep.dir / "runs.json").read_text())
+    table["runs"][0]["run_dir"] = "../../elsewhere"
+    (sweep.dir / "runs.json").write_text(json.dumps(table))
+    with pytest.raises(ConfigError, match="names the folder"):
+        collect(sweep.dir)

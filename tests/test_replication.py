@@ -95,3 +95,14 @@ def test_claims_over_three_real_tiny_sweeps_on_different_seeds(tmp_path, capsys)
     assert main(["claims", str(sweeps[0].dir), "--json"]) == 0
     records = pd.DataFrame(json.loads(capsys.readouterr().out))
     assert set(records.verdict) <= {"insufficient", ""}
+
+
+def test_seed_specs_take_dotted_seeds_an_empty_base_and_no_name():
+    from analysis.sweeps import Spec
+
+    specs = seed_specs(
+        {"base": {"train.seed": 1, "train.epochs": 2}, "grid": {"preset": ["vit_p_fmnist_tiny"]}}, [3, 4]
+    )
+    assert [s["name"] for s in specs] == ["sweep", "sweep-seed4"]
+    assert [Spec.from_dict(s).runs()[0]["cfg"].train.seed for s in specs] == [3, 4]
+    assert seed_specs({"name": "x", "base": None}, [1, 2])[1]["base"] == {"train": {"seed": 2}}

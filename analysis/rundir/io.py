@@ -60,11 +60,13 @@ def write_atomic(path: str | Path, data: bytes) -> None:
 
 def write_output(path: str | Path, data: bytes) -> None:
     """Write an output file the user named (collect --out, a report): atomically (write_atomic) unless
-    the path is an existing device or FIFO (/dev/stdout, a pipe), which is written as it is; a full
-    disk raises OSError ENOSPC and leaves any earlier file whole."""
+    the path is a symbolic link (/dev/stdout), a device or a FIFO, which is written through as it is
+    (a rename would replace the link itself); a full disk raises OSError ENOSPC and leaves any earlier
+    regular file whole."""
     path = Path(path)
     try:
-        special = not stat.S_ISREG(os.stat(path).st_mode) and not path.is_dir()
+        mode = os.lstat(path).st_mode
+        special = stat.S_ISLNK(mode) or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
     except OSError:
         special = False
     if not special:
@@ -97,12 +99,14 @@ class NotRegularFile(ConfigError):
     """A file a folder names is a device, FIFO, socket or folder: never read (one line)."""
 
 
-def open_regular(path: str | Path):
+def open_regular(path: str | Path, follow: bool = False):
     """Open a file a run or sweep folder holds for reading, as a binary file object: O_NOFOLLOW and
     O_NONBLOCK (a FIFO does not block the open), then fstat: anything but a regular file raises
     NotRegularFile (a device such as /dev/zero, a FIFO, a socket); a symbolic link as the last part of
-    the path is an OSError (ELOOP). Readers stop at their own byte limits whatever st_size says."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    the path is an OSError (ELOOP) unless follow=True (a file the user names, e.g. a spec). Readers stop at
+    their own byte limits whatever st_size says."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
@@ -169,8 +173,7 @@ def unshare(run_dir: str | Path) -> int:
         if stat.S_ISREG(st.st_mode):
             with open_regular(path) as f:
                 data = f.read()
-        path.unlink()
-        write_atomic(path, data)
+        write_atomic(path, data)  # the rename breaks the link (or replaces what is not a regular file)
         replaced += 1
     return replaced
 

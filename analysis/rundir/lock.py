@@ -48,7 +48,12 @@ class RunLock:
             self._lock(fd, tries)
             st = os.fstat(fd)
             if st.st_nlink > 1:  # shared with a snapshot (cp -al): lock a private file of our own
-                write_atomic(self.path, b"")  # replaces the name; a trainer that waits on the old inode re-checks
+                try:
+                    ours = os.stat(self.path).st_ino == st.st_ino
+                except OSError:
+                    ours = False
+                if ours:  # only the holder of the named inode's lock renames over it
+                    write_atomic(self.path, b"")  # a trainer that waits on the old inode re-checks
                 os.close(fd)
                 continue
             try:

@@ -38,7 +38,7 @@ class SweepFolder:
                     f"{sweep_dir}: runs.json lists {len(self.table)} runs, over the limit of "
                     f"{max_runs()} (set {MAX_RUNS_ENV} to allow more)"
                 )
-            self.run_ids = [_valid_run_id(r["run"], sweep_dir) for r in self.table]
+            self.run_ids = [valid_run_id(r["run"], sweep_dir) for r in self.table]
             self.configs = {r["run"]: C.RunConfig().replace(r["overrides"]) for r in self.table}
         except (yaml.YAMLError, KeyError, TypeError, AttributeError):
             raise ConfigError(f"{sweep_dir}: unreadable spec.yaml or runs.json (not written by this package)") from None
@@ -122,7 +122,7 @@ class SweepFolder:
         return f"Sweep({str(self.dir)!r}, runs={len(self.run_ids)}, launches={len(self.launches)})"
 
 
-def _valid_run_id(run, sweep_dir) -> str:
+def valid_run_id(run, sweep_dir) -> str:
     """A run id read from runs.json, checked by the rule sweep names follow (letters, digits, '-', '_',
     '.'; not starting with '.'), so no id names a folder outside runs/ (`../other`, `a/b`)."""
     ok = isinstance(run, str) and 0 < len(run) <= 200 and not run.startswith(".")

@@ -27,7 +27,7 @@ import yaml
 
 from analysis import config as C
 from analysis import rundir
-from analysis.errors import ConfigError
+from analysis.errors import ConfigError, shown
 from analysis.names import model_name, stem_of_config
 
 CACHE = rundir.COLLECT_CACHE
@@ -176,10 +176,16 @@ def _runs_of(folder: Path) -> tuple[list[tuple[str, Path, C.RunConfig | None, li
     table = rundir.read_json(folder / rundir.RUN_TABLE)
     if table is not None:
         try:
-            return [
-                (r["run"], folder / r["run_dir"], C.RunConfig().replace(r["overrides"]), list(r.get("sampled", [])))
-                for r in table["runs"]
-            ], True
+            from analysis.sweeps.folder import valid_run_id
+
+            rows = []
+            for r in table["runs"]:  # an id or folder outside runs/ is refused (the table is a folder's data)
+                run = valid_run_id(r["run"], folder)
+                if r.get("run_dir", f"{rundir.RUNS}/{run}") != f"{rundir.RUNS}/{run}":
+                    raise ConfigError(f"{folder / rundir.RUN_TABLE}: run {run} names the folder {shown(r['run_dir'])}")
+                cfg = C.RunConfig().replace(r["overrides"])
+                rows.append((run, folder / rundir.RUNS / run, cfg, list(r.get("sampled", []))))
+            return rows, True
         except (KeyError, TypeError, AttributeError):
             raise ConfigError(f"{folder / 'runs.json'} is not a run table (written by Sweep.from_dict)") from None
     out = []

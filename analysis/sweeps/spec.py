@@ -208,6 +208,10 @@ class Spec:
                     case = {}
                     for k, vv in v.items():
                         kk = _key(k, f"grid {axis}")
+                        if kk in case:
+                            raise ConfigError(
+                                f"grid {axis}: {kk} is given twice in one case (by an alias); give it once"
+                            )
                         case[kk] = Sampler.parse(kk, vv, f"grid {axis}") if _is_sampler(vv) else vv
                     cases.append(case)
                 else:
@@ -224,6 +228,8 @@ class Spec:
             raise ConfigError(f"spec sample must be a mapping of key -> sampler, got {shown(d.get('sample'))}")
         for k, v in (d.get("sample") or {}).items():
             kk = _key(k, "sample")
+            if kk in sample:
+                raise ConfigError(f"sample: {kk} is given twice (by an alias); give it once")
             if not _is_sampler(v):
                 raise ConfigError(f"sample: {kk} must be a sampler like {{log_uniform: [low, high]}}, got {shown(v)}")
             sample[kk] = Sampler.parse(kk, v, "sample")
