@@ -124,6 +124,12 @@ class RunConfig:
                 out.append(f"{key}={value:g} (usual: {usual})")
         return out
 
+    def differences(self, other: "RunConfig") -> list[str]:
+        """The keys (in config order) where this config and `other` differ, leaving out RUNTIME_KEYS
+        (what a trainer resolves, e.g. train.precision "auto" -> "fp32")."""
+        mine, theirs = self.flat(), other.flat()
+        return [k for k in mine if k not in RUNTIME_KEYS and mine[k] != theirs.get(k)]
+
     def effective_lr(self) -> float:
         """Peak lr for this run's batch size (linear scaling from ref_batch)."""
         return self.optim.lr * self.train.batch_size / self.optim.ref_batch

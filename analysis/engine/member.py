@@ -20,8 +20,7 @@ from timm.loss import SoftTargetCrossEntropy
 from analysis.engine import data as D
 from analysis import rundir
 from analysis.errors import ConfigError
-from analysis.config import RUNTIME_KEYS, load
-from analysis.config import RunConfig
+from analysis.config import RunConfig, load
 from analysis.engine.recipe import build_model, evaluate, lr_factor, make_optimizer, seed_everything
 
 
@@ -40,11 +39,8 @@ def prepare_folder(run_dir: str | Path, cfg, create: bool = True):
     if not path.is_file():
         return cfg
     old = load(path)
-    a, b = old.flat(), cfg.flat()
-    for key in RUNTIME_KEYS:
-        a.pop(key), b.pop(key)
-    if a != b:
-        diff = sorted(k for k in a if a[k] != b[k])
+    diff = sorted(old.differences(cfg))
+    if diff:
         raise ConfigError(
             f"{run_dir} holds a run with another config (differs in {', '.join(diff)}); "
             "use another run directory or delete that one"

@@ -139,19 +139,17 @@ def _check_run_config(run_dir: Path, cfg: C.RunConfig) -> None:
     every key but those the trainer resolves (analysis.config.RUNTIME_KEYS); else one line naming the
     first key that differs."""
     try:
-        held = C.load(run_dir / rundir.CONFIG).flat()
+        held = C.load(run_dir / rundir.CONFIG)
     except ConfigError as e:
         raise ConfigError(f"{run_dir}: its config.yaml cannot be read ({e}); delete that run folder") from None
-    want = cfg.flat()
-    for key in want:
-        if key in C.RUNTIME_KEYS:  # what the trainer resolves (train.precision "auto" -> "fp32")
-            continue
-        if held.get(key) != want[key]:
-            raise ConfigError(
-                f"{run_dir / rundir.CONFIG} gives {key}={shown(held.get(key))} but the sweep's runs.json "
-                f"{shown(want[key])}: the job would train another config than the sweep reports; delete that run "
-                "folder (or restore its config.yaml)"
-            )
+    diff = cfg.differences(held)
+    if diff:
+        key = diff[0]
+        raise ConfigError(
+            f"{run_dir / rundir.CONFIG} gives {key}={shown(held.flat()[key])} but the sweep's runs.json "
+            f"{shown(cfg.flat()[key])}: the job would train another config than the sweep reports; delete that run "
+            "folder (or restore its config.yaml)"
+        )
 
 
 def _same_runs(folder: Path, runs: list[dict]) -> bool:
