@@ -48,6 +48,7 @@ from analysis.rundir.io import (  # noqa: F401
     log_line,
 )
 from analysis.rundir.schema import (  # noqa: F401
+    number_in,
     failure_reason,
     STATUSES,
     MAX_RESULT_BYTES,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from analysis.rundir.io import NotRegularFile, _clean, loads_finite, open_regular, write_atomic
 from analysis.rundir.layout import METRICS
-from analysis.rundir.schema import _number
+from analysis.rundir.schema import number_in
 
 
 def append_metrics(run_dir: str | Path, row: dict) -> None:
@@ -39,9 +39,9 @@ def metric_rows(lines) -> dict[int, dict]:
 def metric_row_ok(row) -> bool:
     """Whether a metrics.jsonl row is valid: an object with an int epoch >= 0, its numbers finite
     (NaN/Infinity are not JSON numbers), its error rates (*_err) in [0, 100] or null."""
-    if not isinstance(row, dict) or not _number(row.get("epoch"), 0, math.inf) or not isinstance(row["epoch"], int):
+    if not isinstance(row, dict) or not number_in(row.get("epoch"), 0, math.inf) or not isinstance(row["epoch"], int):
         return False
-    return all(value is None or _number(value, 0, 100) for key, value in row.items() if key.endswith("_err"))
+    return all(value is None or number_in(value, 0, 100) for key, value in row.items() if key.endswith("_err"))
 
 
 MAX_METRICS_BYTES = 8 << 20  # read at most the last 8 MiB of a metrics.jsonl (some 25,000 epochs)

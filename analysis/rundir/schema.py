@@ -25,7 +25,8 @@ STATUSES = ("completed", "diverged", "failed")
 MAX_RESULT_BYTES = 1 << 20
 
 
-def _number(value, low: float, high: float) -> bool:
+def number_in(value, low: float, high: float) -> bool:
+    """Whether value is a finite int or float (not a bool) in [low, high]."""
     return (
         isinstance(value, (int, float))
         and not isinstance(value, bool)
@@ -47,7 +48,7 @@ def result_problem(result: dict) -> str | None:
         return "no top1_err"
     for key, (low, high) in [*((k, (0, 100)) for k in _ERRORS), *((k, (0, math.inf)) for k in _COUNTS)]:
         value = result.get(key)
-        if (value is not None or key == "top1_err" and status != "failed") and not _number(value, low, high):
+        if (value is not None or key == "top1_err" and status != "failed") and not number_in(value, low, high):
             return f"{key} is {shown(value)}, not a finite number in [{low}, {high}]"
     return None
 

@@ -85,10 +85,8 @@ def _cached_row_ok(row: dict) -> bool:
     """Whether a cached row's result fields are what a result.json could give (the cache is a folder's
     data like any other): errors NaN or in [0, 100], counts NaN or finite >= 0, a known status."""
 
-    def number(v, high=math.inf) -> bool:
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
-            return False
-        return math.isnan(v) or (math.isfinite(v) and 0 <= v <= high)
+    def number(v, high=math.inf) -> bool:  # what collect makes of a result's number: NaN when missing
+        return isinstance(v, float) and math.isnan(v) or rundir.number_in(v, 0, high)
 
     return (
         row.get("status") in (*rundir.STATUSES, None)
@@ -117,12 +115,13 @@ def run_row(run: str, run_dir: Path, cfg: C.RunConfig) -> dict:
     status = result.get("status")
     done = rundir.is_complete(run_dir)
     last = metrics[-1] if metrics else {}
+    fields = _config_fields(cfg)
     row = {
         "run": run,
         "run_dir": str(run_dir),
         "status": status,
         "reason": result.get("reason") or reason,
-        **{k: v for k, v in _config_fields(cfg).items() if not k.startswith("cfg.")},
+        **{k: v for k, v in fields.items() if not k.startswith("cfg.")},
         "error": _nan(result.get("top1_err")) if done else math.nan,
         "best_error": _nan(result.get("best_top1_err")) if done else math.nan,
         "top5_error": _nan(result.get("top5_err")) if done else math.nan,
@@ -134,7 +133,7 @@ def run_row(run: str, run_dir: Path, cfg: C.RunConfig) -> dict:
         "flops": _nan(result.get("flops")),
         "_started": bool(metrics) or (run_dir / rundir.CHECKPOINT).exists() or (run_dir / rundir.LOG).exists(),
     }
-    row.update({k: v for k, v in _config_fields(cfg).items() if k.startswith("cfg.")})
+    row.update({k: v for k, v in fields.items() if k.startswith("cfg.")})
     return row
 
 
