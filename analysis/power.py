@@ -129,16 +129,20 @@ def study_plan(
     rows = []
     for setting in settings or sorted(named.unique()):
         pilot = pilot_errors(df, setting)
-        at24 = power(pilot, 24, **kwargs)
+        curve = power_curve(pilot, sorted(set(candidates) | {24}), **kwargs).set_index("n")  # each n once
+
+        def least(row: str) -> int | None:
+            return next((n for n in sorted(candidates) if curve.loc[n, row] >= target), None)
+
         rows.append(
             {
                 "setting": setting,
                 "pilot_runs": min(len(e) for e in pilot.values()),
                 **{f"sd {s} {o}": float(np.std(pilot[s, o], ddof=1)) for s, o in GROUPS},
-                "power_at_24": at24["difference"],
-                "primary_at_24": at24["primary"],
-                "pairs_difference": pairs_needed(pilot, target, "difference", candidates, **kwargs),
-                "pairs_primary": pairs_needed(pilot, target, "primary", candidates, **kwargs),
+                "power_at_24": curve.loc[24, "difference"],
+                "primary_at_24": curve.loc[24, "primary"],
+                "pairs_difference": least("difference"),
+                "pairs_primary": least("primary"),
             }
         )
     return pd.DataFrame(rows)

@@ -73,19 +73,16 @@ def sweep_tables(sweep_dirs: list, **claims_args) -> dict:
     from analysis.sweeps import collect
     from analysis.sweeps.folder import SweepFolder
 
-    if len(sweep_dirs) == 1:  # one sweep (or a folder of run folders): its claims table
-        df = collect(sweep_dirs[0])
-        if df.empty:
-            raise ConfigError(f"{sweep_dirs[0]} holds no runs; launch the sweep first")
-        return {"": claims_table(df, **claims_args)}
-    folders = [SweepFolder.open(d) for d in sweep_dirs]
-    same_spec([f.spec_dict for f in folders])
+    single = len(sweep_dirs) == 1  # one sweep (or a folder of run folders): no spec needed
+    folders = [None] if single else [SweepFolder.open(d) for d in sweep_dirs]
+    if not single:
+        same_spec([f.spec_dict for f in folders])
     tables = {}
     for d, f in zip(sweep_dirs, folders):
-        df = collect(f.dir)
+        df = collect(d if f is None else f.dir)
         if df.empty:
             raise ConfigError(f"{d} holds no runs; launch the sweep first")
-        label = f"seed {f.spec_dict.get('seed', 0)}"
+        label = "" if f is None else f"seed {f.spec_dict.get('seed', 0)}"
         if label in tables:
             raise ConfigError(f"{d}: {label} twice; replication compares sweeps on different seeds")
         tables[label] = claims_table(df, **claims_args)
