@@ -144,6 +144,13 @@ def _is_sampler(value: Any) -> bool:
     return isinstance(value, dict)
 
 
+def _put(mapping: dict, key: str, value, where: str, how: str) -> None:
+    """mapping[key] = value, refusing (one line) a key given twice in one place of a spec."""
+    if key in mapping:
+        raise ConfigError(f"{where}: {key} is given twice ({how}); give it once")
+    mapping[key] = value
+
+
 def _flatten_base(base: Any) -> dict[str, Any]:
     """Base config as dotted keys; accepts nested sections, dotted keys or a mix."""
     if base is None:
@@ -151,18 +158,13 @@ def _flatten_base(base: Any) -> dict[str, Any]:
     if not isinstance(base, dict):
         raise ConfigError(f"spec base must be a mapping (a run config), got {type(base).__name__}")
     out = {}
-
-    def put(key: str, value) -> None:
-        if key in out:  # `optim: {lr: ..}` and `optim.lr: ..`, or an alias and its key
-            raise ConfigError(f"base: {key} is given twice (nested and dotted, or by an alias); give it once")
-        out[key] = value
-
+    how = "nested and dotted, or by an alias"  # `optim: {lr: ..}` and `optim.lr: ..`
     for k, v in base.items():
         if isinstance(v, dict) and "." not in k and k not in ALIASES:
             for kk, vv in v.items():
-                put(_key(f"{k}.{kk}", "base"), vv)
+                _put(out, _key(f"{k}.{kk}", "base"), vv, "base", how)
         else:
-            put(_key(k, "base"), v)
+            _put(out, _key(k, "base"), v, "base", how)
     return out
 
 
@@ -208,11 +210,8 @@ class Spec:
                     case = {}
                     for k, vv in v.items():
                         kk = _key(k, f"grid {axis}")
-                        if kk in case:
-                            raise ConfigError(
-                                f"grid {axis}: {kk} is given twice in one case (by an alias); give it once"
-                            )
-                        case[kk] = Sampler.parse(kk, vv, f"grid {axis}") if _is_sampler(vv) else vv
+                        value = Sampler.parse(kk, vv, f"grid {axis}") if _is_sampler(vv) else vv
+                        _put(case, kk, value, f"grid {axis}", "in one case, by an alias")
                     cases.append(case)
                 else:
                     cases.append({_key(axis, "grid"): v})
@@ -228,11 +227,9 @@ class Spec:
             raise ConfigError(f"spec sample must be a mapping of key -> sampler, got {shown(d.get('sample'))}")
         for k, v in (d.get("sample") or {}).items():
             kk = _key(k, "sample")
-            if kk in sample:
-                raise ConfigError(f"sample: {kk} is given twice (by an alias); give it once")
             if not _is_sampler(v):
                 raise ConfigError(f"sample: {kk} must be a sampler like {{log_uniform: [low, high]}}, got {shown(v)}")
-            sample[kk] = Sampler.parse(kk, v, "sample")
+            _put(sample, kk, Sampler.parse(kk, v, "sample"), "sample", "by an alias")
         samples, seed = d.get("samples", 1), d.get("seed", 0)
         for what, v, lo in (("samples", samples, 1), ("seed", seed, 0)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
