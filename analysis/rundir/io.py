@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -39,15 +40,19 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write bytes to path through a temp file, fsync and rename (never a torn file)."""
+def write_atomic(path: str | Path, data) -> None:
+    """Write bytes (or what a binary file object reads, copied in chunks) to path through a temp file,
+    fsync and rename (never a torn file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0600; follow the umask like open() does
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if hasattr(data, "read"):
+                shutil.copyfileobj(data, f)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -158,8 +163,8 @@ def read_json(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> dict | None:
 def unshare(run_dir: str | Path) -> int:
     """Give each file the suite appends to or rewrites in place (metrics.jsonl, log.txt) that has other
     hard links (a `cp -al` snapshot) a private copy, so that no write here changes a file outside the
-    folder; a file that is not regular is removed. Returns how many were replaced. Called under the
-    run's lock before a trainer writes."""
+    folder (copied in chunks, whatever its size); one that is not a regular file is replaced by an empty
+    one. Returns how many were replaced. Called under the run's lock before a trainer writes."""
     replaced = 0
     for name in (METRICS, LOG):
         path = Path(run_dir) / name
@@ -169,11 +174,11 @@ def unshare(run_dir: str | Path) -> int:
             continue
         if stat.S_ISREG(st.st_mode) and st.st_nlink <= 1:
             continue
-        data = b""
         if stat.S_ISREG(st.st_mode):
             with open_regular(path) as f:
-                data = f.read()
-        write_atomic(path, data)  # the rename breaks the link (or replaces what is not a regular file)
+                write_atomic(path, f)  # the rename breaks the link
+        else:
+            write_atomic(path, b"")  # replaces the FIFO, device or link itself
         replaced += 1
     return replaced
 

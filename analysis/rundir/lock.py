@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 from analysis.errors import ConfigError, RunLocked
-from analysis.rundir.io import NotRegularFile, read_capped, write_atomic
+from analysis.rundir.io import NotRegularFile, open_regular, read_capped, write_atomic
 from analysis.rundir.layout import LOCK
 
 _HELD: set[int] = set()  # descriptors of the run locks this process holds
@@ -128,18 +128,13 @@ def lock_holder(run_dir: str | Path) -> dict | None:
     """{"host", "pid", "since"} of the live process training this run folder, or None."""
     path = Path(run_dir) / LOCK
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+        f = open_regular(path)
+    except (OSError, NotRegularFile):  # missing, or a FIFO or device: no trainer's lock
         return None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device is no trainer's lock
-        os.close(fd)
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as e:
-        if e.errno in (errno.EAGAIN, errno.EACCES):
-            return _read_holder(path) or {"host": None, "pid": None, "since": None}
-        return None
-    finally:
-        os.close(fd)
+    with f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                return _read_holder(path) or {"host": None, "pid": None, "since": None}
     return None
