@@ -17,7 +17,8 @@ import pytest
 
 from analysis import rundir
 from analysis.sweeps import Sweep
-from analysis.sweeps.status import FINAL, KEEP, runs_state
+from analysis.rundir.reader import FINAL, KEEP
+from analysis.sweeps.status import runs_state
 from analysis.sweeps.watch import SweepWatcher
 from analysis.widgets import SweepMonitor
 from analysis.widgets.monitor import runs_table_html

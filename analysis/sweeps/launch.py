@@ -40,16 +40,8 @@ from analysis.errors import ConfigError, one_of
 from analysis.sweeps.folder import SweepFolder
 from analysis.sweeps.local import interrupt_job, stop_trainer
 from analysis.sweeps.options import LaunchConfig
-from analysis.sweeps.status import (
-    ACTIVE,
-    FINAL,
-    JOB_RUNNING,
-    JOB_WAITING,
-    KEEP,
-    SUBMITIT,
-    runs_state,
-    submitit_folder,
-)
+from analysis.rundir.reader import ACTIVE, FINAL, JOB_RUNNING, JOB_WAITING, KEEP
+from analysis.sweeps.status import SUBMITIT, runs_state, submitit_folder
 
 
 LAUNCH_LOCK = rundir.LAUNCH_LOCK

@@ -8,7 +8,7 @@ import time
 
 import pandas as pd
 
-from analysis.sweeps.status import FINAL
+from analysis.rundir.reader import FINAL
 
 
 def _progress(status: pd.DataFrame) -> str:

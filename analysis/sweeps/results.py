@@ -1,7 +1,9 @@
 """Collect a sweep (or any folder of run directories) into one DataFrame, one row per run.
 
 Columns (a contract the figures are written against): run, run_dir, status ("completed",
-"diverged", "failed", "running", "pending"), reason, model (e.g. "ViT_C-fmnist_tiny", "ViT_P-4GF"),
+"diverged", "failed", "running", "pending"), state (the run state that Sweep.status() and the monitor
+show, from the same reader, analysis.rundir.reader; "unknown" where the scheduler was not asked:
+scheduler=False or a folder that is not a sweep), reason, model (e.g. "ViT_C-fmnist_tiny", "ViT_P-4GF"),
 preset, stem, optimizer, epochs, lr (effective, for the run's batch), wd, batch_size, seed, error
 (final test top-1 %, 100 when diverged, NaN when unfinished/failed), best_error, top5_error,
 ema_error, diverged, epochs_done, seconds, params, flops, then cfg.<section>.<key> for every config
@@ -37,6 +39,7 @@ COLUMNS = [
     "run",
     "run_dir",
     "status",
+    "state",
     "reason",
     "model",
     "preset",
@@ -146,7 +149,7 @@ def _load_cache(folder: Path) -> dict:
     rows = cache.get("rows") if isinstance(cache, dict) and cache.get("version") == CACHE_VERSION else None
     if not isinstance(rows, dict):
         return {}
-    fields = set(COLUMNS) - {"run_dir"} | {"_started"}
+    fields = set(COLUMNS) - {"run_dir", "state"} | {"_started"}  # state is read fresh, never cached
     out = {}
     for run, entry in rows.items():
         if (
@@ -200,11 +203,24 @@ def _runs_of(folder: Path) -> tuple[list[tuple[str, Path, C.RunConfig | None, li
     return out, False
 
 
+def result_status(state: str, started: bool) -> tuple[str, str | None]:
+    """(status, reason) of a run without a result, in the results table's words, from its run state
+    (analysis.rundir.reader): an ended, unfinished run is "failed"; an active or unlaunched one is
+    "running" when it wrote files and its state allows it, else "pending"; "completed" without a
+    result (it finished between reading its folder and asking the scheduler) reads "running"."""
+    if state in ("running", "unknown", "completed"):
+        return ("running" if started or state == "completed" else "pending"), None
+    if state in ("pending", "not_launched", "diverged"):
+        return "pending", None
+    return "failed", f"job {state}"
+
+
 def collect(folder: str | Path, scheduler: bool = True, cache: bool = True) -> pd.DataFrame:
     """Return the results table of a sweep folder (or a folder whose subfolders are run dirs).
 
-    scheduler: for a sweep, ask the scheduler about runs without a result (one sacct call) so that
-    cancelled/killed runs read "failed"; otherwise runs with files are "running", others "pending"."""
+    scheduler: for a sweep, ask the scheduler about runs without a final result (one sacct call) so
+    that cancelled/killed runs read "failed"; otherwise runs with files are "running", others
+    "pending" (see result_status)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"not a folder: {folder}")
@@ -232,7 +248,7 @@ def collect(folder: str | Path, scheduler: bool = True, cache: bool = True) -> p
     if cache:
         _save_cache(folder, fresh)
     states = {}
-    if is_sweep and scheduler and any(r["status"] is None for r in rows):
+    if is_sweep and scheduler and any(r["status"] not in rundir.STATUSES[:2] for r in rows):
         from analysis.sweeps.status import runs_state
 
         with warnings.catch_warnings():  # unreadable result.json files were warned about above
@@ -240,15 +256,11 @@ def collect(folder: str | Path, scheduler: bool = True, cache: bool = True) -> p
             states = {r["run"]: r["state"] for r in runs_state(folder, [run for run, *_ in runs])}
     for r in rows:
         started = r.pop("_started")
-        if r["status"] is not None:
-            continue
-        state = states.get(r["run"])
-        if state in ("running", "pending", "not_launched", None):
-            r["status"] = "running" if started and state in ("running", None) else "pending"
-        elif state == "completed":
-            r["status"] = "running"  # finished between reading its directory and asking the scheduler
-        else:
-            r["status"], r["reason"] = "failed", r["reason"] or f"job {state}"
+        final = r["status"] in rundir.STATUSES[:2]
+        r["state"] = r["status"] if final else states.get(r["run"], "unknown")
+        if r["status"] is None:
+            r["status"], reason = result_status(r["state"], started)
+            r["reason"] = r["reason"] or reason
     cfg_cols = [f"cfg.{k}" for k in C.RunConfig().flat()]
     frame = pd.DataFrame(rows, columns=COLUMNS + cfg_cols + sampled_keys)
     frame["diverged"] = frame["diverged"].astype(bool)

@@ -21,39 +21,9 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import rundir
-from analysis.sweeps.job import read_job_file
+from analysis.rundir import reader
+from analysis.rundir.reader import COLORS, KEEP, RunRecord
 
-# Scheduler states of a job (SLURM's words, uppercase; local jobs use the same) that will still run
-# (or runs): its runs read pending or running.
-JOB_WAITING = (
-    "PENDING",
-    "REQUEUED",
-    "REQUEUE_HOLD",
-    "REQUEUE_FED",
-    "CONFIGURING",
-    "SUSPENDED",
-    "STOPPED",
-    "RESV_DEL_HOLD",
-)
-JOB_RUNNING = ("RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING")
-# Run states: one set of lowercase words, in status(), the monitor and collect()'s `status` column
-# (collect() folds the ended unfinished ones into failed). completed and diverged are final (a
-# result; never trained again); pending, running and unknown (the scheduler did not answer) are
-# active; every other state (failed, cancelled, timeout, not_launched, or an ended job's own state
-# lowercased: preempted, out_of_memory, node_fail, ...) is an ended, unfinished run resubmit() retries.
-FINAL = ("completed", "diverged")
-KEEP = (*FINAL, "pending", "running", "unknown")  # run states resubmit() does not touch
-ACTIVE = ("pending", "running", "unknown")  # run states a watcher waits on
-COLORS = {
-    "completed": "#c8e6c9",
-    "running": "#bbdefb",
-    "pending": "#eeeeee",
-    "failed": "#ffcdd2",
-    "cancelled": "#ffe0b2",
-    "timeout": "#ffe0b2",
-    "not_launched": "#ffffff",
-    "diverged": "#f8bbd0",
-}
 COLUMNS = [
     "run",
     "state",
@@ -177,8 +147,7 @@ TAIL_BYTES = 64 << 10  # log tails read at most the last 64 KiB of a log, howeve
 
 def tail(path: Path, lines: int = 8) -> str:
     """The last non-empty lines of a log file, read from its end in bounded memory."""
-    text = rundir.read_tail(path, TAIL_BYTES).decode(errors="replace")
-    return "\n".join([l for l in text.splitlines() if l.strip()][-lines:])
+    return reader.tail(path, lines, TAIL_BYTES)
 
 
 def job_log_tail(submitit_dir: Path, job_id: str, lines: int = 8) -> str:
@@ -189,85 +158,86 @@ def job_log_tail(submitit_dir: Path, job_id: str, lines: int = 8) -> str:
     return tail(paths.stderr, lines) or tail(paths.stdout, lines)
 
 
-def run_state(
-    job_state: str | None, complete: bool, started_by_job: bool, trained_now: bool = False, diverged: bool = False
-) -> str:
-    """One state per run from its job's state and its run directory (complete: it has a final
-    result, diverged: that result says so; trained_now: a live trainer holds its lock)."""
-    if complete:
-        return "diverged" if diverged else "completed"
-    if trained_now:
-        return "running"
-    if job_state is None:
-        return "not_launched"
-    if job_state in JOB_RUNNING:
-        return "running" if started_by_job else "pending"
-    if job_state in JOB_WAITING:
-        return "pending"
-    if job_state == "COMPLETED":  # the job ended, this run did not: it failed inside
-        return "failed"
-    return job_state.lower()
+def settle(folder: Path, records: dict[str, RunRecord], processes: dict | None = None) -> list[dict]:
+    """Give every record its state from one fresh read of the scheduler (one sacct call on SLURM);
+    return the launches on record. The one place a run's job and its job's state are matched."""
+    launches = read_launches(folder)
+    states, jobs = scheduler_states(folder, launches, processes), latest_jobs(launches)
+    for run, record in records.items():
+        job_id, attempts = jobs.get(run, (None, 0))
+        record.settle(job_id, states.get(job_id) if job_id else None, attempts)
+    return launches
 
 
-def _last_started(markers: dict[str, dict], jobs: dict[str, tuple[str, int]]) -> dict[str, str]:
+def read_records(
+    folder: Path, run_ids: list[str], processes: dict | None = None, epochs: dict | None = None, metrics: bool = False
+) -> tuple[dict[str, RunRecord], list[dict]]:
+    """Fresh RunRecords of the runs (read and settled) and the launches on record."""
+    records = {run: RunRecord(run, Path(folder) / rundir.RUNS / run, (epochs or {}).get(run, 0)) for run in run_ids}
+    for record in records.values():
+        record.read(metrics=metrics)
+    return records, settle(Path(folder), records, processes)
+
+
+def _last_started(records: dict[str, RunRecord]) -> dict[str, str]:
     """{job id: the run its job started last} (from each run's job.json), for jobs that started any."""
     last: dict[str, tuple[float, str]] = {}
-    for run, marker in markers.items():
-        job_id = jobs.get(run, (None, 0))[0]
-        if job_id is not None and str(marker.get("job_id")) == job_id:
-            when = marker.get("started") if isinstance(marker.get("started"), (int, float)) else 0.0
-            if job_id not in last or when >= last[job_id][0]:
-                last[job_id] = (when, run)
+    for run, r in records.items():
+        if r.job_id is not None and r.started_by == r.job_id:
+            when = r.job.get("started") if isinstance(r.job.get("started"), (int, float)) else 0.0
+            if r.job_id not in last or when >= last[r.job_id][0]:
+                last[r.job_id] = (when, run)
     return {job: run for job, (_, run) in last.items()}
 
 
-def runs_state(folder: Path, run_ids: list[str], processes: dict | None = None) -> list[dict]:
+def _ended_note(r: RunRecord, reason, last: dict, where: dict, folder: Path) -> tuple:
+    """(reason, log tail) of an ended, unfinished run: its log.txt; its job's log when this run is the
+    last its job started, or when the job started none of its runs."""
+    own = r.log_tail(5, TAIL_BYTES)
+    started = r.started_by == r.job_id
+    if not own and r.job_id in last and not started:
+        ended = (r.job_state or "?").lower()
+        reason = reason or f"not started: its job {r.job_id} ended ({ended}) before reaching it"
+    about_me = last.get(r.job_id) == r.run if r.job_id in last else True
+    wanted = about_me and ((r.result or {}).get("status") == "failed" or not own)
+    job_tail = job_log_tail(where.get(r.job_id, folder / SUBMITIT), r.job_id, 4 if own else 8) if wanted else ""
+    return reason, "\n".join(x for x in (own, job_tail) if x)
+
+
+def runs_state(
+    folder: Path, run_ids: list[str], processes: dict | None = None, records: dict | None = None
+) -> list[dict]:
     """Per run: run, state, result, job_id, job_state, attempts, reason, trainer ("host:pid" of a live
-    trainer) and log_tail (only lines about this run: its log.txt; its job's log when this run is the
-    last its job started, or when the job started none of its runs). Unreadable result.json: warned."""
+    trainer) and log_tail (for ended, unfinished runs). Unreadable result.json: warned.
+    records: RunRecords already read and settled (default: read fresh, metrics left unread)."""
     folder = Path(folder)
-    launches = read_launches(folder)
-    states, jobs = scheduler_states(folder, launches, processes), latest_jobs(launches)
-    where = job_folders(folder, launches)
-    markers = {run: read_job_file(folder / rundir.RUNS / run) for run in run_ids}
-    last = _last_started(markers, jobs)
+    if records is None:
+        records, launches = read_records(folder, run_ids, processes)
+    else:
+        launches = read_launches(folder)
+    where, last = job_folders(folder, launches), _last_started(records)
     rows = []
     for run in run_ids:
-        d = folder / rundir.RUNS / run
-        job_id, attempts = jobs.get(run, (None, 0))
-        job_state = states.get(job_id) if job_id else None
-        result = rundir.read_result(d)
-        reason = (result or {}).get("reason")
-        if result is None and (d / rundir.RESULT).exists():
-            warnings.warn(f"{d}: unreadable result.json (not a JSON object); its state follows its job", stacklevel=3)
+        r = records[run]
+        reason = (r.result or {}).get("reason")
+        if r.result_unreadable:
+            warnings.warn(
+                f"{r.dir}: unreadable result.json (not a JSON object); its state follows its job", stacklevel=3
+            )
             reason = "unreadable result.json"
-        holder = rundir.lock_holder(d)
-        started = job_id is not None and str(markers[run].get("job_id")) == job_id
-        state = run_state(
-            job_state, rundir.is_final(result), started, holder is not None, (result or {}).get("status") == "diverged"
-        )
         row = {
             "run": run,
-            "state": state,
-            "result": (result or {}).get("status"),
-            "job_id": job_id,
-            "job_state": job_state,
-            "attempts": attempts,
+            "state": r.state,
+            "result": (r.result or {}).get("status"),
+            "job_id": r.job_id,
+            "job_state": r.job_state,
+            "attempts": r.attempts,
             "reason": reason,
             "log_tail": "",
-            "trainer": f"{holder.get('host')}:{holder.get('pid')}" if holder else None,
+            "trainer": f"{r.holder.get('host')}:{r.holder.get('pid')}" if r.holder else None,
         }
-        if state not in KEEP and state != "not_launched":
-            own = tail(d / rundir.LOG, 5)
-            about_me = last.get(job_id) == run if job_id in last else True
-            if not own and job_id in last and not started:
-                row["reason"] = (
-                    reason or f"not started: its job {job_id} ended ({(job_state or '?').lower()}) before reaching it"
-                )
-            failed_inside = (result or {}).get("status") == "failed"
-            wanted = about_me and (failed_inside or not own)
-            job_tail = job_log_tail(where.get(job_id, folder / SUBMITIT), job_id, 4 if own else 8) if wanted else ""
-            row["log_tail"] = "\n".join(x for x in (own, job_tail) if x)
+        if r.state not in KEEP and r.state != "not_launched":
+            row["reason"], row["log_tail"] = _ended_note(r, reason, last, where, folder)
         rows.append(row)
     return rows
 
@@ -276,19 +246,18 @@ def status_frame(
     folder: Path, run_ids: list[str], epochs: dict[str, int], processes: dict | None = None
 ) -> "StatusFrame":
     """One row per run: state, job, progress and latest metrics; log tail for ended, unfinished runs."""
+    records, _ = read_records(folder, run_ids, processes, epochs, metrics=True)
     rows = []
-    for row in runs_state(folder, run_ids, processes):
-        metrics = rundir.read_metrics(Path(folder) / rundir.RUNS / row["run"])
-        last = metrics[-1] if metrics else {}
-        total = epochs[row["run"]]
+    for row in runs_state(folder, run_ids, processes, records):
+        r = records[row["run"]]
         row.update(
             {
-                "epoch": len(metrics),
-                "epochs": total,
-                "progress": len(metrics) / total,
-                "test_err": last.get("test_top1_err"),
-                "train_loss": last.get("train_loss"),
-                "elapsed_s": last.get("elapsed"),
+                "epoch": r.epoch,
+                "epochs": r.epochs,
+                "progress": r.epoch / r.epochs,
+                "test_err": r.last.get("test_top1_err"),
+                "train_loss": r.last.get("train_loss"),
+                "elapsed_s": r.last.get("elapsed"),
             }
         )
         rows.append(row)

@@ -25,12 +25,11 @@ from analysis.claims import MIN_RUNS
 from analysis.errors import UserError
 from analysis.plots.stability import edf_figure
 from analysis.plots.style import TEMPLATE, color_map, head_stems, integer_ticks, style_maps
-from analysis.sweeps.status import COLORS, KEEP
-from analysis.sweeps.watch import STATES, SweepWatcher
+from analysis.rundir.reader import COLORS, COUNTED, KEEP, ORDER
+from analysis.sweeps.watch import SweepWatcher
 from analysis.widgets.base import FigureOutput, message_figure, sync_figure
 
-LISTS = ("active first", "all", *STATES, "not_launched")  # what the runs table lists
-ORDER = {"running": 0, "pending": 2, "unknown": 2, "diverged": 3, "completed": 4, "not_launched": 5}  # else 1
+LISTS = ("active first", "all", *COUNTED, "not_launched")  # what the runs table lists
 CURVES = (("train_loss", "train loss"), ("test_top1_err", "top-1 test error (%)"))
 BAR = "#1976d2"
 TABLE_CSS = (
