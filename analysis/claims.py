@@ -54,7 +54,6 @@ resamples repeat a handful of values and its interval is too narrow to trust (th
 
 from __future__ import annotations
 
-import html
 import math
 import zlib
 from dataclasses import dataclass
@@ -63,6 +62,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.errors import ConfigError, one_of
+from analysis.html import html_table
 from analysis.names import STEM_NAMES, preset_size
 from analysis.frame import check_frame, counted_errors, diverged_mask
 from analysis.stats import best_of_quantiles
@@ -538,18 +538,10 @@ def claims_html(table: pd.DataFrame) -> str:
     coloured) in a box that scrolls sideways where the page is narrower than the table."""
     if table.empty:
         return "<p class=claims>no claims: the frame holds no ViT_P / ViT_C runs to compare</p>"
-    shown = _display(table)
-    cell = "padding:3px 8px;border-bottom:1px solid #eee;text-align:left;vertical-align:top"
-    head = "".join(f"<th style='{cell}'>{html.escape(c)}</th>" for c in shown.columns)
-    body = []
-    for row in shown.itertuples(index=False):
-        tds = []
-        for c, v in zip(shown.columns, row):
-            color = VERDICT_COLORS.get(v) if c == "verdict" else None
-            style = cell + (f";background:{color}" if color else "")
-            tds.append(f"<td style='{style}'>{html.escape(str(v))}</td>")
-        body.append("<tr>" + "".join(tds) + "</tr>")
-    return (
-        f"{CLAIMS_CSS}<div class='stemlab-claims'><table class=claims style='border-collapse:collapse;font-size:90%'>"
-        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+    rows = html_table(
+        _display(table),
+        cell_colours={"verdict": VERDICT_COLORS},
+        cell_style="padding:3px 8px;border-bottom:1px solid #eee;text-align:left;vertical-align:top",
+        attrs="class=claims style='border-collapse:collapse;font-size:90%'",
     )
+    return f"{CLAIMS_CSS}<div class='stemlab-claims'>{rows}</div>"

@@ -244,6 +244,29 @@ def test_text_and_html():
     assert "no claims" in claims_text(empty) and "no claims" in claims_html(empty)
 
 
+def test_html_table_escapes_every_cell_but_markup_columns():
+    from analysis.html import html_table
+
+    df = pd.DataFrame({"run": ["<b>x</b>", "y"], "verdict": ["reproduced", None], "bar": ["<i>bar</i>", "<i></i>"]})
+    page = html_table(
+        df,
+        ["#fff3cd", None],
+        cell_colours={"verdict": {"reproduced": "#d4edda"}},
+        markup={"bar"},
+        attrs="class=t",
+        notes=["<script>alert(1)</script>", ""],
+    )
+    assert page.startswith("<table class=t><thead><tr><th>run</th>")
+    assert "<td>&lt;b&gt;x&lt;/b&gt;</td>" in page and "<b>" not in page  # a folder's name stays text
+    assert "<td><i>bar</i></td>" in page  # HTML the caller built
+    assert '<tr style="background:#fff3cd">' in page and '<td style="background:#d4edda">reproduced</td>' in page
+    assert "<tr><td>y</td><td></td>" in page  # no colour, a missing value: an empty cell
+    assert '<td colspan="3"><pre style="margin:0;font-size:85%">&lt;script&gt;' in page and "<script>" not in page
+    assert page.count("<pre") == 1  # an empty note adds no line
+    styled = html_table(df[["run"]], cell_style="padding:1px")
+    assert styled.startswith('<table><thead><tr><th style="padding:1px">run</th>') and "<td style" in styled
+
+
 def test_cli_prints_the_table_and_json(real_sweep, capsys, tmp_path):
     import json
 

@@ -22,6 +22,7 @@ from analysis.sweeps.status import runs_state
 from analysis.sweeps.watch import SweepWatcher
 from analysis.widgets import SweepMonitor
 from analysis.widgets.monitor import runs_table_html
+from analysis.widgets.refresher import Changes, Refresher
 from tests.test_widgets import shown_figure
 
 GRID = {"preset": ["vit_p_fmnist_tiny", "vit_c_fmnist_tiny"], "optim.name": ["adamw", "sgd"]}
@@ -144,49 +145,95 @@ def test_progress_estimates_the_running_epoch(hand_sweep):
     assert "step ~15/18" in runs_table_html(watcher, now=w.metrics_mtime + 0.75)
 
 
+def test_tables_keep_what_a_folder_says_as_text(hand_sweep):
+    """A failure reason is a folder's data: the monitor's runs table and the status table escape it."""
+    a = hand_sweep.run_ids[0]
+    rundir.write_json(hand_sweep.run_dir(a) / rundir.RESULT, {"status": "failed", "reason": "<img src=x onerror=1>"})
+    watcher = SweepWatcher(hand_sweep)
+    watcher.refresh()
+    for page in (runs_table_html(watcher, "all"), hand_sweep.status()._repr_html_()):
+        assert "&lt;img src=x onerror=1&gt;" in page and "<img" not in page
+    assert f'<tr style="background:#ffffff"><td>{hand_sweep.run_ids[1]}</td><td>not_launched</td>' in runs_table_html(
+        watcher, "all"
+    )
+
+
+# ---------------------------------------------------------------- the background refresh
+
+
+def test_refresher_says_what_changed(hand_sweep):
+    seen = []
+    refresher = Refresher(SweepWatcher(hand_sweep), hand_sweep.dir, 1.0, seen.append, lambda: None, print)
+    a = hand_sweep.run_ids[0]
+    assert refresher.refresh() == set() and seen[-1] == Changes(set(), False)
+    rundir.append_metrics(hand_sweep.run_dir(a), epoch_row(1))
+    assert refresher.refresh() == {a} and seen[-1] == Changes({a}, False)
+    finish(hand_sweep.run_dir(a))
+    refresher.refresh()
+    assert seen[-1] == Changes({a}, True)  # a result appeared: the EDF and claims redraw
+    refresher.refresh()
+    assert seen[-1] == Changes(set(), False) and refresher.refreshes == 4
+
+
+def test_refresher_thread_ends_with_the_sweep_and_one_runs_per_folder(hand_sweep):
+    states = []
+    ended = Refresher(SweepWatcher(hand_sweep), hand_sweep.dir, 0.01, lambda c: None, lambda: states.append(1), print)
+    ended.start()  # nothing is pending or running: the thread stops after its first refresh
+    assert ended.join(5) and ended.ended.startswith("the sweep has ended") and len(states) == 2
+    watcher = SweepWatcher(hand_sweep)
+    watcher.active = lambda: True  # a sweep that keeps running
+    first, second = (Refresher(watcher, hand_sweep.dir, 0.01, lambda c: None, lambda: None, print) for _ in "ab")
+    first.start()
+    assert first.running and first.live
+    second.start()  # the same folder: the first one stops
+    assert first.join(5) and first.ended == "stopped" and second.running
+    second.stop()
+    assert not second.running and second.ended == "stopped"
+
+
 # ---------------------------------------------------------------- the widget, refreshed by hand
 
 
 def test_monitor_curves_grow_in_place_and_edf_gains_traces(hand_sweep):
     m = SweepMonitor(hand_sweep, start=False, curves=2)
-    assert not m.running and "not launched" in m.header.value
-    assert len(m.curves_fig.data) == 0 and shown_figure(m.curves_view)["data"] == []
-    assert m.edf_fig.layout.annotations[0].text.startswith("no finished runs yet")
-    assert shown_figure(m.edf_view)["layout"]["annotations"][0]["text"].startswith("no finished runs yet")
-    assert m.curves_view in m.widget.children and m.edf_view in m.widget.children
+    assert not m.running and "not launched" in m.counts.header.value
+    assert len(m.curves.fig.data) == 0 and shown_figure(m.curves.view)["data"] == []
+    assert m.results.edf_fig.layout.annotations[0].text.startswith("no finished runs yet")
+    assert shown_figure(m.results.edf_view)["layout"]["annotations"][0]["text"].startswith("no finished runs yet")
+    assert m.curves.view in m.widget.children and m.results.edf_view in m.widget.children
     a, b, c, _ = hand_sweep.run_ids
     rundir.append_metrics(hand_sweep.run_dir(a), epoch_row(1))
     m.refresh()
-    assert m.select.value == (a,)  # the curves follow runs that start, until the user picks
-    loss, err = m.curves_fig.data
+    assert m.curves.select.value == (a,)  # the curves follow runs that start, until the user picks
+    loss, err = m.curves.fig.data
     assert list(loss.y) == [2.0] and list(err.y) == [50.0]
     rundir.append_metrics(hand_sweep.run_dir(a), epoch_row(2, 45.0))
     m.refresh()
-    assert m.curves_fig.data[0] is loss and list(loss.x) == [1, 2] and list(err.y) == [50.0, 45.0]
-    shown = shown_figure(m.curves_view)["data"]  # what the page draws: the new points, in a new output
+    assert m.curves.fig.data[0] is loss and list(loss.x) == [1, 2] and list(err.y) == [50.0, 45.0]
+    shown = shown_figure(m.curves.view)["data"]  # what the page draws: the new points, in a new output
     assert [t["x"] for t in shown] == [[1, 2], [1, 2]] and shown[1]["y"] == [50.0, 45.0]
-    assert "epochs 2/12" in m.header.value
+    assert "epochs 2/12" in m.counts.header.value
 
     finish(hand_sweep.run_dir(a))
     m.refresh()
-    assert len([t for t in m.edf_fig.data if t.meta["kind"] == "edf"]) == 1
+    assert len([t for t in m.results.edf_fig.data if t.meta["kind"] == "edf"]) == 1
     finish(hand_sweep.run_dir(b), err=42.0)
     finish(hand_sweep.run_dir(c), err=30.0)
     m.refresh()
-    groups = {t.meta["group"] for t in m.edf_fig.data if t.meta["kind"] == "edf"}
-    assert len([t for t in shown_figure(m.edf_view)["data"] if t["meta"]["kind"] == "edf"]) == 3
+    groups = {t.meta["group"] for t in m.results.edf_fig.data if t.meta["kind"] == "edf"}
+    assert len([t for t in shown_figure(m.results.edf_view)["data"] if t["meta"]["kind"] == "edf"]) == 3
     assert groups == {"ViT_P-fmnist_tiny adamw", "ViT_P-fmnist_tiny sgd", "ViT_C-fmnist_tiny adamw"}
-    assert "ViT_C-fmnist_tiny sgd 0/1" in m.claims.value  # the claims wait for the last group
+    assert "ViT_C-fmnist_tiny sgd 0/1" in m.results.claims.value  # the claims wait for the last group
     finish(hand_sweep.run_dir(hand_sweep.run_ids[3]), err=31.0)
     m.refresh()
-    assert "<table class=claims" in m.claims.value
+    assert "<table class=claims" in m.results.claims.value
 
-    m.select.value = (b, a)  # the user's pick: the traces follow it, a's keep their objects
-    assert [t.meta["group"] for t in m.curves_fig.data] == [b, b, a, a]
-    assert m.curves_fig.data[2] is loss
+    m.curves.select.value = (b, a)  # the user's pick: the traces follow it, a's keep their objects
+    assert [t.meta["group"] for t in m.curves.fig.data] == [b, b, a, a]
+    assert m.curves.fig.data[2] is loss
     rundir.append_metrics(hand_sweep.run_dir(hand_sweep.run_ids[3]), epoch_row(1))
     m.refresh()
-    assert m.select.value == (b, a)  # no longer follows
+    assert m.curves.select.value == (b, a)  # no longer follows
 
 
 def test_monitor_elapsed_time_counts_from_the_first_launch(hand_sweep):
@@ -199,27 +246,30 @@ def test_monitor_elapsed_time_counts_from_the_first_launch(hand_sweep):
     ]
     rundir.write_json(hand_sweep.dir / "launches.json", {"launches": launches})
     m = SweepMonitor(hand_sweep, start=False)
-    assert "elapsed 2h 00m since" in m.header.value  # a resubmission keeps the sweep's whole time
-    assert f"(resubmitted {now - timedelta(minutes=1):%H:%M:%S})" in m.header.value
+    assert "elapsed 2h 00m since" in m.counts.header.value  # a resubmission keeps the sweep's whole time
+    assert f"(resubmitted {now - timedelta(minutes=1):%H:%M:%S})" in m.counts.header.value
 
 
 def test_monitor_lists_logs_and_confirms(hand_sweep):
     m = SweepMonitor(hand_sweep, start=False, max_rows=2)
     a = hand_sweep.run_ids[0]
     rundir.log_line(hand_sweep.run_dir(a), "epoch 1/3 loss 2.0")
-    m.select.value = (a,)
-    m.logs_button.value = True
-    assert "epoch 1/3 loss 2.0" in m.logs.value
-    assert "and 2 more" in m.table.value
-    m.listing.value = "running"
-    assert "no run is running" in m.table.value
-    m.cancel_button.click()
-    assert "none of the selected runs is pending or running" in m.message.value
-    assert m.confirm_box.layout.display == "none"
-    m.resubmit_button.click()  # four never-launched runs: asks first
-    assert "resubmit 4 run(s) (4 not_launched)?" in m.message.value and m.confirm_box.layout.display is None
-    m.back_button.click()
-    assert m.message.value.endswith("></span>") and m._pending is None
+    m.curves.select.value = (a,)
+    m.actions.logs_button.value = True
+    assert "epoch 1/3 loss 2.0" in m.actions.logs.value
+    assert "and 2 more" in m.runs_table.table.value
+    m.runs_table.listing.value = "running"
+    assert "no run is running" in m.runs_table.table.value
+    m.actions.cancel_button.click()
+    assert "none of the selected runs is pending or running" in m.actions.message.value
+    assert m.actions.confirm_box.layout.display == "none"
+    m.actions.resubmit_button.click()  # four never-launched runs: asks first
+    assert (
+        "resubmit 4 run(s) (4 not_launched)?" in m.actions.message.value
+        and m.actions.confirm_box.layout.display is None
+    )
+    m.actions.back_button.click()
+    assert m.actions.message.value.endswith("></span>") and m.actions.pending is None
     assert m._repr_mimebundle_()["application/vnd.jupyter.widget-view+json"]["model_id"] == m.model_id
     assert m.children == (m.widget,) and widgets.VBox([m]).children[0] is m  # composes like any widget
 
@@ -236,22 +286,22 @@ def test_monitor_follows_a_real_sweep_in_the_background(tmp_path):
     seen, epochs, edf_traces, first = set(), [], [], {}
     deadline = time.monotonic() + 600
     while m.running and time.monotonic() < deadline:
-        with m._lock:
+        with m.refresher.lock:
             seen |= {w.state for w in m.watcher.runs.values()}
             epochs.append(m.watcher.epochs_done()[0])
-            edf_traces.append(len([t for t in m.edf_fig.data if t.meta and t.meta["kind"] == "edf"]))
-            for t in m.curves_fig.data:
+            edf_traces.append(len([t for t in m.results.edf_fig.data if t.meta and t.meta["kind"] == "edf"]))
+            for t in m.curves.fig.data:
                 first.setdefault((t.meta["group"], t.meta["kind"]), (t, len(t.x)))
         time.sleep(0.1)
     assert m.join(5), "the background refresh did not stop when the sweep ended"
-    assert "the sweep has ended" in m.header.value and m.last_error is None
+    assert "the sweep has ended" in m.counts.header.value and m.refresher.last_error is None
     assert {"running", "completed"} <= seen and m.watcher.counts()["completed"] == 4
     assert epochs == sorted(epochs) and epochs[0] < epochs[-1] == 12
     assert edf_traces[0] == 0 and edf_traces[-1] == 4 and len(set(edf_traces)) > 2  # traces came one by one
-    grown = [(t, n) for t, n in first.values() if t in m.curves_fig.data and len(t.x) > n]
+    grown = [(t, n) for t, n in first.values() if t in m.curves.fig.data and len(t.x) > n]
     assert grown, "no curve trace gained points in place"
-    assert all(len(t.x) == 3 for t in m.curves_fig.data)
-    assert "<table class=claims" in m.claims.value
+    assert all(len(t.x) == 3 for t in m.curves.fig.data)
+    assert "<table class=claims" in m.results.claims.value
 
 
 @pytest.mark.slow
@@ -263,19 +313,19 @@ def test_monitor_cancels_and_resubmits_the_right_runs(tmp_path):
     a, b = sweep.run_ids
     m = sweep.monitor(interval=0.5)
     try:
-        m.select.value = (a,)
-        m.cancel_button.click()
-        assert f"cancel 1 run(s), job(s) {m.watcher.runs[a].job_id}?" in m.message.value
-        m.confirm_button.click()
-        assert "cancelled job(s)" in m.message.value
+        m.curves.select.value = (a,)
+        m.actions.cancel_button.click()
+        assert f"cancel 1 run(s), job(s) {m.watcher.runs[a].job_id}?" in m.actions.message.value
+        m.actions.confirm_button.click()
+        assert "cancelled job(s)" in m.actions.message.value
         deadline = time.monotonic() + 120
         while m.watcher.runs[a].state != "cancelled" and time.monotonic() < deadline:
             time.sleep(0.3)
         assert m.watcher.runs[a].state == "cancelled" and m.watcher.runs[b].state in ("pending", "running")
-        m.resubmit_button.click()
-        assert "resubmit 1 run(s) (1 cancelled)?" in m.message.value
-        m.confirm_button.click()
-        assert "resubmitted as job(s)" in m.message.value
+        m.actions.resubmit_button.click()
+        assert "resubmit 1 run(s) (1 cancelled)?" in m.actions.message.value
+        m.actions.confirm_button.click()
+        assert "resubmitted as job(s)" in m.actions.message.value
         assert sweep.launches[-1]["jobs"][0]["runs"] == [a] and len(sweep.launches) == 2
         assert m.watcher.runs[a].state in ("pending", "running") and m.running
     finally:

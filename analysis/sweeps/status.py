@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import rundir
+from analysis.html import html_table
 from analysis.rundir import reader
 from analysis.rundir.reader import COLORS, KEEP, RunRecord
 
@@ -277,36 +278,30 @@ class StatusFrame(pd.DataFrame):
 
     def _repr_html_(self) -> str:
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(self.counts().items()))
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns if c != "log_tail")
-        body = []
-        for r in self.itertuples(index=False):
-            r = r._asdict()
-            color = COLORS.get(r["state"], "#ffffff")
-            cells = []
-            for c in self.columns:
-                v = r[c]
-                if c == "log_tail":
-                    continue
-                if c == "progress":
-                    pct = 0 if pd.isna(v) else max(0.0, min(1.0, float(v))) * 100
-                    cells.append(
-                        f'<td><div style="background:#ddd;width:80px;height:10px">'
-                        f'<div style="background:#1976d2;width:{pct:.0f}%;height:10px"></div></div></td>'
-                    )
-                    continue
-                text = (
-                    ""
-                    if v is None or (isinstance(v, float) and pd.isna(v))
-                    else (f"{v:.4g}" if isinstance(v, float) else str(v))
-                )
-                cells.append(f'<td style="white-space:nowrap">{html.escape(text)}</td>')
-            body.append(f'<tr style="background:{color}">{"".join(cells)}</tr>')
-            if r["log_tail"]:
-                body.append(
-                    f'<tr><td colspan="{len(self.columns) - 1}"><pre style="margin:0;font-size:85%">'
-                    f"{html.escape(r['log_tail'])}</pre></td></tr>"
-                )
-        return (
-            f"<div><b>{len(self)} runs</b> ({html.escape(counts)})<table>"
-            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+        shown = pd.DataFrame(self.drop(columns="log_tail", errors="ignore"))
+        for column in shown.columns:
+            shown[column] = shown[column].map(_progress_bar if column == "progress" else _status_cell)
+        table = html_table(
+            shown,
+            [COLORS.get(s, "#ffffff") for s in self["state"]],
+            markup={"progress"},
+            cell_style="white-space:nowrap",
+            notes=list(self["log_tail"].fillna("")) if "log_tail" in self.columns else None,
         )
+        return f"<div><b>{len(self)} runs</b> ({html.escape(counts)}){table}</div>"
+
+
+def _status_cell(value) -> str:
+    """A status cell as text: floats to 4 significant digits, missing values empty."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _progress_bar(value) -> str:
+    """HTML of a progress bar, 80 px wide, filled to the fraction `value` (missing: empty)."""
+    pct = 0 if pd.isna(value) else max(0.0, min(1.0, float(value))) * 100
+    return (
+        '<div style="background:#ddd;width:80px;height:10px">'
+        f'<div style="background:#1976d2;width:{pct:.0f}%;height:10px"></div></div>'
+    )

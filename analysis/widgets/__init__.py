@@ -3,7 +3,9 @@
 - `SensitivityExplorer`, `AttentionExplorer`, `FilterExplorer` (explorers.py): explore a sweep's
   results and trained runs.
 - `SweepMonitor` (monitor.py): watch a running sweep live, from a background thread that keeps
-  the kernel free; cancel and resubmit runs.
+  the kernel free; cancel and resubmit runs. Its parts: refresher.py (the background thread, its
+  lock and change detection), and the panels: the counts header and the runs table (monitor.py),
+  the curves and the finished runs' EDF and claims (figures.py), the buttons (actions.py).
 - base.py: the shared pieces (control factories, frame filtering, in-place figure syncing,
   `FigureOutput`).
 """

@@ -1,5 +1,5 @@
 """Pieces every widget here shares: control factories, frame filtering, in-place figure syncing,
-the `FigureOutput` that shows a figure, an empty-figure message and the `Explorer` base."""
+the `FigureOutput` that shows a figure, a figure's centred message and the `Explorer` base."""
 
 from __future__ import annotations
 
@@ -35,6 +35,15 @@ def multi_select(values: Sequence, description: str, rows: int | None = None) ->
         layout=widgets.Layout(width="auto"),
         style={"description_width": "initial"},
     )
+
+
+def button(description: str, icon: str, action, style: str = "") -> widgets.Button:
+    """Return a Button as wide as its label that calls `action()` on a click."""
+    widget = widgets.Button(
+        description=description, icon=icon, button_style=style, layout=widgets.Layout(width="auto", flex="0 0 auto")
+    )
+    widget.on_click(lambda _b: action())
+    return widget
 
 
 class LogRangeSlider(widgets.HBox):
@@ -189,19 +198,15 @@ def message_figure(text: str, height: int = 240, width: int | None = None) -> go
         xaxis=dict(visible=False),
         yaxis=dict(visible=False),
         margin=dict(l=20, r=20, t=20, b=20),
-        annotations=[
-            dict(
-                text=html.escape(text),
-                x=0.5,
-                y=0.5,
-                xref="paper",
-                yref="paper",
-                showarrow=False,
-                font=dict(size=15, color="#666"),
-            )
-        ],
+        annotations=[centred_note(html.escape(text))],
     )
     return fig
+
+
+def centred_note(text: str) -> dict:
+    """Return a plotly annotation showing `text` (plotly's HTML subset: escape what a folder gave)
+    grey in the middle of the figure, in place of its axes."""
+    return dict(text=text, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font=dict(size=15, color="#666"))
 
 
 class Explorer(widgets.VBox):

@@ -72,17 +72,7 @@ class SensitivityExplorer(Explorer):
                 self.controls[name] = multi_select(df[name], name)
         self.panels = sorted(df[panel].dropna().unique().tolist())
         self.rows = sorted(df[row].dropna().unique().tolist()) if row else None
-        slider_lines = []
-        for group in self.rows or [None]:
-            rows = df if group is None else df[df[row].eq(group)]
-            line = []
-            for name in ("lr", "wd"):
-                key = name if group is None else f"{name} {group}"
-                slider = log_range_slider(rows[name], key)
-                if slider is not None:
-                    self.controls[key] = slider
-                    line.append(slider)
-            slider_lines.append(widgets.HBox(line))
+        slider_lines = self._sliders()
         self.controls["relative"] = widgets.ToggleButton(
             value=False, description="relative to best", tooltip="error minus each group's best run"
         )
@@ -95,20 +85,37 @@ class SensitivityExplorer(Explorer):
 
         self.edf_fig, self.scatter_fig = go.Figure(), self._scatter(df)
         self.edf_view, self.scatter_view = FigureOutput(), FigureOutput()
+        self.widget = self._layout(slider_lines)
+        self.update()
+        self.watch()
+
+    def _sliders(self) -> list[widgets.HBox]:
+        """Add the lr and wd range sliders to the controls, a pair per row value; return their lines."""
+        lines = []
+        for group in self.rows or [None]:
+            rows = self.df if group is None else self.df[self.df[self.row].eq(group)]
+            line = []
+            for name in ("lr", "wd"):
+                key = name if group is None else f"{name} {group}"
+                slider = log_range_slider(rows[name], key)
+                if slider is not None:
+                    self.controls[key] = slider
+                    line.append(slider)
+            lines.append(widgets.HBox(line))
+        return lines
+
+    def _layout(self, slider_lines: list[widgets.HBox]) -> widgets.VBox:
         selects = [self.controls[n] for n in self.SELECTS if n in self.controls]
-        self.widget = widgets.VBox(
+        toggles = widgets.VBox([self.controls["relative"], self.controls["bootstrap"]])
+        return widgets.VBox(
             [
                 widgets.HBox(selects),
-                widgets.HBox(
-                    [widgets.VBox(slider_lines), widgets.VBox([self.controls["relative"], self.controls["bootstrap"]])]
-                ),
+                widgets.HBox([widgets.VBox(slider_lines), toggles]),
                 self.status,
                 self.edf_view,
                 self.scatter_view,
             ]
         )
-        self.update()
-        self.watch()
 
     def _color_range(self, relative: bool) -> list[float]:
         try:
@@ -233,6 +240,21 @@ def _test_images(images, cfg, names, n: int) -> tuple[torch.Tensor, list]:
     return images, [(f"image {i}", i) for i in range(len(images))]
 
 
+def _attention_models(run_dirs: dict, trust_code: bool) -> dict:
+    """{label: model} of the runs, loaded with unfused attention; a model without a ViT's token
+    layout is refused, naming its label."""
+    from analysis.probes import as_model, token_layout
+    from analysis.probes.attention import attention_model
+
+    models = {label: as_model(d, fused_attn=False, trust_code=trust_code) for label, d in run_dirs.items()}
+    for label, model in models.items():
+        try:
+            token_layout(attention_model(model))
+        except ConfigError as e:
+            raise ConfigError(f"{label}: {e}") from None
+    return models
+
+
 class AttentionExplorer(Explorer):
     """Attention maps of trained ViTs side by side: pick an image, a block, a head and a method.
 
@@ -252,21 +274,11 @@ class AttentionExplorer(Explorer):
         opacity: float = 0.6,
         trust_code: bool = False,
     ) -> None:
-        from analysis.probes import as_model, token_layout
-        from analysis.probes.attention import attention_model
-        from analysis.probes.layout import evaluating
         from analysis.runs import class_names, load_config
 
         super().__init__()
         self.run_dirs = run_labels(run_dirs)
-        self.models = {
-            label: as_model(d, fused_attn=False, trust_code=trust_code) for label, d in self.run_dirs.items()
-        }
-        for label, model in self.models.items():
-            try:
-                token_layout(attention_model(model))
-            except ConfigError as e:
-                raise ConfigError(f"{label}: {e}") from None
+        self.models = _attention_models(self.run_dirs, trust_code)
         run_dir = next((d for d in self.run_dirs.values() if isinstance(d, Path)), None)
         if run_dir is None and images is None:
             raise ConfigError("no run folder among the models to take test images from; pass images=")
@@ -274,14 +286,32 @@ class AttentionExplorer(Explorer):
         names = class_names(cfg) if cfg is not None else None
         images, options = _test_images(images, cfg, names, n)
         self.images, self.opacity = images, opacity
-        self.probs = {}
-        for label, m in self.models.items():
-            with evaluating(m), torch.no_grad():
-                self.probs[label] = m(images).softmax(-1)
+        self.probs = self._predict()
         classes = next(iter(self.probs.values())).shape[-1]
         self.class_names = names or tuple(f"class {i}" for i in range(classes))
         self._maps: dict[tuple[str, str], torch.Tensor] = {}
+        self._add_controls(options)
+        self.fig = self._figure()
+        self.view = FigureOutput()
+        c = self.controls
+        self.widget = widgets.VBox(
+            [widgets.HBox([c["image"], c["method"]]), widgets.HBox([c["layer"], c["head"]]), self.status, self.view]
+        )
+        self.update()
+        self.watch()
 
+    def _predict(self) -> dict[str, torch.Tensor]:
+        """Return {label: class probabilities of every image} of each model."""
+        from analysis.probes.layout import evaluating
+
+        probs = {}
+        for label, m in self.models.items():
+            with evaluating(m), torch.no_grad():
+                probs[label] = m(self.images).softmax(-1)
+        return probs
+
+    def _add_controls(self, options: list) -> None:
+        """The image and method dropdowns, and block and head sliders as deep and wide as the largest model."""
         depth = max(len(m.blocks) for m in self.models.values())
         heads = max(m.blocks[0].attn.num_heads for m in self.models.values())
         self.controls["image"] = widgets.Dropdown(options=options, value=0, description="image")
@@ -294,27 +324,23 @@ class AttentionExplorer(Explorer):
         self.controls["head"] = widgets.IntSlider(
             value=0, min=0, max=heads - 1, description="head", continuous_update=False
         )
+
+    def _figure(self) -> go.Figure:
+        """One row of panels: the image, then each model's map over it."""
         labels = list(self.models)
-        self.fig = go.Figure(
+        fig = go.Figure(
             make_subplots(rows=1, cols=1 + len(labels), subplot_titles=["image", *labels], horizontal_spacing=0.03)
         )
         first = self._panel(labels[0])
-        self.fig.add_trace(first.data[0], row=1, col=1)
+        fig.add_trace(first.data[0], row=1, col=1)
         for i, label in enumerate(labels):
             for trace in (first if i == 0 else self._panel(label)).data:
-                self.fig.add_trace(trace, row=1, col=i + 2)
-        image_axes(self.fig)
-        self.fig.update_traces(
-            showscale=False, selector=dict(type="heatmap")
-        )  # each map has its own range: one colour bar would mislead
-        self.fig.update_layout(template="plotly_white", height=360, margin=dict(l=10, r=10, t=80, b=10))
-        self.view = FigureOutput()
-        c = self.controls
-        self.widget = widgets.VBox(
-            [widgets.HBox([c["image"], c["method"]]), widgets.HBox([c["layer"], c["head"]]), self.status, self.view]
-        )
-        self.update()
-        self.watch()
+                fig.add_trace(trace, row=1, col=i + 2)
+        image_axes(fig)
+        # each map has its own range: one colour bar would mislead
+        fig.update_traces(showscale=False, selector=dict(type="heatmap"))
+        fig.update_layout(template="plotly_white", height=360, margin=dict(l=10, r=10, t=80, b=10))
+        return fig
 
     def maps(self, label: str, method: str) -> torch.Tensor:
         """Return one model's maps for every image: (B, layers, heads, H, W) for "attention",
