@@ -87,33 +87,21 @@ def _demo(args) -> None:
 
 
 def _launch_set(items: list[str]) -> dict:
-    """--set launch.KEY=VALUE items as launch options (VALUE: a number, a string, or YAML for `additional`)."""
-    import yaml
-
-    from analysis.errors import one_of
+    """--set launch.KEY=VALUE items as typed launch options, read like the spec's `launch:` section
+    (LaunchConfig.from_dict: a number, a string, a null word, YAML for `additional`)."""
     from analysis.sweeps.options import LaunchConfig
 
-    opts, types = {}, LaunchConfig.types()
+    texts = {}
     for item in items:
         key, eq, value = item.partition("=")
         key = key.strip().removeprefix("launch.")
         if not eq:
             raise ConfigError(f"--set takes launch.KEY=VALUE, e.g. launch.partition=gpu; got {item!r}")
-        if key not in types:
-            raise one_of("launch option", key, list(types))
-        if dict in types[key]:
-            try:
-                value = yaml.safe_load(value)
-            except yaml.YAMLError:
-                raise ConfigError(
-                    f"launch option {key} must be a YAML mapping, e.g. {{exclude: node1}}; got {value!r}"
-                ) from None
-        elif value.strip().lower() in ("null", "none", "~"):
-            value = None
-        if key in opts:
+        if key in texts:
             raise ConfigError(f"--set launch.{key} is given twice; give it once")
-        opts[key] = value
-    return opts
+        texts[key] = value
+    opts = LaunchConfig.from_dict(texts)
+    return {key: getattr(opts, key) for key in texts}
 
 
 def _print_status(status) -> None:
@@ -428,8 +416,17 @@ def _main(args) -> int:
     return 0
 
 
+def _printable_traceback(kind, error, tb) -> None:
+    """sys.excepthook of the command line: an uncaught error's traceback may quote what a folder holds,
+    so it goes through the same filter as folder-reading commands' output (printable)."""
+    import traceback
+
+    sys.stderr.write(printable("".join(traceback.format_exception(kind, error, tb))))
+
+
 def run() -> None:
-    """The `stemlab` console script."""
+    """The `stemlab` console script (and `python -m analysis`)."""
+    sys.excepthook = _printable_traceback
     sys.exit(main())
 
 

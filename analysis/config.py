@@ -8,16 +8,23 @@ Python's float() accepts: `1e-3`, `5E-2`, `1e4`, `.5`, `1_000` (YAML 1.1 alone r
 string). Integer keys take whole numbers in any of these spellings (`train.epochs=1e1` is 10,
 `10.0` is 10) and refuse fractions (`2.5`). nan and inf are refused everywhere. `null`, `none`,
 `~` or an empty value set an optional key to None.
+
+`typed` parses one value to a dataclass field's type hint and `typed_fields` a mapping of them: the run
+config's sections here and the launch options (analysis.sweeps.options) both go through them, so YAML,
+`section.key=value` overrides and `--set launch.KEY=VALUE` read values the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import decimal
+import functools
 import math
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -138,11 +145,7 @@ class RunConfig:
         """Return a copy with dotted-key overrides applied and validated."""
         d = self.to_dict()
         for key, value in overrides.items():
-            section, _, name = key.partition(".")
-            if section not in d or not name:
-                raise one_of("config key", key, [f"{s}.<key>" for s in d])
-            if name not in d[section]:
-                raise one_of(f"key in section {shown(section)}", name, list(d[section]))
+            section, name = config_key(key)
             d[section][name] = value
         return from_dict(d)
 
@@ -150,7 +153,7 @@ class RunConfig:
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig}
 
 
-NULLS = ("", "null", "none", "~")
+NULLS = ("", "null", "none", "~")  # null words: set an optional key to None (any case)
 
 
 def parse_number(value: Any, kind: str, where: str) -> int | float:
@@ -180,37 +183,103 @@ def parse_number(value: Any, kind: str, where: str) -> int | float:
     return int(exact)
 
 
-def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
-    """Check one value against its field's type. Strings (CLI overrides, YAML 1.1's `1e-3`) are parsed:
-    numbers by parse_number, booleans as YAML scalars (true/false/yes/no/on/off)."""
-    where = f"{section}.{f.name}"
-    kind = f.type.replace(" | None", "")
-    if isinstance(value, str) and kind != "str":
-        if value.strip().lower() in NULLS:
-            value = None
-        elif kind == "bool":
-            try:
-                value = yaml.safe_load(value)
-            except yaml.YAMLError:
-                raise ConfigError(f"{where} must be bool, got {shown(value)}") from None
+@functools.cache
+def hints(cls: type) -> dict[str, Any]:
+    """{field name: its type hint, resolved} of dataclass `cls` (cached: read it, do not change it)."""
+    resolved = typing.get_type_hints(cls)
+    return {f.name: resolved[f.name] for f in fields(cls)}
+
+
+def typed_fields(cls: type, given: dict, what: str, prefix: str) -> dict[str, Any]:
+    """The values of `given` typed to the fields of dataclass `cls` (see typed; errors name `prefix` + key).
+    A key `cls` lacks is one line: "unknown <what> 'key'; allowed: <its fields>"."""
+    known = hints(cls)
+    out = {}
+    for key, value in given.items():
+        if key not in known:
+            raise one_of(what, key, list(known))
+        out[key] = typed(value, known[key], f"{prefix}{key}")
+    return out
+
+
+def config_key(key: str, where: str = "", also: tuple[str, ...] = ()) -> tuple[str, str]:
+    """(section, name) of dotted run config key `key`; an unknown one is a one-line ConfigError
+    (prefixed by `where`; `also`: other names the caller takes, listed as allowed)."""
+    section, _, name = key.partition(".") if isinstance(key, str) else ("", "", "")
+    if section not in SECTIONS or not name:
+        error = one_of("config key", key, [*(f"{s}.<key>" for s in SECTIONS), *also])
+    elif name not in hints(SECTIONS[section]):
+        error = one_of(f"key in section {shown(section)}", name, list(hints(SECTIONS[section])))
+    else:
+        return section, name
+    raise ConfigError(f"{where}: {error}") if where else error
+
+
+def typed(value: Any, hint: Any, where: str) -> Any:
+    """`value` (from YAML, Python or a command line) as type hint `hint`, or a one-line ConfigError
+    naming `where`. A null word (NULLS) or None sets an optional key to None; numbers are read by
+    parse_number; text for a bool or a mapping is read as YAML (true/false/yes/no/on/off, {key: value});
+    text for a Literal matches its options in any case; text for a plain str stays as it is."""
+    members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if isinstance(value, str) and hint is not str and value.strip().lower() in NULLS:
+        value = None
     if value is None:
-        if "None" in f.type:
+        if type(None) in members:
             return None
-        raise ConfigError(f"{where} must not be empty (expected {kind})")
-    if kind in ("int", "float"):
-        return parse_number(value, kind, where)
-    if not isinstance(value, {"str": str, "bool": bool}[kind]):
-        raise ConfigError(f"{where} must be {kind}, got {shown(value)}")
+        raise ConfigError(f"{where} may not be null (expected {_name(hint)})")
+    options = [o for m in members if typing.get_origin(m) is Literal for o in typing.get_args(m)]
+    others = [m for m in members if typing.get_origin(m) is not Literal and m is not type(None)]
+    if options and (isinstance(value, str) or not others):
+        for option in options:
+            if value == option or (isinstance(value, str) and value.strip().lower() == str(option).lower()):
+                return option
+        if not others:
+            raise one_of(where, value, options)
+    if len(others) != 1:
+        raise TypeError(f"{where}: no parser for type {hint}")
+    return _scalar(value, others[0], where)
+
+
+def _scalar(value: Any, hint: Any, where: str) -> Any:
+    """`value` as one plain type: int, float, bool, str or dict."""
+    if hint in (int, float):
+        return parse_number(value, hint.__name__, where)
+    kind = typing.get_origin(hint) or hint
+    if kind not in (bool, str, dict):
+        raise TypeError(f"{where}: no parser for type {hint}")
+    example = ", e.g. {key: value}" if kind is dict else ""
+    if isinstance(value, str) and kind is not str:
+        value = _from_text(value, f"{where} must be {kind.__name__}{example}")
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where} must be {kind.__name__}{example}, got {shown(value)}")
     return value
+
+
+def _from_text(text: str, expected: str) -> Any:
+    """A YAML scalar or flow collection given as text; aliases are refused (they could
+    expand without bound), as is anything not YAML (one line: `expected`, got `text`)."""
+    bad = ConfigError(f"{expected}, got {shown(text)}")
+    try:
+        if any(isinstance(t, yaml.AliasToken) for t in yaml.scan(text)):
+            raise bad
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError):
+        raise bad from None
+
+
+def _name(hint: Any) -> str:
+    """A type hint as a message says it: "int", "int or 'auto'"."""
+    if typing.get_origin(hint) is Literal:
+        return " or ".join(map(repr, typing.get_args(hint)))
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_name(m) for m in typing.get_args(hint) if m is not type(None))
+    return getattr(hint, "__name__", str(hint))
 
 
 def coerce(key: str, value: Any) -> Any:
     """The value of dotted config key `key` ("optim.lr") as its type, checked like an override."""
-    section, _, name = key.partition(".")
-    known = {f.name: f for f in fields(SECTIONS[section])} if section in SECTIONS else {}
-    if name not in known:
-        raise one_of("config key", key, [f"{s}.<key>" for s in SECTIONS])
-    return _coerce(section, known[name], value)
+    section, name = config_key(key)
+    return typed(value, hints(SECTIONS[section])[name], key)
 
 
 def from_dict(d: dict) -> RunConfig:
@@ -225,11 +294,7 @@ def from_dict(d: dict) -> RunConfig:
         given = d.get(section) or {}
         if not isinstance(given, dict):
             raise ConfigError(f"config section {shown(section)} must be a mapping, got {shown(given)}")
-        known = {f.name: f for f in fields(cls)}
-        for key in given:
-            if key not in known:
-                raise one_of(f"key in section {shown(section)}", key, list(known))
-        built[section] = cls(**{k: _coerce(section, known[k], v) for k, v in given.items()})
+        built[section] = cls(**typed_fields(cls, given, f"key in section {shown(section)}", f"{section}."))
     cfg = RunConfig(**built)
     validate(cfg)
     return cfg
@@ -237,6 +302,26 @@ def from_dict(d: dict) -> RunConfig:
 
 def validate(cfg: RunConfig) -> None:
     """Raise ConfigError naming the first bad value and what is allowed."""
+    _check_choices(cfg)
+    _check_ranges(cfg)
+    _check_optional(cfg)
+    if (cfg.train.mixup or cfg.train.cutmix) and cfg.train.batch_size % 2:
+        raise ConfigError(f"mixup/CutMix need an even train.batch_size, got {cfg.train.batch_size}")
+    if cfg.data.root is not None and (
+        len(cfg.data.root.encode()) > 4095 or any(len(part.encode()) > 255 for part in Path(cfg.data.root).parts)
+    ):
+        raise ConfigError(
+            f"data.root is longer than a file system allows (a name over 255 bytes or a path over "
+            f"4095): {cfg.data.root[:60]}..."
+        )
+    if cfg.model.stem is not None:  # the form only; an import path is imported when the model is built
+        from analysis.models.registry import check_stem_name
+
+        check_stem_name(cfg.model.stem)
+
+
+def _check_choices(cfg: RunConfig) -> None:
+    """The keys that take one of a few names."""
     choices = [
         ("data.name", cfg.data.name, DATASETS),
         ("data.augment", cfg.data.augment, AUGMENTS),
@@ -248,6 +333,10 @@ def validate(cfg: RunConfig) -> None:
     for what, value, allowed in choices:
         if value not in allowed:
             raise one_of(what, value, allowed)
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    """The numbers that must be positive, non-negative or in [0, 1)."""
     positive = {
         "optim.lr": cfg.optim.lr,
         "optim.ref_batch": cfg.optim.ref_batch,
@@ -279,6 +368,10 @@ def validate(cfg: RunConfig) -> None:
     }.items():
         if not 0 <= value < 1:
             raise ConfigError(f"{what} must be in [0, 1), got {value}")
+
+
+def _check_optional(cfg: RunConfig) -> None:
+    """The numbers that may be null (off, or all)."""
     if cfg.train.ema_decay is not None and not 0 < cfg.train.ema_decay < 1:
         raise ConfigError(f"train.ema_decay must be in (0, 1) or null, got {cfg.train.ema_decay}")
     if cfg.optim.clip_grad is not None and cfg.optim.clip_grad <= 0:
@@ -289,19 +382,6 @@ def validate(cfg: RunConfig) -> None:
     }.items():
         if value is not None and value < 1:
             raise ConfigError(f"{what} must be >= 1 or null, got {value}")
-    if (cfg.train.mixup or cfg.train.cutmix) and cfg.train.batch_size % 2:
-        raise ConfigError(f"mixup/CutMix need an even train.batch_size, got {cfg.train.batch_size}")
-    if cfg.data.root is not None and (
-        len(cfg.data.root.encode()) > 4095 or any(len(part.encode()) > 255 for part in Path(cfg.data.root).parts)
-    ):
-        raise ConfigError(
-            f"data.root is longer than a file system allows (a name over 255 bytes or a path over "
-            f"4095): {cfg.data.root[:60]}..."
-        )
-    if cfg.model.stem is not None:  # the form only; an import path is imported when the model is built
-        from analysis.models.registry import check_stem_name
-
-        check_stem_name(cfg.model.stem)
 
 
 def load(path: str | Path) -> RunConfig:

@@ -1,8 +1,8 @@
 """Config values in every spelling a user types: overrides, YAML run configs, sweep specs, launch options."""
 
 import math
-
 import os
+import re
 
 import pytest
 import yaml
@@ -187,3 +187,68 @@ def test_parallel_auto_runs_one_process_per_available_core_capped_by_the_run_cou
     assert LaunchConfig.from_dict({"parallel": "auto"}).to_dict() == {"parallel": "auto"}
     with pytest.raises(ConfigError, match="parallel must be"):
         LaunchConfig.from_dict({"parallel": "all"})
+
+
+NULL_WORDS = [*config.NULLS, "NULL", " None ", "~ "]
+
+
+@pytest.mark.parametrize("word", NULL_WORDS)
+def test_one_set_of_null_words_for_run_configs_launch_options_and_set(word):
+    """config.typed reads every value: overrides, YAML run configs, launch options and --set alike."""
+    from analysis.__main__ import _launch_set
+
+    cfg = config.RunConfig(data=config.DataConfig(root="/data"))
+    cfg = cfg.replace({"optim.clip_grad": word, "data.root": word, "model.local_mlp": word})
+    assert (cfg.optim.clip_grad, cfg.data.root, cfg.model.local_mlp) == (None, None, None)
+    assert config.from_dict({"train": {"ema_decay": word}}).train.ema_decay is None
+    opts = LaunchConfig.from_dict({"mem_gb": word, "partition": word, "parallel": word, "additional": word})
+    assert opts == LaunchConfig()
+    assert _launch_set([f"launch.mem_gb={word}", f"launch.partition={word}"]) == {"mem_gb": None, "partition": None}
+    for refuse in (lambda: cfg.replace({"train.epochs": word}), lambda: LaunchConfig.from_dict({"batch_runs": word})):
+        with pytest.raises(ConfigError, match="may not be null"):
+            refuse()
+    assert cfg.replace({"data.augment": "none"}).data.augment == "none"  # a text key that is not optional
+
+
+def test_one_unknown_key_message_for_run_configs_launch_options_set_and_specs(tmp_path):
+    from analysis.__main__ import _launch_set
+
+    shape = r"unknown (config key|key in section 'optim'|launch option) '(nme|optim\.nme|bogus\.nme)'; allowed: \S"
+    for bad in (
+        lambda: config.RunConfig().replace({"optim.nme": 1}),
+        lambda: config.RunConfig().replace({"bogus.nme": 1}),
+        lambda: config.from_dict({"optim": {"nme": 1}}),
+        lambda: config.coerce("optim.nme", 1),
+        lambda: LaunchConfig.from_dict({"nme": 1}),
+        lambda: _launch_set(["launch.nme=1"]),
+        lambda: Sweep.from_dict({"base": {"optim.nme": 1}}, root=tmp_path),
+        lambda: Sweep.from_dict({"sample": {"optim.nme": {"uniform": [0, 1]}}}, root=tmp_path),
+    ):
+        with pytest.raises(ConfigError) as e:
+            bad()
+        message = str(e.value)
+        assert "\n" not in message and re.search(shape, message), message
+    with pytest.raises(ConfigError, match="allowed: .*train.<key>, preset, stem, optimizer, epochs"):
+        Sweep.from_dict({"grid": {"optimiser": ["sgd"]}}, root=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_typed_reads_the_real_type_hints():
+    hints = config.hints(LaunchConfig)
+    assert config.typed(" AUTO ", hints["parallel"], "p") == "auto"
+    assert config.typed("1e1", hints["parallel"], "p") == 10
+    assert config.typed("Local", hints["cluster"], "c") == "local"
+    assert config.typed("{exclude: 'node[1-2]'}", hints["additional"], "a") == {"exclude": "node[1-2]"}
+    assert config.typed("2", hints["mem_gb"], "m") == 2.0 and config.typed("7", hints["partition"], "p") == "7"
+    assert config.typed("on", config.hints(config.DataConfig)["hflip"], "h") is True
+    for value, hint, words in (
+        ("moon", hints["cluster"], "unknown c 'moon'; allowed: auto, slurm, local"),
+        ("all", hints["parallel"], "c must be int"),
+        ("1.5", hints["parallel"], "whole number"),
+        ("{a: &x [1], b: *x}", hints["additional"], "must be dict"),  # aliases could expand without bound
+        ("[" * 10_000, hints["additional"], "must be dict"),
+        (3, hints["partition"], "must be str"),
+        ("1", bool, "must be bool"),
+    ):
+        with pytest.raises(ConfigError, match=words.replace("[", r"\[")):
+            config.typed(value, hint, "c")

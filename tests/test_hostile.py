@@ -3,6 +3,7 @@ changes nothing outside it and keeps memory bounded (README, "What a run or swee
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from tests.test_trust import peak_mb, tiny_spec
 
 from analysis import rundir, trust
 from analysis.errors import MAX_SHOWN, CheckpointError, ConfigError
-from analysis.sweeps import Sweep
+from analysis.sweeps import Sweep, boot
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -85,6 +86,37 @@ def test_terminal_escapes_from_a_folder_are_stripped(sweep):
     out = cli(["sweep", "status", str(sweep.dir)], cwd=sweep.dir.parent)
     assert out.returncode == 0, out.stderr
     assert "boom" in out.stdout and not any(c in out.stdout + out.stderr for c in "\x1b\x07\x9b")
+
+
+BROKEN_STATUS = """
+import sys
+from pathlib import Path
+import analysis.sweeps.status as status
+
+def broken(folder, run_ids, *args, **kwargs):  # a bug whose error quotes what a run folder holds
+    raise RuntimeError((Path(folder) / "runs" / run_ids[0] / "log.txt").read_text())
+
+status.status_frame = broken
+from analysis.__main__ import run
+run()
+"""
+
+
+def test_a_traceback_quoting_a_folder_is_stripped_too(sweep):
+    """An error no handler expects, in a command that reads folders, prints its traceback through the same
+    control-character filter as the command's output (the `stemlab` and `python -m analysis` entry, run())."""
+    evil = "boom \x1b]52;c;ZXZpbA==\x07 \x1b]0;title\x07 \x1b[2J \x9b"
+    (sweep.run_dir(sweep.run_ids[0]) / "log.txt").write_text(evil)
+    out = subprocess.run(
+        [sys.executable, "-c", BROKEN_STATUS, "sweep", "status", str(sweep.dir)],
+        capture_output=True,
+        text=True,
+        cwd=sweep.dir.parent,
+        env=ENV,
+        timeout=120,
+    )
+    assert out.returncode == 1 and "Traceback" in out.stderr and "RuntimeError: boom" in out.stderr, out.stderr
+    assert not any(c in out.stdout + out.stderr for c in "\x1b\x07\x9b"), out.stderr
 
 
 def test_python_m_analysis_never_imports_from_the_working_folder(sweep, tmp_path):
@@ -179,6 +211,86 @@ def test_job_pickles_planted_in_the_sweep_are_never_loaded(sweep, tmp_path):
     own = sweep.dir / launch["submitit"]
     assert own.parent == planted and own.name.startswith("launch-000-") and (own.stat().st_mode & 0o777) == 0o700
     assert list(own.glob("*_submitted.pkl"))  # the jobs' own pickles are there
+    for pickle_path in own.glob("*_submitted.pkl"):  # each signed by its launch
+        assert boot.tag_path(pickle_path).is_file()
+
+
+def run_job(folder: Path, job_id: str, key: str | None) -> subprocess.CompletedProcess:
+    """A local job's task as submitit's controller starts it: the entry command a launch hands submitit,
+    then submitit's `-u -m submitit.core._submit FOLDER`, in the environment the controller sets."""
+    env = {k: v for k, v in ENV.items() if not k.startswith("SUBMITIT_") and k != boot.KEY_ENV}
+    env.update(SUBMITIT_EXECUTOR="local", SUBMITIT_LOCAL_JOB_ID=job_id, SUBMITIT_LOCAL_NTASKS="1")
+    if key:
+        env[boot.KEY_ENV] = key
+    command = [*shlex.split(boot.entry_command(str(REPO))), "-u", *boot.SUBMIT, str(folder)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=folder, timeout=120)
+
+
+def test_a_job_loads_only_the_pickle_its_launch_signed(tmp_path):
+    """The job-side check: a signed pickle runs; a pickle put in its place after signing, or any pickle
+    without the launch's key in the job's environment, is refused in one line and nothing of it runs."""
+    import pickle
+
+    from submitit.core.utils import DelayedSubmission
+
+    key, marker = boot.new_key(), tmp_path / "ran"
+    folder = tmp_path / "jobs"
+    folder.mkdir(mode=0o700)
+    path = folder / "4242_submitted.pkl"
+    DelayedSubmission(Path.touch, marker).dump(path)  # what the launch wrote: touches the marker when run
+    boot.sign(path, key)
+    out = run_job(folder, "4242", key)
+    assert out.returncode == 0 and marker.exists(), out.stderr[-1500:]  # the check lets the launch's own job run
+    marker.unlink()
+    path.write_bytes(pickle.dumps(Payload(marker)))  # another pickle in its place, after the launch signed
+    for key_given, words in [(key, "HMAC-SHA256 differs"), (None, f"no {boot.KEY_ENV}")]:
+        out = run_job(folder, "4242", key_given)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+        assert "refused to load the job" in out.stderr and words in out.stderr and not marker.exists()
+    assert "no such file" in boot.pickle_problem(folder / "1_submitted.pkl", key, wait_s=0).lower()
+    (folder / "1_submitted.pkl").write_bytes(b"x")
+    assert "No such file" in boot.pickle_problem(folder / "1_submitted.pkl", key, wait_s=0)  # no tag: refused
+    os.mkfifo(folder / "2_submitted.pkl")
+    boot.tag_path(folder / "2_submitted.pkl").write_text(boot.pickle_tag(b"", key))
+    assert "not a regular file" in boot.pickle_problem(folder / "2_submitted.pkl", key, wait_s=0)
+
+
+def test_a_job_pickle_swapped_after_its_launch_signed_it_is_refused(sweep, tmp_path, monkeypatch):
+    """End to end: a real local launch whose job pickle is replaced (after submitit wrote it, before the
+    job reads it) by one that would create a marker file: the job refuses it, the runs fail, nothing runs."""
+    import pickle
+
+    marker, signed = tmp_path / "payload-ran", boot.sign
+
+    def swap_then_sign(pickle_path, key, data=None):
+        original = Path(pickle_path).read_bytes()
+        Path(pickle_path).write_bytes(pickle.dumps(Payload(marker)))
+        signed(pickle_path, key, original)  # the tag of what the launch wrote
+
+    monkeypatch.setattr(boot, "sign", swap_then_sign)
+    sweep.launch(cluster="local", parallel=1, wait=True, timeout=300)
+    assert set(sweep.status()["state"]) == {"failed"} and not marker.exists()
+    (launch,) = sweep.launches
+    (job,) = launch["jobs"]
+    log = (sweep.dir / launch["submitit"] / f"{job['job_id']}_0_log.err").read_text()
+    assert "refused to load the job" in log and "HMAC-SHA256 differs" in log and "Traceback" not in log
+
+
+def test_a_checkpoint_signs_the_pickle_its_requeued_job_loads(tmp_path, monkeypatch):
+    """On preemption submitit rewrites the job's pickle (the call's checkpoint) and requeues the job, which
+    starts with the same key: what GroupJob.checkpoint hands submitit signs the new pickle as it is written."""
+    from submitit.core.job_environment import _checkpoint
+    from submitit.core.utils import DelayedSubmission
+
+    key = boot.new_key()
+    for name, value in {boot.KEY_ENV: key, "SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "77"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SUBMITIT_FOLDER", str(tmp_path))
+    path = tmp_path / "77_submitted.pkl"
+    path.write_bytes(b"the pickle the launch wrote")
+    boot.sign(path, key)
+    assert _checkpoint(DelayedSubmission(boot.GroupJob(str(REPO)), ["run"], 1, None), path, 2) == ""
+    assert boot.pickle_problem(path, key, wait_s=0) is None and path.read_bytes() != b"the pickle the launch wrote"
 
 
 def test_a_report_of_a_sweep_with_an_unfinished_group_is_partial(tmp_path):

@@ -5,6 +5,9 @@ import importlib.util
 import inspect
 import os
 import re
+import shlex
+import sys
+from types import SimpleNamespace
 
 import pytest
 import submitit
@@ -34,3 +37,23 @@ def test_the_overridden_method_and_the_controller_are_as_relied_on(monkeypatch):
         monkeypatch.delenv(key)  # only the variables controller_env sets itself
     ours = {k for k in local.controller_env("cmd", 1, range(0), 2.0, 30) if ENV_KEY.fullmatch(k)}
     assert set(ENV_KEY.findall(source)) == ours  # the same environment variables as submitit sets
+
+
+def test_jobs_start_through_the_entry_that_checks_their_pickle(tmp_path):
+    """A launch hands submitit's public `python` parameter its entry command (analysis.sweeps.boot); both
+    executors put it in front of `-u -m submitit.core._submit FOLDER`, and submitit's checkpoint and
+    job loading are the calls the entry and GroupJob.checkpoint rely on."""
+    from submitit.core import job_environment, submission
+    from submitit.slurm import slurm as submitit_slurm
+
+    from analysis.sweeps import boot
+
+    python = boot.entry_command(str(tmp_path / "code"))
+    script = str(tmp_path / "code" / "analysis" / "sweeps" / "boot.py")
+    for executor in (submitit_local.LocalExecutor, submitit_slurm.SlurmExecutor):
+        assert "python" in inspect.signature(executor).parameters
+        command = executor._submitit_command_str.fget(SimpleNamespace(python=python, folder=tmp_path))
+        assert shlex.split(command) == [sys.executable, "-u", "-P", script, "-u", *boot.SUBMIT, str(tmp_path)]
+    assert "delayed = utils.DelayedSubmission.load(paths.submitted_pickle)" in inspect.getsource(submission.process_job)
+    source = inspect.getsource(job_environment._checkpoint)
+    assert "ckpt_delayed.set_timeout(" in source and "ckpt_delayed.dump(tmp)" in source

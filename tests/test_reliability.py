@@ -69,19 +69,8 @@ def dead_pid() -> int:
 
 
 def record_local_job(sweep: Sweep, job_id: int, runs: list[str]) -> None:
-    sweep._save_launches(
-        [
-            {
-                "launch": 0,
-                "time": "2025-01-01T00:00:00",
-                "cluster": "local",
-                "code": "",
-                "options": {},
-                "jobs": [{"job_id": str(job_id), "runs": runs}],
-                "cancelled": [],
-            }
-        ]
-    )
+    record = rundir.launch_record(0, "local", [(str(job_id), runs)], "", "submitit", {}, when="2025-01-01T00:00:00")
+    sweep._save_launches([record])
 
 
 def planted_sweep(tmp_path: Path) -> tuple[Sweep, Path]:
@@ -210,6 +199,28 @@ def test_broken_sweep_records_are_one_line_or_skipped(tmp_path):
         with pytest.raises(ConfigError) as e:
             call()
         assert "runs.json" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_launch_record_has_one_constructor_and_its_check():
+    record = rundir.launch_record(2, "slurm", [("7_0", ["a", "b"]), ("7_1", ["c"])], "code/launch-002", "submitit", {})
+    assert json.loads(json.dumps(record)) == record and rundir.launch_problem(record) is None
+    assert record["jobs"] == [{"job_id": "7_0", "runs": ["a", "b"]}, {"job_id": "7_1", "runs": ["c"]}]
+    assert record["cancelled"] == [] and record["time"][:2] == "20"
+    old = {k: v for k, v in record.items() if k != "submitit"}  # recorded before there were subfolders
+    assert rundir.launch_problem(old) is None
+    for change, words in [
+        ({"launch": True}, "launch is True"),
+        ({"time": "\x1b]0;x\x07"}, "not an ISO time"),
+        ({"cluster": "cloud"}, "cluster is 'cloud'"),
+        ({"options": []}, "options is [], not a dict"),
+        ({"jobs": [{"job_id": 7, "runs": []}]}, "jobs is not a list"),
+        ({"jobs": [{"job_id": "7", "runs": [1]}]}, "jobs is not a list"),
+        ({"cancelled": None}, "cancelled is not a list"),
+    ]:
+        assert words in rundir.launch_problem({**record, **change}), change
+    assert rundir.launch_problem([record]) == "not an object"
+    with pytest.raises(ValueError, match="cluster is 'auto'"):
+        rundir.launch_record(0, "auto", [], "", "submitit", {})
 
 
 # -- a trainer that outlived its job -----------------------------------------------------------

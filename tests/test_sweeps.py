@@ -9,6 +9,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -31,6 +32,7 @@ CONTRACT = [
     "run",
     "run_dir",
     "status",
+    "state",
     "reason",
     "model",
     "preset",
@@ -516,3 +518,47 @@ def test_slurm_options_reach_the_sbatch_script(tmp_path):
     assert executor._executor.parameters["array_parallelism"] == 16
     with pytest.raises(ConfigError, match="gpus_per_node"):
         sweep.launch_options(gpus_per_node="eight")
+
+
+def test_auto_parallel_local_jobs_share_the_cores(monkeypatch):
+    from analysis.sweeps import LaunchConfig, options
+
+    monkeypatch.setattr(options, "available_cores", lambda: 8)
+    auto = LaunchConfig.from_dict({"parallel": "auto"})
+    assert [auto.job_threads("local", n) for n in (1, 3, 8, 20)] == [8, 2, 1, 1]
+    assert LaunchConfig().job_threads("local", 4) == 2  # locally no value means auto
+    assert LaunchConfig.from_dict({"parallel": 4}).job_threads("local", 4) is None
+    assert auto.job_threads("slurm", 4) is None  # SLURM jobs take their allocation (SLURM_CPUS_PER_TASK)
+
+
+def test_a_job_gives_its_share_of_threads_to_runs_without_train_threads(tmp_path, monkeypatch):
+    """Runs leaving train.threads null train with the job's share, before and after a run that sets its own."""
+    import torch
+
+    from analysis.engine.precision import run_device
+    from analysis.sweeps import job
+
+    dirs = []
+    for i, threads in enumerate([None, 3, None]):
+        cfg = RunConfig().replace({"train.threads": threads})
+        _fake_run(tmp_path / f"r{i}", cfg, 0, None)
+        dirs.append(str(tmp_path / f"r{i}"))
+    seen = []
+
+    class Trainer:  # what run_group needs of the engine's Trainer; run_device sets the threads as the engine does
+        def __init__(self, cfgs, run_dirs, job=None):
+            self.cfgs = cfgs
+
+        def run(self):
+            run_device(self.cfgs[0], SimpleNamespace(world=1, rank=0))
+            seen.append(torch.get_num_threads())
+            return [{"status": "completed"}]
+
+    monkeypatch.setattr(job, "Trainer", Trainer)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    before = torch.get_num_threads()
+    try:
+        job.run_group(dirs, 1, threads=2)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [2, 3, 2]

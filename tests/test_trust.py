@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis import config
+from analysis import config, rundir
 from analysis.engine import data as D
 from analysis.errors import ConfigError
 
@@ -323,8 +323,6 @@ def test_a_bad_result_makes_the_run_failed_with_a_warning(tmp_path, case):
 
 
 def test_bad_metrics_rows_are_skipped():
-    from analysis import rundir
-
     lines = [
         '{"epoch": 0, "test_top1_err": 20.0}',
         '{"epoch": 1, "test_top1_err": NaN}',
@@ -465,9 +463,7 @@ def test_huge_logs_and_run_tables_are_read_in_bounded_memory(tmp_path):
     (run / "result.json").write_text('{"status": "failed", "reason": "boom"}')
     ended = subprocess.Popen(["true"])  # its job: a local controller that ended
     ended.wait()
-    job = {"job_id": str(ended.pid), "runs": sweep.run_ids}
-    launch = {"launch": 0, "time": "2025-01-01T00:00:00", "cluster": "local", "code": "", "options": {}}
-    sweep._save_launches([{**launch, "jobs": [job], "cancelled": []}])
+    sweep._save_launches([rundir.launch_record(0, "local", [(str(ended.pid), sweep.run_ids)], "", "submitit", {})])
     with open(run / "log.txt", "wb") as f:
         f.seek(1 << 30)
         f.write(b"\nthe last line of a long log\n")

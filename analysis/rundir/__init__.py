@@ -6,8 +6,9 @@ user's umask. While a run trains, its trainer holds an exclusive lock on `train.
 folder (released by the kernel when the process dies), so two trainers never write one folder.
 
 layout: every file name of run and sweep folders; io: atomic writes and bounded reads of regular
-files; schema: result.json; metrics: metrics.jsonl; checkpoint: checkpoint.pt; run: a run folder as a
-whole; lock: train.lock. This face hands their names on: `from analysis import rundir; rundir.RESULT`.
+files; schema: result.json and the entries of launches.json; metrics: metrics.jsonl; checkpoint:
+checkpoint.pt; run: a run folder as a whole; lock: train.lock. This face hands their names on:
+`from analysis import rundir; rundir.RESULT`.
 """
 
 from analysis.rundir.layout import (  # noqa: F401
@@ -58,7 +59,11 @@ from analysis.rundir.schema import (  # noqa: F401
     is_complete,
     completed_result,
     diverged_result,
+    failed_result,
     record_failure,
+    LAUNCH_CLUSTERS,
+    launch_record,
+    launch_problem,
 )
 from analysis.rundir.metrics import (  # noqa: F401
     append_metrics,

@@ -1,16 +1,18 @@
-"""result.json: the final record of a run (completed, diverged, failed), its one constructor per kind and its check."""
+"""result.json: the final record of a run (completed, diverged, failed), its one constructor per kind and its check;
+and the record of one sweep launch in launches.json, its constructor and its check."""
 
 from __future__ import annotations
 
 import math
 import time
 import warnings
+from datetime import datetime
 from pathlib import Path
 
 
 from analysis.errors import ConfigError, shown
 from analysis.rundir.io import loads_finite, log_line, read_capped, write_json
-from analysis.rundir.layout import RESULT
+from analysis.rundir.layout import RESULT, SUBMITIT
 
 
 def failure_reason(error: BaseException) -> str:
@@ -73,7 +75,7 @@ def read_result(run_dir: str | Path) -> dict | None:
     if problem is None:
         return result if isinstance(result, dict) else None
     warnings.warn(f"{path}: invalid result ({problem}); the run counts as failed", stacklevel=2)
-    return {"status": "failed", "reason": f"invalid result.json: {problem}"}
+    return failed_result(f"invalid result.json: {problem}")
 
 
 def is_final(result: dict | None) -> bool:
@@ -127,9 +129,79 @@ def diverged_result(epoch: int, step: int, cx: dict, seconds: float) -> dict:
     }
 
 
+def failed_result(reason: str) -> dict:
+    """The result record of a run that failed, `reason` one line (failure_reason of the error)."""
+    return {"status": "failed", "reason": reason}
+
+
 def record_failure(run_dir: str | Path, error: BaseException) -> dict:
     """Write a run's "failed" result (the reason: one line) and a log line; return the result."""
-    result = {"status": "failed", "reason": failure_reason(error)}
+    result = failed_result(failure_reason(error))
     log_line(run_dir, f"[{time.strftime('%H:%M:%S')}] failed: {result['reason']}")
     write_json(Path(run_dir) / RESULT, result)
     return result
+
+
+LAUNCH_CLUSTERS = ("slurm", "local")  # where a launch ran its jobs
+
+
+def launch_record(
+    launch: int,
+    cluster: str,
+    jobs: list[tuple[str, list[str]]],
+    code: str,
+    submitit: str,
+    options: dict,
+    when: str | None = None,
+    cancelled: list[str] | None = None,
+) -> dict:
+    """One entry of launches.json: launch number, its ISO time (`when`, default now, to the second), cluster
+    ("slurm" or "local"), jobs as (job id, its run ids) in order, the code snapshot and submitit folder
+    (relative to the sweep folder), the launch options that differ from their defaults and the job ids
+    cancelled since. ValueError when the record would not pass launch_problem."""
+    record = {
+        "launch": launch,
+        "time": when or datetime.now().isoformat(timespec="seconds"),
+        "cluster": cluster,
+        "code": code,
+        "submitit": submitit,
+        "options": options,
+        "jobs": [{"job_id": str(job_id), "runs": list(runs)} for job_id, runs in jobs],
+        "cancelled": list(cancelled or []),
+    }
+    problem = launch_problem(record)
+    if problem:
+        raise ValueError(f"launch record: {problem}")
+    return record
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def launch_problem(record) -> str | None:
+    """What is wrong with a launches.json entry read back (None: valid): the keys and types
+    launch_record writes; "submitit" may be missing (launches recorded before there were subfolders:
+    their files are in submitit/)."""
+    if not isinstance(record, dict):
+        return "not an object"
+    launch = record.get("launch")
+    if not isinstance(launch, int) or isinstance(launch, bool) or launch < 0:
+        return f"launch is {shown(launch)}, not a launch number"
+    try:
+        datetime.fromisoformat(record.get("time"))
+    except (TypeError, ValueError):
+        return f"time is {shown(record.get('time'))}, not an ISO time"
+    if record.get("cluster") not in LAUNCH_CLUSTERS:
+        return f"cluster is {shown(record.get('cluster'))}, not one of {', '.join(LAUNCH_CLUSTERS)}"
+    for key, kind in (("code", str), ("submitit", str), ("options", dict)):
+        if not isinstance(record.get(key, SUBMITIT if key == "submitit" else None), kind):
+            return f"{key} is {shown(record.get(key))}, not a {kind.__name__}"
+    jobs = record.get("jobs")
+    if not isinstance(jobs, list) or not all(
+        isinstance(j, dict) and isinstance(j.get("job_id"), str) and _strings(j.get("runs")) for j in jobs
+    ):
+        return "jobs is not a list of {job_id: string, runs: [run ids]}"
+    if not _strings(record.get("cancelled")):
+        return "cancelled is not a list of job ids"
+    return None

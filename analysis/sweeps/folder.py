@@ -107,7 +107,8 @@ class SweepFolder:
 
     @property
     def launches(self) -> list[dict]:
-        """Every launch so far: id, time, cluster, code, options and jobs [{job_id, runs}]."""
+        """Every launch so far, as rundir.launch_record writes them: id, time, cluster, code, submitit
+        folder, options, jobs [{job_id, runs}] and the job ids cancelled since."""
         from analysis.sweeps.status import read_launches
 
         return read_launches(self.dir)

@@ -119,21 +119,24 @@ def plan(run_dirs: list[str], batch_runs: int) -> list[list[str]]:
     return sorted(chunks, key=lambda c: todo.index(c[0]))
 
 
-def _threads_from_allocation() -> None:
-    """Under SLURM, use as many torch threads as CPUs were allocated per task (runs whose config
-    sets train.threads override this); more threads than CPUs slow CPU training down badly."""
+def default_threads(threads: int | None = None) -> None:
+    """Set the torch threads of runs whose config leaves train.threads null: `threads` (a local job's
+    share of the cores), else under SLURM the CPUs allocated per task (more threads than CPUs slow CPU
+    training down badly); else torch's default stands. Called before each chunk, since a run that sets
+    train.threads changes them for the whole process."""
     cpus = os.environ.get("SLURM_CPUS_PER_TASK")
-    if cpus and cpus.isdigit():
+    n = threads or (int(cpus) if cpus and cpus.isdigit() else None)
+    if n:
         import torch
 
-        torch.set_num_threads(int(cpus))
+        torch.set_num_threads(n)
 
 
-def run_group(run_dirs: list[str], batch_runs: int = 1) -> dict[str, str]:
+def run_group(run_dirs: list[str], batch_runs: int = 1, threads: int | None = None) -> dict[str, str]:
     """Train each run directory (its config.yaml), in stacked chunks where batch_runs > 1; return
-    {run_dir: final status}. Raises RunsFailed when any run failed (after trying all of them)."""
+    {run_dir: final status}. threads: torch threads of runs that leave train.threads null (see
+    default_threads). Raises RunsFailed when any run failed (after trying all of them)."""
     env = job_env()
-    _threads_from_allocation()
     rank = init_distributed(env)
     job = {"job_id": env.job_id if env is not None else None, "host": socket.gethostname(), "pid": os.getpid()}
     results = {d: rundir.read_result(d) for d in run_dirs}
@@ -143,6 +146,7 @@ def run_group(run_dirs: list[str], batch_runs: int = 1) -> dict[str, str]:
             if stop.requested:
                 stop.hand_over()
             started = time.time()
+            default_threads(threads)
             try:
                 stop.trainer = Trainer([config.load(Path(d) / rundir.CONFIG) for d in chunk], chunk, job=job)
                 if stop.requested:  # the signal came while the trainer was being made

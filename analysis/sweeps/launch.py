@@ -13,7 +13,8 @@ process (`Sweep.open(folder)`); `Sweep` adds the launcher: submitit executors, t
 waiting and cancelling (local processes through analysis.sweeps.local).
 
 Nothing here unpickles a file of the sweep folder: states come from the scheduler (sacct), the
-local job processes and the run directories (see analysis.sweeps.status). Local jobs run in their
+local job processes and the run directories (see analysis.sweeps.status). The jobs load only the
+pickles their launch signed (analysis.sweeps.boot). Local jobs run in their
 own session (analysis.sweeps.local), so a Ctrl-C in the launching terminal leaves them running.
 """
 
@@ -29,7 +30,6 @@ import threading
 import time
 import warnings
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +144,8 @@ class Sweep(SweepFolder):
         A run whose folder a live trainer holds (its lock) counts as running and is never started twice.
 
         options: see analysis.sweeps.options.LaunchConfig (cluster, parallel, partition,
-        gpus_per_node, ...); code: the `analysis` package folder to snapshot (default the imported one).
+        gpus_per_node, ...); local jobs with parallel "auto" (the local default) train the runs whose
+        train.threads is null with floor(cores / jobs) threads each (LaunchConfig.job_threads); code: the `analysis` package folder to snapshot (default the imported one).
         trust_code: allow stem import paths named by an opened sweep's runs (a sweep made from the
         caller's spec needs no flag); a stem's module inside the sweep is refused either way."""
         opts = self.launch_options(**options)
@@ -162,10 +163,8 @@ class Sweep(SweepFolder):
 
     def _submit(self, todo: list[str], opts: LaunchConfig, code, trust_code: bool) -> list[str]:
         import cloudpickle
-        import submitit
 
         from analysis.sweeps import boot
-        from analysis.sweeps.local import DetachedLocalExecutor
 
         todo = [r for r in todo if rundir.lock_holder(self.run_dir(r)) is None]  # trained right now
         if not todo:
@@ -190,36 +189,50 @@ class Sweep(SweepFolder):
 
         snapshot_stem_code(code_dir, stems)
         jobs_dir = fresh_private_folder(self.dir / SUBMITIT, f"launch-{lid:03d}-")
-        if cluster == "local":
-            executor = DetachedLocalExecutor(folder=jobs_dir)
-        else:
-            executor = submitit.AutoExecutor(folder=jobs_dir, cluster=cluster)
-        executor.update_parameters(**opts.executor_params(cluster, self.name))
+        executor = self._executor(cluster, jobs_dir, code_dir, opts)
+        key, n = boot.new_key(), len(groups)
         cloudpickle.register_pickle_by_value(boot)
         try:
             fn = boot.GroupJob(str(code_dir))
             run_dirs = [[str(self.run_dir(r)) for r in g] for g in groups]
             with _sigint_deferred():  # jobs started are on record in launches.json before a Ctrl-C lands
-                jobs = executor.map_array(fn, run_dirs, [opts.batch_runs] * len(groups))
+                with _environment(boot.KEY_ENV, key):  # what submitit hands the jobs it starts
+                    jobs = executor.map_array(fn, run_dirs, [opts.batch_runs] * n, [opts.job_threads(cluster, n)] * n)
                 for job in jobs:
                     if getattr(job, "_process", None) is not None:
                         self._processes[job.job_id] = job._process
                 launches.append(
-                    {
-                        "launch": lid,
-                        "time": datetime.now().isoformat(timespec="seconds"),
-                        "cluster": cluster,
-                        "code": str(code_dir.relative_to(self.dir)),
-                        "submitit": str(jobs_dir.relative_to(self.dir)),
-                        "options": opts.to_dict(),
-                        "jobs": [{"job_id": str(j.job_id), "runs": g} for j, g in zip(jobs, groups)],
-                        "cancelled": [],
-                    }
+                    rundir.launch_record(
+                        lid,
+                        cluster,
+                        [(str(j.job_id), g) for j, g in zip(jobs, groups)],
+                        code=str(code_dir.relative_to(self.dir)),
+                        submitit=str(jobs_dir.relative_to(self.dir)),
+                        options=opts.to_dict(),
+                    )
                 )
                 self._save_launches(launches)
+                for job in jobs:
+                    boot.sign(job.paths.submitted_pickle, key)
         finally:
             cloudpickle.unregister_pickle_by_value(boot)
         return [str(j.job_id) for j in jobs]
+
+    def _executor(self, cluster: str, jobs_dir: Path, code_dir: Path, opts: LaunchConfig):
+        """submitit's executor for one launch: its jobs start through the snapshot's boot.py, which checks
+        each job's pickle against its launch's signature before anything is unpickled (analysis.sweeps.boot)."""
+        import submitit
+
+        from analysis.sweeps import boot
+        from analysis.sweeps.local import DetachedLocalExecutor
+
+        python = boot.entry_command(str(code_dir))  # submitit's `python`: what runs `-m submitit.core._submit`
+        if cluster == "local":
+            executor = DetachedLocalExecutor(folder=jobs_dir, python=python)
+        else:
+            executor = submitit.AutoExecutor(folder=jobs_dir, cluster=cluster, slurm_python=python)
+        executor.update_parameters(**opts.executor_params(cluster, self.name))
+        return executor
 
     def _checked_stems(self, todo: list[str], trust_code: bool) -> list:
         """The stems the jobs of `todo` will import, each vetted by the folder rule (analysis.trust):
@@ -378,6 +391,21 @@ class Sweep(SweepFolder):
         from analysis.sweeps.results import collect
 
         return collect(self.dir, **kwargs)
+
+
+@contextmanager
+def _environment(name: str, value: str):
+    """os.environ[name] = value inside the block (submitit's local controllers and sbatch take this
+    process's environment), restored after: the value reaches the jobs without being written to a file."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 @contextmanager

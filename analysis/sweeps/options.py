@@ -8,25 +8,21 @@ trains its runs one after another.
 
 from __future__ import annotations
 
-import math
 import os
-import typing
 import warnings
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 from analysis import config as C
-from analysis.errors import ConfigError, one_of, shown
-
-CLUSTERS = ("auto", "slurm", "local")
+from analysis.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    cluster: str | None = None  # None/"auto": SLURM when sinfo answers, else "local"; or "slurm", "local"
-    parallel: int | str | None = (
-        None  # jobs at once; "auto" (local default): one per available core; SLURM default: no limit
-    )
+    cluster: Literal["auto", "slurm", "local"] | None = None  # None/"auto": SLURM when sinfo answers, else local
+    # jobs at once; "auto" (local default): one per available core, and runs whose train.threads is null
+    # train with floor(cores / jobs) threads (job_threads); SLURM default: no limit
+    parallel: int | Literal["auto"] | None = None
     runs_per_job: int | None = None  # runs one job trains in turn (default: SLURM 1; local: enough for `parallel` jobs)
     batch_runs: int = 1  # compatible runs of a job trained together, stacked (analysis.engine.train.train_group)
     max_retries: int = 3  # resubmit() relaunches a run at most this often
@@ -45,21 +41,15 @@ class LaunchConfig:
     name: str | None = None  # job name (default: the sweep's name)
 
     @classmethod
-    def types(cls) -> dict[str, tuple[type, ...]]:
-        """{option: the types its value may take}."""
-        hints = typing.get_type_hints(cls)
-        return {f.name: tuple(typing.get_args(hints[f.name]) or (hints[f.name],)) for f in fields(cls)}
-
-    @classmethod
     def from_dict(cls, opts: dict | None) -> "LaunchConfig":
-        """Check and type launch options (numbers in any spelling float() takes: `mem_gb: 1e2`, "2"
-        from the command line); a one-line ConfigError for an unknown option or a bad value."""
-        types = cls.types()
-        out = {}
-        for k, v in (opts or {}).items():
-            if k not in types:
-                raise one_of("launch option", k, list(types))
-            out[k] = _checked(k, v, types[k])
+        """Check and type launch options like run config keys (analysis.config.typed: numbers in any
+        spelling float() takes, `mem_gb: 1e2`, "2" from the command line, null words); a one-line
+        ConfigError for an unknown option or a bad value."""
+        out = C.typed_fields(cls, opts or {}, "launch option", "launch option ")
+        for key, value in out.items():
+            least = 0 if key == "gpus_per_node" else 1
+            if isinstance(value, (int, float)) and value < least:
+                raise ConfigError(f"launch option {key} must be >= {least}, got {value}")
         return cls(**out)
 
     def __post_init__(self) -> None:
@@ -88,6 +78,15 @@ class LaunchConfig:
         if isinstance(self.parallel, int):
             return self.parallel
         return available_cores() if cluster == "local" else None
+
+    def job_threads(self, cluster: str, jobs: int) -> int | None:
+        """torch threads for the runs of each of `jobs` jobs whose train.threads is null (an explicit
+        number stays as given): locally with parallel "auto" (or unset) floor(available cores / jobs),
+        at least 1, so the jobs share the cores instead of each taking them all; None otherwise (SLURM
+        jobs use the CPUs allocated per task; an explicit parallel leaves torch's default)."""
+        if cluster != "local" or isinstance(self.parallel, int):
+            return None
+        return max(1, available_cores() // max(jobs, 1))
 
     def jobs(self, runs: list, cluster: str) -> list[list]:
         """The runs split into jobs, in order: `runs_per_job` runs each (SLURM default 1); locally,
@@ -140,34 +139,6 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-def _checked(key: str, value, types: tuple[type, ...]):
-    """One option's value parsed and checked against its types and range (one-line ConfigError)."""
-    if key == "parallel" and isinstance(value, str):
-        if value.strip().lower() == "auto":
-            return "auto"
-        types = (int, type(None))
-    if isinstance(value, str) and str not in types:
-        value = C.parse_number(value, "int" if float not in types else "float", f"launch option {key}")
-    if isinstance(value, float) and float not in types and value.is_integer():
-        value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and float in types:
-        value = float(value)
-    allowed = tuple(t for t in types if t is not type(None))
-    if value is not None and (not isinstance(value, allowed) or isinstance(value, bool)):
-        names = "int or 'auto'" if key == "parallel" else " or ".join(t.__name__ for t in allowed)
-        raise ConfigError(f"launch option {key} must be {names}, got {shown(value)}")
-    if value is None and type(None) not in types:
-        raise ConfigError(f"launch option {key} may not be null")
-    if key == "cluster" and value is not None and value not in CLUSTERS:
-        raise one_of("launch cluster", value, CLUSTERS)
-    if isinstance(value, (int, float)) and not math.isfinite(value):
-        raise ConfigError(f"launch option {key} must be a finite number, got {value}")
-    least = 0 if key == "gpus_per_node" else 1
-    if isinstance(value, (int, float)) and value < least:
-        raise ConfigError(f"launch option {key} must be >= {least}, got {value}")
-    return value
 
 
 def split(items: list, n: int) -> list[list]:

@@ -29,7 +29,7 @@ import itertools
 import math
 import os
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,19 +57,10 @@ def max_runs() -> int:
     return int(value)
 
 
-def config_keys() -> dict[str, str]:
-    """Return {"section.key": type string} for every run config key."""
-    return {f"{s}.{f.name}": f.type for s, cls in C.SECTIONS.items() for f in fields(cls)}
-
-
 def _key(key: str, where: str) -> str:
-    """Resolve an alias and check that a dotted key names a run config key."""
+    """Resolve an alias and check that a dotted key names a run config key (analysis.config.config_key)."""
     key = ALIASES.get(key, key)
-    if key not in config_keys():
-        raise ConfigError(
-            f"{where}: unknown config key {shown(key)}; use section.key (sections "
-            f"{', '.join(C.SECTIONS)}; see analysis/config.py) or one of the aliases {', '.join(ALIASES)}"
-        )
+    C.config_key(key, f"{where}: {key}", tuple(ALIASES))
     return key
 
 
