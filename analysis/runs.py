@@ -42,7 +42,8 @@ def load_model(
     """The run's model in eval mode: the last checkpoint's weights (its EMA weights with ema=True),
     or the untrained initialisation the run started from with initial=True. A stem import path in
     the run's config is imported only with trust_code=True, never from inside the folder (analysis.trust)."""
-    from analysis.engine.recipe import build_model, seed_everything
+    from analysis.engine.model import build_model
+    from analysis.engine.seed import seed_everything
 
     cfg = load_config(run_dir)
     trust.check_stem(cfg.model.stem, run_dir, trust_code)
@@ -100,15 +101,8 @@ def as_model(
             f"a model source must be an nn.Module, a run folder, a preset or timm model name, "
             f"got {type(source).__name__}"
         )
-    path = Path(source)
-    if path.is_file() and path.name == rundir.CHECKPOINT and (path.parent / rundir.CONFIG).is_file():
-        path = path.parent
-    if path.is_dir() or path.is_file():
-        if path.is_file():
-            raise ConfigError(
-                f"{source} is a weights file; name its architecture and pass the file as "
-                f"checkpoint_path, e.g. as_model('resnet18', checkpoint_path='{source}')"
-            )
+    path = _run_folder(source)
+    if path is not None:
         if checkpoint_path is not None or kwargs:
             raise ConfigError(
                 f"{source} is a run folder: its config builds the model; checkpoint_path and "
@@ -128,6 +122,20 @@ def as_model(
     if checkpoint_path is not None:
         _load_weights(model, checkpoint_path, ema, str(source))
     return model.to(device).eval()
+
+
+def _run_folder(source: str | Path) -> Path | None:
+    """The run folder `source` names (the folder or its checkpoint.pt), or None when it names no file
+    or folder; another file is a weights file, which needs its architecture: ConfigError."""
+    path = Path(source)
+    if path.is_file() and path.name == rundir.CHECKPOINT and (path.parent / rundir.CONFIG).is_file():
+        path = path.parent
+    if path.is_file():
+        raise ConfigError(
+            f"{source} is a weights file; name its architecture and pass the file as "
+            f"checkpoint_path, e.g. as_model('resnet18', checkpoint_path='{source}')"
+        )
+    return path if path.is_dir() else None
 
 
 def _named_model(name: str, pretrained: bool, fused_attn: bool | None, kwargs: dict) -> nn.Module:
@@ -180,7 +188,7 @@ def sample_images(cfg: config.RunConfig, n: int = 8, one_per_class: bool = True,
         idx = idx.T.flatten()[:n]
     else:
         idx = torch.arange(n)
-    from analysis.engine.recipe import input_size
+    from analysis.engine.model import input_size
 
     raw = D.resize(
         D.ArrayData(data.images[idx], data.labels[idx], data.classes, data.mean, data.std), input_size(cfg)

@@ -8,7 +8,7 @@ import torch
 
 from analysis import config, rundir
 from analysis.errors import ConfigError
-from analysis.engine.recipe import build_model
+from analysis.engine.model import build_model
 from analysis.engine.train import Stopped, Trainer, train, train_group
 from tests.test_train import tiny_cfg
 

@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from analysis import config
-from analysis.engine import data as D, recipe
+from analysis.engine import data as D
+from analysis.engine.model import build_model, input_size
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +77,11 @@ def test_runs_train_on_resized_images():
             "train.batch_size": 10,
         }
     )
-    assert recipe.input_size(cfg) == 64
-    model = recipe.build_model(cfg)
-    data = recipe.build_data(cfg, torch.device("cpu"), model.img_size)
+    assert input_size(cfg) == 64
+    model = build_model(cfg)
+    data = D.build_data(cfg, torch.device("cpu"), model.img_size)
     x, y = next(data.train_batches(0, 0))
     assert x.shape == (10, 1, 64, 64) and model(x).shape == (10, 10)
     assert data.loader.pad == 5
     cfg32 = cfg.replace({"data.img_size": 32, "model.preset": "vit_c_fmnist_p8_tiny"})
-    assert recipe.build_model(cfg32).img_size == 32 and recipe.input_size(cfg32) == 32
+    assert build_model(cfg32).img_size == 32 and input_size(cfg32) == 32

@@ -6,7 +6,7 @@ import torch
 from analysis import rundir
 from analysis.errors import ConfigError
 from analysis.runs import load_config, load_model, sample_images
-from analysis.engine.recipe import evaluate
+from analysis.engine.evaluate import evaluate
 from analysis.engine.train import train
 from tests.test_train import tiny_cfg
 
@@ -21,7 +21,7 @@ def run(tmp_path_factory):
 def test_loaded_model_reproduces_the_recorded_error(run):
     cfg = load_config(run)
     model = load_model(run)
-    from analysis.engine.recipe import build_data
+    from analysis.engine.data import build_data
 
     data = build_data(cfg, torch.device("cpu"), model.img_size)
     err = evaluate(model, data.test_batches(), torch.device("cpu"))["top1_err"]

@@ -9,7 +9,6 @@ import torch
 
 from analysis import config, rundir
 from analysis.errors import ConfigError
-from analysis.engine.recipe import lr_factor
 from analysis.engine.train import Stopped, Trainer, train
 
 
@@ -115,17 +114,9 @@ def test_divergence_is_recorded_not_raised(tmp_path):
     assert rundir.read_result(tmp_path / "run")["status"] == "diverged"
 
 
-def test_lr_schedule_warmup_then_cosine():
-    total, warm = 100, 10
-    lrs = [lr_factor(s, total, warm) for s in range(total + 1)]
-    assert lrs[0] == pytest.approx(0.1, rel=0.01)
-    assert max(lrs) == pytest.approx(lr_factor(9, total, warm))
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
-    assert lrs[-1] == pytest.approx(0.0, abs=1e-9)
-
-
 def test_weight_decay_skips_norms_biases_and_embeddings():
-    from analysis.engine.recipe import build_model, make_optimizer
+    from analysis.engine.model import build_model
+    from analysis.engine.optim import make_optimizer
 
     cfg = tiny_cfg()
     model = build_model(cfg)
@@ -194,6 +185,52 @@ def test_cli_train_and_bad_input(tmp_path):
     bad = subprocess.run(args[:5] + ["vit_q", "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and "vit_q" in bad.stderr and "vit_c_fmnist" in bad.stderr
+
+
+def image_folder(root, readable=()):
+    """A tiny ImageFolder tree: two classes of four 32 px images in train/ and val/; in a split not in
+    `readable` every image is a text file named .png."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(4):
+                path = root / split / c / f"{i}.png"
+                if split in readable:
+                    Image.new("RGB", (32, 32), (60 * i, 100, 200 if c == "a" else 0)).save(path)
+                else:
+                    path.write_text("not an image")
+    return root
+
+
+IMAGEFOLDER = ["model.preset=vit_c_cifar_tiny", "data.name=imagefolder", "train.batch_size=4", "train.epochs=1"]
+
+
+def test_unreadable_images_fail_the_run_with_one_line(tmp_path):
+    """An ImageFolder of files named .png that are not images: the run ends "failed" with a one-line
+    reason in result.json, and the command line says so in one line (no loader traceback)."""
+    root, out = image_folder(tmp_path / "data"), tmp_path / "run"
+    args = [sys.executable, "-m", "analysis", "train", "--out", str(out), f"data.root={root}", "data.workers=2"]
+    done = subprocess.run(args + IMAGEFOLDER, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [done.stderr.splitlines()[-1]]
+    assert f"cannot read the images in {root / 'train'}" in errors[0]
+    result = rundir.read_result(out)
+    assert result["status"] == "failed" and result["reason"].startswith("UnreadableImages: cannot read the images")
+    assert "\n" not in result["reason"]
+
+
+def test_unreadable_test_images_fail_the_run_at_its_test(tmp_path):
+    root = image_folder(tmp_path / "data", readable=("train",))
+    overrides = dict(o.split("=") for o in IMAGEFOLDER)
+    cfg = tiny_cfg(**{**overrides, "data.root": str(root), "data.workers": 0})
+    with pytest.raises(ConfigError, match=f"cannot read the images in {root / 'val'}"):
+        train(cfg, tmp_path / "run")
+    assert rundir.read_result(tmp_path / "run")["reason"].startswith("UnreadableImages: cannot read the images")
+    assert "start vit_c_cifar_tiny" in (tmp_path / "run" / "log.txt").read_text()  # it trained, then tested
 
 
 def test_other_config_in_same_dir_is_refused(tmp_path):

@@ -4,7 +4,9 @@
     train(cfg, "runs/c")              # one run into its run directory
     train_group([cfg_a, cfg_b], outs) # K compatible runs at once (stacked)
 
-train: the loop (Trainer); member: one run directory's model, optimizer, EMA, data order and records;
-backends: how a step's losses and gradients are computed (one model, DDP, or K stacked runs);
-recipe: device, precision, loaders, evaluation, schedule and optimizers; data: datasets in memory.
+train: the loop (Trainer); member: one run directory's model, optimizer, schedule, EMA, data order and
+records; backends: how a step's losses and gradients are computed (one model, DDP, or K stacked runs);
+schedule: warmup then cosine, and where a run stands in it; optim: optimizers; precision: device and
+bf16/autocast; evaluate: test error; model: a run config's model; seed: global seeding; data:
+datasets and a run's batch sources.
 """

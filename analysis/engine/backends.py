@@ -25,7 +25,7 @@ from torch.func import functional_call, vmap
 
 from analysis.config import RunConfig
 from analysis.errors import ConfigError
-from analysis.engine.recipe import autocast
+from analysis.engine.precision import autocast
 
 # Config keys (or key prefixes) the runs of one stacked group must share; all others may differ.
 SHARED = (

@@ -3,21 +3,25 @@
 Small datasets take a fast path: uint8 tensors kept on the training device, batches drawn and
 augmented on that device (random crop with padding, horizontal flip) with no per-sample Python.
 Every random draw comes from a generator seeded by (seed, epoch, batch), so a run resumed at
-any batch sees exactly the batches an uninterrupted run would.
+any batch sees exactly the batches an uninterrupted run would. Other datasets (ImageFolder trees,
+small ones with timm's per-image augmentations) go through DataLoaders. `build_data` gives a run
+its train and test batch sources (`Data`).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import gzip
 import os
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from analysis.config import RunConfig
 from analysis.models.presets import DATASET_STATS as STATS
 from analysis.errors import ConfigError
 from analysis.trust import load_pickle
@@ -359,7 +363,36 @@ def small_image_transform(train: bool, data: ArrayData, augment: str, pad: int, 
     return T.Compose(ops)
 
 
-def imagefolder(root: str, train: bool, img_size: int, augment: str):
+class UnreadableImages(ConfigError):
+    """An ImageFolder split where timm met nothing but unreadable files (e.g. .png files that are not
+    images) in the run of consecutive files it tries before it gives up."""
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """An ImageFolder split: timm reads each image (an unreadable file is skipped for the next one, with
+    a warning) and the transform is applied here, so that timm giving up raises UnreadableImages, one
+    line naming the folder, and not its RuntimeError."""
+
+    def __init__(self, images, folder: str, transform):
+        self.images = images  # timm's dataset, without a transform
+        self.folder = folder
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        try:
+            img, target = self.images[i]
+        except RuntimeError:  # timm's "Failed to load N consecutive samples": reading is all it did
+            raise UnreadableImages(self.problem()) from None
+        return self.transform(img), target
+
+    def problem(self) -> str:
+        return f"cannot read the images in {self.folder}: consecutive files there are not images timm can open"
+
+
+def imagefolder(root: str, train: bool, img_size: int, augment: str) -> ImageFiles:
     """An ImageNet-style folder (root/train/<class>/*.jpg, root/val/<class>/*.jpg) through timm."""
     from timm.data import create_dataset
     from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -367,9 +400,18 @@ def imagefolder(root: str, train: bool, img_size: int, augment: str):
     split = "train" if train else "val"
     if not (Path(root) / split).is_dir():
         raise _missing("ImageFolder split", root, f"expected {root}/{split}/<class>/<image> (set data.root)")
-    ds = create_dataset("", root=root, split=split, is_training=train)
-    ds.transform = timm_transform(train, img_size, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, augment)
-    return ds
+    images = create_dataset("", root=root, split=split, is_training=train)
+    transform = timm_transform(train, img_size, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, augment)
+    return ImageFiles(images, str(Path(root) / split), transform)
+
+
+def checked(batches, ds):
+    """The batches of a DataLoader over `ds`; UnreadableImages (which a worker process passes on as a
+    traceback in its message) ends them with the dataset's one line."""
+    try:
+        yield from batches
+    except UnreadableImages:
+        raise UnreadableImages(ds.problem()) from None
 
 
 def loader(ds, batch_size: int, train: bool, workers: int, seed: int, epoch: int = 0):
@@ -386,3 +428,59 @@ def loader(ds, batch_size: int, train: bool, workers: int, seed: int, epoch: int
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
     )
+
+
+@dataclass
+class Data:
+    """Train/test batch sources for a run."""
+
+    train_batches: callable  # (epoch, start) -> iterator of (x, y)
+    steps_per_epoch: int
+    test_batches: callable  # () -> iterator of (x, y)
+    num_train: int
+    num_test: int
+    loader: "DeviceLoader | None" = None  # the in-memory training loader, when there is one
+
+    def reseeded(self, seed: int) -> "Data":
+        """The same in-memory data (tensors shared, not copied) with another seed's order and augmentation."""
+        if self.loader is None:
+            raise ConfigError("only the in-memory data path can be shared between runs")
+        loader = copy.copy(self.loader)
+        loader.seed = seed
+        return replace(self, train_batches=loader.batches, loader=loader)
+
+
+def build_data(cfg: RunConfig, device: torch.device, img_size: int) -> Data:
+    """In-memory device batches for small datasets, DataLoaders otherwise."""
+    d, t = cfg.data, cfg.train
+    if d.name == "imagefolder":
+        root = d.root or default_root("imagefolder")
+        train_ds = imagefolder(root, True, img_size, d.augment)
+        test_ds = imagefolder(root, False, img_size, "none")
+        return _loader_data(train_ds, test_ds, cfg)
+    train = load_arrays(d.name, d.root, True, d.train_per_class, img_size)
+    test = load_arrays(d.name, d.root, False, d.test_per_class, img_size)
+    pad = scaled_padding(d.crop_padding, NATIVE_SIZE[d.name], img_size)
+    if d.in_memory and d.augment in ("none", "crop_flip"):
+        aug = d.augment == "crop_flip"
+        tr = DeviceLoader(train, t.batch_size, device, True, t.seed, pad if aug else 0, d.hflip and aug)
+        te = DeviceLoader(test, t.eval_batch_size, device, False)
+        return Data(tr.batches, len(tr), te.__iter__, len(train), len(test), loader=tr)
+    train_ds = ArrayImageDataset(train, small_image_transform(True, train, d.augment, pad, d.hflip))
+    test_ds = ArrayImageDataset(test, small_image_transform(False, test, "none", 0, False))
+    return _loader_data(train_ds, test_ds, cfg)
+
+
+def _loader_data(train_ds, test_ds, cfg: RunConfig) -> Data:
+    t, w = cfg.train, cfg.data.workers
+
+    def train_batches(epoch: int, start: int):
+        it = checked(loader(train_ds, t.batch_size, True, w, t.seed, epoch), train_ds)
+        for i, batch in enumerate(it):
+            if i >= start:
+                yield batch
+
+    def test_batches():
+        return checked(loader(test_ds, t.eval_batch_size, False, w, t.seed), test_ds)
+
+    return Data(train_batches, len(train_ds) // t.batch_size, test_batches, len(train_ds), len(test_ds))

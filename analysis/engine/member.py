@@ -1,8 +1,9 @@
 """One run inside the training loop: its config, run folder, model, optimizer, EMA and records.
 
 A Member owns what is one run's alone: its run directory (locked while it trains), its model,
-its torch optimizer (timm's factory, as every run), its timm EMA, its mixup, its data order, its
-checkpoints, metrics rows and result. The loop (analysis/engine/train.py) drives one or K of them.
+its torch optimizer (timm's factory, as every run), its lr schedule and its position in it, its timm
+EMA, its mixup, its data order, its checkpoints, metrics rows and result. The loop
+(analysis/engine/train.py) drives one or K of them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ from analysis.engine import data as D
 from analysis import rundir
 from analysis.errors import ConfigError
 from analysis.config import RunConfig, load
-from analysis.engine.recipe import build_model, evaluate, lr_factor, make_optimizer, seed_everything
+from analysis.engine.evaluate import evaluate
+from analysis.engine.model import build_model
+from analysis.engine.optim import make_optimizer
+from analysis.engine.schedule import Schedule
+from analysis.engine.seed import seed_everything
 
 
 _SOFT_TARGET_CE = SoftTargetCrossEntropy()  # timm's: mean over the batch of -sum(y * log_softmax(out))
@@ -142,16 +147,15 @@ class Member:
             print(self.prefix + line, flush=True)
 
     # -- training state -------------------------------------------------------------------------
-    def setup(self, precision: str, data, steps: int) -> None:
-        """Resolve precision into the saved config; build the optimizer, EMA, mixup and schedule."""
+    def setup(self, precision: str, data) -> None:
+        """Resolve precision into the saved config; build the optimizer, schedule, EMA and mixup."""
         cfg = self.cfg
         cfg.train.precision = precision
         if self.dist.main:
             rundir.write_atomic(self.out / rundir.CONFIG, cfg.to_yaml().encode())
         self.data = data
         self.opt = make_optimizer(self.model, cfg)
-        self.base_lr = cfg.effective_lr()
-        self.warmup = int(round(cfg.optim.warmup_epochs * steps))
+        self.schedule = Schedule.for_run(cfg, data.steps_per_epoch)
         self.ema = None
         if cfg.train.ema_decay:
             from timm.utils import ModelEmaV3
@@ -170,14 +174,14 @@ class Member:
         if cfg.train.tensorboard and self.dist.main:
             self.writer = tensorboard_writer(self.out)
 
-    def restore(self, device: torch.device) -> tuple[int, int, int] | None:
-        """Load the run's checkpoint into model, optimizer and EMA; return its (epoch, batch, step)
-        (None: start afresh). The checkpoint itself is not kept.
+    def restore(self, device: torch.device) -> None:
+        """Load the run's checkpoint, if it has one, into model, optimizer, EMA and schedule (its
+        position). The checkpoint itself is not kept.
         A checkpoint that cannot be read, or does not fit this run, raises rundir.CheckpointError
         naming the file and --restart."""
         ckpt = rundir.load_checkpoint(self.out, map_location=device, model=self.model)
         if ckpt is None:
-            return None
+            return
         try:
             self.model.load_state_dict(ckpt["model"])
             self.opt.load_state_dict(ckpt["optimizer"])
@@ -186,7 +190,7 @@ class Member:
             acc = ckpt["epoch_acc"]
             self.acc = json.loads(acc) if isinstance(acc, str) else dict(acc)
             self.run_start = time.time() - float(ckpt["elapsed"])
-            position = int(ckpt["epoch"]), int(ckpt["batch"]), int(ckpt["step"])
+            self.schedule.load(ckpt)
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             what = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
             raise rundir.CheckpointError(
@@ -194,9 +198,9 @@ class Member:
                 f"start the run over with `python -m analysis train --restart --out {self.out} ...` "
                 "(train(cfg, out, restart=True)) or delete that file"
             ) from None
-        return position
 
-    def save(self, epoch: int, batch: int, step: int) -> None:
+    def save(self) -> None:
+        """Checkpoint the run where its schedule stands."""
         if self.dist.main:
             rundir.save_checkpoint(
                 self.out,
@@ -204,9 +208,7 @@ class Member:
                     "model": self.model.state_dict(),
                     "optimizer": self.opt.state_dict(),
                     **({"ema": self.ema.module.state_dict()} if self.ema is not None else {}),
-                    "epoch": epoch,
-                    "batch": batch,
-                    "step": step,
+                    **self.schedule.state(),
                     "epoch_acc": dict(self.acc),
                     "elapsed": time.time() - self.run_start,
                 },
@@ -231,30 +233,33 @@ class Member:
             return _SOFT_TARGET_CE(out, y)
         return F.cross_entropy(out, y, label_smoothing=self.cfg.train.label_smoothing)
 
-    def lr(self, step: int, total: int) -> float:
-        return self.base_lr * lr_factor(step, total, self.warmup)
-
-    def set_lr(self, step: int, total: int) -> None:
-        lr = self.lr(step, total)
+    def set_lr(self) -> None:
+        """The lr of the schedule's next step onto the optimizer."""
+        lr = self.schedule.lr(self.schedule.step)
         for g in self.opt.param_groups:
             g["lr"] = lr
 
     def step(self, step: int) -> None:
-        """Clip, step the optimizer, update the EMA (gradients are already on the parameters)."""
+        """Clip, step the optimizer, update the EMA at `step` (the schedule's next step; gradients are
+        already on the parameters); the schedule then stands after it."""
         if self.cfg.optim.clip_grad:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_grad)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.model, step=step)
+        self.schedule.advance()
 
     # -- records --------------------------------------------------------------------------------
-    def end_epoch(self, epoch: int, step: int, lr: float, device, dtype) -> dict | None:
-        """Checkpoint; on every train.eval_every-th epoch and the last, first evaluate and append a
-        metrics row for the epochs since the previous row (None on the others)."""
+    def end_epoch(self, device, dtype) -> dict | None:
+        """Move the schedule to the next epoch and checkpoint; on every train.eval_every-th epoch and
+        the last, first evaluate and append a metrics row for the epochs since the previous row (None
+        on the others)."""
+        self.schedule.next_epoch()
+        epoch, step, lr = self.schedule.epoch, self.schedule.step, self.schedule.last_lr
         every, epochs = self.cfg.train.eval_every, self.cfg.train.epochs
         if epoch % every and epoch != epochs:
-            self.save(epoch, 0, step)  # the period's running sums travel in the checkpoint
+            self.save()  # the period's running sums travel in the checkpoint
             self.log(
                 f"epoch {epoch}/{epochs} loss {self.acc['loss'] / max(self.acc['n'], 1):.4f} (since the last "
                 f"test) lr {lr:.3g}; next test at epoch {min(epoch + every - epoch % every, epochs)}"
@@ -281,7 +286,7 @@ class Member:
             rundir.append_metrics(self.out, row)
             if self.writer is not None:
                 write_scalars(self.writer, row)
-        self.save(epoch, 0, step)
+        self.save()
         self.log(
             f"epoch {epoch}/{self.cfg.train.epochs} loss {row['train_loss']:.4f} "
             f"test err {test['top1_err']:.2f}% "
@@ -307,7 +312,7 @@ class Member:
         return result
 
     def failed(self, error: BaseException) -> dict:
-        self.result = {"status": "failed", "reason": rundir.failure_reason(error)}
+        self.result = rundir.failed_result(rundir.failure_reason(error))
         if self.dist.main:
             rundir.record_failure(self.out, error)
             if self.progress != "none":

@@ -59,17 +59,10 @@ def resolve(
     return s
 
 
-def build(
-    preset: str,
-    stem: Optional[str] = None,
-    local_mlp: Optional[bool] = None,
-    num_classes: Optional[int] = None,
-    in_chans: Optional[int] = None,
-    img_size: Optional[int] = None,
-    fused_attn: bool = True,
-) -> nn.Module:
-    """Returns a freshly initialised model for a preset (the arguments of `create_model`)."""
-    s = resolve(preset, stem, local_mlp, num_classes, in_chans, img_size)
+def build(preset: str, fused_attn: bool = True, **overrides) -> nn.Module:
+    """Returns a freshly initialised model for a preset; `overrides` are `resolve`'s keyword arguments
+    (stem, local_mlp, num_classes, in_chans, img_size), as `create_model` takes them."""
+    s = resolve(preset, **overrides)
     model = build_vit(s, fused_attn) if s["family"] == "vit" else build_cnn(s)
     model.preset = preset
     model.family = s["family"]

@@ -74,7 +74,7 @@ class Stem(nn.Module):
     """The base of the suite's stems: timm's PatchEmbed interface around `self.body` (an nn.Sequential).
 
     A subclass builds its body, then calls `finish`; it defines `total_stride(patch_size, strides)`
-    (the stride it will have, known before it is built) and `init_weights()`.
+    (the stride it will have, known before it is built; `finish` checks it) and `init_weights()`.
     """
 
     kind: str
@@ -82,8 +82,8 @@ class Stem(nn.Module):
     def finish(
         self,
         body: nn.Sequential,
-        stride: int,
-        patch_size: int,
+        patch_size,
+        strides: Sequence[int],
         img_size,
         embed_dim: int,
         flatten: bool,
@@ -91,11 +91,13 @@ class Stem(nn.Module):
         strict_img_size: bool,
         dynamic_img_pad: bool,
     ) -> None:
-        """Sets the body and timm's PatchEmbed attributes; raises ValueError on a stride != patch_size."""
+        """Sets the body, its stride (`total_stride(patch_size, strides)`) and timm's PatchEmbed
+        attributes; raises ValueError on a stride != patch_size."""
         if dynamic_img_pad:
             raise ValueError("Stem does not pad images; use an img_size divisible by its stride")
+        patch_size = int(to_2tuple(patch_size)[0])
         self.body = body
-        self.stride = stride
+        self.stride = self.total_stride(patch_size, strides)
         if self.stride != patch_size:
             raise ValueError(f"{self.kind} stem stride {self.stride} != patch_size {patch_size}")
         self.patch_size = (self.stride, self.stride)
@@ -187,17 +189,7 @@ class PatchifyStem(Stem):
         self.kind = "patchify_bn" if bn else "patchify"
         patch_size = int(to_2tuple(patch_size)[0])
         body = patchify_stack(in_chans, patch_size, embed_dim, bias, bn, device=device, dtype=dtype)
-        self.finish(
-            body,
-            self.total_stride(patch_size),
-            patch_size,
-            img_size,
-            embed_dim,
-            flatten,
-            output_fmt,
-            strict_img_size,
-            dynamic_img_pad,
-        )
+        self.finish(body, patch_size, (), img_size, embed_dim, flatten, output_fmt, strict_img_size, dynamic_img_pad)
 
     @staticmethod
     def total_stride(patch_size: int, strides: Sequence[int] = ()) -> int:
@@ -258,15 +250,7 @@ class ConvStem(Stem):
         check_layout(channels, strides)
         body = conv_stack(in_chans, channels, strides, embed_dim, norm, device=device, dtype=dtype)
         self.finish(
-            body,
-            self.total_stride(patch_size, strides),
-            int(to_2tuple(patch_size)[0]),
-            img_size,
-            embed_dim,
-            flatten,
-            output_fmt,
-            strict_img_size,
-            dynamic_img_pad,
+            body, patch_size, strides, img_size, embed_dim, flatten, output_fmt, strict_img_size, dynamic_img_pad
         )
 
     total_stride = staticmethod(stride_product)
@@ -311,15 +295,7 @@ class CCTStem(Stem):
         check_layout(channels, strides)
         body = cct_stack(in_chans, channels, strides, embed_dim, device=device, dtype=dtype)
         self.finish(
-            body,
-            self.total_stride(patch_size, strides),
-            int(to_2tuple(patch_size)[0]),
-            img_size,
-            embed_dim,
-            flatten,
-            output_fmt,
-            strict_img_size,
-            dynamic_img_pad,
+            body, patch_size, strides, img_size, embed_dim, flatten, output_fmt, strict_img_size, dynamic_img_pad
         )
 
     total_stride = staticmethod(stride_product)  # each stride-2 step a max-pool
