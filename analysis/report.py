@@ -209,8 +209,6 @@ def write_report(
     """Collect the sweep, build every figure and write one offline HTML file; return its path.
     With png_dir, each figure is also exported as PNG through kaleido (needs Chromium). A run whose
     stem is an import path is probed only with trust_code=True (analysis.trust)."""
-    import plotly.offline
-
     from analysis.claims import claims_html, claims_table
     from analysis.sweeps import collect
 
@@ -226,18 +224,8 @@ def write_report(
     claims = claims_html(table)
     skipped: list[tuple[str, str]] = []
     figs = figures(df, probes=probes, skipped=skipped, trust_code=trust_code)
-    counts = df["status"].value_counts().to_dict()
-    finished = int(df["status"].isin(["completed", "diverged"]).sum())
-    partial = (
-        f"<p class=meta><b>partial: {finished} of {len(df)} runs finished</b>; sections without runs say so</p>"
-        if finished < len(df)
-        else ""
-    )
     parts = [
-        f"<h1>Conv vs patchify stems: {html.escape(sweep_dir.name)}</h1>",
-        partial,
-        f"<p class=meta>{len(df)} runs ({html.escape(', '.join(f'{v} {k}' for k, v in counts.items()))}); "
-        f"written {time.strftime('%Y-%m-%d %H:%M')}</p>",
+        *_intro_html(sweep_dir.name, df),
         "<h2>The paper's claims (95% bootstrap intervals)</h2>",
         claims,
         *_regime_section(df, table),
@@ -245,27 +233,61 @@ def write_report(
         _table_html(headline(df)),
     ]
     if skipped:
-        items = "".join(f"<li>{html.escape(run)}: {html.escape(why)}</li>" for run, why in skipped)
-        parts.append(
-            f"<h2>Probes skipped</h2><p>These runs' attention maps and filters are left out:</p><ul>{items}</ul>"
-        )
+        parts.append(_skipped_html(skipped))
         for run, why in skipped:
             warnings.warn(f"report: probes of run {run} skipped ({why})", stacklevel=2)
+    parts += _figures_html(figs)
+    page = _page_html(sweep_dir.name, parts)
+    rundir.write_output(out, page.encode())  # temp file and rename: never a torn page, never a hard link's target
+    if png_dir:
+        export_png([f for _, f in figs if not isinstance(f, str)], png_dir)
+    return out
+
+
+def _intro_html(name: str, df: pd.DataFrame) -> list[str]:
+    """The report's title, a warning line while runs are unfinished, and the runs per status."""
+    counts = df["status"].value_counts().to_dict()
+    finished = int(df["status"].isin(["completed", "diverged"]).sum())
+    partial = (
+        f"<p class=meta><b>partial: {finished} of {len(df)} runs finished</b>; sections without runs say so</p>"
+        if finished < len(df)
+        else ""
+    )
+    return [
+        f"<h1>Conv vs patchify stems: {html.escape(name)}</h1>",
+        partial,
+        f"<p class=meta>{len(df)} runs ({html.escape(', '.join(f'{v} {k}' for k, v in counts.items()))}); "
+        f"written {time.strftime('%Y-%m-%d %H:%M')}</p>",
+    ]
+
+
+def _skipped_html(skipped: list[tuple[str, str]]) -> str:
+    """The section naming the runs whose probes were left out, and why."""
+    items = "".join(f"<li>{html.escape(run)}: {html.escape(why)}</li>" for run, why in skipped)
+    return f"<h2>Probes skipped</h2><p>These runs' attention maps and filters are left out:</p><ul>{items}</ul>"
+
+
+def _figures_html(figs: list[tuple[str, go.Figure | str]]) -> list[str]:
+    """Each figure under its heading, or the sentence why it is missing."""
+    parts = []
     for heading, fig in figs:
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         if isinstance(fig, str):
             parts.append(f"<p class=meta>{html.escape(fig)}</p>")
         else:
             parts.append(fig.to_html(full_html=False, include_plotlyjs=False))
-    page = (
-        f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(sweep_dir.name)}</title>"
+    return parts
+
+
+def _page_html(name: str, parts: list[str]) -> str:
+    """The whole offline page: the style and plotly.js inlined in the head, `parts` as the body."""
+    import plotly.offline
+
+    return (
+        f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(name)}</title>"
         f"<style>{STYLE}</style><script>{plotly.offline.get_plotlyjs()}</script></head>"
         f"<body>{''.join(parts)}</body></html>"
     )
-    rundir.write_output(out, page.encode())  # temp file and rename: never a torn page, never a hard link's target
-    if png_dir:
-        export_png([f for _, f in figs if not isinstance(f, str)], png_dir)
-    return out
 
 
 def _regime_section(df: pd.DataFrame, table: pd.DataFrame) -> list[str]:

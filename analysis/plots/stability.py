@@ -29,6 +29,8 @@ from analysis.plots.style import DIVERGED_COLOR, TEMPLATE, group_label, group_st
 DEFAULT_BY = ("model", "optimizer")
 STATS = ("best", "median", "mean")
 BOOTSTRAP_STYLES = ("band", "errorbar")
+# the lr/wd figure in pixels: one row of subplots, the gap between rows, the top and bottom margins
+ROW_PX, GAP_PX, TOP_PX, BOTTOM_PX = 300, 60, 80, 70
 
 
 # ---------------------------------------------------------------- numbers
@@ -229,17 +231,7 @@ def edf_figure(
     if x_range is not None and len(x_range) != 2:
         raise ConfigError(f"x_range must be (low, high), got {x_range!r}")
 
-    parts = []  # (key, absolute errors, plotted values, diverged mask)
-    for key, g in groups(df, columns):
-        err = counted_errors(g)
-        if err.empty:
-            continue
-        div = diverged_mask(g).loc[err.index]
-        values = err - err.min() if relative else err
-        parts.append((key, err, values, div))
-    if not parts:
-        raise ConfigError("no run in the sweep frame has an error yet (all failed or unfinished)")
-
+    parts = _edf_parts(df, columns, relative)
     styles = group_styles([p[0] for p in parts], colors, dashes, head_stems(df, columns))
     if x_range is None:
         x_range = _default_x_range([p[2] for p in parts], [p[3] for p in parts])
@@ -255,17 +247,44 @@ def edf_figure(
             lo, med, hi = bootstrap_best(values, subsample)
             fig.add_trace(_bootstrap_trace(label, color, bootstrap, (lo, med, hi), subsample, row=i + 1))
 
-    y_low = -0.04 * (len(parts) + 1) if bootstrap == "errorbar" else -0.02
+    _edf_layout(fig, len(parts), relative, bootstrap, x_range, title)
+    return fig
+
+
+def _edf_parts(df: pd.DataFrame, columns: list[str], relative: bool) -> list[tuple]:
+    """(key, counted errors, plotted values, diverged mask) per group with a counted run."""
+    parts = []
+    for key, g in groups(df, columns):
+        err = counted_errors(g)
+        if err.empty:
+            continue
+        div = diverged_mask(g).loc[err.index]
+        values = err - err.min() if relative else err
+        parts.append((key, err, values, div))
+    if not parts:
+        raise ConfigError("no run in the sweep frame has an error yet (all failed or unfinished)")
+    return parts
+
+
+def _edf_layout(
+    fig: go.Figure,
+    n_groups: int,
+    relative: bool,
+    bootstrap: str | None,
+    x_range: Sequence[float] | None,
+    title: str | None,
+) -> None:
+    """Axes, legend and size of the EDF figure; error bars below the axis get one row per group."""
+    y_low = -0.04 * (n_groups + 1) if bootstrap == "errorbar" else -0.02
     fig.update_layout(
         template=TEMPLATE,
         title=title,
         xaxis=dict(title="error - best error (%)" if relative else "top-1 error (%)", range=x_range),
         yaxis=dict(title="cumulative prob.", range=[y_low, 1.02]),
         legend=dict(font=dict(family="monospace"), orientation="h", x=0, xanchor="left", y=-0.2, yanchor="top"),
-        margin=dict(b=60 + 22 * len(parts)),
-        height=380 + 22 * len(parts),
+        margin=dict(b=60 + 22 * n_groups),
+        height=380 + 22 * n_groups,
     )
-    return fig
 
 
 def _edf_trace(key, err: pd.Series, values: pd.Series, div: pd.Series, style: tuple) -> go.Scatter:
@@ -394,45 +413,11 @@ def optimizer_gap_figure(
     hover = "%{y:+.2f} points (95% interval %{customdata[0]:.2f} to %{customdata[1]:.2f})<extra></extra>"
     fig = go.Figure()
     if table["epochs"].nunique() == 1:
-        labels = [group_label(k) for k, _ in keyed]
-        rows = pd.concat([g for _, g in keyed])
-        fig.add_trace(
-            go.Bar(
-                x=labels,
-                y=rows["gap"].tolist(),
-                error_y=dict(
-                    type="data",
-                    symmetric=False,
-                    array=rows["plus"].tolist(),
-                    arrayminus=rows["minus"].tolist(),
-                    color="#444",
-                ),
-                customdata=rows[["low", "high"]].to_numpy(),
-                marker_color=[styles[k][0] for k, _ in keyed],
-                name=f"{a} - {b}",
-                meta={"kind": "gap", "group": labels},
-                hovertemplate="%{x}: " + hover,
-            )
-        )
+        fig.add_trace(_gap_bars(keyed, styles, f"{a} - {b}", "%{x}: " + hover))
         fig.update_xaxes(title=" ".join(columns))
     else:
         for key, g in keyed:
-            g = g.sort_values("epochs")
-            fig.add_trace(
-                go.Scatter(
-                    x=g["epochs"],
-                    y=g["gap"],
-                    error_y=dict(
-                        type="data", symmetric=False, array=g["plus"].tolist(), arrayminus=g["minus"].tolist()
-                    ),
-                    customdata=g[["low", "high"]].to_numpy(),
-                    mode="lines+markers",
-                    line=dict(color=styles[key][0], dash=styles[key][1]),
-                    name=group_label(key),
-                    meta={"kind": "gap", "group": group_label(key)},
-                    hovertemplate="%{x} epochs: " + hover,
-                )
-            )
+            fig.add_trace(_gap_line(key, g.sort_values("epochs"), styles[key], "%{x} epochs: " + hover))
         ticks = sorted(table["epochs"].unique())
         fig.update_xaxes(title="epochs", type="log", tickvals=ticks, ticktext=[str(t) for t in ticks])
     fig.add_hline(y=0, line=dict(color="gray", width=1))
@@ -440,6 +425,43 @@ def optimizer_gap_figure(
         template=TEMPLATE, title=title, yaxis_title=f"error {a} - error {b} ({stat}, points; 95% bootstrap interval)"
     )
     return fig
+
+
+def _gap_bars(keyed: list[tuple[Hashable, pd.DataFrame]], styles: dict, name: str, hover: str) -> go.Bar:
+    """One bar per group: the gap at the sweep's single schedule length, with its interval."""
+    labels = [group_label(k) for k, _ in keyed]
+    rows = pd.concat([g for _, g in keyed])
+    return go.Bar(
+        x=labels,
+        y=rows["gap"].tolist(),
+        error_y=dict(
+            type="data",
+            symmetric=False,
+            array=rows["plus"].tolist(),
+            arrayminus=rows["minus"].tolist(),
+            color="#444",
+        ),
+        customdata=rows[["low", "high"]].to_numpy(),
+        marker_color=[styles[k][0] for k, _ in keyed],
+        name=name,
+        meta={"kind": "gap", "group": labels},
+        hovertemplate=hover,
+    )
+
+
+def _gap_line(key: Hashable, g: pd.DataFrame, style: tuple, hover: str) -> go.Scatter:
+    """One group's gap against schedule length (`g` sorted by epochs), with its intervals."""
+    return go.Scatter(
+        x=g["epochs"],
+        y=g["gap"],
+        error_y=dict(type="data", symmetric=False, array=g["plus"].tolist(), arrayminus=g["minus"].tolist()),
+        customdata=g[["low", "high"]].to_numpy(),
+        mode="lines+markers",
+        line=dict(color=style[0], dash=style[1]),
+        name=group_label(key),
+        meta={"kind": "gap", "group": group_label(key)},
+        hovertemplate=hover,
+    )
 
 
 def _sensitivity_cells(df, panel, row, panels, rows, relative) -> list:
@@ -482,26 +504,59 @@ def sensitivity_figure(
     if not panels or not rows:
         raise ConfigError(f"no values in column {panel!r}" + (f" or {row!r}" if row else ""))
 
-    titles = [(str(p) if r is None else f"{p} · {r}") + ": lr (x), wd (y)" for r in rows for p in panels]
-    # one optimizer per row: rows have their own lr/wd ranges, panels in a row share them; the axes
-    # are named in the subplot titles, so no axis title runs into the row below
-    row_px, gap_px, top_px, bottom_px = 300, 60, 80, 70
-    height = top_px + bottom_px + row_px * len(rows) + gap_px * (len(rows) - 1)
-    fig = make_subplots(
-        rows=len(rows),
-        cols=len(panels),
-        subplot_titles=titles,
-        shared_yaxes=True,
-        horizontal_spacing=0.04,
-        vertical_spacing=gap_px / (height - top_px - bottom_px),
-    )
+    fig = _sensitivity_grid(panels, rows)
     cells = _sensitivity_cells(df, panel, row, panels, rows, relative)
 
     if color_range is None:
         finished = pd.concat([cell[3] for cell in cells])
         color_range = [float(finished.min()), float(finished.max())] if len(finished) else [0.0, 1.0]
+    _sensitivity_panels(fig, df, row, panels, rows, cells)
 
-    ticks = {}  # row -> (lr ticks, wd ticks): a row's subplots share its ranges
+    height = _grid_height(len(rows))
+    fig.update_layout(
+        template=TEMPLATE,
+        title=title,
+        coloraxis=dict(
+            colorscale="Viridis_r",
+            cmin=color_range[0],
+            cmax=color_range[1],
+            colorbar=dict(title="error - best" if relative else "error (%)"),
+        ),
+        height=height,
+        margin=dict(t=TOP_PX, b=BOTTOM_PX),
+        legend=dict(orientation="h", x=0, y=-BOTTOM_PX / 2 / (height - TOP_PX - BOTTOM_PX), yanchor="top"),
+    )
+    return fig
+
+
+def _grid_height(n_rows: int) -> int:
+    """Height in pixels of the lr/wd figure with `n_rows` rows of subplots."""
+    return TOP_PX + BOTTOM_PX + ROW_PX * n_rows + GAP_PX * (n_rows - 1)
+
+
+def _sensitivity_grid(panels: list, rows: list) -> go.Figure:
+    """The empty subplot grid, one row per `rows` value and one column per `panels` value.
+
+    One optimizer per row: rows have their own lr/wd ranges, panels in a row share them; the axes
+    are named in the subplot titles, so no axis title runs into the row below.
+    """
+    titles = [(str(p) if r is None else f"{p} · {r}") + ": lr (x), wd (y)" for r in rows for p in panels]
+    return make_subplots(
+        rows=len(rows),
+        cols=len(panels),
+        subplot_titles=titles,
+        shared_yaxes=True,
+        horizontal_spacing=0.04,
+        vertical_spacing=GAP_PX / (_grid_height(len(rows)) - TOP_PX - BOTTOM_PX),
+    )
+
+
+def _sensitivity_panels(
+    fig: go.Figure, df: pd.DataFrame, row: str | None, panels: list, rows: list, cells: list
+) -> None:
+    """Add each subplot's traces and its log axes; a row's subplots share its lr and wd ticks and
+    its lr range. The diverged runs' legend entry is shown once."""
+    ticks = {}  # row -> (lr ticks, wd ticks)
     for r, row_value in enumerate(rows, start=1):
         in_row = df[df[row].eq(row_value).fillna(False).astype(bool)] if row else df
         ticks[r] = (log_ticks(*_span(in_row["lr"])), log_ticks(*_span(in_row["wd"])))
@@ -516,21 +571,6 @@ def sensitivity_figure(
             type="log", row=r, col=c, matches=None if c == 1 else f"x{first if first > 1 else ''}", **ticks[r][0]
         )
         fig.update_yaxes(type="log", row=r, col=c, **ticks[r][1])
-
-    fig.update_layout(
-        template=TEMPLATE,
-        title=title,
-        coloraxis=dict(
-            colorscale="Viridis_r",
-            cmin=color_range[0],
-            cmax=color_range[1],
-            colorbar=dict(title="error - best" if relative else "error (%)"),
-        ),
-        height=height,
-        margin=dict(t=top_px, b=bottom_px),
-        legend=dict(orientation="h", x=0, y=-bottom_px / 2 / (height - top_px - bottom_px), yanchor="top"),
-    )
-    return fig
 
 
 def _sensitivity_traces(
