@@ -8,7 +8,7 @@ from tests.test_claims import frame, stable_vs_unstable
 from analysis.claims import claims_table, setting_of
 from analysis.errors import ConfigError
 from analysis.plots import forest_figure
-from analysis.plots.forest import short_setting
+from analysis.plots.forest import beside, short_setting
 from analysis.regimes import choose_regime, regime_summary
 
 
@@ -69,6 +69,21 @@ def test_forest_figure_has_a_row_per_regime_and_marks_the_paper(study):
     assert short_setting("cifar_p16, data.train_per_class=50, 6 epochs") == "p16, 50/class, 6 ep"
     with pytest.raises(ConfigError, match="no rows"):
         forest_figure(table[table.claim == "peak"])
+
+
+def test_two_studies_beside_each_other_in_one_forest_plot(study):
+    _, table = study
+    both, labels = beside({"n=6": table, "powered": table[table.setting.str.contains("p16")]})
+    fig = forest_figure(both, labels=labels)
+    ticks = list(fig.layout.yaxis.ticktext)
+    n6 = [t for t in ticks if t.startswith("n=6 · ")]
+    powered = [t for t in ticks if t.startswith("powered · ")]
+    assert len(n6) == 4 and len(powered) == 3 and ticks == n6 + powered  # the first study on top
+    assert "powered · p16_tiny, 100/class, 12 ep" in powered
+    rows = both[both.claim.eq("peak_difference")]
+    assert len(rows) == 2 * len(table[table.claim.eq("peak_difference") & table.setting.str.contains("p16")]) + len(
+        table[table.claim.eq("peak_difference") & ~table.setting.str.contains("p16")]
+    )
 
 
 def test_report_adds_the_regime_section_only_for_several_settings(study):

@@ -1,7 +1,7 @@
 """Figure builders: pure functions, a DataFrame (or run directories) in, a plotly Figure out."""
 
 from analysis.plots.curves import curves_figure, read_metrics
-from analysis.plots.forest import forest_figure
+from analysis.plots.forest import beside, forest_figure
 from analysis.plots.stability import (
     bootstrap_best,
     edf,
@@ -15,6 +15,7 @@ from analysis.plots.stability import (
 )
 
 __all__ = [
+    "beside",
     "bootstrap_best",
     "curves_figure",
     "edf",

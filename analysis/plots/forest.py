@@ -153,3 +153,18 @@ def forest_figure(
     )
     fig.update_annotations(font_size=12)
     return fig
+
+
+def beside(tables: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Claims tables of several studies as one table for one forest plot, and its y-axis labels:
+    each setting becomes "<study> · <setting>", the studies in the dict's order, top to bottom.
+
+        table, labels = beside({"n=6": regimes, "powered": powered})
+        forest_figure(table, labels=labels)
+    """
+    parts, labels = [], {}
+    for i, (study, table) in enumerate(tables.items()):
+        named = {s: f"{i:02d} {study} · {s}" for s in table["setting"].unique()}
+        labels.update({new: f"{study} · {short_setting(s)}" for s, new in named.items()})
+        parts.append(table.assign(setting=table["setting"].map(named)))
+    return pd.concat(parts, ignore_index=True), labels
