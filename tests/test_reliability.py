@@ -223,6 +223,19 @@ def test_a_launch_record_has_one_constructor_and_its_check():
         rundir.launch_record(0, "auto", [], "", "submitit", {})
 
 
+def test_malformed_launch_entries_are_left_out_and_launch_numbers_never_collide(tmp_path):
+    """launches.json is a folder's data: an entry launch_problem rejects is not a launch, and the next
+    launch number is past every launch on record and every code snapshot a killed launch left behind."""
+    sweep = four_runs(tmp_path, "numbers")
+    good = rundir.launch_record(0, "local", [("1", ["a"])], "code/launch-000", "submitit/launch-000-x", {})
+    bad = {**rundir.launch_record(4, "local", [("2", ["b"])], "code/launch-004", "submitit", {}), "time": 5}
+    rundir.write_json(sweep.dir / rundir.LAUNCHES, {"launches": [good, bad, {"launch": 1}, "text"]})
+    assert sweep.launches == [good]
+    assert sweep._next_launch(sweep.launches) == 1
+    (sweep.dir / rundir.CODE / "launch-001").mkdir(parents=True)  # snapshot of a launch killed before its record
+    assert sweep._next_launch(sweep.launches) == 2
+
+
 # -- a trainer that outlived its job -----------------------------------------------------------
 TRAINER = """
 import os, sys, time

@@ -129,3 +129,20 @@ def test_a_record_reads_only_what_changed(tmp_path):
     assert not record.read()  # nothing moved: nothing read
     rundir.write_json(run_dir / rundir.RESULT, result("completed", 25.0))
     assert record.read() and record.final and record.settle(None, None) == "completed"
+
+
+def test_rows_with_non_numbers_are_left_out_and_the_record_still_reads(tmp_path):
+    """A metrics row is a folder's data: a step or elapsed that is text, negative or a bool is not a row,
+    and the record's progress and steps per epoch read the valid rows only."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rundir.append_metrics(run_dir, metrics_row(1))
+    for bad in ({"step": "5"}, {"elapsed": "soon"}, {"step": -5}, {"elapsed": True}, {"lr": "x"}):
+        rundir.append_metrics(run_dir, {**metrics_row(2), **bad})
+        assert not rundir.metric_row_ok({**metrics_row(2), **bad}), bad
+    assert rundir.metric_row_ok({**metrics_row(2), "train_loss": None, "elapsed": None})
+    record = RunRecord("run", run_dir, epochs=2)
+    record.read()
+    assert [r["epoch"] for r in record.rows] == [1] and record.steps_per_epoch == 5
+    record.settle(None, None)
+    assert record.progress() == (0.5, 0.5)

@@ -566,3 +566,14 @@ def test_a_job_gives_its_share_of_threads_to_runs_without_train_threads(tmp_path
     finally:
         torch.set_num_threads(before)
     assert seen == [2, 3, 2]
+
+
+def test_readme_shows_the_main_jobs_spec():
+    """The README's yaml block is jobs/fmnist_demo.yaml as it is (its comment lines aside)."""
+    readme = (REPO / "README.md").read_text()
+    head = "# jobs/fmnist_demo.yaml, the main job's spec"
+    assert head in readme
+    block = readme.split(head, 1)[1].split("\n", 1)[1].split("```", 1)[0]
+    spec = (REPO / "jobs" / "fmnist_demo.yaml").read_text()
+    lines = [line for line in spec.splitlines() if not line.lstrip().startswith("#")]
+    assert block.strip() == "\n".join(lines).strip()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 from analysis.rundir.io import NotRegularFile, _clean, loads_finite, open_regular, write_atomic
-from analysis.rundir.layout import METRICS
+from analysis.rundir.layout import METRIC_KEYS, METRICS
 from analysis.rundir.schema import number_in
 
 
@@ -37,11 +37,19 @@ def metric_rows(lines) -> dict[int, dict]:
 
 
 def metric_row_ok(row) -> bool:
-    """Whether a metrics.jsonl row is valid: an object with an int epoch >= 0, its numbers finite
-    (NaN/Infinity are not JSON numbers), its error rates (*_err) in [0, 100] or null."""
+    """Whether a metrics.jsonl row is valid: an object with an int epoch >= 0, its error rates (*_err) in
+    [0, 100] or null, and every other number the suite writes (METRIC_KEYS) finite or null, those that
+    count up (step, seconds, elapsed, lr, images_per_s) not negative. NaN/Infinity are not JSON numbers."""
     if not isinstance(row, dict) or not number_in(row.get("epoch"), 0, math.inf) or not isinstance(row["epoch"], int):
         return False
-    return all(value is None or number_in(value, 0, 100) for key, value in row.items() if key.endswith("_err"))
+    for key in METRIC_KEYS:
+        value = row.get(key)
+        low, high = (
+            (0, 100) if key.endswith("_err") else (-math.inf, math.inf) if key == "train_loss" else (0, math.inf)
+        )
+        if value is not None and not number_in(value, low, high):
+            return False
+    return True
 
 
 MAX_METRICS_BYTES = 8 << 20  # read at most the last 8 MiB of a metrics.jsonl (some 25,000 epochs)

@@ -183,7 +183,7 @@ class Sweep(SweepFolder):
         cluster = detect_cluster() if cluster == "auto" else cluster
         groups = opts.jobs(todo, cluster)
         launches = self.launches
-        lid = len(launches)
+        lid = self._next_launch(launches)
         code_dir = snapshot_code(self.dir / rundir.CODE / f"launch-{lid:03d}", code)
         from analysis.models.registry import snapshot_stem_code  # users' stems named by import path
 
@@ -198,7 +198,8 @@ class Sweep(SweepFolder):
             with _sigint_deferred():  # jobs started are on record in launches.json before a Ctrl-C lands
                 with _environment(boot.KEY_ENV, key):  # what submitit hands the jobs it starts
                     jobs = executor.map_array(fn, run_dirs, [opts.batch_runs] * n, [opts.job_threads(cluster, n)] * n)
-                for job in jobs:
+                for job in jobs:  # signed first: the jobs' entries wait for their tags (boot.TAG_WAIT_S)
+                    boot.sign(job.paths.submitted_pickle, key)
                     if getattr(job, "_process", None) is not None:
                         self._processes[job.job_id] = job._process
                 launches.append(
@@ -212,11 +213,17 @@ class Sweep(SweepFolder):
                     )
                 )
                 self._save_launches(launches)
-                for job in jobs:
-                    boot.sign(job.paths.submitted_pickle, key)
         finally:
             cloudpickle.unregister_pickle_by_value(boot)
         return [str(j.job_id) for j in jobs]
+
+    def _next_launch(self, launches: list[dict]) -> int:
+        """The next launch number: past every launch on record and every code snapshot already in the folder
+        (a launch killed between its snapshot and its record leaves one behind)."""
+        lid = max((l["launch"] + 1 for l in launches), default=0)
+        while (self.dir / rundir.CODE / f"launch-{lid:03d}").exists():
+            lid += 1
+        return lid
 
     def _executor(self, cluster: str, jobs_dir: Path, code_dir: Path, opts: LaunchConfig):
         """submitit's executor for one launch: its jobs start through the snapshot's boot.py, which checks

@@ -248,12 +248,11 @@ def collect(folder: str | Path, scheduler: bool = True, cache: bool = True) -> p
     if cache:
         _save_cache(folder, fresh)
     states = {}
-    if is_sweep and scheduler and any(r["status"] not in rundir.STATUSES[:2] for r in rows):
-        from analysis.sweeps.status import runs_state
+    open_runs = [r["run"] for r in rows if r["status"] not in rundir.STATUSES[:2]]
+    if is_sweep and scheduler and open_runs:  # their states: one scheduler read, no log tails
+        from analysis.sweeps.status import read_records
 
-        with warnings.catch_warnings():  # unreadable result.json files were warned about above
-            warnings.filterwarnings("ignore", message=".*unreadable result.json")
-            states = {r["run"]: r["state"] for r in runs_state(folder, [run for run, *_ in runs])}
+        states = {run: record.state for run, record in read_records(folder, open_runs)[0].items()}
     for r in rows:
         started = r.pop("_started")
         final = r["status"] in rundir.STATUSES[:2]

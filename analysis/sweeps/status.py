@@ -66,17 +66,12 @@ def sacct_states(job_ids: list[str]) -> dict[str, str]:
 
 
 def read_launches(folder: Path) -> list[dict]:
-    """The launches on record in folder/launches.json (entries that are not well-formed are left out)."""
+    """The launches on record in folder/launches.json: the entries rundir.launch_problem finds well-formed
+    (launches.json is a folder's data; the others are left out)."""
     launches = (rundir.read_json(Path(folder) / rundir.LAUNCHES) or {}).get("launches")
     if not isinstance(launches, list):
         return []
-    return [
-        l
-        for l in launches
-        if isinstance(l, dict)
-        and isinstance(l.get("jobs"), list)
-        and all(isinstance(j, dict) and "job_id" in j and isinstance(j.get("runs"), list) for j in l["jobs"])
-    ]
+    return [l for l in launches if rundir.launch_problem(l) is None]
 
 
 SUBMITIT = rundir.SUBMITIT
