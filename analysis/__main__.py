@@ -195,18 +195,14 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m analysis", description="Conv vs patchify stems in ViTs: train, sweep, analyse."
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="command")
-    for add in (_add_train, _add_demo, _add_analyses, _add_sweep):
-        add(sub)
+    for name, summary, description, add_arguments, func in _COMMANDS:
+        command = sub.add_parser(name, help=summary, description=description)
+        add_arguments(command)
+        command.set_defaults(func=func)
     return p
 
 
-def _add_train(sub) -> None:
-    t = sub.add_parser(
-        "train",
-        help="train one run into a run directory",
-        description="Train one run. Overrides are section.key=value, e.g. optim.lr=1e-3 "
-        "train.epochs=10 optim.name=sgd (keys: see analysis/config.py).",
-    )
+def _train_args(t) -> None:
     t.add_argument("--preset", help="model preset (python -m analysis presets lists them)")
     t.add_argument("--config", help="a run config YAML to start from")
     t.add_argument("--out", required=True, help="the run directory (resumed if it holds a checkpoint)")
@@ -214,21 +210,14 @@ def _add_train(sub) -> None:
         "--restart", action="store_true", help="start the run over: remove its checkpoint, metrics and result first"
     )
     t.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    t.set_defaults(func=_train)
 
-    pr = sub.add_parser("presets", help="list the model presets", description="List model presets.")
+
+def _presets_args(pr) -> None:
     pr.add_argument("--kind", choices=["vit", "cnn"], help="only this family")
     pr.add_argument("--complexity", action="store_true", help="also count params, flops and activations")
-    pr.set_defaults(func=_presets)
 
 
-def _add_demo(sub) -> None:
-    d = sub.add_parser(
-        "demo",
-        help="the main job: ViT_P vs ViT_C on Fashion-MNIST",
-        description="ViT_P vs ViT_C on Fashion-MNIST over sampled lr and wd with AdamW and "
-        "SGD: launch the sweep, collect it, write the report, print the headline.",
-    )
+def _demo_args(d) -> None:
     d.add_argument("--root", default="sweeps", help="folder the sweep goes in (default sweeps)")
     d.add_argument(
         "--cluster",
@@ -247,7 +236,6 @@ def _add_demo(sub) -> None:
         help="run the spec on this many held-out seeds (its own and the ones after it) and print the "
         "replication table: each seed's estimate and interval per claim, and how many reproduce it",
     )
-    d.set_defaults(func=_demo)
 
 
 def _parallel(text: str):
@@ -263,13 +251,7 @@ def _parallel(text: str):
     return value
 
 
-def _add_analyses(sub) -> None:
-    r = sub.add_parser(
-        "report",
-        help="write a sweep's HTML report",
-        description="Collect a sweep and write one offline HTML report: summary, EDFs, "
-        "stability plots, curves, attention and filters of the best runs.",
-    )
+def _report_args(r) -> None:
     r.add_argument("sweep_dir", help="the sweep folder (e.g. sweeps/fmnist_demo)")
     r.add_argument("--out", help="the HTML file (default SWEEP_DIR/report.html)")
     r.add_argument("--png", metavar="DIR", help="also export every figure as PNG into DIR (needs Chromium)")
@@ -279,15 +261,9 @@ def _add_analyses(sub) -> None:
         action="store_true",
         help="import the stem import paths the runs' configs name (never from inside the sweep)",
     )
-    r.set_defaults(func=_report)
 
-    c = sub.add_parser(
-        "claims",
-        help="the paper's claims as statistics of a sweep",
-        description="Collect a sweep and print each claim of the paper it can speak to: the "
-        "statistic, a 95%% bootstrap interval and a verdict (reproduced, contradicted, "
-        "inconclusive). See analysis/claims.py.",
-    )
+
+def _claims_args(c) -> None:
     c.add_argument(
         "sweep_dir",
         nargs="+",
@@ -298,17 +274,9 @@ def _add_analyses(sub) -> None:
     c.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
     c.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     c.add_argument("--json", action="store_true", help="print the table as JSON records instead")
-    c.set_defaults(func=_claims)
 
 
-def _add_sweep(sub) -> None:
-    sw = sub.add_parser(
-        "sweep",
-        help="launch, watch and collect sweeps (jobs/*.yaml)",
-        description="Sweeps: launch a spec (jobs/*.yaml) as one job array (SLURM where a "
-        "cluster answers, local processes elsewhere); then status, cancel, "
-        "resubmit and collect the sweep folder.",
-    )
+def _sweep_args(sw) -> None:
     sw.add_argument("action", choices=["launch", "status", "cancel", "resubmit", "collect"])
     sw.add_argument("target", help="launch: a spec YAML; otherwise: the sweep folder (e.g. sweeps/fmnist_demo)")
     sw.add_argument("--root", default="sweeps", help="launch: where sweep folders go (default sweeps)")
@@ -339,7 +307,55 @@ def _add_sweep(sub) -> None:
         "(never from inside the sweep; launching your own spec needs no flag)",
     )
     sw.add_argument("--out", help="collect: write CSV (or .parquet) here instead of printing")
-    sw.set_defaults(func=_sweep)
+
+
+# The subcommands, in the order --help lists them: name, its line in that list, the description its own
+# --help shows, the function that adds its arguments and the function it runs.
+_COMMANDS = (
+    (
+        "train",
+        "train one run into a run directory",
+        "Train one run. Overrides are section.key=value, e.g. optim.lr=1e-3 "
+        "train.epochs=10 optim.name=sgd (keys: see analysis/config.py).",
+        _train_args,
+        _train,
+    ),
+    ("presets", "list the model presets", "List model presets.", _presets_args, _presets),
+    (
+        "demo",
+        "the main job: ViT_P vs ViT_C on Fashion-MNIST",
+        "ViT_P vs ViT_C on Fashion-MNIST over sampled lr and wd with AdamW and "
+        "SGD: launch the sweep, collect it, write the report, print the headline.",
+        _demo_args,
+        _demo,
+    ),
+    (
+        "report",
+        "write a sweep's HTML report",
+        "Collect a sweep and write one offline HTML report: summary, EDFs, "
+        "stability plots, curves, attention and filters of the best runs.",
+        _report_args,
+        _report,
+    ),
+    (
+        "claims",
+        "the paper's claims as statistics of a sweep",
+        "Collect a sweep and print each claim of the paper it can speak to: the "
+        "statistic, a 95% bootstrap interval and a verdict (reproduced, contradicted, "
+        "inconclusive). See analysis/claims.py.",
+        _claims_args,
+        _claims,
+    ),
+    (
+        "sweep",
+        "launch, watch and collect sweeps (jobs/*.yaml)",
+        "Sweeps: launch a spec (jobs/*.yaml) as one job array (SLURM where a "
+        "cluster answers, local processes elsewhere); then status, cancel, "
+        "resubmit and collect the sweep folder.",
+        _sweep_args,
+        _sweep,
+    ),
+)
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:

@@ -16,16 +16,16 @@ from analysis.models.registry import lookup_stem
 from analysis.models.vit import build_vit
 
 
-def resolve(
-    preset: str,
-    stem: Optional[str] = None,
-    local_mlp: Optional[bool] = None,
-    num_classes: Optional[int] = None,
-    in_chans: Optional[int] = None,
-    img_size: Optional[int] = None,
-) -> Dict[str, Any]:
-    """Returns the preset's settings with the overrides applied (None keeps the preset's value),
-    after checking them; raises ConfigError on bad input."""
+OVERRIDES = ("stem", "local_mlp", "num_classes", "in_chans", "img_size")  # what `resolve` takes
+
+
+def resolve(preset: str, **overrides) -> Dict[str, Any]:
+    """Returns the preset's settings with the overrides applied (keywords: OVERRIDES; None keeps the
+    preset's value), after checking them; raises ConfigError on bad input or an unknown keyword."""
+    unknown = sorted(set(overrides) - set(OVERRIDES))
+    if unknown:
+        raise ConfigError(f"unknown override {', '.join(unknown)}; allowed: {', '.join(OVERRIDES)}")
+    stem, local_mlp = overrides.get("stem"), overrides.get("local_mlp")
     s = get_preset(preset)
     if s["family"] == "cnn":
         if stem is not None:
@@ -42,7 +42,8 @@ def resolve(
             s["stem"] = stem
         if local_mlp is not None:
             s["local_mlp"] = bool(local_mlp)
-    for key, value in (("num_classes", num_classes), ("in_chans", in_chans), ("img_size", img_size)):
+    for key in ("num_classes", "in_chans", "img_size"):
+        value = overrides.get(key)
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{key} must be a positive integer, got {value!r}")
@@ -61,7 +62,7 @@ def resolve(
 
 def build(preset: str, fused_attn: bool = True, **overrides) -> nn.Module:
     """Returns a freshly initialised model for a preset; `overrides` are `resolve`'s keyword arguments
-    (stem, local_mlp, num_classes, in_chans, img_size), as `create_model` takes them."""
+    (OVERRIDES: stem, local_mlp, num_classes, in_chans, img_size), as `create_model` takes them."""
     s = resolve(preset, **overrides)
     model = build_vit(s, fused_attn) if s["family"] == "vit" else build_cnn(s)
     model.preset = preset
@@ -91,12 +92,5 @@ def create_model(
     `stem_name`.
     """
     get_preset(preset)  # an unknown preset: one line naming the presets
-    return timm.create_model(
-        timm_name(preset),
-        stem=stem,
-        local_mlp=local_mlp,
-        num_classes=num_classes,
-        in_chans=in_chans,
-        img_size=img_size,
-        fused_attn=fused_attn,
-    )
+    overrides = dict(stem=stem, local_mlp=local_mlp, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+    return timm.create_model(timm_name(preset), fused_attn=fused_attn, **overrides)

@@ -38,20 +38,20 @@ def _vit_pair(
     patch = 1
     for s in strides:
         patch *= s
-    base = dict(
-        family="vit",
-        dataset=dataset,
-        img_size=img_size,
-        in_chans=in_chans,
-        num_classes=num_classes,
-        embed_dim=d,
-        num_heads=heads,
-        mlp_ratio=mlp / d,
-        patch_size=patch,
-        stem_channels=list(channels),
-        stem_strides=list(strides),
-        local_mlp=False,
-    )
+    base = {
+        "family": "vit",
+        "dataset": dataset,
+        "img_size": img_size,
+        "in_chans": in_chans,
+        "num_classes": num_classes,
+        "embed_dim": d,
+        "num_heads": heads,
+        "mlp_ratio": mlp / d,
+        "patch_size": patch,
+        "stem_channels": list(channels),
+        "stem_strides": list(strides),
+        "local_mlp": False,
+    }
     return {
         f"vit_p_{name}": dict(base, stem="patchify", depth=blocks_p),
         f"vit_c_{name}": dict(base, stem="conv", depth=blocks_p - 1),

@@ -14,11 +14,12 @@ from timm.models import generate_default_cfgs, is_model, register_model, resolve
 from torch import nn
 
 from analysis.errors import ConfigError
+from analysis.models.factory import OVERRIDES as PRESET_OVERRIDES
 from analysis.models.factory import build
 from analysis.models.presets import DATASET_STATS as STATS
 from analysis.models.presets import PRESETS, timm_name
 
-OVERRIDES = ("stem", "local_mlp", "num_classes", "in_chans", "img_size", "fused_attn")
+OVERRIDES = (*PRESET_OVERRIDES, "fused_attn")  # what a preset's entrypoint takes
 MODULE = __name__.rsplit(".", 1)[-1]  # the module name timm files the presets under
 
 
