@@ -241,7 +241,7 @@ def test_monitor_elapsed_time_counts_from_the_first_launch(hand_sweep):
 
     now = datetime.now()
     launches = [
-        {"id": i, "time": (now - ago).isoformat(), "jobs": []}
+        rundir.launch_record(i, "local", [], f"code/launch-{i:03d}", "submitit", {}, when=(now - ago).isoformat())
         for i, ago in enumerate((timedelta(hours=2), timedelta(minutes=1)))
     ]
     rundir.write_json(hand_sweep.dir / "launches.json", {"launches": launches})

@@ -230,10 +230,17 @@ def test_malformed_launch_entries_are_left_out_and_launch_numbers_never_collide(
     good = rundir.launch_record(0, "local", [("1", ["a"])], "code/launch-000", "submitit/launch-000-x", {})
     bad = {**rundir.launch_record(4, "local", [("2", ["b"])], "code/launch-004", "submitit", {}), "time": 5}
     rundir.write_json(sweep.dir / rundir.LAUNCHES, {"launches": [good, bad, {"launch": 1}, "text"]})
-    assert sweep.launches == [good]
+    with pytest.warns(UserWarning, match=r"launches.json: entry 1 left out \(time is 5, not an ISO time\)"):
+        assert sweep.launches == [good]
     assert sweep._next_launch(sweep.launches) == 1
     (sweep.dir / rundir.CODE / "launch-001").mkdir(parents=True)  # snapshot of a launch killed before its record
-    assert sweep._next_launch(sweep.launches) == 2
+    (sweep.dir / rundir.CODE / "launch-002").symlink_to(tmp_path / "nowhere")  # a dangling link is taken too
+    assert sweep._next_launch(sweep.launches) == 3
+    with pytest.warns(UserWarning):
+        sweep._save_launches(sweep.launches)  # a rewrite keeps what it cannot read, as it was
+    assert rundir.read_json(sweep.dir / rundir.LAUNCHES)["launches"] == [bad, {"launch": 1}, "text", good]
+    huge = {**good, "launch": 10**6}  # past the six digits of code/launch-NNN and submitit/launch-NNN-x
+    assert "not a launch number" in rundir.launch_problem(huge)
 
 
 # -- a trainer that outlived its job -----------------------------------------------------------

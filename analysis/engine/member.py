@@ -279,7 +279,7 @@ class Member:
             "lr": lr,
             "seconds": acc["seconds"],
             "images_per_s": acc["n"] * self.cfg.train.batch_size / max(acc["seconds"], 1e-9),
-            "elapsed": time.time() - self.run_start,
+            "elapsed": max(0.0, time.time() - self.run_start),  # a wall clock set back is not negative time
         }
         self.acc = {"loss": 0.0, "n": 0, "seconds": 0.0}
         if self.dist.main:

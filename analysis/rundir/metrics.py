@@ -42,7 +42,7 @@ def metric_row_ok(row) -> bool:
     count up (step, seconds, elapsed, lr, images_per_s) not negative. NaN/Infinity are not JSON numbers."""
     if not isinstance(row, dict) or not number_in(row.get("epoch"), 0, math.inf) or not isinstance(row["epoch"], int):
         return False
-    for key in METRIC_KEYS:
+    for key in {*METRIC_KEYS, *(k for k in row if isinstance(k, str) and k.endswith("_err"))}:
         value = row.get(key)
         low, high = (
             (0, 100) if key.endswith("_err") else (-math.inf, math.inf) if key == "train_loss" else (0, math.inf)

@@ -143,6 +143,7 @@ def record_failure(run_dir: str | Path, error: BaseException) -> dict:
 
 
 LAUNCH_CLUSTERS = ("slurm", "local")  # where a launch ran its jobs
+MAX_LAUNCHES = 10**6  # launch numbers stay within the 3-6 digits of their folder names (code/launch-NNN)
 
 
 def launch_record(
@@ -186,8 +187,8 @@ def launch_problem(record) -> str | None:
     if not isinstance(record, dict):
         return "not an object"
     launch = record.get("launch")
-    if not isinstance(launch, int) or isinstance(launch, bool) or launch < 0:
-        return f"launch is {shown(launch)}, not a launch number"
+    if not isinstance(launch, int) or isinstance(launch, bool) or not 0 <= launch < MAX_LAUNCHES:
+        return f"launch is {shown(launch)}, not a launch number (0 to {MAX_LAUNCHES - 1})"
     try:
         datetime.fromisoformat(record.get("time"))
     except (TypeError, ValueError):

@@ -114,7 +114,11 @@ class SweepFolder:
         return read_launches(self.dir)
 
     def _save_launches(self, launches: list[dict]) -> None:
-        rundir.write_json(self.dir / rundir.LAUNCHES, {"launches": launches})
+        """Write the launches on record; entries the file holds that are not well-formed stay as they were."""
+        from analysis.sweeps.status import recorded_launches
+
+        kept = [entry for entry in recorded_launches(self.dir) if rundir.launch_problem(entry) is not None]
+        rundir.write_json(self.dir / rundir.LAUNCHES, {"launches": kept + launches})
 
     def run_dir(self, run: str) -> Path:
         return self.dir / rundir.RUNS / run

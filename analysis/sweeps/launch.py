@@ -198,8 +198,7 @@ class Sweep(SweepFolder):
             with _sigint_deferred():  # jobs started are on record in launches.json before a Ctrl-C lands
                 with _environment(boot.KEY_ENV, key):  # what submitit hands the jobs it starts
                     jobs = executor.map_array(fn, run_dirs, [opts.batch_runs] * n, [opts.job_threads(cluster, n)] * n)
-                for job in jobs:  # signed first: the jobs' entries wait for their tags (boot.TAG_WAIT_S)
-                    boot.sign(job.paths.submitted_pickle, key)
+                for job in jobs:
                     if getattr(job, "_process", None) is not None:
                         self._processes[job.job_id] = job._process
                 launches.append(
@@ -213,6 +212,8 @@ class Sweep(SweepFolder):
                     )
                 )
                 self._save_launches(launches)
+                for job in jobs:  # signed once on record: a job whose launch is not recorded refuses to start
+                    boot.sign(job.paths.submitted_pickle, key)
         finally:
             cloudpickle.unregister_pickle_by_value(boot)
         return [str(j.job_id) for j in jobs]
@@ -221,7 +222,7 @@ class Sweep(SweepFolder):
         """The next launch number: past every launch on record and every code snapshot already in the folder
         (a launch killed between its snapshot and its record leaves one behind)."""
         lid = max((l["launch"] + 1 for l in launches), default=0)
-        while (self.dir / rundir.CODE / f"launch-{lid:03d}").exists():
+        while os.path.lexists(self.dir / rundir.CODE / f"launch-{lid:03d}"):
             lid += 1
         return lid
 

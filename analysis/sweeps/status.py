@@ -65,13 +65,26 @@ def sacct_states(job_ids: list[str]) -> dict[str, str]:
     return {j: info[j]["State"].split()[0].rstrip("+") for j in job_ids if j in info}
 
 
-def read_launches(folder: Path) -> list[dict]:
-    """The launches on record in folder/launches.json: the entries rundir.launch_problem finds well-formed
-    (launches.json is a folder's data; the others are left out)."""
+def recorded_launches(folder: Path) -> list:
+    """The entries of folder/launches.json as they are (none when it is missing or not {"launches": [...]})."""
     launches = (rundir.read_json(Path(folder) / rundir.LAUNCHES) or {}).get("launches")
-    if not isinstance(launches, list):
-        return []
-    return [l for l in launches if rundir.launch_problem(l) is None]
+    return launches if isinstance(launches, list) else []
+
+
+def read_launches(folder: Path) -> list[dict]:
+    """The launches on record in folder/launches.json: the entries rundir.launch_problem finds well-formed.
+    launches.json is a folder's data: the others are left out with a warning (and kept in the file)."""
+    launches, left_out = [], []
+    for i, entry in enumerate(recorded_launches(folder)):
+        problem = rundir.launch_problem(entry)
+        if problem is None:
+            launches.append(entry)
+        else:
+            left_out.append(f"entry {i} left out ({problem})")
+    if left_out:
+        more = f" and {len(left_out) - 1} more" if len(left_out) > 1 else ""
+        warnings.warn(f"{Path(folder) / rundir.LAUNCHES}: {left_out[0]}{more}", stacklevel=2)
+    return launches
 
 
 SUBMITIT = rundir.SUBMITIT
