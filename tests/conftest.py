@@ -11,3 +11,14 @@ def pytest_collection_modifyitems(config, items):
 
     for item in items:
         item.add_marker(pytest.mark.xdist_group(item.path.name))
+
+
+def pytest_configure(config):
+    """Ctrl-C reaches the processes the tests start, however pytest was started. A shell starts a
+    background job (`make test &` in a script) with SIGINT ignored, and an ignored signal stays ignored
+    in every child; the Ctrl-C tests, `Sweep.cancel` of a local trainer and JupyterLab's kernel then
+    never see it. A handler (unlike "ignore") is reset to the default in each child that execs."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -57,3 +57,30 @@ def test_jobs_start_through_the_entry_that_checks_their_pickle(tmp_path):
     assert "delayed = utils.DelayedSubmission.load(paths.submitted_pickle)" in inspect.getsource(submission.process_job)
     source = inspect.getsource(job_environment._checkpoint)
     assert "ckpt_delayed.set_timeout(" in source and "ckpt_delayed.dump(tmp)" in source
+
+
+SIGINT_PROBE = """
+import signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell starts a background job (`stemlab demo &`)
+from analysis.sweeps.local import DetachedLocalExecutor
+
+def handler_name():
+    import signal
+    return getattr(signal.getsignal(signal.SIGINT), "__name__", str(signal.getsignal(signal.SIGINT)))
+
+executor = DetachedLocalExecutor(folder=sys.argv[1])
+executor.update_parameters(timeout_min=2)
+print(executor.submit(handler_name).result())
+"""
+
+
+def test_local_jobs_take_ctrl_c_even_when_their_launcher_ignores_it(tmp_path):
+    """cancel stops local jobs with SIGINT: a job launched from a process that ignores SIGINT (a background
+    job of a shell) gets Python's default handler back, not the inherited "ignore"."""
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-c", SIGINT_PROBE, str(tmp_path / "jobs")], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "default_int_handler"

@@ -83,8 +83,16 @@ class DetachedLocalExecutor(LocalExecutor):
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                # started from a background job (`stemlab demo &`), this process ignores SIGINT, and so would the
+                # controller and its tasks: SIGINT is how cancel stops them, so they get the default back
+                preexec_fn=_default_sigint if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else None,
             )
         return LocalJob(folder=self.folder, job_id=str(process.pid), process=process, tasks=list(range(ntasks)))
+
+
+def _default_sigint() -> None:
+    """In a controller about to start: SIGINT back to its default (an ignored signal stays ignored across exec)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _argv(pid: int) -> list[str]:
